@@ -1,0 +1,49 @@
+# iamlet. `make demo` and `make test` work on a fresh machine of this kind (Debian, Go, root): both
+# install the real components first (hack/install-stack.sh; about 10 minutes once, cached after).
+GO ?= go
+export PATH := $(PATH):/usr/local/go/bin
+
+.PHONY: all build vet demo test unit e2e fuzz bench install-stack image clean
+
+all: build
+
+build:
+	$(GO) build ./...
+
+vet:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: the files above need formatting"; exit 1; }
+	$(GO) vet ./...
+
+install-stack:
+	./hack/install-stack.sh
+
+# The main job: the local real stack, iamlet, and the AWS CLI in two pods with two roles.
+demo: install-stack
+	$(GO) run ./e2e/demo
+
+# Everything: unit tests, end-to-end tests on the real stack (root, network namespaces), bounded fuzzing.
+test: install-stack vet
+	$(GO) test -race -count=1 -timeout 40m ./...
+	$(MAKE) fuzz
+
+unit:
+	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /e2e)
+
+e2e: install-stack
+	$(GO) test -count=1 -timeout 40m -v ./e2e/...
+
+FUZZTIME ?= 20s
+fuzz:
+	@for f in $$($(GO) test -list '^Fuzz' ./metadata/ | grep '^Fuzz'); do \
+		echo "fuzz $$f for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) ./metadata/ || exit 1; \
+	done
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+image:
+	docker build -t iamlet:dev .
+
+clean:
+	rm -rf bin

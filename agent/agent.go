@@ -1,0 +1,379 @@
+// Package agent is the node's brain: it works out which pod is calling, which role that pod may use and
+// which credentials to serve, and it runs the pieces (informers, credential cache, the IMDS face,
+// interception) for the life of the process.
+package agent
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/iamlet/iamlet/agent/creds"
+	"github.com/iamlet/iamlet/agent/pods"
+	"github.com/iamlet/iamlet/agent/roles"
+	"github.com/iamlet/iamlet/agent/sts"
+	"github.com/iamlet/iamlet/agent/token"
+	"github.com/iamlet/iamlet/iptables"
+	"github.com/iamlet/iamlet/metadata"
+)
+
+// The node metadata addresses SDKs call.
+var (
+	IMDSv4 = netip.MustParseAddr("169.254.169.254")
+	IMDSv6 = netip.MustParseAddr("fd00:ec2::254")
+)
+
+// Config is everything the agent needs; cmd/iamlet fills it from flags.
+type Config struct {
+	NodeName   string
+	Kubeconfig string // "" = in-cluster
+
+	// MetadataAddrs are the listeners of the IMDS face, at most one per family; interception DNATs to them.
+	MetadataAddrs []netip.AddrPort
+	// ContainerAddrs are optional listeners of the container-credentials face.
+	ContainerAddrs []netip.AddrPort
+	MetricsAddr    string // /metrics, /healthz, /readyz
+	DebugAddr      string // read-only /status for `iamlet status`; keep it on loopback
+
+	ManageIptables    bool
+	Interfaces        []string
+	IptablesBackend   string
+	ReconcileInterval time.Duration
+
+	UnknownPodWait            time.Duration
+	RequireNamespaceAllowlist bool
+	DefaultAudience           string
+	SessionDuration           time.Duration
+	DryRun                    bool
+
+	Region      string // STS region; asked of the node's IMDS when empty
+	STSEndpoint string
+	RefreshQPS  float64
+
+	RequireIMDSv2 bool
+	TokenKeyFile  string // "" = a per-process key (held tokens do not survive a restart)
+	NodeIMDS      string // the node's IMDS, for allow-listed node facts; "" = synthesise
+	NodeFacts     metadata.NodeFacts
+}
+
+// Run runs the agent until ctx is done. Interception rules are left in place when it returns, so pods
+// fail closed (connection refused) rather than reaching the node's IMDS.
+func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer prometheus.Gatherer, log *slog.Logger) error {
+	if cfg.NodeName == "" {
+		return errors.New("the node name is required (set NODE_NAME from the downward API)")
+	}
+	if len(cfg.MetadataAddrs) == 0 {
+		return errors.New("at least one metadata listen address is required")
+	}
+	kube, err := kubeClient(cfg.Kubeconfig)
+	if err != nil {
+		return err
+	}
+	if cfg.Region == "" && cfg.STSEndpoint == "" {
+		if cfg.Region, err = nodeRegion(ctx, cfg.NodeIMDS, cfg.NodeFacts.Region); err != nil {
+			return err
+		}
+	}
+	if cfg.NodeFacts.Region == "" {
+		cfg.NodeFacts.Region = cfg.Region
+	}
+	stsClient, err := sts.New(sts.Config{Region: cfg.Region, Endpoint: cfg.STSEndpoint})
+	if err != nil {
+		return err
+	}
+
+	m := newMetrics(reg)
+	index := pods.New(kube, cfg.NodeName, cfg.UnknownPodWait)
+	mapper := roles.New(kube, roles.Config{DefaultAudience: cfg.DefaultAudience, DefaultDuration: cfg.SessionDuration,
+		RequireNamespaceAllowlist: cfg.RequireNamespaceAllowlist})
+	cache := creds.New(&fetcher{tokens: token.New(kube, token.MinTTL), sts: stsClient, metrics: m},
+		creds.Config{RefreshQPS: cfg.RefreshQPS, Observer: observer{metrics: m, log: log}})
+	prov := &provider{pods: index, roles: mapper, cache: cache, metrics: m, log: log, dryRun: cfg.DryRun}
+	st := &state{}
+
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "iamlet_informer_synced", Help: "1 when the pod, ServiceAccount and Namespace informers have synced."},
+			func() float64 { return b2f(index.HasSynced() && mapper.HasSynced()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "iamlet_informer_pods_indexed", Help: "Live pods of this node in the IP index."},
+			func() float64 { return float64(len(index.Live())) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "iamlet_credentials_cache_entries", Help: "Entries in the credential cache."},
+			func() float64 { return float64(len(cache.Snapshot())) }),
+	)
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	goRun := func(f func()) { wg.Add(1); go func() { defer wg.Done(); f() }() }
+
+	// Observability first, so /healthz answers and /readyz says why it is not ready yet.
+	if cfg.MetricsAddr != "" {
+		srv, err := serve(ctx, cfg.MetricsAddr, opsHandler(gatherer, st), log, &wg)
+		if err != nil {
+			return err
+		}
+		_ = srv
+	}
+
+	// Any change to pods, ServiceAccounts or Namespaces re-derives what the cache should hold.
+	dirty := make(chan struct{}, 1)
+	mark := func() {
+		select {
+		case dirty <- struct{}{}:
+		default:
+		}
+	}
+	index.AddHandler(mark)
+	mapper.AddHandler(mark)
+	goRun(func() { index.Run(ctx) })
+	mapper.Start(ctx)
+	defer mapper.Shutdown()
+
+	log.Info("waiting for informers to sync", "node", cfg.NodeName)
+	if err := waitFor(ctx, func() bool { return index.HasSynced() && mapper.HasSynced() }); err != nil {
+		return fmt.Errorf("informers did not sync: %w", err)
+	}
+	st.synced.Store(true)
+	goRun(func() { cache.Run(ctx) })
+	goRun(func() {
+		for {
+			reconcileCache(index, mapper, cache)
+			select {
+			case <-ctx.Done():
+				return
+			case <-dirty:
+			}
+		}
+	})
+
+	key, err := tokenKey(cfg.TokenKeyFile)
+	if err != nil {
+		return err
+	}
+	mcfg := metadata.Config{RequireV2: cfg.RequireIMDSv2, TokenKey: key, Upstream: cfg.NodeIMDS, Node: cfg.NodeFacts, Logger: log}
+	imds, err := metadata.NewHandler(mcfg, prov, reg)
+	if err != nil {
+		return fmt.Errorf("metadata face: %w", err)
+	}
+	for _, a := range cfg.MetadataAddrs {
+		if _, err := serve(ctx, a.String(), imds, log, &wg); err != nil {
+			return err
+		}
+	}
+	if len(cfg.ContainerAddrs) > 0 {
+		ch, err := metadata.NewContainerHandler(metadata.ContainerConfig{Logger: log}, prov, reg)
+		if err != nil {
+			return fmt.Errorf("container credentials face: %w", err)
+		}
+		for _, a := range cfg.ContainerAddrs {
+			if _, err := serve(ctx, a.String(), ch, log, &wg); err != nil {
+				return err
+			}
+		}
+	}
+	st.listening.Store(true)
+
+	if cfg.ManageIptables {
+		rules, err := iptables.New(iptablesConfig(cfg), log)
+		if err != nil {
+			return fmt.Errorf("interception: %w", err)
+		}
+		repaired, err := rules.Ensure(ctx)
+		if err != nil {
+			return fmt.Errorf("installing interception rules: %w", err)
+		}
+		log.Info("interception rules in place", "backend", rules.Backend(), "created", len(repaired))
+		// Flows opened to the node's IMDS before the rule existed would bypass it: cut them.
+		for _, a := range []netip.Addr{IMDSv4, IMDSv6} {
+			if err := iptables.FlushConntrack(ctx, a); err != nil {
+				log.Warn("could not cut existing flows to the node metadata address", "address", a.String(), "error", err.Error())
+			}
+		}
+		st.rulesOK.Store(true)
+		goRun(func() {
+			rules.Reconcile(ctx, cfg.ReconcileInterval, func(s iptables.Status) {
+				m.reconciles.Inc()
+				m.repairs.Add(float64(s.Repaired))
+				ok := s.Err == nil
+				for fam, present := range s.Present {
+					m.rules.WithLabelValues(fam).Set(b2f(present))
+					ok = ok && present
+				}
+				st.rulesOK.Store(ok)
+				if s.Repaired > 0 {
+					log.Warn("interception rules drifted and were restored", "repaired", s.Repaired)
+				}
+				if s.Err != nil {
+					log.Error("reconciling interception rules", "error", s.Err.Error())
+				}
+			})
+		})
+	} else {
+		st.rulesOK.Store(true)
+	}
+
+	if cfg.DebugAddr != "" {
+		if _, err := serve(ctx, cfg.DebugAddr, statusHandler(index, mapper, cache, st), log, &wg); err != nil {
+			return err
+		}
+	}
+	log.Info("iamlet ready", "node", cfg.NodeName, "metadata", fmt.Sprint(cfg.MetadataAddrs))
+	<-ctx.Done()
+	log.Info("shutting down; interception rules stay in place")
+	return nil
+}
+
+// reconcileCache makes the cache hold exactly the live pods' current roles: new pods are prefetched,
+// deleted pods and changed roles dropped.
+func reconcileCache(index *pods.Index, mapper *roles.Mapper, cache *creds.Cache) {
+	var want []creds.Request
+	for _, p := range index.Live() {
+		if r, err := mapper.RoleFor(p.Namespace, p.ServiceAccount); err == nil {
+			want = append(want, requestFor(p, r))
+		}
+	}
+	cache.Retain(want)
+}
+
+func iptablesConfig(cfg Config) iptables.Config {
+	ic := iptables.Config{Interfaces: cfg.Interfaces, Backend: cfg.IptablesBackend, LockWait: 5 * time.Second}
+	for _, a := range cfg.MetadataAddrs {
+		if a.Addr().Is4() {
+			ic.MetadataV4 = a
+		} else {
+			ic.MetadataV6 = a
+		}
+	}
+	for _, a := range cfg.ContainerAddrs {
+		if a.Addr().Is4() {
+			ic.ContainerV4 = a
+		} else {
+			ic.ContainerV6 = a
+		}
+	}
+	return ic
+}
+
+// state is what readiness and status report.
+type state struct {
+	synced, listening, rulesOK atomic.Bool
+}
+
+func (s *state) ready() (bool, string) {
+	switch {
+	case !s.synced.Load():
+		return false, "informers not synced"
+	case !s.listening.Load():
+		return false, "metadata listener not up"
+	case !s.rulesOK.Load():
+		return false, "interception rules not in place"
+	}
+	return true, "ok"
+}
+
+func opsHandler(g prometheus.Gatherer, st *state) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		ok, why := st.ready()
+		if !ok {
+			http.Error(w, why, http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	return mux
+}
+
+// serve listens on addr and serves h until ctx is done, with timeouts that keep slow or abusive
+// clients from holding the agent (SDKs give an answer 1 s, so nothing legitimate is slower).
+func serve(ctx context.Context, addr string, h http.Handler, log *slog.Logger, wg *sync.WaitGroup) (*http.Server, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", addr, err)
+	}
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 2 * time.Second,
+		ReadTimeout:       5 * time.Second,
+		WriteTimeout:      10 * time.Second,
+		IdleTimeout:       60 * time.Second,
+		MaxHeaderBytes:    8 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("server stopped", "addr", addr, "error", err.Error())
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+	return srv, nil
+}
+
+func waitFor(ctx context.Context, cond func() bool) error {
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+	return nil
+}
+
+func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
+	var rc *rest.Config
+	var err error
+	if kubeconfig == "" {
+		rc, err = rest.InClusterConfig()
+	} else {
+		rc, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client config: %w", err)
+	}
+	rc.UserAgent = "iamlet"
+	rc.QPS, rc.Burst = 50, 100
+	return kubernetes.NewForConfig(rc)
+}
+
+func tokenKey(path string) ([]byte, error) {
+	if path == "" {
+		key := make([]byte, 32)
+		_, err := rand.Read(key)
+		return key, err
+	}
+	return metadata.LoadOrCreateKey(path)
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}

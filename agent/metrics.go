@@ -1,0 +1,126 @@
+package agent
+
+import (
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/iamlet/iamlet/agent/creds"
+)
+
+// metrics are the agent's own series. Per-pod series carry namespace, pod, service_account and role_arn
+// and are deleted when the pod or its role leaves the node, so cardinality follows the node's pods.
+type metrics struct {
+	expiry      *prometheus.GaugeVec
+	lastRefresh *prometheus.GaugeVec
+	podRequests *prometheus.CounterVec
+	fetches     *prometheus.CounterVec
+	stale       prometheus.Counter
+	sts         *prometheus.CounterVec
+	stsLatency  prometheus.Histogram
+	tokens      *prometheus.CounterVec
+	tokenLat    prometheus.Histogram
+	rules       *prometheus.GaugeVec
+	reconciles  prometheus.Counter
+	repairs     prometheus.Counter
+
+	mu      sync.Mutex
+	podKeys map[creds.Key][]string // label values of each entry's per-pod series, for deletion
+}
+
+var podLabels = []string{"namespace", "pod", "service_account", "role_arn"}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		expiry: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "iamlet_credentials_expiry_timestamp_seconds",
+			Help: "When the credentials held for a pod's role expire, as a Unix time.",
+		}, podLabels),
+		lastRefresh: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "iamlet_credentials_last_refresh_timestamp_seconds",
+			Help: "When the credentials held for a pod's role were last obtained from STS, as a Unix time.",
+		}, podLabels),
+		podRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "iamlet_pod_credential_requests_total",
+			Help: "Credential requests from identified pods, by outcome (hit, miss, stale, error).",
+		}, append(podLabels[:4:4], "outcome")),
+		fetches: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "iamlet_credentials_fetches_total",
+			Help: "Credential fetches (token request then STS), by reason (prefetch, miss, refresh) and result.",
+		}, []string{"reason", "result"}),
+		stale: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "iamlet_credentials_stale_serves_total",
+			Help: "Answers served from older, still valid credentials because a fetch failed.",
+		}),
+		sts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "iamlet_sts_requests_total",
+			Help: "STS AssumeRoleWithWebIdentity calls by result (success, error) and error code.",
+		}, []string{"result", "code"}),
+		stsLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "iamlet_sts_request_duration_seconds",
+			Help:    "Latency of STS AssumeRoleWithWebIdentity calls.",
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}),
+		tokens: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "iamlet_kube_token_requests_total",
+			Help: "Kubernetes TokenRequest calls by result.",
+		}, []string{"result"}),
+		tokenLat: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "iamlet_kube_token_request_duration_seconds",
+			Help:    "Latency of Kubernetes TokenRequest calls.",
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+		}),
+		rules: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "iamlet_iptables_rules_present",
+			Help: "1 when every interception rule of the family is in place after the last reconcile.",
+		}, []string{"family"}),
+		reconciles: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "iamlet_iptables_reconciles_total",
+			Help: "Reconcile passes over the interception rules.",
+		}),
+		repairs: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "iamlet_iptables_drift_repairs_total",
+			Help: "Interception rules found missing or out of place and restored.",
+		}),
+		podKeys: make(map[creds.Key][]string),
+	}
+	reg.MustRegister(m.expiry, m.lastRefresh, m.podRequests, m.fetches, m.stale, m.sts, m.stsLatency,
+		m.tokens, m.tokenLat, m.rules, m.reconciles, m.repairs)
+	return m
+}
+
+func labelsOf(r creds.Request) []string {
+	return []string{r.Namespace, r.Pod, r.ServiceAccount, r.RoleARN}
+}
+
+func (m *metrics) stored(r creds.Request, c creds.Credentials) {
+	l := labelsOf(r)
+	m.mu.Lock()
+	m.podKeys[r.Key()] = l
+	m.mu.Unlock()
+	m.expiry.WithLabelValues(l...).Set(float64(c.Expiration.Unix()))
+	m.lastRefresh.WithLabelValues(l...).Set(float64(c.Issued.Unix()))
+}
+
+func (m *metrics) request(r creds.Request, outcome string) {
+	m.mu.Lock()
+	if _, ok := m.podKeys[r.Key()]; !ok {
+		m.podKeys[r.Key()] = labelsOf(r)
+	}
+	m.mu.Unlock()
+	m.podRequests.WithLabelValues(append(labelsOf(r), outcome)...).Inc()
+}
+
+// forget deletes every per-pod series of the entry.
+func (m *metrics) forget(r creds.Request) {
+	m.mu.Lock()
+	l, ok := m.podKeys[r.Key()]
+	delete(m.podKeys, r.Key())
+	m.mu.Unlock()
+	if !ok {
+		l = labelsOf(r)
+	}
+	m.expiry.DeleteLabelValues(l...)
+	m.lastRefresh.DeleteLabelValues(l...)
+	m.podRequests.DeletePartialMatch(prometheus.Labels{"namespace": l[0], "pod": l[1], "service_account": l[2], "role_arn": l[3]})
+}

@@ -1,0 +1,44 @@
+package agent
+
+import (
+	"context"
+	"log/slog"
+
+	"github.com/iamlet/iamlet/agent/creds"
+)
+
+// observer turns cache events into metrics and audit lines. Credentials never reach a log: only the
+// session name and expiry do.
+type observer struct {
+	metrics *metrics
+	log     *slog.Logger
+}
+
+func podAttrs(r creds.Request) []slog.Attr {
+	return []slog.Attr{slog.Bool("audit", true), slog.String("namespace", r.Namespace), slog.String("pod", r.Pod),
+		slog.String("pod_uid", r.PodUID), slog.String("service_account", r.ServiceAccount), slog.String("role_arn", r.RoleARN)}
+}
+
+func (o observer) Stored(r creds.Request, c creds.Credentials, reason string) {
+	o.metrics.fetches.WithLabelValues(reason, "success").Inc()
+	o.metrics.stored(r, c)
+	o.log.LogAttrs(context.Background(), slog.LevelInfo, "credentials issued", append(podAttrs(r), slog.String("outcome", "issued"),
+		slog.String("reason", reason), slog.String("session_name", c.SessionName), slog.Time("expiration", c.Expiration))...)
+}
+
+func (o observer) FetchFailed(r creds.Request, reason string, err error) {
+	o.metrics.fetches.WithLabelValues(reason, "error").Inc()
+	o.log.LogAttrs(context.Background(), slog.LevelWarn, "credential fetch failed", append(podAttrs(r), slog.String("outcome", "fetch_failed"),
+		slog.String("reason", reason), slog.String("error", err.Error()))...)
+}
+
+func (o observer) Stale(r creds.Request, c creds.Credentials) {
+	o.metrics.stale.Inc()
+	o.log.LogAttrs(context.Background(), slog.LevelWarn, "serving older credentials while fetches fail", append(podAttrs(r),
+		slog.String("outcome", "stale"), slog.Time("expiration", c.Expiration))...)
+}
+
+func (o observer) Forgot(r creds.Request) {
+	o.metrics.forget(r)
+	o.log.LogAttrs(context.Background(), slog.LevelInfo, "credentials dropped", append(podAttrs(r), slog.String("outcome", "dropped"))...)
+}

@@ -1,0 +1,243 @@
+// Package pods keeps the node's live pods indexed by IP, so the agent can tell which pod sent a request.
+// It fails closed: an address that no live pod holds, that two live pods claim, or that belongs to a
+// hostNetwork pod identifies nobody.
+package pods
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+)
+
+// Pod is what the agent needs to know of a pod.
+type Pod struct {
+	UID            types.UID
+	Namespace      string
+	Name           string
+	ServiceAccount string
+	HostNetwork    bool
+	IPs            []netip.Addr
+}
+
+// Errors Lookup returns; each means the caller is refused.
+var (
+	ErrNotFound    = errors.New("no live pod on this node has this address")
+	ErrAmbiguous   = errors.New("more than one live pod on this node has this address")
+	ErrHostNetwork = errors.New("address belongs to a hostNetwork pod, which cannot be told apart from the node")
+)
+
+const byIP = "ip"
+
+// Index is a node-scoped pod informer with an index by pod IP.
+type Index struct {
+	informer cache.SharedIndexInformer
+	wait     time.Duration
+
+	mu      sync.Mutex
+	changed chan struct{} // closed and replaced on every event, to wake waiting lookups
+}
+
+// New watches the pods scheduled to nodeName. Lookup waits up to wait for an address not yet known.
+func New(client kubernetes.Interface, nodeName string, wait time.Duration) *Index {
+	selector := fields.OneTermEqualSelector("spec.nodeName", nodeName).String()
+	api := client.CoreV1().Pods(metav1.NamespaceAll)
+	lw := &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			o.FieldSelector = selector
+			return api.List(ctx, o)
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			o.FieldSelector = selector
+			return api.Watch(ctx, o)
+		},
+	}
+	inf := cache.NewSharedIndexInformer(lw, &corev1.Pod{}, 0, cache.Indexers{byIP: ipKeys})
+	// Keep only what identification needs: memory follows the node's pods, and a pod spec can be large.
+	_ = inf.SetTransform(slim)
+	ix := &Index{informer: inf, wait: wait, changed: make(chan struct{})}
+	_, _ = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { ix.notify() },
+		UpdateFunc: func(any, any) { ix.notify() },
+		DeleteFunc: func(any) { ix.notify() },
+	})
+	return ix
+}
+
+// Run runs the informer until ctx is done.
+func (ix *Index) Run(ctx context.Context) { ix.informer.RunWithContext(ctx) }
+
+// HasSynced reports whether the initial list has been indexed.
+func (ix *Index) HasSynced() bool { return ix.informer.HasSynced() }
+
+// AddHandler registers h for pod events (the agent uses it to prefetch and evict).
+func (ix *Index) AddHandler(h func()) {
+	_, _ = ix.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { h() },
+		UpdateFunc: func(any, any) { h() },
+		DeleteFunc: func(any) { h() },
+	})
+}
+
+func (ix *Index) notify() {
+	ix.mu.Lock()
+	close(ix.changed)
+	ix.changed = make(chan struct{})
+	ix.mu.Unlock()
+}
+
+func (ix *Index) changes() <-chan struct{} {
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	return ix.changed
+}
+
+// Lookup returns the one live pod holding ip. An address not yet indexed is waited for, up to the
+// configured bound, because pods often call the metadata service before their IP reaches the API.
+func (ix *Index) Lookup(ctx context.Context, ip netip.Addr) (Pod, error) {
+	ip = ip.Unmap()
+	var timer *time.Timer
+	for {
+		changed := ix.changes() // taken before the read, so no event can slip between them
+		p, err := ix.lookup(ip)
+		if !errors.Is(err, ErrNotFound) || ix.wait <= 0 {
+			return p, err
+		}
+		if timer == nil {
+			timer = time.NewTimer(ix.wait)
+			defer timer.Stop()
+		}
+		select {
+		case <-changed:
+		case <-timer.C:
+			return Pod{}, err
+		case <-ctx.Done():
+			return Pod{}, fmt.Errorf("waiting for %s to appear: %w", ip, ctx.Err())
+		}
+	}
+}
+
+func (ix *Index) lookup(ip netip.Addr) (Pod, error) {
+	objs, err := ix.informer.GetIndexer().ByIndex(byIP, ip.String())
+	if err != nil {
+		return Pod{}, fmt.Errorf("index lookup of %s: %w", ip, err)
+	}
+	var found []*corev1.Pod
+	for _, o := range objs {
+		if p, ok := o.(*corev1.Pod); ok {
+			if p.Spec.HostNetwork {
+				return Pod{}, ErrHostNetwork
+			}
+			found = append(found, p)
+		}
+	}
+	switch len(found) {
+	case 0:
+		return Pod{}, ErrNotFound
+	case 1:
+		return toPod(found[0]), nil
+	default:
+		return Pod{}, ErrAmbiguous
+	}
+}
+
+// Live lists the live, non-hostNetwork pods of the node.
+func (ix *Index) Live() []Pod {
+	var out []Pod
+	for _, o := range ix.informer.GetStore().List() {
+		if p, ok := o.(*corev1.Pod); ok && live(p) && !p.Spec.HostNetwork {
+			out = append(out, toPod(p))
+		}
+	}
+	return out
+}
+
+// live pods are the only ones that may hold an address: a Succeeded, Failed or terminating pod's IP may
+// already belong to a new pod.
+func live(p *corev1.Pod) bool {
+	if p.DeletionTimestamp != nil {
+		return false
+	}
+	return p.Status.Phase == corev1.PodPending || p.Status.Phase == corev1.PodRunning
+}
+
+func ipKeys(obj any) ([]string, error) {
+	p, ok := obj.(*corev1.Pod)
+	if !ok || !live(p) {
+		return nil, nil
+	}
+	return podIPs(p), nil
+}
+
+func podIPs(p *corev1.Pod) []string {
+	var keys []string
+	add := func(s string) {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return
+		}
+		k := a.Unmap().String()
+		for _, have := range keys {
+			if have == k {
+				return
+			}
+		}
+		keys = append(keys, k)
+	}
+	add(p.Status.PodIP)
+	for _, ip := range p.Status.PodIPs {
+		add(ip.IP)
+	}
+	return keys
+}
+
+func toPod(p *corev1.Pod) Pod {
+	out := Pod{
+		UID:            p.UID,
+		Namespace:      p.Namespace,
+		Name:           p.Name,
+		ServiceAccount: p.Spec.ServiceAccountName,
+		HostNetwork:    p.Spec.HostNetwork,
+	}
+	if out.ServiceAccount == "" {
+		out.ServiceAccount = "default"
+	}
+	for _, k := range podIPs(p) {
+		out.IPs = append(out.IPs, netip.MustParseAddr(k))
+	}
+	return out
+}
+
+// slim drops everything identification does not read before the informer stores a pod.
+func slim(obj any) (any, error) {
+	p, ok := obj.(*corev1.Pod)
+	if !ok {
+		return obj, nil
+	}
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:              p.Name,
+			Namespace:         p.Namespace,
+			UID:               p.UID,
+			ResourceVersion:   p.ResourceVersion,
+			DeletionTimestamp: p.DeletionTimestamp,
+		},
+		Spec: corev1.PodSpec{
+			NodeName:           p.Spec.NodeName,
+			ServiceAccountName: p.Spec.ServiceAccountName,
+			HostNetwork:        p.Spec.HostNetwork,
+		},
+		Status: corev1.PodStatus{Phase: p.Status.Phase, PodIP: p.Status.PodIP, PodIPs: p.Status.PodIPs},
+	}, nil
+}

@@ -1,0 +1,181 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/iamlet/iamlet/agent/creds"
+	"github.com/iamlet/iamlet/agent/pods"
+	"github.com/iamlet/iamlet/agent/roles"
+	"github.com/iamlet/iamlet/agent/sts"
+	"github.com/iamlet/iamlet/agent/token"
+	"github.com/iamlet/iamlet/metadata"
+)
+
+// podFinder and roleMapper are what the provider needs of the pod index and the role mapper.
+type podFinder interface {
+	Lookup(ctx context.Context, ip netip.Addr) (pods.Pod, error)
+}
+
+type roleMapper interface {
+	RoleFor(namespace, serviceAccount string) (roles.Role, error)
+}
+
+type credentialCache interface {
+	Get(ctx context.Context, r creds.Request) (creds.Credentials, creds.Outcome, error)
+}
+
+// provider answers "which credentials for this caller": source IP -> one live pod -> its
+// ServiceAccount's role -> the cached credentials of that (pod UID, role). It implements
+// metadata.CredentialProvider and fails closed at every step.
+type provider struct {
+	pods    podFinder
+	roles   roleMapper
+	cache   credentialCache
+	metrics *metrics
+	log     *slog.Logger
+	dryRun  bool
+}
+
+func (p *provider) Credentials(ctx context.Context, caller netip.Addr) (metadata.Credentials, error) {
+	pod, err := p.pods.Lookup(ctx, caller)
+	if err != nil {
+		p.log.LogAttrs(ctx, slog.LevelWarn, "refused", slog.Bool("audit", true), slog.String("caller", caller.String()),
+			slog.String("outcome", "refused"), slog.String("reason", "unknown_pod"), slog.String("error", err.Error()))
+		return metadata.Credentials{}, fmt.Errorf("%w: %s: %w", metadata.ErrUnknownCaller, caller, err)
+	}
+	attrs := []slog.Attr{slog.Bool("audit", true), slog.String("caller", caller.String()),
+		slog.String("namespace", pod.Namespace), slog.String("pod", pod.Name), slog.String("pod_uid", string(pod.UID)),
+		slog.String("service_account", pod.ServiceAccount)}
+
+	role, err := p.roles.RoleFor(pod.Namespace, pod.ServiceAccount)
+	if err != nil {
+		reason, sentinel := "not_allowed", metadata.ErrForbidden
+		if errors.Is(err, roles.ErrNoRole) {
+			reason, sentinel = "no_role", metadata.ErrNoRole
+		}
+		p.log.LogAttrs(ctx, slog.LevelWarn, "refused", append(attrs, slog.String("outcome", "refused"),
+			slog.String("reason", reason), slog.String("error", err.Error()))...)
+		return metadata.Credentials{}, fmt.Errorf("%w: %w", sentinel, err)
+	}
+	req := requestFor(pod, role)
+	attrs = append(attrs, slog.String("role_arn", role.ARN))
+
+	if p.dryRun {
+		p.log.LogAttrs(ctx, slog.LevelInfo, "dry run: would serve", append(attrs, slog.String("outcome", "dry_run"))...)
+		return metadata.Credentials{}, fmt.Errorf("%w: dry-run mode serves no credentials (would serve %s)", metadata.ErrUnavailable, role.ARN)
+	}
+
+	c, outcome, err := p.cache.Get(ctx, req)
+	if err != nil {
+		p.metrics.request(req, "error")
+		sentinel, reason := metadata.ErrUnavailable, "unavailable"
+		if !retryable(err) {
+			sentinel, reason = metadata.ErrForbidden, "sts_refused"
+		}
+		p.log.LogAttrs(ctx, slog.LevelWarn, "refused", append(attrs, slog.String("outcome", "refused"),
+			slog.String("reason", reason), slog.String("error", err.Error()))...)
+		return metadata.Credentials{}, fmt.Errorf("%w: %w", sentinel, err)
+	}
+	p.metrics.request(req, outcomeName(outcome))
+	p.log.LogAttrs(ctx, slog.LevelDebug, "served", append(attrs, slog.String("outcome", outcomeName(outcome)),
+		slog.String("session_name", c.SessionName), slog.Time("expiration", c.Expiration))...)
+	return metadata.Credentials{
+		RoleName:        roles.RoleName(role.ARN),
+		AccessKeyID:     c.AccessKeyID,
+		SecretAccessKey: c.SecretAccessKey,
+		SessionToken:    c.SessionToken,
+		Expiration:      c.Expiration,
+		LastUpdated:     c.Issued,
+		AccountID:       c.AccountID,
+	}, nil
+}
+
+func outcomeName(o creds.Outcome) string {
+	switch o {
+	case creds.Hit:
+		return "hit"
+	case creds.Stale:
+		return "stale"
+	}
+	return "miss"
+}
+
+func requestFor(p pods.Pod, r roles.Role) creds.Request {
+	return creds.Request{
+		PodUID:         string(p.UID),
+		Namespace:      p.Namespace,
+		Pod:            p.Name,
+		ServiceAccount: p.ServiceAccount,
+		RoleARN:        r.ARN,
+		Audience:       r.Audience,
+		Duration:       r.Duration,
+		Regional:       r.Regional,
+	}
+}
+
+func retryable(err error) bool {
+	var r interface{ Retryable() bool }
+	if errors.As(err, &r) {
+		return r.Retryable()
+	}
+	return true
+}
+
+// fetcher gets fresh credentials: a pod-bound token from the apiserver, traded with STS.
+type fetcher struct {
+	tokens  *token.Source
+	sts     *sts.Client
+	metrics *metrics
+}
+
+func (f *fetcher) Fetch(ctx context.Context, r creds.Request) (creds.Credentials, error) {
+	start := time.Now()
+	tok, err := f.tokens.Token(ctx, token.Pod{Namespace: r.Namespace, Name: r.Pod, UID: types.UID(r.PodUID), ServiceAccount: r.ServiceAccount}, r.Audience)
+	f.metrics.tokenLat.Observe(time.Since(start).Seconds())
+	if err != nil {
+		f.metrics.tokens.WithLabelValues("error").Inc()
+		return creds.Credentials{}, &kubeError{err: err}
+	}
+	f.metrics.tokens.WithLabelValues("success").Inc()
+
+	name := sts.SessionName(r.Namespace, r.Pod, r.PodUID)
+	start = time.Now()
+	out, err := f.sts.AssumeRole(ctx, sts.Request{RoleARN: r.RoleARN, SessionName: name, WebIdentityToken: tok, Duration: r.Duration, Regional: r.Regional})
+	f.metrics.stsLatency.Observe(time.Since(start).Seconds())
+	if err != nil {
+		code := "unknown"
+		var se *sts.Error
+		if errors.As(err, &se) {
+			code = se.Code
+		}
+		f.metrics.sts.WithLabelValues("error", code).Inc()
+		return creds.Credentials{}, err
+	}
+	f.metrics.sts.WithLabelValues("success", "").Inc()
+	return creds.Credentials{
+		AccessKeyID:     out.AccessKeyID,
+		SecretAccessKey: out.SecretAccessKey,
+		SessionToken:    out.SessionToken,
+		Expiration:      out.Expiration,
+		AccountID:       out.AccountID,
+		SessionName:     name,
+	}, nil
+}
+
+// kubeError classifies TokenRequest failures: a pod that is gone or a ServiceAccount that may not mint
+// tokens will not get better by retrying soon.
+type kubeError struct{ err error }
+
+func (e *kubeError) Error() string { return e.err.Error() }
+func (e *kubeError) Unwrap() error { return e.err }
+func (e *kubeError) Retryable() bool {
+	return !(apierrors.IsNotFound(e.err) || apierrors.IsForbidden(e.err) || apierrors.IsInvalid(e.err) || apierrors.IsBadRequest(e.err))
+}

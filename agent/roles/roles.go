@@ -1,0 +1,251 @@
+// Package roles maps a pod's ServiceAccount to the IAM role it may assume, from IRSA-compatible
+// annotations, checked against the namespace's allow-list. It reads Kubernetes and never AWS.
+package roles
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	listersv1 "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+)
+
+// Annotations read by the mapper. The eks.amazonaws.com ones are IRSA's, so existing manifests work unchanged.
+const (
+	AnnotationRoleARN     = "eks.amazonaws.com/role-arn"
+	AnnotationAudience    = "eks.amazonaws.com/audience"
+	AnnotationRegionalSTS = "eks.amazonaws.com/sts-regional-endpoints"
+	// AnnotationSessionDuration on a ServiceAccount sets DurationSeconds, as a Go duration ("2h") or seconds.
+	AnnotationSessionDuration = "iamlet.dev/session-duration"
+	// AnnotationAllowedRoles on a Namespace lists the role ARNs (globs, comma or newline separated) its
+	// ServiceAccounts may use.
+	AnnotationAllowedRoles = "iamlet.dev/allowed-roles"
+)
+
+// STS accepts DurationSeconds in this range.
+const (
+	MinDuration = 15 * time.Minute
+	MaxDuration = 12 * time.Hour
+)
+
+// Errors RoleFor returns.
+var (
+	ErrNoRole     = errors.New("service account has no role annotation")
+	ErrNotAllowed = errors.New("role is not allowed in this namespace")
+	ErrInvalid    = errors.New("invalid role annotation")
+)
+
+// Role is what the credential source needs to assume a pod's role.
+type Role struct {
+	ARN      string
+	Audience string
+	Duration time.Duration
+	Regional bool
+}
+
+// Config holds the mapper's defaults and policy.
+type Config struct {
+	DefaultAudience string        // "sts.amazonaws.com" when empty
+	DefaultDuration time.Duration // 1h when zero
+	// RequireNamespaceAllowlist denies every role in a namespace without the allow-list annotation.
+	RequireNamespaceAllowlist bool
+}
+
+// Mapper answers from ServiceAccount and Namespace informers, so annotation changes apply at once.
+type Mapper struct {
+	cfg        Config
+	sas        listersv1.ServiceAccountLister
+	namespaces listersv1.NamespaceLister
+	synced     []cache.InformerSynced
+	factory    informers.SharedInformerFactory
+}
+
+// New builds a mapper over client. Call Start, then wait for HasSynced.
+func New(client kubernetes.Interface, cfg Config) *Mapper {
+	if cfg.DefaultAudience == "" {
+		cfg.DefaultAudience = "sts.amazonaws.com"
+	}
+	if cfg.DefaultDuration == 0 {
+		cfg.DefaultDuration = time.Hour
+	}
+	// Only annotations matter: trimming keeps memory small on clusters with many ServiceAccounts.
+	f := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(annotationsOnly))
+	sa := f.Core().V1().ServiceAccounts()
+	ns := f.Core().V1().Namespaces()
+	return &Mapper{
+		cfg:        cfg,
+		sas:        sa.Lister(),
+		namespaces: ns.Lister(),
+		synced:     []cache.InformerSynced{sa.Informer().HasSynced, ns.Informer().HasSynced},
+		factory:    f,
+	}
+}
+
+// AddHandler registers h for ServiceAccount and Namespace events.
+func (m *Mapper) AddHandler(h func()) {
+	funcs := cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { h() },
+		UpdateFunc: func(any, any) { h() },
+		DeleteFunc: func(any) { h() },
+	}
+	_, _ = m.factory.Core().V1().ServiceAccounts().Informer().AddEventHandler(funcs)
+	_, _ = m.factory.Core().V1().Namespaces().Informer().AddEventHandler(funcs)
+}
+
+// Start starts the informers; they stop when ctx is done.
+func (m *Mapper) Start(ctx context.Context) { m.factory.StartWithContext(ctx) }
+
+// Shutdown waits for the informers' goroutines after ctx is done.
+func (m *Mapper) Shutdown() { m.factory.Shutdown() }
+
+// HasSynced reports whether both informers hold their initial lists.
+func (m *Mapper) HasSynced() bool {
+	for _, s := range m.synced {
+		if !s() {
+			return false
+		}
+	}
+	return true
+}
+
+// RoleFor returns the role of ServiceAccount sa in namespace.
+func (m *Mapper) RoleFor(namespace, sa string) (Role, error) {
+	acct, err := m.sas.ServiceAccounts(namespace).Get(sa)
+	if err != nil {
+		return Role{}, fmt.Errorf("%w: service account %s/%s not found", ErrNoRole, namespace, sa)
+	}
+	role, err := FromAnnotations(acct.Annotations, m.cfg)
+	if err != nil {
+		return Role{}, fmt.Errorf("service account %s/%s: %w", namespace, sa, err)
+	}
+	ns, err := m.namespaces.Get(namespace)
+	var allowed string
+	var has bool
+	if err == nil {
+		allowed, has = ns.Annotations[AnnotationAllowedRoles]
+	}
+	if !has {
+		if m.cfg.RequireNamespaceAllowlist {
+			return Role{}, fmt.Errorf("%w: namespace %s has no %s annotation", ErrNotAllowed, namespace, AnnotationAllowedRoles)
+		}
+		return role, nil
+	}
+	if !Allowed(allowed, role.ARN) {
+		return Role{}, fmt.Errorf("%w: %s not in namespace %s's %s", ErrNotAllowed, role.ARN, namespace, AnnotationAllowedRoles)
+	}
+	return role, nil
+}
+
+// FromAnnotations reads a ServiceAccount's annotations.
+func FromAnnotations(a map[string]string, cfg Config) (Role, error) {
+	arn, ok := a[AnnotationRoleARN]
+	if !ok || strings.TrimSpace(arn) == "" {
+		return Role{}, ErrNoRole
+	}
+	arn = strings.TrimSpace(arn)
+	if err := ValidateARN(arn); err != nil {
+		return Role{}, err
+	}
+	r := Role{ARN: arn, Audience: cfg.DefaultAudience, Duration: cfg.DefaultDuration, Regional: true}
+	if aud := strings.TrimSpace(a[AnnotationAudience]); aud != "" {
+		r.Audience = aud
+	}
+	// IRSA's webhook treats only "true" as regional; for us regional is the default, so only "false" opts out.
+	if strings.EqualFold(strings.TrimSpace(a[AnnotationRegionalSTS]), "false") {
+		r.Regional = false
+	}
+	if s := strings.TrimSpace(a[AnnotationSessionDuration]); s != "" {
+		d, err := parseDuration(s)
+		if err != nil || d < MinDuration || d > MaxDuration {
+			return Role{}, fmt.Errorf("%w: %s %q must be between %s and %s", ErrInvalid, AnnotationSessionDuration, s, MinDuration, MaxDuration)
+		}
+		r.Duration = d
+	}
+	return r, nil
+}
+
+func parseDuration(s string) (time.Duration, error) {
+	if d, err := time.ParseDuration(s); err == nil {
+		return d, nil
+	}
+	var secs int64
+	if _, err := fmt.Sscanf(s, "%d", &secs); err != nil || fmt.Sprint(secs) != s {
+		return 0, fmt.Errorf("not a duration: %q", s)
+	}
+	return time.Duration(secs) * time.Second, nil
+}
+
+// arn:PARTITION:iam::ACCOUNT:role/[PATH/]NAME; the account may be empty for IAM-compatible STS servers
+// such as MinIO's. Role names and paths follow IAM's character rules.
+var arnPattern = regexp.MustCompile(`^arn:[a-z][a-z0-9-]{1,31}:iam::(\d{12})?:role/([\x21-\x7e]*/)?[\w+=,.@-]{1,64}$`)
+
+// ValidateARN checks that arn names an IAM role.
+func ValidateARN(arn string) error {
+	if len(arn) < 20 || len(arn) > 2048 || !arnPattern.MatchString(arn) {
+		return fmt.Errorf("%w: %q is not an IAM role ARN", ErrInvalid, arn)
+	}
+	return nil
+}
+
+// RoleName is the last path segment of a role ARN: what the IMDS role listing shows.
+func RoleName(arn string) string {
+	return arn[strings.LastIndexByte(arn, '/')+1:]
+}
+
+// Allowed reports whether arn matches one of the comma- or newline-separated globs in list.
+// A '*' matches any run of characters, including '/' and ':'.
+func Allowed(list, arn string) bool {
+	for _, g := range strings.FieldsFunc(list, func(r rune) bool { return r == ',' || r == '\n' }) {
+		if g = strings.TrimSpace(g); g != "" && glob(g, arn) {
+			return true
+		}
+	}
+	return false
+}
+
+func glob(pattern, s string) bool {
+	star, si := -1, 0
+	pi, mark := 0, 0
+	for si < len(s) {
+		switch {
+		case pi < len(pattern) && pattern[pi] == '*':
+			star, mark = pi, si
+			pi++
+		case pi < len(pattern) && pattern[pi] == s[si]:
+			pi++
+			si++
+		case star >= 0:
+			pi = star + 1
+			mark++
+			si = mark
+		default:
+			return false
+		}
+	}
+	for pi < len(pattern) && pattern[pi] == '*' {
+		pi++
+	}
+	return pi == len(pattern)
+}
+
+func annotationsOnly(obj any) (any, error) {
+	switch o := obj.(type) {
+	case *corev1.ServiceAccount:
+		return &corev1.ServiceAccount{ObjectMeta: slimMeta(o.ObjectMeta)}, nil
+	case *corev1.Namespace:
+		return &corev1.Namespace{ObjectMeta: slimMeta(o.ObjectMeta)}, nil
+	}
+	return obj, nil
+}
+
+func slimMeta(m metav1.ObjectMeta) metav1.ObjectMeta {
+	return metav1.ObjectMeta{Name: m.Name, Namespace: m.Namespace, UID: m.UID, ResourceVersion: m.ResourceVersion, Annotations: m.Annotations}
+}

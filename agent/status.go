@@ -1,0 +1,115 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"sort"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
+
+	"github.com/iamlet/iamlet/agent/creds"
+	"github.com/iamlet/iamlet/agent/pods"
+	"github.com/iamlet/iamlet/agent/roles"
+)
+
+// Status is what `iamlet status` shows: the node's pods, their roles and credential state, and the
+// interception state. It carries no secret.
+type Status struct {
+	Ready        bool        `json:"ready"`
+	Reason       string      `json:"reason"`
+	Interception string      `json:"interception"`
+	Pods         []PodStatus `json:"pods"`
+}
+
+// PodStatus is one pod's line in Status.
+type PodStatus struct {
+	Namespace      string     `json:"namespace"`
+	Pod            string     `json:"pod"`
+	ServiceAccount string     `json:"serviceAccount"`
+	IPs            []string   `json:"ips"`
+	RoleARN        string     `json:"roleARN,omitempty"`
+	State          string     `json:"state"` // no_role, not_allowed, pending, valid, expired, error
+	Expiration     *time.Time `json:"expiration,omitempty"`
+	LastRefresh    *time.Time `json:"lastRefresh,omitempty"`
+	Detail         string     `json:"detail,omitempty"`
+}
+
+func statusHandler(index *pods.Index, mapper *roles.Mapper, cache *creds.Cache, st *state) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(buildStatus(index.Live(), mapper, cache.Snapshot(), st, time.Now()))
+	})
+	return mux
+}
+
+func buildStatus(live []pods.Pod, mapper *roles.Mapper, entries []creds.Entry, st *state, now time.Time) Status {
+	byKey := make(map[creds.Key]creds.Entry, len(entries))
+	for _, e := range entries {
+		byKey[e.Request.Key()] = e
+	}
+	s := Status{Interception: "in place"}
+	s.Ready, s.Reason = st.ready()
+	if !st.rulesOK.Load() {
+		s.Interception = "missing"
+	}
+	for _, p := range live {
+		ps := PodStatus{Namespace: p.Namespace, Pod: p.Name, ServiceAccount: p.ServiceAccount}
+		for _, ip := range p.IPs {
+			ps.IPs = append(ps.IPs, ip.String())
+		}
+		role, err := mapper.RoleFor(p.Namespace, p.ServiceAccount)
+		switch {
+		case errors.Is(err, roles.ErrNoRole):
+			ps.State = "no_role"
+		case err != nil:
+			ps.State, ps.Detail = "not_allowed", err.Error()
+		default:
+			ps.RoleARN = role.ARN
+			e, ok := byKey[requestFor(p, role).Key()]
+			switch {
+			case !ok || (!e.Has && e.LastError == ""):
+				ps.State = "pending"
+			case !e.Has:
+				ps.State, ps.Detail = "error", e.LastError
+			default:
+				exp, iss := e.Expiration, e.Issued
+				ps.Expiration, ps.LastRefresh = &exp, &iss
+				ps.State = "valid"
+				if !now.Before(exp) {
+					ps.State = "expired"
+				}
+				ps.Detail = e.LastError
+			}
+		}
+		s.Pods = append(s.Pods, ps)
+	}
+	sort.Slice(s.Pods, func(i, j int) bool {
+		if s.Pods[i].Namespace != s.Pods[j].Namespace {
+			return s.Pods[i].Namespace < s.Pods[j].Namespace
+		}
+		return s.Pods[i].Pod < s.Pods[j].Pod
+	})
+	return s
+}
+
+// nodeRegion asks the node's IMDS for the region (the agent's own traffic is not intercepted).
+func nodeRegion(ctx context.Context, endpoint, fallback string) (string, error) {
+	if fallback != "" {
+		return fallback, nil
+	}
+	if endpoint == "" {
+		return "", errors.New("no region: set --region, or --node-imds so the agent can ask the node")
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	out, err := imds.New(imds.Options{Endpoint: endpoint}).GetRegion(ctx, &imds.GetRegionInput{})
+	if err != nil {
+		return "", fmt.Errorf("asking the node's IMDS for the region (set --region to skip): %w", err)
+	}
+	return out.Region, nil
+}

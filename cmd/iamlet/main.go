@@ -1,0 +1,173 @@
+// Command iamlet is the node agent: it serves each pod its own IAM role's credentials on the instance
+// metadata address and keeps pods away from the node's own.
+//
+//	iamlet [run] [flags]      run the agent (the DaemonSet's command)
+//	iamlet status [-o json]   show the node's pods, their roles and credential state
+//	iamlet uninstall          remove the interception rules (a real uninstall; pods then reach the node's IMDS)
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/iamlet/iamlet/agent"
+	"github.com/iamlet/iamlet/iptables"
+)
+
+func main() {
+	args := os.Args[1:]
+	cmd := "run"
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		cmd, args = args[0], args[1:]
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	var err error
+	switch cmd {
+	case "run":
+		err = run(ctx, args)
+	case "status":
+		err = status(ctx, args, os.Stdout)
+	case "uninstall":
+		err = uninstall(ctx, args)
+	default:
+		err = fmt.Errorf("unknown command %q (want run, status or uninstall)", cmd)
+	}
+	if err != nil && !errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintln(os.Stderr, "iamlet:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("iamlet run", flag.ContinueOnError)
+	var cfg agent.Config
+	var metadataAddrs, containerAddrs, interfaces, logFormat, logLevel string
+	fs.StringVar(&cfg.NodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name (default $NODE_NAME, from the downward API)")
+	fs.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "kubeconfig file; empty for in-cluster config")
+	fs.StringVar(&metadataAddrs, "metadata-addr", envOr("METADATA_ADDR", ""), "comma-separated listen addresses of the IMDS face, at most one per family, e.g. $(HOST_IP):8181; interception DNATs to them")
+	fs.StringVar(&containerAddrs, "container-addr", "", "comma-separated listen addresses of the container-credentials face (169.254.170.23 style); empty = off")
+	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", ":9180", "listen address for /metrics, /healthz and /readyz")
+	fs.StringVar(&cfg.DebugAddr, "debug-addr", "127.0.0.1:9181", "loopback listen address of the read-only /status endpoint used by `iamlet status`")
+	fs.BoolVar(&cfg.ManageIptables, "iptables", true, "install and reconcile the interception rules")
+	fs.StringVar(&interfaces, "interfaces", "", "comma-separated iptables interface patterns of pod traffic (eni+ for the AWS VPC CNI, cali+ Calico, lxc+ Cilium, cni0 flannel); empty = all traffic not from the host itself")
+	fs.StringVar(&cfg.IptablesBackend, "iptables-backend", "auto", "auto, nft or legacy")
+	fs.DurationVar(&cfg.ReconcileInterval, "reconcile-interval", 5*time.Second, "how often interception rules are checked and restored")
+	fs.DurationVar(&cfg.UnknownPodWait, "unknown-pod-wait", time.Second, "how long a request from an address not yet known waits for its pod to appear")
+	fs.BoolVar(&cfg.RequireNamespaceAllowlist, "require-namespace-allowlist", false, "deny roles in namespaces without the iamlet.dev/allowed-roles annotation")
+	fs.StringVar(&cfg.DefaultAudience, "default-audience", "sts.amazonaws.com", "token audience when a ServiceAccount has no eks.amazonaws.com/audience")
+	fs.DurationVar(&cfg.SessionDuration, "session-duration", time.Hour, "default STS session duration (900s..12h)")
+	fs.BoolVar(&cfg.DryRun, "dry-run", false, "identify callers and log the role each would get, but serve no credentials (for migrations)")
+	fs.StringVar(&cfg.Region, "region", os.Getenv("AWS_REGION"), "STS region; asked of the node's IMDS when empty")
+	fs.StringVar(&cfg.STSEndpoint, "sts-endpoint", "", "STS endpoint override (a VPC endpoint, or a test STS)")
+	fs.Float64Var(&cfg.RefreshQPS, "refresh-qps", 10, "background credential fetches per second (prefetch and refresh)")
+	fs.BoolVar(&cfg.RequireIMDSv2, "require-imdsv2", false, "refuse IMDSv1 requests (like EC2's HttpTokens=required)")
+	fs.StringVar(&cfg.TokenKeyFile, "token-key-file", "", "file holding the IMDSv2 token key, created if absent; empty = a per-process key")
+	fs.StringVar(&cfg.NodeIMDS, "node-imds", "http://169.254.169.254", "the node's own IMDS, for allow-listed node facts and the region; empty = synthesise")
+	fs.StringVar(&logFormat, "log-format", "json", "json or text")
+	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	log, err := newLogger(os.Stderr, logFormat, logLevel)
+	if err != nil {
+		return err
+	}
+	if cfg.MetadataAddrs, err = parseAddrs(metadataAddrs); err != nil {
+		return fmt.Errorf("--metadata-addr: %w", err)
+	}
+	if cfg.ContainerAddrs, err = parseAddrs(containerAddrs); err != nil {
+		return fmt.Errorf("--container-addr: %w", err)
+	}
+	cfg.Interfaces = splitList(interfaces)
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return agent.Run(ctx, cfg, reg, reg, log)
+}
+
+func uninstall(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("iamlet uninstall", flag.ContinueOnError)
+	backend := fs.String("iptables-backend", "auto", "auto, nft or legacy")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	log, _ := newLogger(os.Stderr, "text", "info")
+	// Remove works from the chains' names, so any listener address satisfies the config.
+	rules, err := iptables.New(iptables.Config{
+		MetadataV4: netip.MustParseAddrPort("127.0.0.1:8181"),
+		MetadataV6: netip.MustParseAddrPort("[::1]:8181"),
+		Backend:    *backend,
+		LockWait:   5 * time.Second,
+	}, log)
+	if err != nil {
+		return err
+	}
+	if err := rules.Remove(ctx); err != nil {
+		return fmt.Errorf("removing interception rules: %w", err)
+	}
+	fmt.Fprintln(os.Stderr, "iamlet: interception rules removed; pods on this node can now reach the node's own IMDS")
+	return nil
+}
+
+func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want json or text", format)
+}
+
+func parseAddrs(s string) ([]netip.AddrPort, error) {
+	var out []netip.AddrPort
+	seen := map[bool]bool{}
+	for _, f := range splitList(s) {
+		a, err := netip.ParseAddrPort(f)
+		if err != nil {
+			return nil, err
+		}
+		if seen[a.Addr().Is4()] {
+			return nil, fmt.Errorf("%s: at most one address per family", f)
+		}
+		seen[a.Addr().Is4()] = true
+		out = append(out, a)
+	}
+	return out, nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}

@@ -1,0 +1,78 @@
+// Command probe sends raw HTTP requests from inside a pod namespace, written byte for byte so that odd
+// paths reach the server unnormalised. Each argument is one request line "METHOD PATH"; headers come
+// from -H flags; with -token it first fetches an IMDSv2 token and sends it on every request.
+// It prints, per request: "=== METHOD PATH", the status code, then the body.
+package main
+
+import (
+	"bufio"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+)
+
+type headers []string
+
+func (h *headers) String() string     { return strings.Join(*h, ", ") }
+func (h *headers) Set(v string) error { *h = append(*h, v); return nil }
+
+func main() {
+	addr := flag.String("addr", "169.254.169.254:80", "server address")
+	token := flag.Bool("token", false, "fetch an IMDSv2 token first and send it")
+	var hs headers
+	flag.Var(&hs, "H", "header 'Name: value' (repeatable)")
+	flag.Parse()
+	if *token {
+		status, body, err := do(*addr, "PUT", "/latest/api/token", []string{"X-aws-ec2-metadata-token-ttl-seconds: 300"})
+		if err != nil || status != 200 {
+			fmt.Fprintf(os.Stderr, "probe: token: %d %v\n", status, err)
+			os.Exit(1)
+		}
+		hs = append(hs, "X-aws-ec2-metadata-token: "+body)
+	}
+	for _, line := range flag.Args() {
+		method, path, ok := strings.Cut(line, " ")
+		if !ok {
+			method, path = "GET", line
+		}
+		status, body, err := do(*addr, method, path, hs)
+		fmt.Printf("=== %s %s\n", method, path)
+		if err != nil {
+			fmt.Printf("error %v\n", err)
+			continue
+		}
+		fmt.Printf("%d\n%s\n", status, body)
+	}
+}
+
+func do(addr, method, path string, hs []string) (int, string, error) {
+	conn, err := net.DialTimeout("tcp", addr, 3*time.Second)
+	if err != nil {
+		return 0, "", err
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	host, _, _ := net.SplitHostPort(addr)
+	req := method + " " + path + " HTTP/1.1\r\nHost: " + host + "\r\nConnection: close\r\n"
+	for _, h := range hs {
+		req += h + "\r\n"
+	}
+	if method == "PUT" || method == "POST" {
+		req += "Content-Length: 0\r\n"
+	}
+	if _, err := io.WriteString(conn, req+"\r\n"); err != nil {
+		return 0, "", err
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), &http.Request{Method: method})
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	return resp.StatusCode, string(b), err
+}

@@ -1,0 +1,74 @@
+// Package e2e holds the end-to-end tests: the iamlet binary on a real apiserver, MinIO as STS and S3,
+// the EC2 metadata mock as the node's IMDS, real iptables, and real SDKs running in pod namespaces.
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/iamlet/iamlet/e2e/stack"
+)
+
+// suite is the stack shared by the tests of this package, and the binaries built for it.
+var suite struct {
+	*stack.Stack
+	agentBin string
+	gov2Bin  string
+	agent    *stack.Proc // the shared agent most tests use
+}
+
+// The fixtures' ServiceAccounts, under short names.
+const (
+	saA      = stack.SAA
+	saB      = stack.SAB
+	saNoRole = stack.SANoRole
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(stack.Main(func(s *stack.Stack) int {
+		if err := setup(s); err != nil {
+			fmt.Fprintln(os.Stderr, "e2e: setup:", err)
+			return 1
+		}
+		return m.Run()
+	}))
+}
+
+func setup(s *stack.Stack) error {
+	suite.Stack = s
+	var err error
+	if suite.agentBin, err = stack.BuildAgent(s.Dir); err != nil {
+		return err
+	}
+	suite.gov2Bin, err = stack.BuildProgram(s.Dir, "gov2", "./e2e/clients/gov2")
+	return err
+}
+
+// sharedAgent starts the suite's agent on first use.
+func sharedAgent(t *testing.T) *stack.Proc {
+	t.Helper()
+	if suite.agent == nil || suite.agent.Exited() {
+		p, err := stack.StartProc(suite.Dir, "iamlet-shared", nil, suite.agentBin, suite.AgentArgs()...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.WaitHTTP("http://"+stack.AgentMetricsAddr+"/readyz", 30*time.Second); err != nil {
+			t.Fatalf("shared agent not ready: %v", err)
+		}
+		suite.agent = p
+	}
+	return suite.agent
+}
+
+// assertNoNodeSecrets fails if any node marker appears in out.
+func assertNoNodeSecrets(t *testing.T, what, out string) {
+	t.Helper()
+	for _, m := range stack.Markers {
+		if strings.Contains(out, m) {
+			t.Errorf("%s returned the node's secret %s:\n%s", what, m, out)
+		}
+	}
+}

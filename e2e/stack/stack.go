@@ -1,0 +1,515 @@
+// Package stack runs the real components the end-to-end tests need on one machine: etcd, kube-apiserver,
+// MinIO as STS and S3, and amazon-ec2-metadata-mock playing the node's own IMDS, all inside a "node"
+// network namespace, plus one network namespace per pod joined to it by a veth pair.
+//
+// The test binary re-executes itself inside the node namespace (Main), so tests reach the apiserver and
+// MinIO on that namespace's loopback and never touch the machine's root namespace. Binaries come from
+// hack/install-stack.sh (IAMLET_STACK_DIR, default /var/cache/iamlet-stack).
+package stack
+
+import (
+	"context"
+	"crypto/sha1"
+	"crypto/tls"
+	"encoding/base64"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+)
+
+// Addresses and names of the node.
+const (
+	NodeName      = "node-1"
+	NodeIP        = "10.200.0.1"
+	NodeIPv6      = "fd00:200::1"
+	IMDSv4        = "169.254.169.254"
+	APIServerURL  = "https://127.0.0.1:6443"
+	STSEndpoint   = "http://127.0.0.1:9000"
+	MinIOFromPods = "http://" + NodeIP + ":9000"
+	MinIOUser     = "iamletadmin"
+	MinIOPassword = "iamletadmin-secret"
+	adminToken    = "iamlet-e2e-admin-token"
+)
+
+// The node's own secrets as the metadata mock serves them; no pod may ever see these.
+const (
+	NodeRoleName      = "node-role"
+	NodeAccessKey     = "NODEROLEAKID_MUST_NOT_LEAK"
+	NodeSecretKey     = "NODEROLESECRET_MUST_NOT_LEAK"
+	NodeSessionToken  = "NODEROLETOKEN_MUST_NOT_LEAK"
+	NodeUserData      = "NODEUSERDATA_MUST_NOT_LEAK"
+	NodeProfileMarker = "NODEPROFILE_MUST_NOT_LEAK"
+)
+
+// Markers lists every node secret, for leak checks.
+var Markers = []string{NodeAccessKey, NodeSecretKey, NodeSessionToken, NodeUserData, NodeProfileMarker}
+
+// Roles as MinIO names them: one OpenID provider per audience, each with its own built-in policy:
+// role A may read objects (GetObject) and not write them; role B may write and not read.
+const (
+	AudienceA = "sts.amazonaws.com"
+	AudienceB = "sts-b.example"
+	PolicyA   = "readonly"
+	PolicyB   = "writeonly"
+	Bucket    = "iamlet-e2e"
+)
+
+// RoleARN is MinIO's role ARN for the provider whose client ID is audience.
+func RoleARN(audience string) string {
+	sum := sha1.Sum([]byte(audience))
+	return "arn:minio:iam:::role/" + base64.RawURLEncoding.EncodeToString(sum[:])
+}
+
+const (
+	envInside = "IAMLET_E2E_NODE_NS"
+	envRun    = "IAMLET_E2E_RUN"
+)
+
+// Main runs body inside a node network namespace on a running stack with its fixtures, and tears
+// everything down afterwards, even when body crashes. From TestMain:
+// os.Exit(stack.Main(func(s *stack.Stack) int { ...; return m.Run() })).
+func Main(body func(*Stack) int) int {
+	if os.Getenv(envInside) == "" {
+		return outer()
+	}
+	s, err := start(os.Getenv(envInside), os.Getenv(envRun))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e: starting the stack:", err)
+		if s != nil {
+			s.Stop()
+		}
+		return 1
+	}
+	defer s.Stop()
+	if err := s.fixtures(); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e: fixtures:", err)
+		return 1
+	}
+	return body(s)
+}
+
+// outer checks what the stack needs, makes the node namespace, re-runs this test binary inside it and
+// cleans up after it. Missing prerequisites fail loudly: these tests are part of the suite.
+func outer() int {
+	if err := Prerequisites(); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e: FAIL:", err)
+		return 1
+	}
+	run := fmt.Sprintf("%04x", os.Getpid()&0xffff)
+	node := "iamlet-" + run + "-node"
+	if out, err := exec.Command("ip", "netns", "add", node).CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: FAIL: ip netns add %s: %v: %s\n", node, err, out)
+		return 1
+	}
+	defer cleanupRun(run)
+	cmd := exec.Command("ip", append([]string{"netns", "exec", node, os.Args[0]}, os.Args[1:]...)...)
+	cmd.Env = append(os.Environ(), envInside+"="+node, envRun+"="+run)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = nil, os.Stdout, os.Stderr
+	if err := cmd.Run(); err != nil {
+		if ee, ok := err.(*exec.ExitError); ok {
+			return ee.ExitCode()
+		}
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		return 1
+	}
+	return 0
+}
+
+// cleanupRun kills whatever still runs in this run's namespaces and deletes them.
+func cleanupRun(run string) {
+	out, _ := exec.Command("ip", "netns", "list").Output()
+	for _, line := range strings.Split(string(out), "\n") {
+		name, _, _ := strings.Cut(strings.TrimSpace(line), " ")
+		if !strings.HasPrefix(name, "iamlet-"+run+"-") {
+			continue
+		}
+		pids, _ := exec.Command("ip", "netns", "pids", name).Output()
+		for _, p := range strings.Fields(string(pids)) {
+			_ = exec.Command("kill", "-9", p).Run()
+		}
+		_ = exec.Command("ip", "netns", "delete", name).Run()
+	}
+}
+
+// Prerequisites reports what is missing for the stack to run.
+func Prerequisites() error {
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("the end-to-end tests need root (network namespaces, iptables); run them as root via make test")
+	}
+	var missing []string
+	for _, tool := range []string{"ip", "iptables", "iptables-nft", "iptables-legacy", "ip6tables", "conntrack", "etcd"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			missing = append(missing, tool)
+		}
+	}
+	for _, b := range []string{"kube-apiserver", "minio", "ec2-metadata-mock"} {
+		if _, err := os.Stat(filepath.Join(BinDir(), b)); err != nil {
+			missing = append(missing, filepath.Join(BinDir(), b))
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("missing %s: run hack/install-stack.sh (make test does)", strings.Join(missing, ", "))
+	}
+	return nil
+}
+
+// BinDir is where hack/install-stack.sh put the component binaries.
+func BinDir() string {
+	if d := os.Getenv("IAMLET_STACK_DIR"); d != "" {
+		return filepath.Join(d, "bin")
+	}
+	return "/var/cache/iamlet-stack/bin"
+}
+
+// Stack is the running node.
+type Stack struct {
+	Run        string // short id; prefixes every namespace and link of this run
+	NodeNS     string
+	Dir        string // scratch directory: certificates, data, logs
+	Kubeconfig string
+	Kube       kubernetes.Interface
+	procs      []*Proc
+	nextPod    int
+}
+
+func start(nodeNS, run string) (*Stack, error) {
+	dir, err := os.MkdirTemp("", "iamlet-e2e-")
+	if err != nil {
+		return nil, err
+	}
+	s := &Stack{Run: run, NodeNS: nodeNS, Dir: dir, nextPod: 2}
+	t0 := time.Now()
+	steps := []struct {
+		name string
+		f    func() error
+	}{
+		{"node network", s.nodeNetwork},
+		{"certificates", func() error { return writePKI(dir) }},
+		{"etcd", s.startEtcd},
+		{"kube-apiserver", s.startAPIServer},
+		{"cluster objects", s.clusterObjects},
+		{"minio", s.startMinIO},
+		{"metadata mock", s.startMock},
+	}
+	for _, st := range steps {
+		if err := st.f(); err != nil {
+			return s, fmt.Errorf("%s: %w", st.name, err)
+		}
+	}
+	fmt.Fprintf(os.Stderr, "e2e: stack up in %s (scratch %s)\n", time.Since(t0).Round(time.Millisecond), dir)
+	return s, nil
+}
+
+// Stop stops every process and removes the scratch directory unless IAMLET_E2E_KEEP is set.
+func (s *Stack) Stop() {
+	for i := len(s.procs) - 1; i >= 0; i-- {
+		s.procs[i].Stop()
+	}
+	if os.Getenv("IAMLET_E2E_KEEP") == "" {
+		_ = os.RemoveAll(s.Dir)
+	}
+}
+
+func (s *Stack) nodeNetwork() error {
+	return runAll([][]string{
+		{"ip", "link", "set", "lo", "up"},
+		{"ip", "addr", "add", IMDSv4 + "/32", "dev", "lo"},
+		{"ip", "addr", "add", NodeIP + "/32", "dev", "lo"},
+		{"ip", "-6", "addr", "add", NodeIPv6 + "/128", "dev", "lo"},
+		{"sysctl", "-qw", "net.ipv4.ip_forward=1"},
+		{"sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"},
+	})
+}
+
+func (s *Stack) startEtcd() error {
+	p, err := s.Start("etcd", nil, "etcd", "--data-dir", filepath.Join(s.Dir, "etcd"),
+		"--listen-client-urls", "http://127.0.0.1:2379", "--advertise-client-urls", "http://127.0.0.1:2379",
+		"--listen-peer-urls", "http://127.0.0.1:2380", "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
+		"--initial-cluster", "default=http://127.0.0.1:2380", "--name", "default")
+	if err != nil {
+		return err
+	}
+	return p.WaitHTTP("http://127.0.0.1:2379/health", 30*time.Second)
+}
+
+func (s *Stack) startAPIServer() error {
+	d := s.Dir
+	if err := os.WriteFile(filepath.Join(d, "tokens.csv"), []byte(adminToken+",admin,admin,system:masters\n"), 0o600); err != nil {
+		return err
+	}
+	p, err := s.Start("kube-apiserver", nil, filepath.Join(BinDir(), "kube-apiserver"),
+		"--etcd-servers=http://127.0.0.1:2379", "--bind-address=127.0.0.1", "--secure-port=6443",
+		"--advertise-address="+NodeIP,
+		"--tls-cert-file="+filepath.Join(d, "apiserver.crt"), "--tls-private-key-file="+filepath.Join(d, "apiserver.key"),
+		"--client-ca-file="+filepath.Join(d, "ca.crt"), "--token-auth-file="+filepath.Join(d, "tokens.csv"),
+		"--service-account-issuer="+APIServerURL, "--service-account-jwks-uri="+APIServerURL+"/openid/v1/jwks",
+		"--service-account-key-file="+filepath.Join(d, "sa.pub"), "--service-account-signing-key-file="+filepath.Join(d, "sa.key"),
+		"--api-audiences="+APIServerURL, "--authorization-mode=Node,RBAC", "--anonymous-auth=true",
+		"--service-cluster-ip-range=10.96.0.0/16", "--cert-dir="+filepath.Join(d, "apiserver-certs"),
+		"--enable-priority-and-fairness=false")
+	if err != nil {
+		return err
+	}
+	kc := clientcmdConfig(filepath.Join(d, "ca.crt"))
+	s.Kubeconfig = filepath.Join(d, "kubeconfig")
+	if err := os.WriteFile(s.Kubeconfig, kc, 0o600); err != nil {
+		return err
+	}
+	rc, err := clientcmd.BuildConfigFromFlags("", s.Kubeconfig)
+	if err != nil {
+		return err
+	}
+	rc.QPS, rc.Burst = 200, 400
+	if s.Kube, err = kubernetes.NewForConfig(rc); err != nil {
+		return err
+	}
+	return p.Wait(60*time.Second, func() bool {
+		res := s.Kube.Discovery().RESTClient().Get().AbsPath("/readyz").Do(context.Background())
+		return res.Error() == nil
+	})
+}
+
+func clientcmdConfig(caFile string) []byte {
+	return []byte(fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters:
+- name: e2e
+  cluster: {server: %q, certificate-authority: %q}
+users:
+- name: admin
+  user: {token: %q}
+contexts:
+- name: e2e
+  context: {cluster: e2e, user: admin}
+current-context: e2e
+`, APIServerURL, caFile, adminToken))
+}
+
+func (s *Stack) clusterObjects() error {
+	ctx := context.Background()
+	// MinIO reads the issuer's discovery document and keys anonymously, as AWS STS does.
+	_, err := s.Kube.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: "oidc-anon"},
+		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: "system:service-account-issuer-discovery"},
+		Subjects:   []rbacv1.Subject{{APIGroup: "rbac.authorization.k8s.io", Kind: "Group", Name: "system:unauthenticated"}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		return err
+	}
+	// The Node object lets bound tokens carry the node claim.
+	_, err = s.Kube.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: NodeName}}, metav1.CreateOptions{})
+	if err != nil {
+		return err
+	}
+	insecure := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	return poll(30*time.Second, func() bool {
+		resp, err := insecure.Get(APIServerURL + "/openid/v1/jwks")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+}
+
+func (s *Stack) startMinIO() error {
+	certs := filepath.Join(s.Dir, "minio-certs")
+	if err := os.MkdirAll(filepath.Join(certs, "CAs"), 0o700); err != nil {
+		return err
+	}
+	ca, err := os.ReadFile(filepath.Join(s.Dir, "ca.crt"))
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(certs, "CAs", "ca.crt"), ca, 0o600); err != nil {
+		return err
+	}
+	discovery := APIServerURL + "/.well-known/openid-configuration"
+	env := []string{
+		"MINIO_ROOT_USER=" + MinIOUser, "MINIO_ROOT_PASSWORD=" + MinIOPassword, "MINIO_BROWSER=off",
+		"MINIO_IDENTITY_OPENID_CONFIG_URL=" + discovery, "MINIO_IDENTITY_OPENID_CLIENT_ID=" + AudienceA,
+		"MINIO_IDENTITY_OPENID_ROLE_POLICY=" + PolicyA,
+		"MINIO_IDENTITY_OPENID_CONFIG_URL_B=" + discovery, "MINIO_IDENTITY_OPENID_CLIENT_ID_B=" + AudienceB,
+		"MINIO_IDENTITY_OPENID_ROLE_POLICY_B=" + PolicyB,
+	}
+	p, err := s.Start("minio", env, filepath.Join(BinDir(), "minio"), "server", "--quiet", "--address", ":9000",
+		"--console-address", "127.0.0.1:9001", "--certs-dir", certs, filepath.Join(s.Dir, "minio-data"))
+	if err != nil {
+		return err
+	}
+	return p.WaitHTTP(STSEndpoint+"/minio/health/ready", 60*time.Second)
+}
+
+// MockConfig is the metadata mock's configuration: the node's role credentials, instance profile and
+// user-data carry markers that must never reach a pod.
+func mockConfig() string {
+	ud := base64.StdEncoding.EncodeToString([]byte("#!/bin/sh\n" + NodeUserData + "\n"))
+	return fmt.Sprintf(`{
+  "metadata": {
+    "paths": {"iam-security-credentials": "/latest/meta-data/iam/security-credentials/%[1]s"},
+    "values": {
+      "iam-security-credentials-role": %[1]q,
+      "iam-security-credentials": {"Code": "Success", "LastUpdated": "2026-01-01T00:00:00Z", "Type": "AWS-HMAC",
+        "AccessKeyId": %[2]q, "SecretAccessKey": %[3]q, "Token": %[4]q, "Expiration": "2099-01-01T00:00:00Z"},
+      "iam-info": {"Code": "Success", "LastUpdated": "2026-01-01T00:00:00Z",
+        "InstanceProfileArn": "arn:aws:iam::123456789012:instance-profile/%[5]s", "InstanceProfileId": "%[5]s"}
+    }
+  },
+  "userdata": {"values": {"userdata": %[6]q}}
+}`, NodeRoleName, NodeAccessKey, NodeSecretKey, NodeSessionToken, NodeProfileMarker, ud)
+}
+
+func (s *Stack) startMock() error {
+	cfg := filepath.Join(s.Dir, "aemm.json")
+	if err := os.WriteFile(cfg, []byte(mockConfig()), 0o600); err != nil {
+		return err
+	}
+	p, err := s.Start("ec2-metadata-mock", nil, filepath.Join(BinDir(), "ec2-metadata-mock"), "-c", cfg, "-n", IMDSv4, "-p", "80")
+	if err != nil {
+		return err
+	}
+	return p.WaitHTTP("http://"+IMDSv4+"/latest/meta-data/instance-id", 30*time.Second)
+}
+
+// Proc is a process of the stack, its output in a log file under Dir.
+type Proc struct {
+	Name string
+	Log  string
+	cmd  *exec.Cmd
+	done chan struct{}
+	err  error
+}
+
+// Start starts a process of the stack; it is stopped by Stop.
+func (s *Stack) Start(name string, env []string, argv0 string, args ...string) (*Proc, error) {
+	p, err := StartProc(s.Dir, name, env, argv0, args...)
+	if err != nil {
+		return nil, err
+	}
+	s.procs = append(s.procs, p)
+	return p, nil
+}
+
+// StartProc starts argv0 with its output in DIR/NAME.log. The process dies with the test binary.
+func StartProc(dir, name string, env []string, argv0 string, args ...string) (*Proc, error) {
+	logPath := filepath.Join(dir, name+".log")
+	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(argv0, args...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdout, cmd.Stderr = f, f
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	p := &Proc{Name: name, Log: logPath, cmd: cmd, done: make(chan struct{})}
+	go func() {
+		p.err = cmd.Wait()
+		f.Close()
+		close(p.done)
+	}()
+	return p, nil
+}
+
+// Pid is the process id.
+func (p *Proc) Pid() int { return p.cmd.Process.Pid }
+
+// Exited reports whether the process has ended.
+func (p *Proc) Exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// Stop sends SIGTERM and waits (SIGKILL after 10 s).
+func (p *Proc) Stop() {
+	if p.Exited() {
+		return
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		p.Kill()
+	}
+}
+
+// Kill sends SIGKILL and waits for the process to end.
+func (p *Proc) Kill() {
+	_ = p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.done
+}
+
+// Wait polls cond until it holds, the process exits, or timeout passes.
+func (p *Proc) Wait(timeout time.Duration, cond func() bool) error {
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if p.Exited() {
+			return fmt.Errorf("%s exited (%v); log %s:\n%s", p.Name, p.err, p.Log, tail(p.Log, 30))
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s not ready after %s; log %s:\n%s", p.Name, timeout, p.Log, tail(p.Log, 30))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return nil
+}
+
+// WaitHTTP waits for url to answer 200.
+func (p *Proc) WaitHTTP(url string, timeout time.Duration) error {
+	c := &http.Client{Timeout: time.Second}
+	return p.Wait(timeout, func() bool {
+		resp, err := c.Get(url)
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+}
+
+func tail(path string, n int) string {
+	b, _ := os.ReadFile(path)
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+func poll(timeout time.Duration, cond func() bool) error {
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("condition not met after %s", timeout)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return nil
+}
+
+func runAll(cmds [][]string) error {
+	for _, c := range cmds {
+		if out, err := exec.Command(c[0], c[1:]...).CombinedOutput(); err != nil {
+			return fmt.Errorf("%s: %v: %s", strings.Join(c, " "), err, out)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Installs the real components the end-to-end tests run on: Debian packages, then pinned builds of
+# kube-apiserver, MinIO and the EC2 metadata mock, cached by version outside the repo
+# (IAMLET_STACK_DIR, default /var/cache/iamlet-stack) so a second run takes seconds.
+set -euo pipefail
+
+KUBE_VERSION=v1.36.3
+MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
+AEMM_VERSION=v1.12.0
+
+dir=${IAMLET_STACK_DIR:-/var/cache/iamlet-stack}
+bin=$dir/bin
+repo=$(cd "$(dirname "$0")/.." && pwd)
+mkdir -p "$bin"
+
+step() { printf '[install-stack %s] %s\n' "$(date +%T)" "$*"; }
+
+# Debian packages: networking, etcd, kubectl and the non-Go clients.
+pkgs=(iptables iproute2 conntrack etcd-server awscli python3-boto3 ca-certificates openssl jq)
+missing=()
+# Some images ship kubectl from another package that owns /usr/bin/kubectl; Debian's would clash with it.
+command -v kubectl >/dev/null || pkgs+=(kubernetes-client)
+for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  step "apt-get install ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  dpkg --configure -a >/dev/null 2>&1 || true
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# build NAME VERSION OUT: builds in a throwaway module whose go.mod the caller has written to $work.
+# Progress is the go command's own -x-less output plus a ticker, so a 5-minute build is visibly alive.
+ticker() { while sleep 30; do step "  ... still building $1"; done; }
+gobuild() {
+  local name=$1 out=$2; shift 2
+  local t; ticker "$name" & t=$!
+  if ! (cd "$work" && "$@"); then kill $t 2>/dev/null; step "building $name failed"; return 1; fi
+  kill $t 2>/dev/null; wait $t 2>/dev/null || true
+  [ -x "$out" ] || { step "building $name produced no $out"; return 1; }
+}
+
+# kube-apiserver: k8s.io/kubernetes needs a replace line for every staging module its own go.mod replaces.
+out=$bin/kube-apiserver-$KUBE_VERSION
+if [ ! -x "$out" ]; then
+  step "building kube-apiserver $KUBE_VERSION (about 5 minutes cold)"
+  work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
+  modfile=$(cd "$work" && go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+  staging_ver=v0.${KUBE_VERSION#v1.}
+  {
+    echo "module kubeapiserverbuild"
+    echo "go 1.26"
+    echo "require k8s.io/kubernetes $KUBE_VERSION"
+    sed -n '/^replace (/,/^)/p' "$modfile" | awk '/=> \.\/staging/ {print $1}' | grep -v sample-cli-plugin |
+      while read -r m; do echo "replace $m => $m $staging_ver"; done
+  } > "$work/go.mod"
+  printf 'package tools\n\nimport _ "k8s.io/kubernetes/cmd/kube-apiserver"\n' > "$work/tools.go"
+  (cd "$work" && go mod tidy >/dev/null 2>&1 || go mod tidy)
+  v=k8s.io/component-base/version
+  gobuild kube-apiserver "$work/kube-apiserver" go build -o "$work/kube-apiserver" \
+    -ldflags "-s -w -X $v.gitVersion=$KUBE_VERSION -X $v.gitMajor=1 -X $v.gitMinor=${staging_ver#v0.}" \
+    k8s.io/kubernetes/cmd/kube-apiserver
+  mv "$work/kube-apiserver" "$out"
+  rm -rf "$work"; trap - EXIT
+fi
+
+# MinIO: installs cleanly with go install.
+out=$bin/minio-$MINIO_VERSION
+if [ ! -x "$out" ]; then
+  step "building minio $MINIO_VERSION (about 3 minutes cold)"
+  work=$(mktemp -d)
+  gobuild minio "$work/minio" env GOBIN="$work" go install -ldflags "-s -w" "github.com/minio/minio@$MINIO_VERSION"
+  mv "$work/minio" "$out"; rm -rf "$work"
+fi
+
+# amazon-ec2-metadata-mock: go install fails on its version list, so a throwaway module.
+out=$bin/ec2-metadata-mock-$AEMM_VERSION
+if [ ! -x "$out" ]; then
+  step "building amazon-ec2-metadata-mock $AEMM_VERSION"
+  work=$(mktemp -d)
+  printf 'module aemmbuild\ngo 1.26\nrequire github.com/aws/amazon-ec2-metadata-mock %s\n' "$AEMM_VERSION" > "$work/go.mod"
+  printf 'package tools\n\nimport _ "github.com/aws/amazon-ec2-metadata-mock/cmd"\n' > "$work/tools.go"
+  (cd "$work" && go mod tidy >/dev/null)
+  gobuild ec2-metadata-mock "$work/ec2-metadata-mock" go build -o "$work/ec2-metadata-mock" github.com/aws/amazon-ec2-metadata-mock/cmd
+  mv "$work/ec2-metadata-mock" "$out"; rm -rf "$work"
+fi
+
+
+# Stable names the harness uses.
+ln -sf "kube-apiserver-$KUBE_VERSION" "$bin/kube-apiserver"
+ln -sf "minio-$MINIO_VERSION" "$bin/minio"
+ln -sf "ec2-metadata-mock-$AEMM_VERSION" "$bin/ec2-metadata-mock"
+step "stack binaries ready in $bin"

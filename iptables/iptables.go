@@ -1,0 +1,269 @@
+// Package iptables installs and keeps in place the rules that send pod traffic for the instance metadata service to
+// iamlet instead of the node's IMDS, with a guard that rejects whatever the redirect misses, so interception fails closed.
+package iptables
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Backends iamlet can drive; they are separate kernel subsystems, so rules must be written with the one the node uses.
+const (
+	BackendNFT    = "nft"
+	BackendLegacy = "legacy"
+)
+
+const (
+	// defaultLockWait bounds how long one iptables call waits for the xtables lock when Config.LockWait is unset:
+	// go-iptables would otherwise wait forever and a stuck holder would stall reconciliation silently.
+	defaultLockWait = 5 * time.Second
+	// detectTimeout bounds backend detection in New, which has no context of its own.
+	detectTimeout = 30 * time.Second
+	// defaultInterval is the Reconcile period when the caller passes none.
+	defaultInterval = 10 * time.Second
+)
+
+// Config says what to intercept and where to send it.
+type Config struct {
+	// DNAT targets for the IMDS, one per family; an invalid (zero) AddrPort turns that family off.
+	MetadataV4, MetadataV6 netip.AddrPort
+	// Optional DNAT targets for the container-credentials face (169.254.170.23:80 and [fd00:ec2::23]:80); zero = off.
+	// A family's container face needs that family's metadata face.
+	ContainerV4, ContainerV6 netip.AddrPort
+	// Interfaces are iptables -i patterns for pod traffic ("eni+", "cali+", "lxc+", "cni0", "veth+").
+	// Empty means every packet not from the host itself (the PREROUTING path never sees host-originated traffic;
+	// the filter guard uses ! -i lo).
+	Interfaces []string
+	// Backend is "auto" (or empty: detect as kube-proxy's iptables-wrapper does), "nft" or "legacy".
+	Backend string
+	// LockWait is how long to wait for the xtables lock; zero means 5s. Rounded up to whole seconds.
+	LockWait time.Duration
+}
+
+// Rules is the interception rule set for every enabled family. Its methods are safe for concurrent use.
+type Rules struct {
+	backend  string
+	families []*family
+	log      *slog.Logger
+	// mu serialises passes: each one inspects and then repairs, and two interleaved passes could both see a
+	// rule missing and both add it.
+	mu sync.Mutex
+}
+
+// family is one address family's rule set and the handle that applies it.
+type family struct {
+	name   string // "ipv4" or "ipv6"
+	ipt    runner
+	chains []chain
+}
+
+// Status reports one Reconcile pass.
+type Status struct {
+	// Present maps a family ("ipv4", "ipv6") to whether all its rules were in place after the pass.
+	Present  map[string]bool
+	Repaired int
+	Err      error
+}
+
+// New validates cfg, picks the backend and opens an iptables handle for each enabled family.
+// With Backend "auto" it runs DetectBackend under a 30s timeout; callers that need their own context can call
+// DetectBackend first and pass its answer.
+func New(cfg Config, log *slog.Logger) (*Rules, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	backend := cfg.Backend
+	if backend == "" || backend == "auto" {
+		ctx, cancel := context.WithTimeout(context.Background(), detectTimeout)
+		defer cancel()
+		var err error
+		if backend, err = DetectBackend(ctx); err != nil {
+			return nil, err
+		}
+	}
+	wait := cfg.LockWait
+	if wait <= 0 {
+		wait = defaultLockWait
+	}
+	return newRules(cfg, backend, log, func(v6 bool) (runner, error) {
+		return openIptables(backend, v6, wait)
+	})
+}
+
+// newRules assembles Rules from a validated cfg; open supplies the handle for a family, so tests can hand in fakes.
+func newRules(cfg Config, backend string, log *slog.Logger, open func(v6 bool) (runner, error)) (*Rules, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	r := &Rules{backend: backend, log: log}
+	for _, v6 := range []bool{false, true} {
+		metadata, container := cfg.MetadataV4, cfg.ContainerV4
+		name := "ipv4"
+		if v6 {
+			metadata, container, name = cfg.MetadataV6, cfg.ContainerV6, "ipv6"
+		}
+		if !metadata.IsValid() {
+			continue
+		}
+		ipt, err := open(v6)
+		if err != nil {
+			return nil, fmt.Errorf("open %s iptables (%s): %w", name, backend, err)
+		}
+		r.families = append(r.families, &family{name: name, ipt: ipt, chains: buildChains(v6, metadata, container, cfg.Interfaces)})
+	}
+	return r, nil
+}
+
+func (c Config) validate() error {
+	switch c.Backend {
+	case "", "auto", BackendNFT, BackendLegacy:
+	default:
+		return fmt.Errorf("iptables backend %q: want auto, nft or legacy", c.Backend)
+	}
+	if !c.MetadataV4.IsValid() && !c.MetadataV6.IsValid() {
+		return errors.New("no metadata DNAT target: set an IPv4 or IPv6 address and port")
+	}
+	targets := []struct {
+		name   string
+		ap     netip.AddrPort
+		v6     bool
+		family netip.AddrPort // the family's metadata target, which must be on for this one to be
+	}{
+		{"metadata ipv4", c.MetadataV4, false, c.MetadataV4},
+		{"metadata ipv6", c.MetadataV6, true, c.MetadataV6},
+		{"container ipv4", c.ContainerV4, false, c.MetadataV4},
+		{"container ipv6", c.ContainerV6, true, c.MetadataV6},
+	}
+	for _, t := range targets {
+		switch {
+		case !t.ap.IsValid():
+		case !t.family.IsValid():
+			return fmt.Errorf("%s target %s set without the metadata target of its family", t.name, t.ap)
+		case t.ap.Port() == 0:
+			return fmt.Errorf("%s target %s: port 0", t.name, t.ap)
+		case t.ap.Addr().Zone() != "":
+			return fmt.Errorf("%s target %s: zoned addresses cannot be DNAT targets", t.name, t.ap)
+		case t.v6 && (!t.ap.Addr().Is6() || t.ap.Addr().Is4In6()), !t.v6 && !t.ap.Addr().Is4():
+			return fmt.Errorf("%s target %s: wrong address family", t.name, t.ap)
+		}
+	}
+	seen := make(map[string]bool)
+	for _, p := range c.Interfaces {
+		// IFNAMSIZ is 16 with the NUL; a leading "!" or "-" would be parsed by iptables as an option, not a name.
+		if p == "" || len(p) > 15 || strings.ContainsAny(p, " \t\n\"/") || strings.HasPrefix(p, "!") || strings.HasPrefix(p, "-") {
+			return fmt.Errorf("interface pattern %q: want an interface name, optionally ending in +", p)
+		}
+		if seen[p] {
+			return fmt.Errorf("interface pattern %q listed twice", p)
+		}
+		seen[p] = true
+	}
+	return nil
+}
+
+// Backend reports the iptables backend in use: "nft" or "legacy".
+func (r *Rules) Backend() string { return r.backend }
+
+// Ensure brings every rule into place and returns what it had to create, move or rewrite. It is idempotent: with
+// everything in place it changes nothing and returns no repairs. Both families are attempted even if one fails.
+func (r *Rules) Ensure(ctx context.Context) (repaired []string, err error) {
+	repaired, _, err = r.ensureAll(ctx)
+	return repaired, err
+}
+
+// ensureAll is Ensure that also tells, per family, whether everything is now in place.
+func (r *Rules) ensureAll(ctx context.Context) (repaired []string, present map[string]bool, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	present = make(map[string]bool, len(r.families))
+	var errs []error
+	for _, f := range r.families {
+		done, err := r.ensureFamily(ctx, f)
+		repaired = append(repaired, done...)
+		present[f.name] = err == nil
+		errs = append(errs, err)
+	}
+	return repaired, present, errors.Join(errs...)
+}
+
+func (r *Rules) ensureFamily(ctx context.Context, f *family) ([]string, error) {
+	fixes, err := f.inspect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var done []string
+	for _, fx := range fixes {
+		if err := ctx.Err(); err != nil {
+			return done, err
+		}
+		if err := fx.apply(); err != nil {
+			return done, fmt.Errorf("repair %s: %w", fx.desc, err)
+		}
+		r.log.Info("iptables rule repaired", "family", f.name, "backend", r.backend, "problem", fx.desc)
+		done = append(done, fx.desc)
+	}
+	return done, nil
+}
+
+// Check reports what is absent or out of place, without changing anything. It uses the same inspection as Ensure,
+// so what Check reports is exactly what Ensure would repair.
+func (r *Rules) Check(ctx context.Context) (missing []string, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var errs []error
+	for _, f := range r.families {
+		fixes, err := f.inspect(ctx)
+		errs = append(errs, err)
+		for _, fx := range fixes {
+			missing = append(missing, fx.desc)
+		}
+	}
+	return missing, errors.Join(errs...)
+}
+
+// Remove uninstalls everything: jumps, then both chains, in every enabled family. Rules already gone count as
+// removed, so Remove is idempotent. Only an explicit uninstall should call it: shutdown leaves the rules in place so
+// that pods get "connection refused" rather than the node's IMDS while iamlet is down.
+func (r *Rules) Remove(ctx context.Context) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var errs []error
+	for _, f := range r.families {
+		errs = append(errs, f.remove(ctx))
+	}
+	return errors.Join(errs...)
+}
+
+// Reconcile runs Ensure now and then every interval until ctx is done, reporting each completed pass to onPass
+// (which may be nil). It notices rules another program flushed or reordered and puts them back. Returning leaves the
+// rules in place: interception must outlive the agent.
+func (r *Rules) Reconcile(ctx context.Context, interval time.Duration, onPass func(Status)) {
+	if interval <= 0 {
+		interval = defaultInterval
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		repaired, present, err := r.ensureAll(ctx)
+		if ctx.Err() != nil {
+			return // a pass cut short by shutdown says nothing about the rules
+		}
+		if err != nil {
+			r.log.Error("iptables reconcile failed", "backend", r.backend, "err", err)
+		}
+		if onPass != nil {
+			onPass(Status{Present: present, Repaired: len(repaired), Err: err})
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}

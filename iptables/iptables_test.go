@@ -1,0 +1,564 @@
+package iptables
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"testing/synctest"
+	"time"
+)
+
+var (
+	listen4    = netip.MustParseAddrPort("10.0.0.1:8181")
+	listen6    = netip.MustParseAddrPort("[fd00::1]:8181")
+	container4 = netip.MustParseAddrPort("10.0.0.1:8182")
+	container6 = netip.MustParseAddrPort("[fd00::1]:8182")
+)
+
+// fakeRules builds Rules over in-memory fakes; a family the config enables must have a fake.
+func fakeRules(t *testing.T, cfg Config, v4, v6 *fakeIPT) *Rules {
+	t.Helper()
+	if err := cfg.validate(); err != nil {
+		t.Fatalf("validate() = %v", err)
+	}
+	r, err := newRules(cfg, BackendNFT, nil, func(isV6 bool) (runner, error) {
+		f := v4
+		if isV6 {
+			f = v6
+		}
+		if f == nil {
+			t.Fatalf("family ipv6=%v enabled but the test gave it no fake", isV6)
+		}
+		return f, nil
+	})
+	if err != nil {
+		t.Fatalf("newRules() = %v", err)
+	}
+	return r
+}
+
+func mustEnsure(t *testing.T, r *Rules) []string {
+	t.Helper()
+	repaired, err := r.Ensure(t.Context())
+	if err != nil {
+		t.Fatalf("Ensure() error = %v", err)
+	}
+	return repaired
+}
+
+func mustCheck(t *testing.T, r *Rules) []string {
+	t.Helper()
+	missing, err := r.Check(t.Context())
+	if err != nil {
+		t.Fatalf("Check() error = %v", err)
+	}
+	return missing
+}
+
+func diffLines(t *testing.T, what string, got, want []string) {
+	t.Helper()
+	if slices.Equal(got, want) {
+		return
+	}
+	t.Errorf("%s = \n\t%s\nwant\n\t%s", what, strings.Join(got, "\n\t"), strings.Join(want, "\n\t"))
+}
+
+const (
+	jumpGuard = `-m comment --comment "iamlet: jump to IAMLET-GUARD" -j IAMLET-GUARD`
+	jumpNAT   = `-m comment --comment "iamlet: jump to IAMLET-IMDS" -j IAMLET-IMDS`
+)
+
+func TestRuleShape(t *testing.T) {
+	tests := []struct {
+		name  string
+		cfg   Config
+		want4 []string
+		want6 []string
+	}{
+		{
+			name: "ipv4 with interfaces",
+			cfg:  Config{MetadataV4: listen4, Interfaces: []string{"eni+", "cali+"}},
+			want4: []string{
+				"filter -A INPUT " + jumpGuard,
+				"filter -A FORWARD " + jumpGuard,
+				`filter -A IAMLET-GUARD -i eni+ -d 169.254.169.254/32 -p tcp -m comment --comment "iamlet: imds reject-tcp eni+" -j REJECT --reject-with tcp-reset`,
+				`filter -A IAMLET-GUARD -i eni+ -d 169.254.169.254/32 -m comment --comment "iamlet: imds reject eni+" -j REJECT`,
+				`filter -A IAMLET-GUARD -i cali+ -d 169.254.169.254/32 -p tcp -m comment --comment "iamlet: imds reject-tcp cali+" -j REJECT --reject-with tcp-reset`,
+				`filter -A IAMLET-GUARD -i cali+ -d 169.254.169.254/32 -m comment --comment "iamlet: imds reject cali+" -j REJECT`,
+				"nat -A PREROUTING " + jumpNAT,
+				`nat -A IAMLET-IMDS -i eni+ -d 169.254.169.254/32 -p tcp --dport 80 -m comment --comment "iamlet: imds dnat eni+" -j DNAT --to-destination 10.0.0.1:8181`,
+				`nat -A IAMLET-IMDS -i cali+ -d 169.254.169.254/32 -p tcp --dport 80 -m comment --comment "iamlet: imds dnat cali+" -j DNAT --to-destination 10.0.0.1:8181`,
+			},
+		},
+		{
+			name: "ipv4 without interfaces",
+			cfg:  Config{MetadataV4: listen4},
+			want4: []string{
+				"filter -A INPUT " + jumpGuard,
+				"filter -A FORWARD " + jumpGuard,
+				`filter -A IAMLET-GUARD ! -i lo -d 169.254.169.254/32 -p tcp -m comment --comment "iamlet: imds reject-tcp all" -j REJECT --reject-with tcp-reset`,
+				`filter -A IAMLET-GUARD ! -i lo -d 169.254.169.254/32 -m comment --comment "iamlet: imds reject all" -j REJECT`,
+				"nat -A PREROUTING " + jumpNAT,
+				`nat -A IAMLET-IMDS -d 169.254.169.254/32 -p tcp --dport 80 -m comment --comment "iamlet: imds dnat all" -j DNAT --to-destination 10.0.0.1:8181`,
+			},
+		},
+		{
+			name: "ipv6 only without interfaces",
+			cfg:  Config{MetadataV6: listen6},
+			want6: []string{
+				"filter -A INPUT " + jumpGuard,
+				"filter -A FORWARD " + jumpGuard,
+				`filter -A IAMLET-GUARD ! -i lo -d fd00:ec2::254/128 -p tcp -m comment --comment "iamlet: imds reject-tcp all" -j REJECT --reject-with tcp-reset`,
+				`filter -A IAMLET-GUARD ! -i lo -d fd00:ec2::254/128 -m comment --comment "iamlet: imds reject all" -j REJECT`,
+				"nat -A PREROUTING " + jumpNAT,
+				`nat -A IAMLET-IMDS -d fd00:ec2::254/128 -p tcp --dport 80 -m comment --comment "iamlet: imds dnat all" -j DNAT --to-destination [fd00::1]:8181`,
+			},
+		},
+		{
+			name: "both families with the container face",
+			cfg: Config{
+				MetadataV4: listen4, MetadataV6: listen6, ContainerV4: container4, ContainerV6: container6,
+				Interfaces: []string{"eni+"},
+			},
+			want4: []string{
+				"filter -A INPUT " + jumpGuard,
+				"filter -A FORWARD " + jumpGuard,
+				`filter -A IAMLET-GUARD -i eni+ -d 169.254.169.254/32 -p tcp -m comment --comment "iamlet: imds reject-tcp eni+" -j REJECT --reject-with tcp-reset`,
+				`filter -A IAMLET-GUARD -i eni+ -d 169.254.169.254/32 -m comment --comment "iamlet: imds reject eni+" -j REJECT`,
+				`filter -A IAMLET-GUARD -i eni+ -d 169.254.170.23/32 -p tcp -m comment --comment "iamlet: container reject-tcp eni+" -j REJECT --reject-with tcp-reset`,
+				`filter -A IAMLET-GUARD -i eni+ -d 169.254.170.23/32 -m comment --comment "iamlet: container reject eni+" -j REJECT`,
+				"nat -A PREROUTING " + jumpNAT,
+				`nat -A IAMLET-IMDS -i eni+ -d 169.254.169.254/32 -p tcp --dport 80 -m comment --comment "iamlet: imds dnat eni+" -j DNAT --to-destination 10.0.0.1:8181`,
+				`nat -A IAMLET-IMDS -i eni+ -d 169.254.170.23/32 -p tcp --dport 80 -m comment --comment "iamlet: container dnat eni+" -j DNAT --to-destination 10.0.0.1:8182`,
+			},
+			want6: []string{
+				"filter -A INPUT " + jumpGuard,
+				"filter -A FORWARD " + jumpGuard,
+				`filter -A IAMLET-GUARD -i eni+ -d fd00:ec2::254/128 -p tcp -m comment --comment "iamlet: imds reject-tcp eni+" -j REJECT --reject-with tcp-reset`,
+				`filter -A IAMLET-GUARD -i eni+ -d fd00:ec2::254/128 -m comment --comment "iamlet: imds reject eni+" -j REJECT`,
+				`filter -A IAMLET-GUARD -i eni+ -d fd00:ec2::23/128 -p tcp -m comment --comment "iamlet: container reject-tcp eni+" -j REJECT --reject-with tcp-reset`,
+				`filter -A IAMLET-GUARD -i eni+ -d fd00:ec2::23/128 -m comment --comment "iamlet: container reject eni+" -j REJECT`,
+				"nat -A PREROUTING " + jumpNAT,
+				`nat -A IAMLET-IMDS -i eni+ -d fd00:ec2::254/128 -p tcp --dport 80 -m comment --comment "iamlet: imds dnat eni+" -j DNAT --to-destination [fd00::1]:8181`,
+				`nat -A IAMLET-IMDS -i eni+ -d fd00:ec2::23/128 -p tcp --dport 80 -m comment --comment "iamlet: container dnat eni+" -j DNAT --to-destination [fd00::1]:8182`,
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f4, f6 := newFake(), newFake()
+			r := fakeRules(t, tt.cfg, f4, f6)
+			mustEnsure(t, r)
+			diffLines(t, "ipv4 rules", f4.dump(), tt.want4)
+			diffLines(t, "ipv6 rules", f6.dump(), tt.want6)
+		})
+	}
+}
+
+func TestEnsureIsIdempotent(t *testing.T) {
+	for _, cfg := range []Config{
+		{MetadataV4: listen4},
+		{MetadataV4: listen4, MetadataV6: listen6, ContainerV4: container4, ContainerV6: container6, Interfaces: []string{"eni+", "veth+"}},
+	} {
+		f4, f6 := newFake(), newFake()
+		r := fakeRules(t, cfg, f4, f6)
+		if got := mustEnsure(t, r); len(got) == 0 {
+			t.Fatalf("first Ensure() repaired nothing on empty tables")
+		}
+		before4, before6 := f4.dump(), f6.dump()
+		if got := mustEnsure(t, r); got != nil {
+			t.Errorf("second Ensure() repaired = %q, want nothing", got)
+		}
+		diffLines(t, "ipv4 rules after second Ensure", f4.dump(), before4)
+		diffLines(t, "ipv6 rules after second Ensure", f6.dump(), before6)
+	}
+}
+
+// TestRoundTrip adds, asserts, removes and asserts again, with a rule of another program that must survive.
+func TestRoundTrip(t *testing.T) {
+	f4 := newFake()
+	foreign := []string{"-p", "udp", "-j", "RETURN"}
+	if err := f4.Append("nat", "PREROUTING", foreign...); err != nil {
+		t.Fatal(err)
+	}
+	r := fakeRules(t, Config{MetadataV4: listen4, Interfaces: []string{"eni+"}}, f4, nil)
+
+	all := []string{
+		"ipv4 filter/IAMLET-GUARD: chain missing",
+		"ipv4 filter/INPUT: jump to IAMLET-GUARD missing",
+		"ipv4 filter/FORWARD: jump to IAMLET-GUARD missing",
+		"ipv4 nat/IAMLET-IMDS: chain missing",
+		"ipv4 nat/PREROUTING: jump to IAMLET-IMDS missing",
+	}
+	diffLines(t, "Check() before Ensure", mustCheck(t, r), all)
+	diffLines(t, "Ensure() repaired", mustEnsure(t, r), all)
+	if got := mustCheck(t, r); got != nil {
+		t.Errorf("Check() after Ensure = %q, want nothing missing", got)
+	}
+	for range 2 {
+		if err := r.Remove(t.Context()); err != nil {
+			t.Fatalf("Remove() = %v", err)
+		}
+		diffLines(t, "rules after Remove", f4.dump(), []string{"nat -A PREROUTING -p udp -j RETURN"})
+		diffLines(t, "chains after Remove", f4.userChains(), nil)
+	}
+	diffLines(t, "Check() after Remove", mustCheck(t, r), all)
+}
+
+func TestRemoveTakesStaleJumps(t *testing.T) {
+	f4 := newFake()
+	r := fakeRules(t, Config{MetadataV4: listen4}, f4, nil)
+	mustEnsure(t, r)
+	// A jump written by some older version, which Ensure also reports as a duplicate.
+	if err := f4.Append("nat", "PREROUTING", "-p", "tcp", "-j", natChain); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Remove(t.Context()); err != nil {
+		t.Fatalf("Remove() = %v", err)
+	}
+	diffLines(t, "rules after Remove", f4.dump(), nil)
+	diffLines(t, "chains after Remove", f4.userChains(), nil)
+}
+
+func TestDriftIsCheckedAndRepaired(t *testing.T) {
+	cfg := Config{MetadataV4: listen4, MetadataV6: listen6, Interfaces: []string{"eni+"}}
+	tests := []struct {
+		name   string
+		mutate func(t *testing.T, f4, f6 *fakeIPT)
+		want   []string
+		keep   string // a foreign rule that must survive the repair, if any
+	}{
+		{
+			name:   "nat table flushed",
+			mutate: func(t *testing.T, f4, f6 *fakeIPT) { f4.flushTable("nat") },
+			want:   []string{"ipv4 nat/IAMLET-IMDS: 0 rules, want 1", "ipv4 nat/PREROUTING: jump to IAMLET-IMDS missing"},
+		},
+		{
+			name:   "ipv6 filter table flushed",
+			mutate: func(t *testing.T, f4, f6 *fakeIPT) { f6.flushTable("filter") },
+			want: []string{
+				"ipv6 filter/IAMLET-GUARD: 0 rules, want 2",
+				"ipv6 filter/INPUT: jump to IAMLET-GUARD missing",
+				"ipv6 filter/FORWARD: jump to IAMLET-GUARD missing",
+			},
+		},
+		{
+			name: "rule inserted before the jump",
+			mutate: func(t *testing.T, f4, f6 *fakeIPT) {
+				mustDo(t, f4.Insert("nat", "PREROUTING", 1, "-m", "comment", "--comment", "kube-proxy", "-j", "RETURN"))
+			},
+			want: []string{"ipv4 nat/PREROUTING: jump to IAMLET-IMDS at position 2, want 1"},
+			keep: `nat -A PREROUTING -m comment --comment kube-proxy -j RETURN`,
+		},
+		{
+			name: "jump duplicated",
+			mutate: func(t *testing.T, f4, f6 *fakeIPT) {
+				mustDo(t, f4.Append("filter", "FORWARD", jumpArgs(guardChain)...))
+			},
+			want: []string{"ipv4 filter/FORWARD: 2 jumps to IAMLET-GUARD, want 1"},
+		},
+		{
+			name: "jump narrowed",
+			mutate: func(t *testing.T, f4, f6 *fakeIPT) {
+				mustDo(t, f4.Delete("filter", "INPUT", jumpArgs(guardChain)...))
+				mustDo(t, f4.Insert("filter", "INPUT", 1, "-i", "eth9", "-j", guardChain))
+			},
+			want: []string{"ipv4 filter/INPUT: jump to IAMLET-GUARD differs"},
+		},
+		{
+			name: "guard chain and its jumps deleted",
+			mutate: func(t *testing.T, f4, f6 *fakeIPT) {
+				mustDo(t, f4.Delete("filter", "INPUT", jumpArgs(guardChain)...))
+				mustDo(t, f4.Delete("filter", "FORWARD", jumpArgs(guardChain)...))
+				f4.chains["filter"][guardChain] = nil
+				mustDo(t, f4.DeleteChain("filter", guardChain))
+			},
+			want: []string{
+				"ipv4 filter/IAMLET-GUARD: chain missing",
+				"ipv4 filter/INPUT: jump to IAMLET-GUARD missing",
+				"ipv4 filter/FORWARD: jump to IAMLET-GUARD missing",
+			},
+		},
+		{
+			name: "guard rules swapped",
+			mutate: func(t *testing.T, f4, f6 *fakeIPT) {
+				rules := f4.chains["filter"][guardChain]
+				rules[0], rules[1] = rules[1], rules[0]
+			},
+			want: []string{`ipv4 filter/IAMLET-GUARD: rule 1 is "iamlet: imds reject eni+", want "iamlet: imds reject-tcp eni+"`},
+		},
+		{
+			name: "dnat target edited in place",
+			mutate: func(t *testing.T, f4, f6 *fakeIPT) {
+				rule := f6.chains["nat"][natChain][0]
+				rule[len(rule)-1] = "[fd00::1]:1"
+			},
+			want: []string{`ipv6 nat/IAMLET-IMDS: rule "iamlet: imds dnat eni+" differs`},
+		},
+		{
+			name: "dnat port edited where -C cannot see it",
+			mutate: func(t *testing.T, f4, f6 *fakeIPT) {
+				f6.sloppyCheck = true
+				rule := f6.chains["nat"][natChain][0]
+				rule[len(rule)-1] = "[fd00::1]:1"
+			},
+			want: []string{`ipv6 nat/IAMLET-IMDS: rule "iamlet: imds dnat eni+" differs`},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f4, f6 := newFake(), newFake()
+			r := fakeRules(t, cfg, f4, f6)
+			mustEnsure(t, r)
+			pristine4, pristine6 := f4.dump(), f6.dump()
+
+			tt.mutate(t, f4, f6)
+			diffLines(t, "Check()", mustCheck(t, r), tt.want)
+			diffLines(t, "Ensure() repaired", mustEnsure(t, r), tt.want)
+			if got := mustCheck(t, r); got != nil {
+				t.Errorf("Check() after Ensure = %q, want nothing missing", got)
+			}
+			got4 := slices.DeleteFunc(f4.dump(), func(l string) bool { return l == tt.keep })
+			if tt.keep != "" && len(got4) == len(f4.dump()) {
+				t.Errorf("foreign rule %q gone after Ensure", tt.keep)
+			}
+			diffLines(t, "ipv4 rules after repair", got4, pristine4)
+			diffLines(t, "ipv6 rules after repair", f6.dump(), pristine6)
+		})
+	}
+}
+
+func mustDo(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestTakeover starts a new configuration over chains a previous run left behind.
+func TestTakeover(t *testing.T) {
+	old := Config{MetadataV4: listen4, ContainerV4: container4, Interfaces: []string{"eni+"}}
+	tests := []struct {
+		name string
+		cfg  Config
+		want []string
+	}{
+		{
+			name: "listener port changed",
+			cfg:  Config{MetadataV4: netip.MustParseAddrPort("10.0.0.1:9191"), ContainerV4: container4, Interfaces: []string{"eni+"}},
+			want: []string{`ipv4 nat/IAMLET-IMDS: rule "iamlet: imds dnat eni+" differs`},
+		},
+		{
+			name: "container face turned off",
+			cfg:  Config{MetadataV4: listen4, Interfaces: []string{"eni+"}},
+			want: []string{"ipv4 filter/IAMLET-GUARD: 4 rules, want 2", "ipv4 nat/IAMLET-IMDS: 2 rules, want 1"},
+		},
+		{
+			name: "interfaces changed",
+			cfg:  Config{MetadataV4: listen4, ContainerV4: container4, Interfaces: []string{"cali+"}},
+			want: []string{
+				`ipv4 filter/IAMLET-GUARD: rule 1 is "iamlet: imds reject-tcp eni+", want "iamlet: imds reject-tcp cali+"`,
+				`ipv4 nat/IAMLET-IMDS: rule 1 is "iamlet: imds dnat eni+", want "iamlet: imds dnat cali+"`,
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f4 := newFake()
+			mustEnsure(t, fakeRules(t, old, f4, nil))
+
+			diffLines(t, "Ensure() repaired", mustEnsure(t, fakeRules(t, tt.cfg, f4, nil)), tt.want)
+
+			fresh := newFake()
+			mustEnsure(t, fakeRules(t, tt.cfg, fresh, nil))
+			diffLines(t, "rules after takeover", f4.dump(), fresh.dump())
+		})
+	}
+}
+
+func TestErrorsAreReported(t *testing.T) {
+	t.Run("ensure continues with the other family", func(t *testing.T) {
+		f4, f6 := newFake(), newFake()
+		f4.failOn = "Append"
+		r := fakeRules(t, Config{MetadataV4: listen4, MetadataV6: listen6}, f4, f6)
+		repaired, err := r.Ensure(t.Context())
+		var fe *fakeErr
+		if !errors.As(err, &fe) || !strings.Contains(err.Error(), "repair ipv4 filter/IAMLET-GUARD: chain missing: append") {
+			t.Fatalf("Ensure() error = %v, want the ipv4 append failure in context", err)
+		}
+		if len(repaired) != 5 || !strings.HasPrefix(repaired[0], "ipv6 ") {
+			t.Errorf("Ensure() repaired = %q, want the five ipv6 repairs", repaired)
+		}
+	})
+	t.Run("check", func(t *testing.T) {
+		f4 := newFake()
+		f4.failOn = "ChainExists"
+		if _, err := fakeRules(t, Config{MetadataV4: listen4}, f4, nil).Check(t.Context()); err == nil {
+			t.Errorf("Check() error = nil, want the listing failure")
+		}
+	})
+	t.Run("remove", func(t *testing.T) {
+		f4 := newFake()
+		r := fakeRules(t, Config{MetadataV4: listen4}, f4, nil)
+		mustEnsure(t, r)
+		f4.failOn = "DeleteChain"
+		if err := r.Remove(t.Context()); err == nil || !strings.Contains(err.Error(), "delete ipv4 chain nat/IAMLET-IMDS") {
+			t.Errorf("Remove() error = %v, want the chain deletion failure", err)
+		}
+	})
+	t.Run("cancelled", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(t.Context())
+		cancel()
+		r := fakeRules(t, Config{MetadataV4: listen4}, newFake(), nil)
+		if _, err := r.Ensure(ctx); !errors.Is(err, context.Canceled) {
+			t.Errorf("Ensure(cancelled) error = %v, want context.Canceled", err)
+		}
+	})
+}
+
+func TestReconcile(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f4 := newFake()
+		r := fakeRules(t, Config{MetadataV4: listen4}, f4, nil)
+		ctx, cancel := context.WithCancel(t.Context())
+		passes := make(chan Status, 1)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			r.Reconcile(ctx, time.Minute, func(s Status) { passes <- s })
+		}()
+
+		steps := []struct {
+			name         string
+			before       func()
+			wantRepaired int
+			wantPresent  bool
+			wantErr      bool
+		}{
+			{name: "first pass installs", wantRepaired: 5, wantPresent: true},
+			{name: "quiet pass", wantPresent: true},
+			{name: "flushed nat repaired", before: func() { f4.flushTable("nat") }, wantRepaired: 2, wantPresent: true},
+			{name: "failing iptables", before: func() { f4.setFail("List") }, wantErr: true},
+		}
+		for i, s := range steps {
+			if s.before != nil {
+				s.before()
+			}
+			if i > 0 {
+				time.Sleep(time.Minute)
+			}
+			synctest.Wait()
+			var st Status
+			select {
+			case st = <-passes:
+			default:
+				t.Fatalf("%s: no pass reported", s.name)
+			}
+			if st.Repaired != s.wantRepaired || st.Present["ipv4"] != s.wantPresent || (st.Err != nil) != s.wantErr {
+				t.Errorf("%s: Status = %+v, want Repaired %d, Present %v, error %v",
+					s.name, st, s.wantRepaired, s.wantPresent, s.wantErr)
+			}
+		}
+		cancel()
+		<-done
+	})
+}
+
+func (f *fakeIPT) setFail(op string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.failOn = op
+}
+
+func TestValidate(t *testing.T) {
+	v4in6 := netip.AddrPortFrom(netip.MustParseAddr("::ffff:10.0.0.1"), 80)
+	zoned := netip.AddrPortFrom(netip.MustParseAddr("fe80::1%eth0"), 80)
+	tests := []struct {
+		name    string
+		cfg     Config
+		wantErr string // "" means valid
+	}{
+		{"ipv4 only", Config{MetadataV4: listen4}, ""},
+		{"everything", Config{MetadataV4: listen4, MetadataV6: listen6, ContainerV4: container4, ContainerV6: container6,
+			Interfaces: []string{"eni+", "cni0", "lxc+"}, Backend: "legacy"}, ""},
+		{"no family", Config{}, "no metadata DNAT target"},
+		{"container face alone", Config{MetadataV4: listen4, ContainerV6: container6}, "without the metadata target"},
+		{"ipv6 address as ipv4 target", Config{MetadataV4: listen6}, "wrong address family"},
+		{"ipv4 address as ipv6 target", Config{MetadataV6: listen4}, "wrong address family"},
+		{"mapped address as ipv4 target", Config{MetadataV4: v4in6}, "wrong address family"},
+		{"zoned target", Config{MetadataV6: zoned}, "zoned"},
+		{"port zero", Config{MetadataV4: netip.AddrPortFrom(listen4.Addr(), 0)}, "port 0"},
+		{"unknown backend", Config{MetadataV4: listen4, Backend: "iptables"}, "backend"},
+		{"empty pattern", Config{MetadataV4: listen4, Interfaces: []string{""}}, "interface pattern"},
+		{"negated pattern", Config{MetadataV4: listen4, Interfaces: []string{"!eth0"}}, "interface pattern"},
+		{"pattern with space", Config{MetadataV4: listen4, Interfaces: []string{"eni +"}}, "interface pattern"},
+		{"pattern too long", Config{MetadataV4: listen4, Interfaces: []string{"abcdefghijklmnop"}}, "interface pattern"},
+		{"duplicate pattern", Config{MetadataV4: listen4, Interfaces: []string{"eni+", "eni+"}}, "twice"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.cfg.validate()
+			if tt.wantErr == "" && err != nil || tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)) {
+				t.Errorf("validate() = %v, want error containing %q", err, tt.wantErr)
+			}
+		})
+	}
+	// New validates before it detects a backend or runs anything.
+	if r, err := New(Config{}, nil); r != nil || err == nil {
+		t.Errorf("New(Config{}) = %v, %v, want an error", r, err)
+	}
+}
+
+func TestChooseBackend(t *testing.T) {
+	const rules3 = "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j A\n-A INPUT -j B\n-A INPUT -j C\nCOMMIT\n"
+	const rules1 = "*nat\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -j X\nCOMMIT\n"
+	const hint = "*mangle\n:KUBE-IPTABLES-HINT - [0:0]\nCOMMIT\n"
+	tests := []struct {
+		name, nft, legacy, want string
+	}{
+		{"nothing anywhere", "", "", BackendNFT},
+		{"tie", rules1, rules1, BackendNFT},
+		{"more legacy rules", rules1, rules3, BackendLegacy},
+		{"more nft rules", rules3, rules1, BackendNFT},
+		{"kubelet hint in legacy outweighs counts", rules3, hint, BackendLegacy},
+		{"kubelet hint in nft comes first", hint, rules3 + hint, BackendNFT},
+		{"canary chain", "", ":KUBE-KUBELET-CANARY - [0:0]\n", BackendLegacy},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := chooseBackend([]byte(tt.nft), []byte(tt.legacy)); got != tt.want {
+				t.Errorf("chooseBackend() = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestSplitRule(t *testing.T) {
+	tests := []struct {
+		line string
+		want []string
+	}{
+		{"-A INPUT -j ACCEPT", []string{"-A", "INPUT", "-j", "ACCEPT"}},
+		{`-A X ! -i lo -m comment --comment "iamlet: imds reject all" -j REJECT`,
+			[]string{"-A", "X", "!", "-i", "lo", "-m", "comment", "--comment", "iamlet: imds reject all", "-j", "REJECT"}},
+		{`-A X --comment "say \"hi\" \\ bye"`, []string{"-A", "X", "--comment", `say "hi" \ bye`}},
+		{`-A X --comment ""  -j Y`, []string{"-A", "X", "--comment", "", "-j", "Y"}},
+	}
+	for _, tt := range tests {
+		if got := splitRule(tt.line); !slices.Equal(got, tt.want) {
+			t.Errorf("splitRule(%q) = %q, want %q", tt.line, got, tt.want)
+		}
+		if got := "-A " + render(tt.want[1:]); !slices.Equal(splitRule(got), tt.want) {
+			t.Errorf("splitRule(render(%q)) = %q, want it back", tt.want, splitRule(got))
+		}
+	}
+}
+
+func TestFlushConntrackRejectsInvalidAddress(t *testing.T) {
+	if err := FlushConntrack(t.Context(), netip.Addr{}); err == nil {
+		t.Errorf("FlushConntrack(invalid) = nil, want an error")
+	}
+}

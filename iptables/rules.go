@@ -1,0 +1,359 @@
+package iptables
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+)
+
+const (
+	natChain   = "IAMLET-IMDS"
+	guardChain = "IAMLET-GUARD"
+)
+
+// chain is one chain iamlet owns in one family: its rules in order, and the built-in chains that must jump to it
+// before any other rule there gets a say.
+type chain struct {
+	table, name string
+	hooks       []string
+	jump        []string
+	rules       [][]string
+}
+
+// buildChains is the one place rule arguments are made. Ensure, Check and Remove all work from its result, so what is
+// installed, what is checked and what is removed cannot drift apart.
+//
+// The guard chain comes first so that on a fresh install the reject is in place before the redirect: in between,
+// pods are refused rather than served by the node's IMDS. Because DNAT happens in PREROUTING, redirected packets no
+// longer carry the metadata address when they reach INPUT or FORWARD, so the guard only ever sees what was not
+// redirected.
+func buildChains(v6 bool, metadata, container netip.AddrPort, ifaces []string) []chain {
+	type face struct {
+		name   string
+		dst    string
+		target netip.AddrPort
+	}
+	faces := []face{{"imds", "169.254.169.254/32", metadata}}
+	if v6 {
+		faces[0].dst = "fd00:ec2::254/128"
+	}
+	if container.IsValid() {
+		dst := "169.254.170.23/32"
+		if v6 {
+			dst = "fd00:ec2::23/128"
+		}
+		faces = append(faces, face{"container", dst, container})
+	}
+	patterns := ifaces
+	if len(patterns) == 0 {
+		patterns = []string{""}
+	}
+
+	guard := chain{table: "filter", name: guardChain, hooks: []string{"INPUT", "FORWARD"}, jump: jumpArgs(guardChain)}
+	nat := chain{table: "nat", name: natChain, hooks: []string{"PREROUTING"}, jump: jumpArgs(natChain)}
+	for _, fc := range faces {
+		for _, p := range patterns {
+			// PREROUTING never sees host-originated traffic, so no -i there means "any pod"; INPUT does see the host
+			// talking to itself over lo, which the guard must leave alone.
+			natIn, guardIn, label := []string{"-i", p}, []string{"-i", p}, p
+			if p == "" {
+				natIn, guardIn, label = nil, []string{"!", "-i", "lo"}, "all"
+			}
+			nat.rules = append(nat.rules, slices.Concat(natIn,
+				[]string{"-d", fc.dst, "-p", "tcp", "--dport", "80"},
+				comment(fc.name+" dnat "+label),
+				[]string{"-j", "DNAT", "--to-destination", fc.target.String()}))
+			// TCP gets a reset so clients fail at once instead of timing out; anything else gets the default ICMP.
+			guard.rules = append(guard.rules,
+				slices.Concat(guardIn, []string{"-d", fc.dst, "-p", "tcp"}, comment(fc.name+" reject-tcp "+label),
+					[]string{"-j", "REJECT", "--reject-with", "tcp-reset"}),
+				slices.Concat(guardIn, []string{"-d", fc.dst}, comment(fc.name+" reject "+label), []string{"-j", "REJECT"}))
+		}
+	}
+	return []chain{guard, nat}
+}
+
+func jumpArgs(target string) []string {
+	return slices.Concat(comment("jump to "+target), []string{"-j", target})
+}
+
+// comment tags every rule so that an operator reading iptables-save knows whose it is, and so that inspection can
+// match rules by name regardless of how iptables normalises the rest of the arguments.
+func comment(text string) []string {
+	return []string{"-m", "comment", "--comment", "iamlet: " + text}
+}
+
+// fix is one problem found by inspect and the change that repairs it.
+type fix struct {
+	desc  string
+	apply func() error
+}
+
+// inspect compares the family's rules with what buildChains wants. Check reports its findings and Ensure applies
+// them, which keeps the two in agreement.
+func (f *family) inspect(ctx context.Context) ([]fix, error) {
+	var fixes []fix
+	for _, c := range f.chains {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		why, err := f.chainProblem(c)
+		if err != nil {
+			return nil, fmt.Errorf("inspect %s chain %s/%s: %w", f.name, c.table, c.name, err)
+		}
+		if why != "" {
+			fixes = append(fixes, fix{
+				desc:  fmt.Sprintf("%s %s/%s: %s", f.name, c.table, c.name, why),
+				apply: func() error { return f.writeChain(c) },
+			})
+		}
+		for _, hook := range c.hooks {
+			why, jumps, err := f.jumpProblem(c, hook)
+			if err != nil {
+				return nil, fmt.Errorf("inspect %s jump %s/%s -> %s: %w", f.name, c.table, hook, c.name, err)
+			}
+			if why != "" {
+				fixes = append(fixes, fix{
+					desc:  fmt.Sprintf("%s %s/%s: %s", f.name, c.table, hook, why),
+					apply: func() error { return f.placeJump(c, hook, jumps) },
+				})
+			}
+		}
+	}
+	return fixes, nil
+}
+
+// chainProblem says what is wrong with the content of one of our chains, or "" if nothing is.
+func (f *family) chainProblem(c chain) (string, error) {
+	ok, err := f.ipt.ChainExists(c.table, c.name)
+	if err != nil {
+		return "", err
+	}
+	if !ok {
+		return "chain missing", nil
+	}
+	have, err := f.list(c.table, c.name)
+	if err != nil {
+		return "", err
+	}
+	if len(have) != len(c.rules) {
+		return fmt.Sprintf("%d rules, want %d", len(have), len(c.rules)), nil
+	}
+	for i, want := range c.rules {
+		// The comment tells which rule sits where; whether it is the rule we want is for matches to judge.
+		if got := commentOf(have[i]); got != commentOf(want) {
+			return fmt.Sprintf("rule %d is %q, want %q", i+1, got, commentOf(want)), nil
+		}
+		ok, err := f.matches(c.table, c.name, have[i], want)
+		if err != nil {
+			return "", err
+		}
+		if !ok {
+			return fmt.Sprintf("rule %q differs", commentOf(want)), nil
+		}
+	}
+	return "", nil
+}
+
+// jumpProblem says what is wrong with the jump from hook to c, or "" if nothing is, along with every rule in hook
+// that currently jumps to c (which a repair must delete first).
+func (f *family) jumpProblem(c chain, hook string) (string, [][]string, error) {
+	jumps, first, err := f.jumpsTo(c.table, hook, c.name)
+	switch {
+	case err != nil:
+		return "", nil, err
+	case len(jumps) == 0:
+		return "jump to " + c.name + " missing", nil, nil
+	case first != 0:
+		return fmt.Sprintf("jump to %s at position %d, want 1", c.name, first+1), jumps, nil
+	case len(jumps) > 1:
+		return fmt.Sprintf("%d jumps to %s, want 1", len(jumps), c.name), jumps, nil
+	}
+	ok, err := f.matches(c.table, hook, jumps[0], c.jump)
+	if err != nil || ok {
+		return "", nil, err
+	}
+	return "jump to " + c.name + " differs", jumps, nil
+}
+
+// jumpsTo returns every rule in table/hook that jumps (-j) or goes (-g) to target, and the position of the first
+// one counting from 0, or -1.
+func (f *family) jumpsTo(table, hook, target string) ([][]string, int, error) {
+	rules, err := f.list(table, hook)
+	if err != nil {
+		return nil, -1, err
+	}
+	first := -1
+	var jumps [][]string
+	for i, args := range rules {
+		if optionValue(args, "-j", "-g") == target {
+			if first < 0 {
+				first = i
+			}
+			jumps = append(jumps, args)
+		}
+	}
+	return jumps, first, nil
+}
+
+// matches reports whether the rule listed as have is the rule want. Neither test suffices alone: the listing is
+// normalised by iptables (option order, implicit -m tcp, default --reject-with), so only -C judges it semantically,
+// but ip6tables-legacy 1.8.9's -C ignores the port of a DNAT target and would pass a rule a previous run left with
+// another listener port. So -C must agree, and every option value we set must also appear as listed.
+func (f *family) matches(table, chain string, have, want []string) (bool, error) {
+	for i := 0; i+1 < len(want); i++ {
+		flag, value := want[i], want[i+1]
+		if strings.HasPrefix(flag, "-") && !strings.HasPrefix(value, "-") && !hasPair(have, flag, value) {
+			return false, nil
+		}
+	}
+	return f.ipt.Exists(table, chain, want...)
+}
+
+func hasPair(args []string, name, value string) bool {
+	for i := 0; i+1 < len(args); i++ {
+		if args[i] == name && args[i+1] == value {
+			return true
+		}
+	}
+	return false
+}
+
+// writeChain replaces the chain's content wholesale, which is how a chain left by an earlier run (another listener
+// port, other interfaces) is taken over without duplicates piling up beside stale rules. While one chain is being
+// rewritten the other still holds: the guard refuses what the redirect misses, and redirected traffic never meets
+// the guard.
+func (f *family) writeChain(c chain) error {
+	if err := f.ipt.ClearChain(c.table, c.name); err != nil {
+		return fmt.Errorf("flush: %w", err)
+	}
+	for _, args := range c.rules {
+		if err := f.ipt.Append(c.table, c.name, args...); err != nil {
+			return fmt.Errorf("append %q: %w", commentOf(args), err)
+		}
+	}
+	return nil
+}
+
+// placeJump makes the jump to c the first rule of hook. Stale jumps go first: deleting by rulespec removes the first
+// match, which after the insert would be the fresh jump itself.
+func (f *family) placeJump(c chain, hook string, stale [][]string) error {
+	if err := f.deleteRules(c.table, hook, stale); err != nil {
+		return err
+	}
+	if err := f.ipt.Insert(c.table, hook, 1, c.jump...); err != nil {
+		return fmt.Errorf("insert jump: %w", err)
+	}
+	return nil
+}
+
+// deleteRules deletes rules (as listed) from table/chain; one already gone is fine.
+func (f *family) deleteRules(table, chain string, rules [][]string) error {
+	for _, args := range rules {
+		if err := f.ipt.Delete(table, chain, args...); err != nil && !isNotExist(err) {
+			return fmt.Errorf("delete %q: %w", strings.Join(args, " "), err)
+		}
+	}
+	return nil
+}
+
+// remove takes the family's rules away in the reverse order of installation, redirect before guard. Any rule that
+// jumps to our chains goes, not only the one we would write, since the kernel refuses to delete a chain that
+// something still references.
+func (f *family) remove(ctx context.Context) error {
+	for _, c := range slices.Backward(f.chains) {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		for _, hook := range c.hooks {
+			jumps, _, err := f.jumpsTo(c.table, hook, c.name)
+			if err == nil {
+				err = f.deleteRules(c.table, hook, jumps)
+			}
+			if err != nil {
+				return fmt.Errorf("remove %s jumps %s/%s -> %s: %w", f.name, c.table, hook, c.name, err)
+			}
+		}
+		ok, err := f.ipt.ChainExists(c.table, c.name)
+		if err != nil {
+			return fmt.Errorf("remove %s chain %s/%s: %w", f.name, c.table, c.name, err)
+		}
+		if !ok {
+			continue
+		}
+		if err := f.ipt.ClearChain(c.table, c.name); err != nil && !isNotExist(err) {
+			return fmt.Errorf("flush %s chain %s/%s: %w", f.name, c.table, c.name, err)
+		}
+		if err := f.ipt.DeleteChain(c.table, c.name); err != nil && !isNotExist(err) {
+			return fmt.Errorf("delete %s chain %s/%s: %w", f.name, c.table, c.name, err)
+		}
+	}
+	return nil
+}
+
+// list returns the arguments of each rule in table/chain, parsed from iptables -S.
+func (f *family) list(table, chain string) ([][]string, error) {
+	lines, err := f.ipt.List(table, chain)
+	if err != nil {
+		return nil, err
+	}
+	var rules [][]string
+	for _, line := range lines {
+		if args := splitRule(line); len(args) > 2 && args[0] == "-A" {
+			rules = append(rules, args[2:])
+		}
+	}
+	return rules, nil
+}
+
+// splitRule splits one line of iptables -S output into arguments, undoing the double quotes (with backslash escapes)
+// iptables puts around values such as comments with spaces. The result can be handed back to iptables -D.
+func splitRule(line string) []string {
+	var (
+		args          []string
+		cur           strings.Builder
+		inArg, quoted bool
+	)
+	for i := 0; i < len(line); i++ {
+		switch ch := line[i]; {
+		case quoted && ch == '\\' && i+1 < len(line):
+			i++
+			cur.WriteByte(line[i])
+		case ch == '"':
+			quoted, inArg = !quoted, true
+		case ch == ' ' && !quoted:
+			if inArg {
+				args = append(args, cur.String())
+				cur.Reset()
+				inArg = false
+			}
+		default:
+			cur.WriteByte(ch)
+			inArg = true
+		}
+	}
+	if inArg {
+		args = append(args, cur.String())
+	}
+	return args
+}
+
+func commentOf(args []string) string { return optionValue(args, "--comment") }
+
+func optionValue(args []string, names ...string) string {
+	for i := 0; i+1 < len(args); i++ {
+		if slices.Contains(names, args[i]) {
+			return args[i+1]
+		}
+	}
+	return ""
+}
+
+// isNotExist reports whether err says the rule or chain was not there, which removal treats as success.
+func isNotExist(err error) bool {
+	var e interface{ IsNotExist() bool }
+	return errors.As(err, &e) && e.IsNotExist()
+}

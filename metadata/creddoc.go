@@ -1,0 +1,116 @@
+package metadata
+
+import (
+	"time"
+	"unicode/utf8"
+)
+
+// timeLayout is the only timestamp shape every SDK parses: botocore uses strptime with a literal Z, so no fractions
+// and no offset.
+const timeLayout = "2006-01-02T15:04:05Z"
+
+// appendCredentialDocument appends the IMDS credential document, field order as EC2 sends it. The extended
+// document adds AccountId.
+func appendCredentialDocument(dst []byte, c *Credentials, extended bool) []byte {
+	dst = append(dst, `{"Code":"Success","LastUpdated":`...)
+	dst = appendJSONTime(dst, c.LastUpdated)
+	dst = append(dst, `,"Type":"AWS-HMAC","AccessKeyId":`...)
+	dst = appendJSONString(dst, c.AccessKeyID)
+	dst = append(dst, `,"SecretAccessKey":`...)
+	dst = appendJSONString(dst, c.SecretAccessKey)
+	dst = append(dst, `,"Token":`...)
+	dst = appendJSONString(dst, c.SessionToken)
+	dst = append(dst, `,"Expiration":`...)
+	dst = appendJSONTime(dst, c.Expiration)
+	if extended {
+		dst = append(dst, `,"AccountId":`...)
+		dst = appendJSONString(dst, c.AccountID)
+	}
+	return append(dst, '}')
+}
+
+// appendContainerDocument appends the container credentials endpoint's document.
+func appendContainerDocument(dst []byte, c *Credentials) []byte {
+	dst = append(dst, `{"AccessKeyId":`...)
+	dst = appendJSONString(dst, c.AccessKeyID)
+	dst = append(dst, `,"SecretAccessKey":`...)
+	dst = appendJSONString(dst, c.SecretAccessKey)
+	dst = append(dst, `,"Token":`...)
+	dst = appendJSONString(dst, c.SessionToken)
+	dst = append(dst, `,"AccountId":`...)
+	dst = appendJSONString(dst, c.AccountID)
+	dst = append(dst, `,"Expiration":`...)
+	dst = appendJSONTime(dst, c.Expiration)
+	return append(dst, '}')
+}
+
+// appendContainerError appends the container endpoint's error document.
+func appendContainerError(dst []byte, code, message string) []byte {
+	dst = append(dst, `{"Code":`...)
+	dst = appendJSONString(dst, code)
+	dst = append(dst, `,"Message":`...)
+	dst = appendJSONString(dst, message)
+	return append(dst, '}')
+}
+
+func appendJSONTime(dst []byte, t time.Time) []byte {
+	dst = append(dst, '"')
+	dst = t.UTC().AppendFormat(dst, timeLayout)
+	return append(dst, '"')
+}
+
+// appendJSONString appends s as a JSON string, byte for byte what encoding/json produces (HTML-safe escapes,
+// invalid UTF-8 replaced by U+FFFD, U+2028 and U+2029 escaped), without its reflection. strconv.AppendQuote is not
+// a substitute: its \x.. and \U........ escapes are not JSON.
+func appendJSONString(dst []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	dst = append(dst, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			if c >= 0x20 && c != '"' && c != '\\' && c != '<' && c != '>' && c != '&' {
+				i++
+				continue
+			}
+			dst = append(dst, s[start:i]...)
+			switch c {
+			case '"', '\\':
+				dst = append(dst, '\\', c)
+			case '\b':
+				dst = append(dst, '\\', 'b')
+			case '\f':
+				dst = append(dst, '\\', 'f')
+			case '\n':
+				dst = append(dst, '\\', 'n')
+			case '\r':
+				dst = append(dst, '\\', 'r')
+			case '\t':
+				dst = append(dst, '\\', 't')
+			default:
+				dst = append(dst, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			dst = append(dst, s[start:i]...)
+			dst = append(dst, `\ufffd`...)
+			i += size
+			start = i
+			continue
+		}
+		if r == '\u2028' || r == '\u2029' {
+			dst = append(dst, s[start:i]...)
+			dst = append(dst, '\\', 'u', '2', '0', '2', hex[r&0xf])
+			i += size
+			start = i
+			continue
+		}
+		i += size
+	}
+	dst = append(dst, s[start:]...)
+	return append(dst, '"')
+}

@@ -1,0 +1,275 @@
+package metadata
+
+import (
+	"errors"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+const (
+	contentTypeText = "text/plain"
+	contentTypeJSON = "application/json"
+	serverName      = "EC2ws" // what EC2's IMDS sends
+	allowData       = "GET, HEAD"
+	allowToken      = http.MethodPut
+)
+
+// Handler is the IMDS face. Mount it as a server's root handler: an http.ServeMux in front of it would redirect
+// unclean paths before normalise sees them.
+type Handler struct {
+	requireV2 bool
+	tokens    *tokenSigner
+	creds     CredentialProvider
+	node      *nodeSource
+	clock     func() time.Time
+	log       *slog.Logger
+	metrics   *imdsMetrics
+	bufs      bufferPool
+}
+
+// NewHandler returns the IMDS face answering with creds. Its metrics are registered on reg (nil: not registered).
+func NewHandler(cfg Config, creds CredentialProvider, reg prometheus.Registerer) (*Handler, error) {
+	if creds == nil {
+		return nil, errors.New("metadata: nil credential provider")
+	}
+	tokens, err := newTokenSigner(cfg.TokenKey)
+	if err != nil {
+		return nil, err
+	}
+	base, err := parseUpstream(cfg.Upstream)
+	if err != nil {
+		return nil, err
+	}
+	m, err := newIMDSMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	clock, log := cfg.clock(), loggerOrDiscard(cfg.Logger)
+	return &Handler{
+		requireV2: cfg.RequireV2,
+		tokens:    tokens,
+		creds:     creds,
+		node:      newNodeSource(base, cfg.Node, clock, log),
+		clock:     clock,
+		log:       log,
+		metrics:   m,
+	}, nil
+}
+
+// call is one request as the handler sees it.
+type call struct {
+	w      http.ResponseWriter
+	r      *http.Request
+	rp     reqPath
+	caller netip.Addr
+}
+
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	c := call{w: w, r: r}
+	cls, out := h.serve(&c)
+	h.metrics.observe(cls, out, time.Since(start))
+}
+
+func (h *Handler) serve(c *call) (class, outcome) {
+	rp, err := normalise(c.r.URL.EscapedPath())
+	if err != nil {
+		return classOther, h.refuse(c, refuseBadPath, err)
+	}
+	c.rp = rp
+	caller, ok := callerAddr(c.r)
+	if !ok {
+		return classOther, h.refuse(c, refuseBadCaller, nil)
+	}
+	c.caller = caller
+
+	rt := match(rp)
+	cls := rt.class()
+	if rt.kind == routeNone {
+		return cls, h.refuse(c, refuseNodePath, nil)
+	}
+	if rt.kind == routeToken {
+		return cls, h.serveToken(c)
+	}
+	if c.r.Method != http.MethodGet && c.r.Method != http.MethodHead {
+		c.w.Header().Set("Allow", allowData)
+		return cls, h.refuse(c, refuseMethod, nil)
+	}
+	if rf := h.checkToken(c); rf != refuseNone {
+		return cls, h.refuse(c, rf, nil)
+	}
+	switch rt.kind {
+	case routeListing:
+		buf := h.bufs.get()
+		*buf = append(*buf, rt.listing...)
+		writeResponse(c.w, http.StatusOK, contentTypeText, *buf)
+		h.bufs.put(buf)
+		return cls, outcomeServed
+	case routeFact:
+		body, rf := h.node.lookup(c.r.Context(), rt.fact)
+		if rf != refuseNone {
+			return cls, h.refuse(c, rf, nil)
+		}
+		writeResponse(c.w, http.StatusOK, contentTypeText, body)
+		return cls, outcomeServed
+	}
+	return cls, h.serveCredentials(c, rt)
+}
+
+func (h *Handler) serveToken(c *call) outcome {
+	if c.r.Method != http.MethodPut {
+		c.w.Header().Set("Allow", allowToken)
+		return h.refuse(c, refuseMethod, nil)
+	}
+	if len(c.r.Header.Values("X-Forwarded-For")) > 0 || len(c.r.Header.Values("Forwarded")) > 0 {
+		return h.refuse(c, refuseForwarded, nil)
+	}
+	ttl, ok := parseTTL(c.r.Header.Values(headerTokenTTL))
+	if !ok {
+		return h.refuse(c, refuseBadTTL, nil)
+	}
+	buf := h.bufs.get()
+	*buf = h.tokens.appendToken(*buf, c.caller, h.clock().Add(time.Duration(ttl)*time.Second))
+	// G1 and G2 treat a token answer without this header as a failed token call.
+	c.w.Header().Set(headerTokenTTL, strconv.Itoa(ttl))
+	writeResponse(c.w, http.StatusOK, contentTypeText, *buf)
+	h.bufs.put(buf)
+	return outcomeServed
+}
+
+// checkToken enforces IMDSv2 on a data request: a token, if sent, must be valid for this caller; no token is
+// allowed unless RequireV2. An empty header counts as none.
+func (h *Handler) checkToken(c *call) refusal {
+	vals := c.r.Header.Values(headerToken)
+	switch {
+	case len(vals) == 0 || (len(vals) == 1 && vals[0] == ""):
+		if h.requireV2 {
+			return refuseTokenRequired
+		}
+		return refuseNone
+	case len(vals) == 1 && h.tokens.valid(vals[0], c.caller, h.clock()):
+		return refuseNone
+	}
+	return refuseBadToken
+}
+
+func (h *Handler) serveCredentials(c *call, rt route) outcome {
+	creds, err := h.creds.Credentials(c.r.Context(), c.caller)
+	if err != nil {
+		rf, _ := providerRefusal(err)
+		return h.refuse(c, rf, err)
+	}
+	if why := creds.unusable(h.clock()); why != "" {
+		return h.refuse(c, refuseUnavailable, errors.New("provider returned unusable credentials: "+why))
+	}
+	buf := h.bufs.get()
+	defer h.bufs.put(buf)
+	switch rt.kind {
+	case routeCredsList, routeCredsExtList:
+		*buf = append(*buf, creds.RoleName...) // no newline: botocore pastes the body into the next URL
+	default:
+		if !equalFoldASCII(rt.name, creds.RoleName) {
+			// Another role's name, most likely the node's: never passed on.
+			return h.refuse(c, refuseNotFound, nil)
+		}
+		*buf = appendCredentialDocument(*buf, &creds, rt.kind == routeCredsExtDoc)
+	}
+	writeResponse(c.w, http.StatusOK, contentTypeText, *buf)
+	return outcomeServed
+}
+
+// refuse answers and logs a refusal, once. err is logged (it comes from the provider, never carries a secret) but
+// never sent.
+func (h *Handler) refuse(c *call, rf refusal, err error) outcome {
+	info := rf.info()
+	logRefusal(h.log, c, info, err)
+	buf := h.bufs.get()
+	*buf = append(*buf, "iamlet: "...)
+	*buf = append(*buf, info.text...)
+	writeResponse(c.w, info.status, contentTypeText, *buf)
+	h.bufs.put(buf)
+	return info.outcome
+}
+
+func logRefusal(log *slog.Logger, c *call, info refusalInfo, err error) {
+	level := slog.LevelInfo
+	if info.outcome == outcomeNodePath {
+		level = slog.LevelWarn // someone is probing for the node's secrets
+	}
+	ctx := c.r.Context()
+	if !log.Enabled(ctx, level) {
+		return
+	}
+	attrs := make([]slog.Attr, 0, 6)
+	attrs = append(attrs,
+		slog.String("reason", info.outcome.String()),
+		slog.String("method", c.r.Method))
+	if c.rp.p != "" {
+		attrs = append(attrs, slog.String("path", c.rp.String()))
+	} else {
+		attrs = append(attrs, slog.String("raw_path", truncate(c.r.URL.EscapedPath(), 256)))
+	}
+	if c.caller.IsValid() {
+		attrs = append(attrs, slog.String("caller", c.caller.String()))
+	} else {
+		attrs = append(attrs, slog.String("remote_addr", truncate(c.r.RemoteAddr, 64)))
+	}
+	attrs = append(attrs, slog.Int("status", info.status))
+	if err != nil {
+		attrs = append(attrs, slog.String("error", err.Error()))
+	}
+	log.LogAttrs(ctx, level, "metadata request refused", attrs...)
+}
+
+// callerAddr is the pod's address: DNAT keeps the source IP, so RemoteAddr is the pod.
+func callerAddr(r *http.Request) (netip.Addr, bool) {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return netip.Addr{}, false
+	}
+	return ap.Addr().Unmap().WithZone(""), true
+}
+
+func writeResponse(w http.ResponseWriter, status int, contentType string, body []byte) {
+	// One backing array for the three values (Header.Set would allocate one each); capped so an append by anyone
+	// downstream copies instead of overwriting a neighbour.
+	vals := make([]string, 3)
+	vals[0], vals[1], vals[2] = contentType, strconv.Itoa(len(body)), serverName
+	h := w.Header()
+	h["Content-Type"] = vals[0:1:1]
+	h["Content-Length"] = vals[1:2:2]
+	h["Server"] = vals[2:3:3]
+	w.WriteHeader(status)
+	w.Write(body)
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}
+
+// bufferPool recycles response buffers; a credential document with a session token is 1.5 to 2 KiB.
+type bufferPool struct{ p sync.Pool }
+
+func (b *bufferPool) get() *[]byte {
+	if v, ok := b.p.Get().(*[]byte); ok {
+		*v = (*v)[:0]
+		return v
+	}
+	s := make([]byte, 0, 4096)
+	return &s
+}
+
+func (b *bufferPool) put(s *[]byte) {
+	if cap(*s) <= 64<<10 {
+		b.p.Put(s)
+	}
+}

@@ -1,0 +1,136 @@
+package metadata
+
+import (
+	"bytes"
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// syncBuffer is a bytes.Buffer safe for a logger's concurrent writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) lines(t *testing.T) []map[string]any {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []map[string]any
+	for _, l := range strings.Split(strings.TrimSpace(s.b.String()), "\n") {
+		if l == "" {
+			continue
+		}
+		var m map[string]any
+		if err := json.Unmarshal([]byte(l), &m); err != nil {
+			t.Fatalf("log line %q: %v", l, err)
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+func TestRefusalLogging(t *testing.T) {
+	var buf syncBuffer
+	log := slog.New(slog.NewJSONHandler(&buf, nil))
+	e := newTestEnv(t, func(c *Config) { c.Logger = log })
+	tok := e.token(t, podAddr, 60)
+
+	tests := []struct {
+		method, target, caller string
+		header                 http.Header
+		want                   map[string]any
+	}{
+		{"GET", "/latest/meta-data/../user-data", podAddr, http.Header{headerToken: {tok}},
+			map[string]any{"level": "WARN", "reason": "node_path", "method": "GET", "path": "/latest/user-data", "caller": podAddr}},
+		{"GET", "/latest/meta-data/iam/security-credentials/", strangerAddr, nil,
+			map[string]any{"level": "INFO", "reason": "unknown_pod", "caller": strangerAddr, "status": float64(403)}},
+		{"GET", "/latest/%2575ser-data", podAddr, nil,
+			map[string]any{"reason": "bad_request", "raw_path": "/latest/%2575ser-data"}},
+		{"GET", "/latest/meta-data/iam/security-credentials/", otherPodAddr, http.Header{headerToken: {tok}},
+			map[string]any{"reason": "bad_token", "status": float64(401)}},
+	}
+	for _, tt := range tests {
+		before := len(buf.lines(t))
+		e.do(t, tt.method, tt.target, tt.caller, tt.header)
+		lines := buf.lines(t)
+		if len(lines) != before+1 {
+			t.Errorf("%s %q logged %d lines, want 1", tt.method, tt.target, len(lines)-before)
+			continue
+		}
+		got := lines[len(lines)-1]
+		for k, v := range tt.want {
+			if got[k] != v {
+				t.Errorf("%s %q: log %s = %v, want %v", tt.method, tt.target, k, got[k], v)
+			}
+		}
+	}
+	// Served requests are not logged here (the agent audits issuance), and nothing secret is ever logged.
+	before := len(buf.lines(t))
+	e.do(t, "GET", "/latest/meta-data/iam/security-credentials/"+podRole, podAddr, http.Header{headerToken: {tok}})
+	if n := len(buf.lines(t)) - before; n != 0 {
+		t.Errorf("a served credential request logged %d lines, want 0", n)
+	}
+	all := buf.b.String()
+	c := podCredentials()
+	for _, secret := range []string{tok, c.SecretAccessKey, c.SessionToken, c.AccessKeyID} {
+		if strings.Contains(all, secret) {
+			t.Errorf("log contains a secret %q:\n%s", secret, all)
+		}
+	}
+}
+
+func TestUnparseableRemoteAddr(t *testing.T) {
+	e := newTestEnv(t, nil)
+	r := httptest.NewRequest("GET", "/latest/meta-data/iam/security-credentials/", nil)
+	r.RemoteAddr = "@"
+	w := httptest.NewRecorder()
+	e.h.ServeHTTP(w, r)
+	if w.Code != 400 {
+		t.Errorf("GET from RemoteAddr %q = %d, want 400", r.RemoteAddr, w.Code)
+	}
+}
+
+func TestUpstreamTokenRejectedOnce(t *testing.T) {
+	node := newFakeNodeIMDS(t)
+	e := newTestEnv(t, func(c *Config) { c.Upstream = node.srv.URL })
+	e.do(t, "GET", pathInstanceID, podAddr, nil) // caches a token
+	node.set(func(f *fakeNodeIMDS) { f.status = http.StatusUnauthorized })
+	e.do(t, "GET", pathInstanceType, podAddr, nil)
+	node.set(func(f *fakeNodeIMDS) { f.status = 0 })
+	var puts, gets int
+	for _, r := range node.seen() {
+		switch {
+		case strings.HasPrefix(r, "PUT "):
+			puts++
+		case r == "GET "+pathInstanceType:
+			gets++
+		}
+	}
+	if puts != 2 || gets != 2 {
+		t.Errorf("after a 401 from the node IMDS: %d token PUTs and %d GETs, want 2 and 2 (re-token, retry once)", puts, gets)
+	}
+	if w := e.do(t, "GET", pathInstanceType, podAddr, nil); w.Code != 200 {
+		t.Errorf("GET %q after the node IMDS recovered = %d, want 200", pathInstanceType, w.Code)
+	}
+	assertUpstreamCanonical(t, node)
+}
+
+func TestEC2Architecture(t *testing.T) {
+	for goarch, want := range map[string]string{"amd64": "x86_64", "arm64": "arm64", "386": "i386"} {
+		if got := ec2Architecture(goarch); got != want {
+			t.Errorf("ec2Architecture(%q) = %q, want %q", goarch, got, want)
+		}
+	}
+}

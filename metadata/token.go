@@ -1,0 +1,123 @@
+package metadata
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/binary"
+	"errors"
+	"hash"
+	"net/netip"
+	"sync"
+	"time"
+)
+
+// IMDSv2 session tokens are stateless: base64url(version || expiry || HMAC-SHA256(key, label || version || caller ||
+// expiry)), with the caller's address in its 16-byte form and the expiry in Unix seconds. Nothing is stored, so a
+// token survives a restart that keeps the key, and a token minted for one pod IP never validates for another.
+const (
+	headerToken    = "X-Aws-Ec2-Metadata-Token"
+	headerTokenTTL = "X-Aws-Ec2-Metadata-Token-Ttl-Seconds"
+
+	maxTokenTTL  = 21600 // seconds, as EC2
+	minKeyLength = 32
+
+	tokenVersion  = 1
+	tokenRawLen   = 1 + 8 + sha256.Size
+	tokenLen      = (tokenRawLen*8 + 5) / 6 // base64 without padding
+	tokenMACLabel = "iamlet imds token"
+)
+
+type tokenSigner struct {
+	enc  *base64.Encoding
+	macs sync.Pool // *macState: hmac.New costs several allocations, and valid runs on every v2 GET
+}
+
+// macState is scratch space for one MAC computation; it lives on the heap already, so nothing in it escapes anew.
+type macState struct {
+	h   hash.Hash
+	msg [len(tokenMACLabel) + 1 + 16 + 8]byte
+	sum [sha256.Size]byte
+	raw [tokenRawLen]byte
+	enc [tokenLen]byte
+}
+
+func newTokenSigner(key []byte) (*tokenSigner, error) {
+	if len(key) < minKeyLength {
+		return nil, errors.New("token key must be at least 32 bytes")
+	}
+	key = append([]byte(nil), key...) // the caller's slice may change under us
+	s := &tokenSigner{enc: base64.RawURLEncoding.Strict()}
+	s.macs.New = func() any { return &macState{h: hmac.New(sha256.New, key)} }
+	return s, nil
+}
+
+// mac fills st.sum with the MAC of (caller, version, expiry).
+func (st *macState) mac(caller netip.Addr, version byte, expiry [8]byte) {
+	ip := caller.As16()
+	n := copy(st.msg[:], tokenMACLabel)
+	st.msg[n] = version
+	n += 1 + copy(st.msg[n+1:], ip[:])
+	copy(st.msg[n:], expiry[:])
+	st.h.Reset()
+	st.h.Write(st.msg[:])
+	st.h.Sum(st.sum[:0])
+}
+
+// appendToken appends a token for caller valid until expiry to dst.
+func (s *tokenSigner) appendToken(dst []byte, caller netip.Addr, expiry time.Time) []byte {
+	st := s.macs.Get().(*macState)
+	defer s.macs.Put(st)
+	var exp [8]byte
+	binary.BigEndian.PutUint64(exp[:], uint64(expiry.Unix()))
+	st.mac(caller, tokenVersion, exp)
+	st.raw[0] = tokenVersion
+	copy(st.raw[1:9], exp[:])
+	copy(st.raw[9:], st.sum[:])
+	return s.enc.AppendEncode(dst, st.raw[:])
+}
+
+// valid reports whether token was minted by this key for caller and has not expired at now.
+func (s *tokenSigner) valid(token string, caller netip.Addr, now time.Time) bool {
+	if len(token) != tokenLen {
+		return false
+	}
+	st := s.macs.Get().(*macState)
+	defer s.macs.Put(st)
+	copy(st.enc[:], token)
+	n, err := s.enc.Decode(st.raw[:], st.enc[:])
+	if err != nil || n != tokenRawLen || st.raw[0] != tokenVersion {
+		return false
+	}
+	var exp [8]byte
+	copy(exp[:], st.raw[1:9])
+	st.mac(caller, tokenVersion, exp)
+	if !hmac.Equal(st.sum[:], st.raw[9:]) {
+		return false
+	}
+	return now.Unix() < int64(binary.BigEndian.Uint64(exp[:]))
+}
+
+// parseTTL parses the token PUT's TTL header values: exactly one value of 1 to 5 ASCII digits in 1..21600. Stricter
+// than strconv.Atoi, which would take "+5".
+func parseTTL(values []string) (int, bool) {
+	if len(values) != 1 {
+		return 0, false
+	}
+	v := values[0]
+	if len(v) == 0 || len(v) > 5 {
+		return 0, false
+	}
+	n := 0
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int(c-'0')
+	}
+	if n < 1 || n > maxTokenTTL {
+		return 0, false
+	}
+	return n, true
+}
