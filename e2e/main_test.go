@@ -63,6 +63,18 @@ func sharedAgent(t *testing.T) *stack.Proc {
 	return suite.agent
 }
 
+// dedicatedAgent stops the shared agent and runs one with the stack's flags plus extra for this test
+// only (stopped when the test ends; the next sharedAgent call starts the shared one again). Tests in
+// this package do not run in parallel: there is one node, so one agent at a time.
+func dedicatedAgent(t *testing.T, extra ...string) *stack.Proc {
+	t.Helper()
+	if suite.agent != nil {
+		suite.agent.Stop()
+		suite.agent = nil
+	}
+	return suite.StartAgent(t, suite.agentBin, extra...)
+}
+
 // assertNoNodeSecrets fails if any node marker appears in out.
 func assertNoNodeSecrets(t *testing.T, what, out string) {
 	t.Helper()

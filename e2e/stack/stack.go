@@ -183,6 +183,50 @@ type Stack struct {
 	nextPod    int
 }
 
+// Component returns the running process of a stack component ("etcd", "kube-apiserver", "minio",
+// "ec2-metadata-mock").
+func (s *Stack) Component(name string) *Proc {
+	for i := len(s.procs) - 1; i >= 0; i-- {
+		if s.procs[i].Name == name {
+			return s.procs[i]
+		}
+	}
+	return nil
+}
+
+// StopComponent stops a component (SIGTERM, then SIGKILL).
+func (s *Stack) StopComponent(name string) {
+	if p := s.Component(name); p != nil {
+		p.Stop()
+	}
+}
+
+// StartComponent restarts a stopped component and waits until it serves again.
+func (s *Stack) StartComponent(name string) error {
+	old := s.Component(name)
+	if old == nil {
+		return fmt.Errorf("no component %q", name)
+	}
+	p, err := old.Restart()
+	if err != nil {
+		return err
+	}
+	s.procs = append(s.procs, p)
+	switch name {
+	case "minio":
+		return p.WaitHTTP(STSEndpoint+"/minio/health/ready", 60*time.Second)
+	case "kube-apiserver":
+		return p.Wait(60*time.Second, func() bool {
+			return s.Kube.Discovery().RESTClient().Get().AbsPath("/readyz").Do(context.Background()).Error() == nil
+		})
+	case "etcd":
+		return p.WaitHTTP("http://127.0.0.1:2379/health", 30*time.Second)
+	case "ec2-metadata-mock":
+		return p.WaitHTTP("http://"+IMDSv4+"/latest/meta-data/instance-id", 30*time.Second)
+	}
+	return nil
+}
+
 func start(nodeNS, run string) (*Stack, error) {
 	dir, err := os.MkdirTemp("", "iamlet-e2e-")
 	if err != nil {
@@ -389,6 +433,17 @@ type Proc struct {
 	cmd  *exec.Cmd
 	done chan struct{}
 	err  error
+
+	dir, argv0 string
+	env, args  []string
+}
+
+// Restart starts the process again, the same way, after it has been stopped or killed.
+func (p *Proc) Restart() (*Proc, error) {
+	if !p.Exited() {
+		return nil, fmt.Errorf("%s is still running", p.Name)
+	}
+	return StartProc(p.dir, p.Name, p.env, p.argv0, p.args...)
 }
 
 // Start starts a process of the stack; it is stopped by Stop.
@@ -416,7 +471,7 @@ func StartProc(dir, name string, env []string, argv0 string, args ...string) (*P
 		f.Close()
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
-	p := &Proc{Name: name, Log: logPath, cmd: cmd, done: make(chan struct{})}
+	p := &Proc{Name: name, Log: logPath, cmd: cmd, done: make(chan struct{}), dir: dir, argv0: argv0, env: env, args: args}
 	go func() {
 		p.err = cmd.Wait()
 		f.Close()
