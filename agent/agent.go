@@ -188,7 +188,8 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 	st.listening.Store(true)
 
 	if cfg.ManageIptables {
-		rules, err := iptables.New(iptablesConfig(cfg), log)
+		ic := iptablesConfig(cfg)
+		rules, err := iptables.New(ic, log)
 		if err != nil {
 			return fmt.Errorf("interception: %w", err)
 		}
@@ -201,6 +202,11 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 		for _, a := range []netip.Addr{IMDSv4, IMDSv6} {
 			if err := iptables.FlushConntrack(ctx, a); err != nil {
 				log.Warn("could not cut existing flows to the node metadata address", "address", a.String(), "error", err.Error())
+			}
+		}
+		for fam, on := range map[string]bool{"ipv4": ic.MetadataV4.IsValid(), "ipv6": ic.MetadataV6.IsValid()} {
+			if on {
+				m.rules.WithLabelValues(fam).Set(1)
 			}
 		}
 		st.rulesOK.Store(true)

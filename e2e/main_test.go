@@ -68,11 +68,16 @@ func sharedAgent(t *testing.T) *stack.Proc {
 // this package do not run in parallel: there is one node, so one agent at a time.
 func dedicatedAgent(t *testing.T, extra ...string) *stack.Proc {
 	t.Helper()
+	stopSharedAgent()
+	return suite.StartAgent(t, suite.agentBin, extra...)
+}
+
+// stopSharedAgent stops the shared agent, if it runs, so a test can run its own.
+func stopSharedAgent() {
 	if suite.agent != nil {
 		suite.agent.Stop()
 		suite.agent = nil
 	}
-	return suite.StartAgent(t, suite.agentBin, extra...)
 }
 
 // assertNoNodeSecrets fails if any node marker appears in out.

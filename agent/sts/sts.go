@@ -174,6 +174,12 @@ func classify(err error) *Error {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return &Error{Code: "Canceled", retry: true, err: err}
 	}
+	// The SDK wraps a failed send (refused, reset, timeout) in a ResponseError with status 0: it is the
+	// network, not STS, that failed.
+	var send *smithyhttp.RequestSendError
+	if errors.As(err, &send) {
+		return &Error{Code: "Network", retry: true, err: err}
+	}
 	var api smithy.APIError
 	if errors.As(err, &api) {
 		code := api.ErrorCode()

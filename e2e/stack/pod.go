@@ -128,6 +128,13 @@ func (p *Pod) Delete(t TB) {
 	}
 }
 
+// Remove deletes the Pod object and its network namespace now, freeing its address for another pod.
+func (p *Pod) Remove(t TB) {
+	t.Helper()
+	p.Delete(t)
+	p.deleteNetwork()
+}
+
 // Result is what a command in the pod printed.
 type Result struct {
 	Stdout, Stderr string

@@ -1,0 +1,221 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/iamlet/iamlet/agent"
+	"github.com/iamlet/iamlet/e2e/stack"
+)
+
+// What operators see (issue 6), on the real stack.
+
+// TestMetricsAndStatusShowEachPod: after two pods fetch credentials, /metrics has their per-pod series
+// with the right labels and `iamlet status` shows both with their roles and expiries.
+func TestMetricsAndStatusShowEachPod(t *testing.T) {
+	sharedAgent(t)
+	ctx := context.Background()
+	a := suite.NewPod(t, "obs-a", stack.PodOptions{ServiceAccount: saA})
+	b := suite.NewPod(t, "obs-b", stack.PodOptions{ServiceAccount: saB})
+	for _, p := range []*stack.Pod{a, b} {
+		if r := p.Exec(ctx, nil, suite.gov2Bin); r.Err != nil {
+			t.Fatalf("%s: %v\n%s", p.Name, r.Err, r.Output())
+		}
+	}
+	m, err := stack.Scrape()
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := float64(time.Now().Unix())
+	for _, c := range []struct {
+		p    *stack.Pod
+		role string
+	}{{a, stack.RoleARN(stack.AudienceA)}, {b, stack.RoleARN(stack.AudienceB)}} {
+		labels := map[string]string{"namespace": "default", "pod": c.p.Name, "service_account": c.p.ServiceAccount, "role_arn": c.role}
+		exp, ok := m.Value("iamlet_credentials_expiry_timestamp_seconds", labels)
+		if !ok || exp < now+45*60 || exp > now+61*60 {
+			t.Errorf("expiry series for %v = %v (present %v), want about an hour from now", labels, exp, ok)
+		}
+		if v, ok := m.Value("iamlet_credentials_last_refresh_timestamp_seconds", labels); !ok || v > now+1 || v < now-300 {
+			t.Errorf("last refresh series for %v = %v (present %v), want within the last minutes", labels, v, ok)
+		}
+		if v := m.Sum("iamlet_pod_credential_requests_total", labels); v < 1 {
+			t.Errorf("request series for %v = %v, want >= 1", labels, v)
+		}
+	}
+
+	out, err := exec.Command(suite.agentBin, "status", "--debug-addr", stack.AgentDebugAddr).CombinedOutput()
+	if err != nil {
+		t.Fatalf("iamlet status: %v\n%s", err, out)
+	}
+	for _, want := range []string{"ready: true", "interception: in place", "obs-a", "obs-b", stack.RoleARN(stack.AudienceA), stack.RoleARN(stack.AudienceB)} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("iamlet status lacks %q:\n%s", want, out)
+		}
+	}
+	out, err = exec.Command(suite.agentBin, "status", "--debug-addr", stack.AgentDebugAddr, "-o", "json").Output()
+	if err != nil {
+		t.Fatalf("iamlet status -o json: %v", err)
+	}
+	var st agent.Status
+	if err := json.Unmarshal(out, &st); err != nil {
+		t.Fatalf("status JSON: %v\n%s", err, out)
+	}
+	found := 0
+	for _, p := range st.Pods {
+		if (p.Pod == "obs-a" || p.Pod == "obs-b") && p.State == "valid" && p.Expiration != nil && p.Expiration.After(time.Now().Add(45*time.Minute)) {
+			found++
+		}
+	}
+	if found != 2 {
+		t.Errorf("status -o json: %d of the two pods valid with an expiry, want 2:\n%s", found, out)
+	}
+	for _, m := range stack.Markers {
+		if strings.Contains(string(out), m) {
+			t.Errorf("status carries the node secret %s", m)
+		}
+	}
+}
+
+// TestReadinessWaitsForTheInformer: /healthz answers while /readyz says why the agent is not ready (here:
+// it cannot reach the apiserver, so its informer cannot sync); with the apiserver reachable it is ready.
+func TestReadinessWaitsForTheInformer(t *testing.T) {
+	stopSharedAgent()
+	kc, err := os.ReadFile(suite.Kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := os.WriteFile(bad, []byte(strings.ReplaceAll(string(kc), ":6443", ":6449")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	args := append(suite.AgentArgs(), "--kubeconfig="+bad)
+	p, err := stack.StartProc(suite.Dir, "iamlet-unready", nil, suite.agentBin, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Stop()
+	if err := p.WaitHTTP("http://"+stack.AgentMetricsAddr+"/healthz", 20*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	code, body, err := stack.Get("http://" + stack.AgentMetricsAddr + "/readyz")
+	if err != nil || code != http.StatusServiceUnavailable || !strings.Contains(body, "informers not synced") {
+		t.Errorf("/readyz without an apiserver = %d %q (%v), want 503 'informers not synced'", code, body, err)
+	}
+	p.Stop()
+	sharedAgent(t) // waits for /readyz 200 with the real apiserver
+}
+
+// TestMonitoringQueriesNameExportedMetrics: every metric the Grafana dashboard and the alert rules query
+// is one the running agent exports.
+func TestMonitoringQueriesNameExportedMetrics(t *testing.T) {
+	sharedAgent(t)
+	p := suite.NewPod(t, "mon", stack.PodOptions{ServiceAccount: saA})
+	if r := p.Exec(context.Background(), nil, suite.gov2Bin); r.Err != nil {
+		t.Fatalf("gov2: %v\n%s", r.Err, r.Output())
+	}
+	m, err := stack.Scrape()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dashboard, err := os.ReadFile("../deploy/monitoring/iamlet-dashboard.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d struct {
+		Panels []struct {
+			Title   string
+			Targets []struct{ Expr string }
+		}
+	}
+	if err := json.Unmarshal(dashboard, &d); err != nil {
+		t.Fatalf("dashboard is not valid JSON: %v", err)
+	}
+	var exprs []string
+	for _, p := range d.Panels {
+		if len(p.Targets) == 0 {
+			t.Errorf("panel %q has no query", p.Title)
+		}
+		for _, tg := range p.Targets {
+			exprs = append(exprs, tg.Expr)
+		}
+	}
+	rules, err := os.ReadFile("../deploy/monitoring/iamlet-alerts.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(rules), "\n") {
+		if e, ok := strings.CutPrefix(strings.TrimSpace(l), "expr:"); ok {
+			exprs = append(exprs, e)
+		}
+	}
+	name := regexp.MustCompile(`iamlet_[a-z0-9_]+`)
+	checked := 0
+	for _, e := range exprs {
+		for _, n := range name.FindAllString(e, -1) {
+			base := n
+			for _, suf := range []string{"_bucket", "_sum", "_count"} {
+				if b, ok := strings.CutSuffix(n, suf); ok {
+					if _, hist := m[b]; hist {
+						base = b
+					}
+				}
+			}
+			if _, ok := m[base]; !ok {
+				t.Errorf("query %q names %s, which the agent does not export", e, n)
+			}
+			checked++
+		}
+	}
+	if checked < 15 {
+		t.Errorf("only %d metric references found in the dashboard and rules; the parser is probably wrong", checked)
+	}
+}
+
+// TestLogsCarryNoSecrets: after pods fetched full credential documents, no agent log holds a secret
+// access key, a session token or a JWT (the web identity tokens the agent minted).
+func TestLogsCarryNoSecrets(t *testing.T) {
+	sharedAgent(t)
+	p := suite.NewPod(t, "logs", stack.PodOptions{ServiceAccount: saA})
+	r := p.Exec(context.Background(), nil, probeBin(t), "-token", "/latest/meta-data/iam/security-credentials/"+roleName(stack.RoleARN(stack.AudienceA)))
+	var doc struct{ AccessKeyId, SecretAccessKey, Token string }
+	body := r.Stdout[strings.Index(r.Stdout, "{"):]
+	if err := json.Unmarshal([]byte(strings.TrimSpace(body)), &doc); err != nil || doc.SecretAccessKey == "" || doc.Token == "" {
+		t.Fatalf("credential document: %v\n%s", err, r.Output())
+	}
+	logs, _ := filepath.Glob(filepath.Join(suite.Dir, "iamlet*.log"))
+	if len(logs) == 0 {
+		t.Fatal("no agent logs found")
+	}
+	jwt := regexp.MustCompile(`eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.`)
+	audited := false
+	for _, f := range logs {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := string(b)
+		for what, secret := range map[string]string{"secret access key": doc.SecretAccessKey, "session token": doc.Token} {
+			if strings.Contains(s, secret) {
+				t.Errorf("%s contains the %s", filepath.Base(f), what)
+			}
+		}
+		if loc := jwt.FindStringIndex(s); loc != nil {
+			t.Errorf("%s contains a JWT at byte %d", filepath.Base(f), loc[0])
+		}
+		audited = audited || strings.Contains(s, `"credentials issued"`)
+	}
+	if !audited {
+		t.Errorf("no agent log has an audit line for an issuance; is the grep looking at the right logs? %v", logs)
+	}
+}
+
+func roleName(arn string) string { return arn[strings.LastIndex(arn, "/")+1:] }
