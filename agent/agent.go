@@ -64,6 +64,8 @@ type Config struct {
 	STSEndpoint string
 	RefreshQPS  float64
 
+	Limits Limits // per-pod connection and request limits on the metadata faces
+
 	RequireIMDSv2 bool
 	TokenKeyFile  string // "" = a per-process key (held tokens do not survive a restart)
 	NodeIMDS      string // the node's IMDS, for allow-listed node facts; "" = synthesise
@@ -122,11 +124,9 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 
 	// Observability first, so /healthz answers and /readyz says why it is not ready yet.
 	if cfg.MetricsAddr != "" {
-		srv, err := serve(ctx, cfg.MetricsAddr, opsHandler(gatherer, st), log, &wg)
-		if err != nil {
+		if _, err := serve(ctx, cfg.MetricsAddr, opsHandler(gatherer, st), log, &wg); err != nil {
 			return err
 		}
-		_ = srv
 	}
 
 	// Any change to pods, ServiceAccounts or Namespaces re-derives what the cache should hold.
@@ -169,8 +169,9 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 	if err != nil {
 		return fmt.Errorf("metadata face: %w", err)
 	}
+	lm := newLimitMetrics(reg)
 	for _, a := range cfg.MetadataAddrs {
-		if _, err := serve(ctx, a.String(), imds, log, &wg); err != nil {
+		if err := serveLimited(ctx, a.String(), limitRate(imds, cfg.Limits, lm), cfg.Limits, lm, log, &wg); err != nil {
 			return err
 		}
 	}
@@ -180,7 +181,7 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 			return fmt.Errorf("container credentials face: %w", err)
 		}
 		for _, a := range cfg.ContainerAddrs {
-			if _, err := serve(ctx, a.String(), ch, log, &wg); err != nil {
+			if err := serveLimited(ctx, a.String(), limitRate(ch, cfg.Limits, lm), cfg.Limits, lm, log, &wg); err != nil {
 				return err
 			}
 		}
@@ -313,6 +314,21 @@ func serve(ctx context.Context, addr string, h http.Handler, log *slog.Logger, w
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", addr, err)
 	}
+	return serveOn(ctx, ln, h, log, wg), nil
+}
+
+// serveLimited is serve for the pod-facing faces: connections are capped per source address.
+func serveLimited(ctx context.Context, addr string, h http.Handler, lim Limits, m *limitMetrics, log *slog.Logger, wg *sync.WaitGroup) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", addr, err)
+	}
+	serveOn(ctx, limitConns(ln, lim.ConnsPerPod, m), h, log, wg)
+	return nil
+}
+
+func serveOn(ctx context.Context, ln net.Listener, h http.Handler, log *slog.Logger, wg *sync.WaitGroup) *http.Server {
+	addr := ln.Addr().String()
 	srv := &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: 2 * time.Second,
@@ -336,7 +352,7 @@ func serve(ctx context.Context, addr string, h http.Handler, log *slog.Logger, w
 		defer cancel()
 		_ = srv.Shutdown(sctx)
 	}()
-	return srv, nil
+	return srv
 }
 
 func waitFor(ctx context.Context, cond func() bool) error {
