@@ -79,6 +79,12 @@ func (h *ContainerHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *ContainerHandler) serve(c *call) outcome {
+	if hasBody(c.r) {
+		// Unread, a body would be drained by the server; refusing it keeps a pod from making the
+		// agent read megabytes it has no use for.
+		c.w.Header().Set("Connection", "close")
+		return h.refuse(c, refuseBody, nil)
+	}
 	rp, err := normalise(c.r.URL.EscapedPath())
 	if err != nil {
 		return h.refuse(c, refuseBadPath, err)

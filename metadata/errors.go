@@ -30,6 +30,7 @@ const (
 	refuseBadTTL        // token PUT without a valid TTL header
 	refuseForwarded     // token PUT through a proxy: the real caller cannot be identified
 	refuseBadPath       // undecodable, double-encoded or control characters
+	refuseBody          // a request with a body: no metadata request has one
 	refuseBadCaller     // RemoteAddr is not an IP:port (never on a real listener)
 	refuseMethod
 	refuseNoAuthorization // container endpoint without an Authorization header
@@ -67,6 +68,8 @@ func (r refusal) info() refusalInfo {
 		return refusalInfo{http.StatusForbidden, outcomeBadRequest, "forwarded requests cannot get a token", "Forbidden"}
 	case refuseBadPath:
 		return refusalInfo{http.StatusBadRequest, outcomeBadRequest, "malformed path", "BadRequest"}
+	case refuseBody:
+		return refusalInfo{http.StatusBadRequest, outcomeBadRequest, "metadata requests carry no body", "BadRequest"}
 	case refuseBadCaller:
 		return refusalInfo{http.StatusBadRequest, outcomeBadRequest, "cannot identify caller", "BadRequest"}
 	case refuseMethod:

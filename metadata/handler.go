@@ -78,6 +78,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) serve(c *call) (class, outcome) {
+	if hasBody(c.r) {
+		// Unread, a body would be drained by the server; refusing it keeps a pod from making the
+		// agent read megabytes it has no use for.
+		c.w.Header().Set("Connection", "close")
+		return classOther, h.refuse(c, refuseBody, nil)
+	}
 	rp, err := normalise(c.r.URL.EscapedPath())
 	if err != nil {
 		return classOther, h.refuse(c, refuseBadPath, err)
@@ -272,4 +278,9 @@ func (b *bufferPool) put(s *[]byte) {
 	if cap(*s) <= 64<<10 {
 		b.p.Put(s)
 	}
+}
+
+// hasBody reports whether the request declares a body (SDKs send none, or Content-Length: 0).
+func hasBody(r *http.Request) bool {
+	return r.ContentLength > 0 || len(r.TransferEncoding) > 0
 }

@@ -111,9 +111,22 @@ func (p *Pod) create(t TB, o PodOptions) {
 	if o.HostNetwork {
 		ip, ip6 = NodeIP, NodeIPv6
 	}
-	created.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip,
+	p.SetStatus(t, ip, ip6)
+}
+
+// SetStatus marks the pod Running with the given addresses, as the kubelet would once the CNI has
+// given it an address. Tests use it to make the API lag the network, or to give two pods one address.
+func (p *Pod) SetStatus(t TB, ip, ip6 string) {
+	t.Helper()
+	ctx := context.Background()
+	api := p.s.Kube.CoreV1().Pods(p.Namespace)
+	cur, err := api.Get(ctx, p.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("get pod %s/%s: %v", p.Namespace, p.Name, err)
+	}
+	cur.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip,
 		PodIPs: []corev1.PodIP{{IP: ip}, {IP: ip6}}, HostIP: NodeIP}
-	if _, err := api.UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
+	if _, err := api.UpdateStatus(ctx, cur, metav1.UpdateOptions{}); err != nil {
 		t.Fatalf("set status of pod %s/%s: %v", p.Namespace, p.Name, err)
 	}
 }

@@ -1,0 +1,480 @@
+package e2e
+
+import (
+	"context"
+	"encoding/base64"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"os/exec"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/iamlet/iamlet/agent/roles"
+	"github.com/iamlet/iamlet/e2e/stack"
+)
+
+// The adversarial and fault suite (issue 9). docs/security.md lists every case with the test that
+// proves it; TestSecurityTableMatchesTests keeps the two in step.
+
+// probeAnswer is one request's answer as the probe client printed it.
+type probeAnswer struct {
+	request string
+	status  string
+	body    string
+}
+
+func parseProbe(out string) []probeAnswer {
+	var res []probeAnswer
+	for _, block := range strings.Split(out, "=== ")[1:] {
+		lines := strings.SplitN(block, "\n", 3)
+		a := probeAnswer{request: lines[0]}
+		if len(lines) > 1 {
+			a.status = lines[1]
+		}
+		if len(lines) > 2 {
+			a.body = lines[2]
+		}
+		res = append(res, a)
+	}
+	return res
+}
+
+// attackPaths aim at the node's role credentials, instance profile, user-data and signed identity.
+var attackPaths = []string{
+	"/latest/user-data", "/latest/user-data/", "/latest//user-data", "//latest/user-data", "/latest/./user-data",
+	"/latest/meta-data/../user-data", "/latest/meta-data/%2e%2e/user-data", "/latest/%2e%2e/latest/user-data",
+	"/latest/%75ser-data", "/latest/user%2ddata", "/latest/user-data%2f", "/latest/user-data%00", "/latest/%252e%252e/user-data",
+	"/LATEST/USER-DATA", "/Latest/User-Data", "/2009-04-04/user-data", "/1.0/user-data", "/latest/user-data?x=1",
+	"/latest/user-data#frag", "/latest/user-data;x", "/latest/user-data\\",
+	"/latest/meta-data/iam/security-credentials/" + stack.NodeRoleName,
+	"/latest/meta-data/iam/security-credentials/" + strings.ToUpper(stack.NodeRoleName),
+	"/latest/meta-data/iam/security-credentials//" + stack.NodeRoleName,
+	"/latest/meta-data/iam/security-credentials/./" + stack.NodeRoleName,
+	"/latest/meta-data/iam/security-credentials/" + stack.NodeRoleName + "/",
+	"/latest/meta-data/iam/security-credentials/%6eode-role",
+	"/latest/meta-data/iam/security-credentials-extended/" + stack.NodeRoleName,
+	"/latest/meta-data/iam/info", "/latest/meta-data/iam/info/", "/latest/meta-data/IAM/INFO", "/latest/meta-data/iam/./info",
+	"/latest/meta-data/identity-credentials/ec2/security-credentials/ec2-instance",
+	"/latest/dynamic/instance-identity/pkcs7", "/latest/dynamic/instance-identity/signature", "/latest/dynamic/instance-identity/rsa2048",
+	"/latest/meta-data/public-keys/0/openssh-key", "/latest/meta-data/network/interfaces/macs/",
+	"PUT /latest/user-data", "POST /latest/meta-data/iam/security-credentials/" + stack.NodeRoleName,
+	"HEAD /latest/user-data", "DELETE /latest/meta-data/iam/info", "PATCH /latest/user-data",
+	"http://169.254.169.254/latest/user-data",
+}
+
+// TestAttackPathsAreRefused: every spelling, over IPv4 and IPv6, with and without a token, is refused
+// and no node marker comes back.
+func TestAttackPathsAreRefused(t *testing.T) {
+	sharedAgent(t)
+	p := suite.NewPod(t, "attacker", stack.PodOptions{ServiceAccount: saA})
+	for _, addr := range []string{stack.IMDSv4 + ":80", "[fd00:ec2::254]:80"} {
+		for _, token := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/token=%v", addr, token), func(t *testing.T) {
+				args := []string{probeBin(t), "-addr", addr}
+				if token {
+					args = append(args, "-token")
+				}
+				r := p.Exec(context.Background(), nil, append(args, attackPaths...)...)
+				assertNoNodeSecrets(t, "probe", r.Output())
+				answers := parseProbe(r.Stdout)
+				if len(answers) != len(attackPaths) {
+					t.Fatalf("probe answered %d of %d requests:\n%s", len(answers), len(attackPaths), r.Output())
+				}
+				for _, a := range answers {
+					if a.status == "200" || strings.HasPrefix(a.status, "error") {
+						t.Errorf("%s: got %s, want a refusal from the agent:\n%s", a.request, a.status, a.body)
+					}
+				}
+			})
+		}
+	}
+}
+
+// TestTokenReplayAndForgery: a token minted for pod A does not work from pod B; forged, tampered and
+// expired tokens get 401; none of them yields credentials.
+func TestTokenReplayAndForgery(t *testing.T) {
+	sharedAgent(t)
+	ctx := context.Background()
+	a := suite.NewPod(t, "token-a", stack.PodOptions{ServiceAccount: saA})
+	b := suite.NewPod(t, "token-b", stack.PodOptions{ServiceAccount: saB})
+	mint := func(p *stack.Pod, ttl int) string {
+		t.Helper()
+		r := p.Exec(ctx, nil, probeBin(t), "-H", fmt.Sprintf("X-aws-ec2-metadata-token-ttl-seconds: %d", ttl), "PUT /latest/api/token")
+		ans := parseProbe(r.Stdout)
+		if len(ans) != 1 || ans[0].status != "200" {
+			t.Fatalf("token PUT from %s: %s", p.Name, r.Output())
+		}
+		return strings.TrimSpace(ans[0].body)
+	}
+	credsWith := func(p *stack.Pod, token string) probeAnswer {
+		t.Helper()
+		r := p.Exec(ctx, nil, probeBin(t), "-H", "X-aws-ec2-metadata-token: "+token, "/latest/meta-data/iam/security-credentials/")
+		ans := parseProbe(r.Stdout)
+		if len(ans) != 1 {
+			t.Fatalf("probe from %s: %s", p.Name, r.Output())
+		}
+		return ans[0]
+	}
+	tokA := mint(a, 300)
+	if got := credsWith(a, tokA); got.status != "200" {
+		t.Fatalf("pod A with its own token: %s %s", got.status, got.body)
+	}
+	raw, _ := base64.RawURLEncoding.DecodeString(tokA)
+	tampered := []byte(tokA)
+	tampered[len(tampered)/2] ^= 1
+	cases := []struct {
+		name, token string
+	}{
+		{"A's token from B", tokA},
+		{"forged", base64.RawURLEncoding.EncodeToString(make([]byte, len(raw)))},
+		{"tampered", string(tampered)},
+		{"garbage", "not-a-token"},
+	}
+	for _, c := range cases {
+		if got := credsWith(b, c.token); got.status != "401" {
+			t.Errorf("%s: %s, want 401:\n%s", c.name, got.status, got.body)
+		}
+	}
+	short := mint(a, 1)
+	deadline := time.Now().Add(10 * time.Second)
+	for credsWith(a, short).status != "401" {
+		if time.Now().After(deadline) {
+			t.Fatal("a token with a 1 s TTL still works after 10 s")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// TestIPReuseRace: requests keep coming from an address while its pod is replaced by one with another
+// role; the API learns of the new pod only after it has started calling. No answer ever carries the
+// old pod's role.
+func TestIPReuseRace(t *testing.T) {
+	sharedAgent(t)
+	ctx := context.Background()
+	a := suite.NewPod(t, "race-a", stack.PodOptions{ServiceAccount: saA})
+	if r := a.Exec(ctx, nil, suite.gov2Bin); r.Err != nil {
+		t.Fatalf("pod A: %v\n%s", r.Err, r.Output())
+	}
+	n := ipIndex(t, a.IP)
+	a.Remove(t)
+	b := suite.NewPod(t, "race-b", stack.PodOptions{ServiceAccount: saB, IP: n, NoStatus: true})
+	roleA := roleName(stack.RoleARN(stack.AudienceA))
+	paths := []string{"/latest/meta-data/iam/security-credentials/", "/latest/meta-data/iam/security-credentials/" + roleA}
+	var reqs []string
+	for range 40 {
+		reqs = append(reqs, paths...)
+	}
+	var wg sync.WaitGroup
+	var outs []string
+	var mu sync.Mutex
+	for range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := b.Exec(ctx, nil, append([]string{probeBin(t), "-token"}, reqs...)...)
+			mu.Lock()
+			outs = append(outs, r.Output())
+			mu.Unlock()
+		}()
+	}
+	b.SetStatus(t, b.IP, b.IPv6)
+	wg.Wait()
+	served := 0
+	for _, out := range outs {
+		for _, ans := range parseProbe(out) {
+			if ans.status == "200" && strings.Contains(ans.body, roleA) || strings.HasSuffix(ans.request, roleA) && ans.status == "200" {
+				t.Errorf("pod B was answered with pod A's role: %s -> %s %s", ans.request, ans.status, ans.body)
+			}
+			if ans.status == "200" {
+				served++
+			}
+		}
+	}
+	r := b.Exec(ctx, nil, suite.gov2Bin, "-endpoint", stack.MinIOFromPods, "-bucket", stack.Bucket)
+	checkAccess(t, b.Name, r.Stdout, "put", true)
+	t.Logf("%d answers served during the race, none with role A", served)
+}
+
+// TestTwoPodsOneAddress: when the API says two live pods hold one address, neither is served.
+func TestTwoPodsOneAddress(t *testing.T) {
+	sharedAgent(t)
+	c := suite.NewPod(t, "dup-c", stack.PodOptions{ServiceAccount: saA})
+	d := suite.NewPod(t, "dup-d", stack.PodOptions{ServiceAccount: saB, NoStatus: true})
+	d.SetStatus(t, c.IP, c.IPv6)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		r := c.Exec(context.Background(), nil, probeBin(t), "-token", "/latest/meta-data/iam/security-credentials/")
+		ans := parseProbe(r.Stdout)
+		if len(ans) == 1 && ans[0].status == "403" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("address claimed by two live pods still answered: %s", r.Output())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestRoleOfAnotherNamespace: with allow-lists required, a ServiceAccount naming a role that only
+// another namespace may use is refused, while that namespace's own ServiceAccount is served.
+func TestRoleOfAnotherNamespace(t *testing.T) {
+	dedicatedAgent(t, "--require-namespace-allowlist")
+	ctx := context.Background()
+	teamA := newNamespace(t, "team-a", map[string]string{roles.AnnotationAllowedRoles: stack.RoleARN(stack.AudienceA)})
+	teamB := newNamespace(t, "team-b", map[string]string{roles.AnnotationAllowedRoles: stack.RoleARN(stack.AudienceB)})
+	own := newServiceAccount(t, teamA, "own", map[string]string{roles.AnnotationRoleARN: stack.RoleARN(stack.AudienceA)})
+	thief := newServiceAccount(t, teamB, "thief", map[string]string{roles.AnnotationRoleARN: stack.RoleARN(stack.AudienceA)})
+	unlisted := newServiceAccount(t, "default", "unlisted", map[string]string{roles.AnnotationRoleARN: stack.RoleARN(stack.AudienceA)})
+	pOwn := suite.NewPod(t, "own", stack.PodOptions{Namespace: teamA, ServiceAccount: own})
+	pThief := suite.NewPod(t, "thief", stack.PodOptions{Namespace: teamB, ServiceAccount: thief})
+	pUnlisted := suite.NewPod(t, "unlisted", stack.PodOptions{ServiceAccount: unlisted})
+	if r := pOwn.Exec(ctx, nil, suite.gov2Bin, "-endpoint", stack.MinIOFromPods, "-bucket", stack.Bucket); !strings.Contains(r.Stdout, "get ok") {
+		t.Errorf("team-a's own role: %v\n%s", r.Err, r.Output())
+	}
+	for _, p := range []*stack.Pod{pThief, pUnlisted} {
+		r := p.Exec(ctx, nil, probeBin(t), "-token", "/latest/meta-data/iam/security-credentials/")
+		if ans := parseProbe(r.Stdout); len(ans) != 1 || ans[0].status != "403" {
+			t.Errorf("%s/%s: want 403, got:\n%s", p.Namespace, p.Name, r.Output())
+		}
+	}
+}
+
+// TestProtocolAbuse: oversized headers and bodies, slow and garbage requests, and thousands of
+// connections from one pod are cut off while another pod keeps getting its credentials.
+func TestProtocolAbuse(t *testing.T) {
+	sharedAgent(t)
+	ctx := context.Background()
+	bad := suite.NewPod(t, "abuser", stack.PodOptions{ServiceAccount: saA})
+	good := suite.NewPod(t, "bystander", stack.PodOptions{ServiceAccount: saB})
+	abuseBin, err := stack.BuildProgram(suite.Dir, "abuse", "./e2e/clients/abuse")
+	if err != nil {
+		t.Fatal(err)
+	}
+	single := map[string]func(string) bool{
+		"bigheader": func(out string) bool { return strings.Contains(out, "status 431") || strings.Contains(out, "error") },
+		"bigbody":   func(out string) bool { return !strings.Contains(out, "status 200") },
+		"garbage":   func(out string) bool { return strings.Contains(out, "status 400") || strings.Contains(out, "error") },
+	}
+	for mode, ok := range single {
+		r := bad.Exec(ctx, nil, abuseBin, "-mode", mode)
+		assertNoNodeSecrets(t, mode, r.Output())
+		if !ok(r.Stdout) {
+			t.Errorf("%s: unexpected answer:\n%s", mode, r.Output())
+		}
+	}
+	for _, mode := range []string{"conns", "slowloris"} {
+		t.Run(mode, func(t *testing.T) {
+			done := make(chan stack.Result, 1)
+			go func() { done <- bad.Exec(ctx, nil, abuseBin, "-mode", mode, "-n", "1000", "-for", "8s") }()
+			waitMetric(t, "the per-pod connection limit to engage", 10*time.Second, func(m stack.Metrics) bool {
+				v, _ := m.Value("iamlet_limits_rejected_connections_total", nil)
+				return v > 0
+			})
+			start := time.Now()
+			r := good.Exec(ctx, nil, suite.gov2Bin, "-endpoint", stack.MinIOFromPods, "-bucket", stack.Bucket)
+			if !strings.Contains(r.Stdout, "put ok") {
+				t.Errorf("bystander during %s: %v\n%s", mode, r.Err, r.Output())
+			}
+			t.Logf("bystander served in %s during %s", time.Since(start).Round(time.Millisecond), mode)
+			<-done
+		})
+	}
+	r := bad.Exec(ctx, nil, abuseBin, "-mode", "flood", "-n", "1500")
+	if !strings.Contains(r.Stdout, "status 429") {
+		t.Errorf("a flood of requests was never throttled:\n%s", r.Output())
+	}
+	if r := good.Exec(ctx, nil, suite.gov2Bin); r.Err != nil {
+		t.Errorf("bystander after the flood: %v\n%s", r.Err, r.Output())
+	}
+}
+
+// TestSourceAddressSpoofing: a pod that puts another pod's address on its interface cannot get that
+// pod's credentials. With reverse-path filtering (what CNIs set) its packets are dropped; without it
+// the handshake's reply goes to the real owner, so the spoofer never completes a connection.
+func TestSourceAddressSpoofing(t *testing.T) {
+	sharedAgent(t)
+	ctx := context.Background()
+	victim := suite.NewPod(t, "victim", stack.PodOptions{ServiceAccount: saA})
+	spoofer := suite.NewPod(t, "spoofer", stack.PodOptions{ServiceAccount: saNoRole})
+	if out, err := exec.Command("ip", "-n", spoofer.NetNS, "addr", "add", victim.IP+"/32", "dev", "eth0").CombinedOutput(); err != nil {
+		t.Fatalf("spoof address: %v: %s", err, out)
+	}
+	for _, rp := range []string{"1", "0"} {
+		t.Run("rp_filter="+rp, func(t *testing.T) {
+			veth := "ia" + suite.Run + "p" + strings.TrimPrefix(spoofer.IP, "10.200.0.")
+			for _, k := range []string{"net.ipv4.conf.all.rp_filter=" + rp, "net.ipv4.conf." + veth + ".rp_filter=" + rp} {
+				if out, err := exec.Command("sysctl", "-qw", k).CombinedOutput(); err != nil {
+					t.Fatalf("sysctl %s: %v: %s", k, err, out)
+				}
+			}
+			r := spoofer.Exec(ctx, nil, spoofDialer(t), victim.IP, stack.IMDSv4+":80")
+			assertNoNodeSecrets(t, "spoofed", r.Output())
+			if strings.Contains(r.Stdout, "connected") {
+				t.Errorf("a connection with the victim's source address completed:\n%s", r.Output())
+			}
+		})
+	}
+	_ = exec.Command("sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0").Run()
+}
+
+var spoofPath string
+
+// spoofDialer builds a tiny program that dials addr from a chosen source address.
+func spoofDialer(t *testing.T) string {
+	t.Helper()
+	if spoofPath == "" {
+		p, err := stack.BuildProgram(suite.Dir, "spoofdial", "./e2e/clients/spoofdial")
+		if err != nil {
+			t.Fatal(err)
+		}
+		spoofPath = p
+	}
+	return spoofPath
+}
+
+// stsFaults sits between the agent and MinIO and fails chosen roles' AssumeRoleWithWebIdentity calls.
+type stsFaults struct {
+	mu    sync.Mutex
+	fail  map[string]string // role ARN -> error code to answer
+	calls map[string]*atomic.Int64
+}
+
+func (f *stsFaults) count(role string) int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if c := f.calls[role]; c != nil {
+		return c.Load()
+	}
+	return 0
+}
+
+func startSTSFaults(t *testing.T) (*stsFaults, string) {
+	t.Helper()
+	f := &stsFaults{fail: map[string]string{}, calls: map[string]*atomic.Int64{}}
+	target, _ := url.Parse(stack.STSEndpoint)
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		form, _ := url.ParseQuery(string(body))
+		role := form.Get("RoleArn")
+		f.mu.Lock()
+		if f.calls[role] == nil {
+			f.calls[role] = &atomic.Int64{}
+		}
+		f.calls[role].Add(1)
+		code := f.fail[role]
+		f.mu.Unlock()
+		if code != "" {
+			w.Header().Set("Content-Type", "text/xml")
+			w.WriteHeader(http.StatusBadRequest)
+			fmt.Fprintf(w, `<ErrorResponse><Error><Type>Sender</Type><Code>%s</Code><Message>injected by the test</Message></Error><RequestId>x</RequestId></ErrorResponse>`, code)
+			return
+		}
+		r.Body = io.NopCloser(strings.NewReader(string(body)))
+		r.ContentLength = int64(len(body))
+		proxy.ServeHTTP(w, r)
+	})}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	return f, "http://" + ln.Addr().String()
+}
+
+// TestSTSFaultsForOneRole: STS throttling one role, then refusing it, leaves the other role's pods
+// served; the failing role's pods get clear errors, and the agent backs off instead of retrying in a loop.
+func TestSTSFaultsForOneRole(t *testing.T) {
+	faults, endpoint := startSTSFaults(t)
+	dedicatedAgent(t, "--sts-endpoint="+endpoint)
+	ctx := context.Background()
+	roleB := stack.RoleARN(stack.AudienceB)
+	for _, c := range []struct{ code, status string }{{"Throttling", "503"}, {"AccessDenied", "403"}} {
+		t.Run(c.code, func(t *testing.T) {
+			faults.mu.Lock()
+			faults.fail[roleB] = c.code
+			faults.mu.Unlock()
+			a := suite.NewPod(t, "fault-a-"+strings.ToLower(c.code), stack.PodOptions{ServiceAccount: saA})
+			b := suite.NewPod(t, "fault-b-"+strings.ToLower(c.code), stack.PodOptions{ServiceAccount: saB})
+			if r := a.Exec(ctx, nil, suite.gov2Bin, "-endpoint", stack.MinIOFromPods, "-bucket", stack.Bucket); !strings.Contains(r.Stdout, "get ok") {
+				t.Errorf("role A while role B fails: %v\n%s", r.Err, r.Output())
+			}
+			before := faults.count(roleB)
+			var reqs []string
+			for range 30 {
+				reqs = append(reqs, "/latest/meta-data/iam/security-credentials/")
+			}
+			r := b.Exec(ctx, nil, append([]string{probeBin(t), "-token"}, reqs...)...)
+			for _, ans := range parseProbe(r.Stdout) {
+				if ans.status != c.status || !strings.Contains(ans.body, "iamlet: ") {
+					t.Errorf("role B with STS answering %s: %s %q, want %s", c.code, ans.status, ans.body, c.status)
+					break
+				}
+			}
+			if extra := faults.count(roleB) - before; extra > 3 {
+				t.Errorf("30 requests from the failing pod made %d STS calls; want backoff (<= 3)", extra)
+			}
+			m, err := stack.Scrape()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if v, _ := m.Value("iamlet_sts_requests_total", map[string]string{"result": "error", "code": c.code}); v < 1 {
+				t.Errorf("iamlet_sts_requests_total{code=%q} = %v, want >= 1", c.code, v)
+			}
+		})
+	}
+}
+
+// TestAPIServerOutage: with the apiserver down, known pods keep being served from cache and a new
+// address is refused, not guessed; when it returns the agent recovers without a restart.
+func TestAPIServerOutage(t *testing.T) {
+	sharedAgent(t)
+	ctx := context.Background()
+	known := suite.NewPod(t, "api-known", stack.PodOptions{ServiceAccount: saA})
+	if r := known.Exec(ctx, nil, suite.gov2Bin); r.Err != nil {
+		t.Fatalf("before the outage: %v\n%s", r.Err, r.Output())
+	}
+	late := suite.NewPod(t, "api-late", stack.PodOptions{ServiceAccount: saA, NoStatus: true})
+
+	suite.StopComponent("kube-apiserver")
+	restarted := false
+	t.Cleanup(func() {
+		if !restarted {
+			if err := suite.StartComponent("kube-apiserver"); err != nil {
+				t.Errorf("restarting the apiserver: %v", err)
+			}
+		}
+	})
+	if r := known.Exec(ctx, nil, suite.gov2Bin, "-endpoint", stack.MinIOFromPods, "-bucket", stack.Bucket); !strings.Contains(r.Stdout, "get ok") {
+		t.Errorf("known pod during the apiserver outage: %v\n%s", r.Err, r.Output())
+	}
+	r := late.Exec(ctx, nil, probeBin(t), "-token", "/latest/meta-data/iam/security-credentials/")
+	if ans := parseProbe(r.Stdout); len(ans) != 1 || ans[0].status != "403" {
+		t.Errorf("unknown address during the outage: want 403, got:\n%s", r.Output())
+	}
+
+	if err := suite.StartComponent("kube-apiserver"); err != nil {
+		t.Fatal(err)
+	}
+	restarted = true
+	late.SetStatus(t, late.IP, late.IPv6)
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		r := late.Exec(ctx, nil, suite.gov2Bin, "-endpoint", stack.MinIOFromPods, "-bucket", stack.Bucket)
+		if strings.Contains(r.Stdout, "get ok") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("new pod not served 60 s after the apiserver returned:\n%s", r.Output())
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}

@@ -1,0 +1,118 @@
+// Command abuse misbehaves against the metadata address from inside a pod, for the adversarial tests.
+// Every mode is bounded in count and time.
+//
+//	abuse -mode conns -n 1000 -for 5s      open n connections and hold them
+//	abuse -mode slowloris -n 50 -for 5s    open n connections and dribble a never-ending header
+//	abuse -mode bigheader                  one request with a 1 MiB header
+//	abuse -mode bigbody                    a token PUT with a 10 MiB body
+//	abuse -mode garbage                    bytes that are not HTTP
+//	abuse -mode flood -n 2000              n requests as fast as one connection allows
+//
+// It prints "opened N" for the holding modes and "status CODE" or "error ..." for the others.
+package main
+
+import (
+	"bufio"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+)
+
+func main() {
+	addr := flag.String("addr", "169.254.169.254:80", "server address")
+	mode := flag.String("mode", "", "conns, slowloris, bigheader, bigbody, garbage or flood")
+	n := flag.Int("n", 100, "connections or requests")
+	hold := flag.Duration("for", 5*time.Second, "how long to hold connections")
+	flag.Parse()
+	switch *mode {
+	case "conns", "slowloris":
+		holdConns(*addr, *mode == "slowloris", min(*n, 5000), min(*hold, time.Minute))
+	case "bigheader":
+		report(request(*addr, "GET /latest/meta-data/ HTTP/1.1\r\nHost: x\r\nX-Big: "+strings.Repeat("a", 1<<20)+"\r\n\r\n"))
+	case "bigbody":
+		body := strings.Repeat("b", 10<<20)
+		report(request(*addr, fmt.Sprintf("PUT /latest/api/token HTTP/1.1\r\nHost: x\r\nX-aws-ec2-metadata-token-ttl-seconds: 60\r\nContent-Length: %d\r\n\r\n%s", len(body), body)))
+	case "garbage":
+		report(request(*addr, "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not http at all\r\n\r\n"))
+	case "flood":
+		flood(*addr, min(*n, 100000))
+	default:
+		fmt.Fprintln(os.Stderr, "abuse: unknown -mode")
+		os.Exit(2)
+	}
+}
+
+func holdConns(addr string, slow bool, n int, hold time.Duration) {
+	var conns []net.Conn
+	deadline := time.Now().Add(hold)
+	for i := 0; i < n && time.Now().Before(deadline); i++ {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err != nil {
+			break
+		}
+		conns = append(conns, c)
+		if slow {
+			_, _ = io.WriteString(c, "GET /latest/meta-data/ HTTP/1.1\r\nHost: x\r\n")
+		}
+	}
+	fmt.Println("opened", len(conns))
+	for time.Now().Before(deadline) {
+		if slow {
+			for _, c := range conns {
+				_, _ = io.WriteString(c, "X-Slow: a\r\n")
+			}
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+}
+
+func request(addr, raw string) (int, error) {
+	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	go func() { _, _ = io.WriteString(c, raw) }() // the server may answer before reading it all
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		return 0, err
+	}
+	resp.Body.Close()
+	return resp.StatusCode, nil
+}
+
+func report(code int, err error) {
+	if err != nil {
+		fmt.Println("error", err)
+		return
+	}
+	fmt.Println("status", code)
+}
+
+func flood(addr string, n int) {
+	client := &http.Client{Timeout: 2 * time.Second}
+	counts := map[int]int{}
+	deadline := time.Now().Add(30 * time.Second)
+	for i := 0; i < n && time.Now().Before(deadline); i++ {
+		resp, err := client.Get("http://" + addr + "/latest/meta-data/iam/security-credentials/")
+		if err != nil {
+			counts[0]++
+			continue
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		counts[resp.StatusCode]++
+	}
+	for code, c := range counts {
+		fmt.Printf("status %d x%d\n", code, c)
+	}
+}
