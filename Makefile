@@ -3,7 +3,7 @@
 GO ?= go
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: all build vet demo test unit e2e fuzz bench install-stack image clean
+.PHONY: all build vet demo test unit e2e fuzz bench soak install-stack image clean
 
 all: build
 
@@ -38,6 +38,10 @@ fuzz:
 		echo "fuzz $$f for $(FUZZTIME)"; \
 		$(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) ./metadata/ || exit 1; \
 	done
+
+# Not in CI: steady load, pod churn, STS and apiserver restarts (SOAK_DURATION, default 10m).
+soak: install-stack
+	$(GO) run ./e2e/soak
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...

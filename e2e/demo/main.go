@@ -17,35 +17,12 @@ func main() {
 	os.Exit(stack.Main(run))
 }
 
-// demoTB lets the harness's pod helpers run outside `go test`.
-type demoTB struct{ cleanups []func() }
-
-type fatal struct{ msg string }
-
-func (d *demoTB) Helper()                      {}
-func (d *demoTB) Cleanup(f func())             { d.cleanups = append(d.cleanups, f) }
-func (d *demoTB) Errorf(f string, args ...any) { fmt.Fprintf(os.Stderr, "demo: "+f+"\n", args...) }
-func (d *demoTB) Fatalf(f string, args ...any) { panic(fatal{fmt.Sprintf(f, args...)}) }
-func (d *demoTB) Fatal(args ...any)            { panic(fatal{fmt.Sprint(args...)}) }
-func (d *demoTB) done() {
-	for i := len(d.cleanups) - 1; i >= 0; i-- {
-		d.cleanups[i]()
-	}
+func run(s *stack.Stack) int {
+	t := &stack.Program{}
+	return t.Run("demo", func() int { return demo(s, t) })
 }
 
-func run(s *stack.Stack) (code int) {
-	t := &demoTB{}
-	defer t.done()
-	defer func() {
-		if r := recover(); r != nil {
-			f, ok := r.(fatal)
-			if !ok {
-				panic(r)
-			}
-			fmt.Fprintln(os.Stderr, "demo: FAILED:", f.msg)
-			code = 1
-		}
-	}()
+func demo(s *stack.Stack, t *stack.Program) int {
 	bin, err := stack.BuildAgent(s.Dir)
 	if err != nil {
 		t.Fatal(err)

@@ -157,11 +157,14 @@ type Result struct {
 // Output is stdout and stderr together, for leak checks and messages.
 func (r Result) Output() string { return r.Stdout + r.Stderr }
 
-// Exec runs argv in the pod's network namespace with exactly env (plus PATH and HOME): no credentials
+// Exec runs argv in the pod's network namespace (for at most 60 s unless ctx has a deadline) with exactly env (plus PATH and HOME): no credentials
 // of the machine's leak into the pod.
 func (p *Pod) Exec(ctx context.Context, env []string, argv ...string) Result {
-	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-	defer cancel()
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, 60*time.Second)
+		defer cancel()
+	}
 	base := []string{"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/tmp", "AWS_CONFIG_FILE=/nonexistent",
 		"AWS_SHARED_CREDENTIALS_FILE=/nonexistent", "AWS_REGION=us-east-1", "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE=IPv4"}
 	args := append([]string{"netns", "exec", p.NetNS, "env", "-i"}, append(mergeEnv(base, env), argv...)...)
