@@ -199,12 +199,7 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 			return fmt.Errorf("installing interception rules: %w", err)
 		}
 		log.Info("interception rules in place", "backend", rules.Backend(), "created", len(repaired))
-		// Flows opened to the node's IMDS before the rule existed would bypass it: cut them.
-		for _, a := range []netip.Addr{IMDSv4, IMDSv6} {
-			if err := iptables.FlushConntrack(ctx, a); err != nil {
-				log.Warn("could not cut existing flows to the node metadata address", "address", a.String(), "error", err.Error())
-			}
-		}
+		cutFlows(ctx, log)
 		for fam, on := range map[string]bool{"ipv4": ic.MetadataV4.IsValid(), "ipv6": ic.MetadataV6.IsValid()} {
 			if on {
 				m.rules.WithLabelValues(fam).Set(1)
@@ -223,6 +218,7 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 				st.rulesOK.Store(ok)
 				if s.Repaired > 0 {
 					log.Warn("interception rules drifted and were restored", "repaired", s.Repaired)
+					cutFlows(ctx, log)
 				}
 				if s.Err != nil {
 					log.Error("reconciling interception rules", "error", s.Err.Error())
@@ -242,6 +238,16 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 	<-ctx.Done()
 	log.Info("shutting down; interception rules stay in place")
 	return nil
+}
+
+// cutFlows deletes conntrack entries to the node's metadata addresses: a flow opened while the rules
+// were missing keeps its old (un-redirected) path until its entry goes.
+func cutFlows(ctx context.Context, log *slog.Logger) {
+	for _, a := range []netip.Addr{IMDSv4, IMDSv6} {
+		if err := iptables.FlushConntrack(ctx, a); err != nil {
+			log.Warn("could not cut existing flows to the node metadata address", "address", a.String(), "error", err.Error())
+		}
+	}
 }
 
 // reconcileCache makes the cache hold exactly the live pods' current roles: new pods are prefetched,
