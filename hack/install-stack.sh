@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs the real components the end-to-end tests run on: Debian packages, then pinned builds of
-# kube-apiserver, MinIO and the EC2 metadata mock, cached by version outside the repo
+# kube-apiserver, MinIO, the EC2 metadata mock and helm, cached by version outside the repo
 # (IAMLET_STACK_DIR, default /var/cache/iamlet-stack) so a second run takes seconds.
 set -euo pipefail
 
 KUBE_VERSION=v1.36.3
 MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
 AEMM_VERSION=v1.12.0
+HELM_VERSION=v3.21.4
 
 dir=${IAMLET_STACK_DIR:-/var/cache/iamlet-stack}
 bin=$dir/bin
@@ -20,6 +21,9 @@ pkgs=(iptables iproute2 conntrack etcd-server awscli python3-boto3 ca-certificat
 missing=()
 # Some images ship kubectl from another package that owns /usr/bin/kubectl; Debian's would clash with it.
 command -v kubectl >/dev/null || pkgs+=(kubernetes-client)
+# The JavaScript SDK client needs Node.js >= 20 and npm; a machine that has them from elsewhere keeps its own.
+command -v node >/dev/null || pkgs+=(nodejs)
+command -v npm >/dev/null || pkgs+=(npm)
 for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
   step "apt-get install ${missing[*]}"
@@ -85,9 +89,35 @@ if [ ! -x "$out" ]; then
   mv "$work/ec2-metadata-mock" "$out"; rm -rf "$work"
 fi
 
+# The JavaScript SDK client's packages (e2e/clients/js), installed outside the repo in a directory keyed
+# by its lockfile's hash (e2e/stack.NPMDir computes the same name); built aside, then renamed into place.
+lock=$repo/e2e/clients/js/package-lock.json
+npmdir=$dir/npm-$(sha256sum "$lock" | cut -c1-16)
+if [ ! -d "$npmdir/node_modules" ]; then
+  step "npm ci for the JavaScript SDK client"
+  tmp=$npmdir.tmp.$$; rm -rf "$tmp"; mkdir -p "$tmp"
+  cp "$repo/e2e/clients/js/package.json" "$lock" "$tmp/"
+  npm ci --prefix "$tmp" --no-audit --no-fund --loglevel=error
+  rm -rf "$npmdir"; mv "$tmp" "$npmdir"
+fi
+
+# helm (the chart's lint and template tests): go install works. The ldflags are helm's own Makefile's: without
+# them helm reports no version and assumes Kubernetes 1.20, refusing the chart's kubeVersion.
+out=$bin/helm-$HELM_VERSION
+if [ ! -x "$out" ]; then
+  step "building helm $HELM_VERSION (about 10 minutes cold)"
+  work=$(mktemp -d)
+  h=helm.sh/helm/v3 kube_minor=${KUBE_VERSION#v1.}; kube_minor=${kube_minor%%.*}
+  gobuild helm "$work/helm" env GOBIN="$work" CGO_ENABLED=0 go install -trimpath -ldflags "-s -w \
+    -X $h/internal/version.version=$HELM_VERSION \
+    -X $h/pkg/chartutil.k8sVersionMajor=1 -X $h/pkg/chartutil.k8sVersionMinor=$kube_minor \
+    -X $h/pkg/lint/rules.k8sVersionMajor=1 -X $h/pkg/lint/rules.k8sVersionMinor=$kube_minor" "$h/cmd/helm@$HELM_VERSION"
+  mv "$work/helm" "$out"; rm -rf "$work"
+fi
 
 # Stable names the harness uses.
 ln -sf "kube-apiserver-$KUBE_VERSION" "$bin/kube-apiserver"
 ln -sf "minio-$MINIO_VERSION" "$bin/minio"
 ln -sf "ec2-metadata-mock-$AEMM_VERSION" "$bin/ec2-metadata-mock"
+ln -sf "helm-$HELM_VERSION" "$bin/helm"
 step "stack binaries ready in $bin"

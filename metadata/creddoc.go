@@ -10,7 +10,8 @@ import (
 const timeLayout = "2006-01-02T15:04:05Z"
 
 // appendCredentialDocument appends the IMDS credential document, field order as EC2 sends it. The extended
-// document adds AccountId.
+// document adds AccountId when STS named one: an empty AccountId would read as an account to SDKs that
+// build account-based endpoints, so it is left out instead.
 func appendCredentialDocument(dst []byte, c *Credentials, extended bool) []byte {
 	dst = append(dst, `{"Code":"Success","LastUpdated":`...)
 	dst = appendJSONTime(dst, c.LastUpdated)
@@ -22,7 +23,7 @@ func appendCredentialDocument(dst []byte, c *Credentials, extended bool) []byte 
 	dst = appendJSONString(dst, c.SessionToken)
 	dst = append(dst, `,"Expiration":`...)
 	dst = appendJSONTime(dst, c.Expiration)
-	if extended {
+	if extended && c.AccountID != "" {
 		dst = append(dst, `,"AccountId":`...)
 		dst = appendJSONString(dst, c.AccountID)
 	}
@@ -37,8 +38,10 @@ func appendContainerDocument(dst []byte, c *Credentials) []byte {
 	dst = appendJSONString(dst, c.SecretAccessKey)
 	dst = append(dst, `,"Token":`...)
 	dst = appendJSONString(dst, c.SessionToken)
-	dst = append(dst, `,"AccountId":`...)
-	dst = appendJSONString(dst, c.AccountID)
+	if c.AccountID != "" {
+		dst = append(dst, `,"AccountId":`...)
+		dst = appendJSONString(dst, c.AccountID)
+	}
 	dst = append(dst, `,"Expiration":`...)
 	dst = appendJSONTime(dst, c.Expiration)
 	return append(dst, '}')
