@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strconv"
 	"sync"
 	"time"
 
@@ -54,7 +55,9 @@ type Fetcher interface {
 	Fetch(ctx context.Context, r Request) (Credentials, error)
 }
 
-// Observer hears what the cache does; the agent turns it into metrics and audit lines.
+// Observer hears what the cache does; the agent turns it into metrics and audit lines. Its methods are
+// called with the cache's lock held, so that a Forgot is never followed by a late Stored for the same
+// entry: they must be quick and must not call back into the Cache.
 type Observer interface {
 	Stored(r Request, c Credentials, reason string) // reason: "prefetch", "miss", "refresh"
 	FetchFailed(r Request, reason string, err error)
@@ -65,13 +68,27 @@ type Observer interface {
 // ErrUnavailable wraps fetch failures the caller sees while there is nothing valid to serve.
 var ErrUnavailable = errors.New("credentials unavailable")
 
+// errForgotten answers a background fetch of an entry Retain dropped before the fetch began.
+var errForgotten = errors.New("entry dropped: the pod or its role is gone")
+
 // Serving rules, from the SDKs' refresh windows (imds-contract.md §3): rotate when under ~30 minutes
 // remain, never serve under 15 (botocore would refresh on every call), and when STS is failing keep
 // serving what we have while more than 5 minutes remain (under that, JS and Go v1 refresh in a tight loop).
+// Shorter sessions scale these down (see schedule).
 const (
 	refreshBefore = 30 * time.Minute
 	minServe      = 15 * time.Minute
 	staleFloor    = 5 * time.Minute
+)
+
+// maxSleep bounds how long Run sleeps: timers run on the monotonic clock, so a wall-clock step or a
+// suspended VM would otherwise delay rotations that are due by the wall clock credentials expire by.
+const maxSleep = time.Minute
+
+const (
+	reasonPrefetch = "prefetch"
+	reasonMiss     = "miss"
+	reasonRefresh  = "refresh"
 )
 
 // Config tunes the cache.
@@ -84,12 +101,18 @@ type Config struct {
 }
 
 type entry struct {
-	req       Request
+	req Request
+	// flight names the entry's shared fetch. It is unique to the entry, not its Key, so that an entry
+	// created after Retain dropped one with the same Key never joins the dropped one's fetch.
+	flight string
+	// retained entries are the ones Retain asked for; only they are prefetched and refreshed in the
+	// background. An entry only Get created waits for the next Retain to adopt or drop it.
+	retained  bool
 	creds     Credentials
 	has       bool
-	refreshAt time.Time // background rotation due
-	minServe  time.Duration
-	inflight  bool
+	refreshAt time.Time     // background rotation due
+	minLeft   time.Duration // served only while at least this much lifetime remains
+	inflight  bool          // a fetch is queued or running; set by whoever decides to fetch, cleared by the fetch
 	failures  int
 	retryAt   time.Time // no fetch before this after a failure
 	lastErr   error
@@ -104,6 +127,7 @@ type Cache struct {
 
 	mu      sync.Mutex
 	entries map[Key]*entry
+	nextID  uint64
 	wake    chan struct{}
 }
 
@@ -133,6 +157,11 @@ func New(f Fetcher, cfg Config) *Cache {
 	}
 }
 
+func (c *Cache) newEntryLocked(r Request, retained bool) *entry {
+	c.nextID++
+	return &entry{req: r, flight: strconv.FormatUint(c.nextID, 10), retained: retained}
+}
+
 // Outcome says how Get answered.
 type Outcome int
 
@@ -144,94 +173,138 @@ const (
 )
 
 // Get returns credentials for r with at least the minimum lifetime left, fetching them if needed.
+// When ctx ends first Get returns ctx.Err(), and the fetch it started still completes and is stored.
 func (c *Cache) Get(ctx context.Context, r Request) (Credentials, Outcome, error) {
 	key := r.Key()
 	now := c.cfg.Clock.Now()
 	c.mu.Lock()
 	e := c.entries[key]
 	if e == nil {
-		e = &entry{req: r}
+		e = c.newEntryLocked(r, false)
 		c.entries[key] = e
 	}
-	if e.has && servable(e.creds, e.minServe, now) {
+	if e.has && servable(e.creds, e.minLeft, now) {
 		creds := e.creds
 		c.mu.Unlock()
 		return creds, Hit, nil
 	}
 	if e.lastErr != nil && now.Before(e.retryAt) {
 		// Backing off: answer at once rather than letting a pod's retries become STS calls.
-		creds, ok, err := c.staleLocked(e, now)
+		creds, err := c.staleLocked(e, now, e.lastErr)
 		c.mu.Unlock()
-		if ok {
-			return creds, Stale, nil
+		if err != nil {
+			return Credentials{}, Miss, err
 		}
-		return Credentials{}, Miss, err
-	}
-	c.mu.Unlock()
-
-	creds, err := c.fetch(ctx, e, "miss")
-	if err == nil {
-		return creds, Miss, nil
-	}
-	if ctx.Err() != nil {
-		return Credentials{}, Miss, err
-	}
-	c.mu.Lock()
-	creds, ok, serr := c.staleLocked(e, c.cfg.Clock.Now())
-	c.mu.Unlock()
-	if ok {
 		return creds, Stale, nil
 	}
-	return Credentials{}, Miss, serr
+	e.inflight = true
+	c.mu.Unlock()
+
+	var res singleflight.Result
+	select {
+	case res = <-c.shared(ctx, e, reasonMiss):
+	case <-ctx.Done():
+		return Credentials{}, Miss, ctx.Err()
+	}
+	if res.Err == nil {
+		return res.Val.(Credentials), Miss, nil
+	}
+	c.mu.Lock()
+	creds, err := c.staleLocked(e, c.cfg.Clock.Now(), res.Err)
+	c.mu.Unlock()
+	if err != nil {
+		return Credentials{}, Miss, err
+	}
+	return creds, Stale, nil
 }
 
-func (c *Cache) staleLocked(e *entry, now time.Time) (Credentials, bool, error) {
+// staleLocked returns e's older credentials while more than staleFloor of their lifetime remains, and
+// otherwise cause wrapped in ErrUnavailable.
+func (c *Cache) staleLocked(e *entry, now time.Time, cause error) (Credentials, error) {
 	if e.has && now.Add(staleFloor).Before(e.creds.Expiration) {
 		c.cfg.Observer.Stale(e.req, e.creds)
-		return e.creds, true, nil
+		return e.creds, nil
 	}
-	return Credentials{}, false, fmt.Errorf("%w: %w", ErrUnavailable, e.lastErr)
+	return Credentials{}, fmt.Errorf("%w: %w", ErrUnavailable, cause)
 }
 
 func servable(cr Credentials, minLeft time.Duration, now time.Time) bool {
 	return !now.Add(minLeft).After(cr.Expiration)
 }
 
-// fetch runs one shared fetch for e's key on a context no single caller owns; the caller waits on its own.
-func (c *Cache) fetch(ctx context.Context, e *entry, reason string) (Credentials, error) {
-	key := e.req.Key()
-	ch := c.group.DoChan(key.PodUID+"\x00"+key.RoleARN, func() (any, error) {
-		c.mu.Lock()
-		e.inflight = true
-		req := e.req
-		c.mu.Unlock()
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.FetchTimeout)
-		defer cancel()
-		creds, err := c.fetcher.Fetch(fctx, req)
-		c.record(e, creds, err, reason)
-		return creds, err
-	})
-	select {
-	case res := <-ch:
-		if res.Err != nil {
-			return Credentials{}, res.Err
+// shared starts, or joins, e's one fetch. The fetch runs on a context no single caller owns: a miss's
+// outlives the caller who started it (bounded by FetchTimeout) so that the others waiting still get
+// an answer and it is stored; a background fetch ends with Run.
+func (c *Cache) shared(ctx context.Context, e *entry, reason string) <-chan singleflight.Result {
+	return c.group.DoChan(e.flight, func() (any, error) {
+		fctx := ctx
+		if reason == reasonMiss {
+			fctx = context.WithoutCancel(ctx)
 		}
-		return res.Val.(Credentials), nil
-	case <-ctx.Done():
-		return Credentials{}, ctx.Err()
-	}
+		fctx, cancel := context.WithTimeout(fctx, c.cfg.FetchTimeout)
+		defer cancel()
+		return c.fetchOnce(fctx, e, reason)
+	})
 }
 
-func (c *Cache) record(e *entry, creds Credentials, err error, reason string) {
+// fetchOnce fetches and records e's credentials unless another fetch made that unnecessary since the
+// caller looked: a Get racing a fetch that has just finished, or a background pass for an entry a miss
+// refreshed or Retain dropped, must not cost another STS call.
+func (c *Cache) fetchOnce(ctx context.Context, e *entry, reason string) (Credentials, error) {
 	now := c.cfg.Clock.Now()
+	c.mu.Lock()
+	e.inflight = true
+	req := e.req
+	var skip bool
+	var creds Credentials
+	var err error
+	switch {
+	case reason != reasonMiss && c.entries[req.Key()] != e:
+		skip, err = true, errForgotten
+	case reason != reasonMiss && dueAt(e).After(now):
+		skip, creds, err = true, e.creds, e.lastErr
+	case reason == reasonMiss && e.has && servable(e.creds, e.minLeft, now):
+		skip, creds = true, e.creds
+	case reason == reasonMiss && e.lastErr != nil && now.Before(e.retryAt):
+		skip, err = true, e.lastErr
+	}
+	if skip {
+		e.inflight = false
+		c.mu.Unlock()
+		if err != nil {
+			return Credentials{}, err
+		}
+		return creds, nil
+	}
+	c.mu.Unlock()
+
+	creds, err = c.fetcher.Fetch(ctx, req)
+	return c.record(e, creds, err, reason)
+}
+
+// record stores a fetch's result in e, unless e was dropped meanwhile, and returns what the callers
+// waiting on the fetch get.
+func (c *Cache) record(e *entry, creds Credentials, err error, reason string) (Credentials, error) {
+	now := c.cfg.Clock.Now()
+	if err == nil {
+		creds.Issued = now
+		if life := creds.Expiration.Sub(now); life <= staleFloor {
+			// Serving them would put SDKs in a refresh loop, and rotating them would put us in one.
+			err = fmt.Errorf("credentials expire in %s, too soon to serve (is this node's clock right?)", life.Round(time.Second))
+		}
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e.inflight = false
 	if c.entries[e.req.Key()] != e {
-		return // forgotten while fetching: the pod or its role is gone
+		// Dropped while fetching: the pod or its role is gone. Answer the callers, store nothing.
+		if err != nil {
+			return Credentials{}, err
+		}
+		return creds, nil
 	}
-	if !e.has && reason == "refresh" {
-		reason = "prefetch"
+	if !e.has && reason == reasonRefresh {
+		reason = reasonPrefetch
 	}
 	if err != nil {
 		e.failures++
@@ -239,29 +312,47 @@ func (c *Cache) record(e *entry, creds Credentials, err error, reason string) {
 		e.retryAt = now.Add(backoff(e.failures, isRetryable(err)))
 		c.cfg.Observer.FetchFailed(e.req, reason, err)
 		c.signal()
-		return
+		return Credentials{}, err
 	}
-	creds.Issued = now
-	life := creds.Expiration.Sub(now)
-	before := min(refreshBefore, life/2)
-	// Jitter spreads the rotations of pods that started together.
-	jitter := time.Duration(rand.Float64() * float64(before) / 5)
+	before, minLeft := schedule(creds.Expiration.Sub(now))
 	e.creds, e.has = creds, true
-	e.minServe = max(staleFloor, min(minServe, life/4))
-	e.refreshAt = creds.Expiration.Add(-before - jitter)
+	e.minLeft = minLeft
+	e.refreshAt = creds.Expiration.Add(-before - jitter(before, creds.Expiration.Sub(now)))
 	e.failures, e.lastErr, e.retryAt = 0, nil, time.Time{}
 	c.cfg.Observer.Stored(e.req, creds, reason)
 	c.signal()
+	return creds, nil
+}
+
+// schedule returns, for credentials with life left, how long before expiry to rotate them and the
+// least lifetime they are served with. A 1 h session rotates with 30 min left and is served down to
+// 15; shorter ones scale down (rotate at half-life, serve down to a quarter of it, never under
+// staleFloor), and the rotation always falls while they are still served, so a background refresh,
+// not a pod's request, replaces them. life must exceed staleFloor.
+func schedule(life time.Duration) (before, minLeft time.Duration) {
+	minLeft = max(staleFloor, min(minServe, life/4))
+	before = min(refreshBefore, life/2)
+	if before <= minLeft {
+		before = (life + minLeft) / 2
+	}
+	return before, minLeft
+}
+
+// jitter spreads the rotations of pods that started together: up to a fifth of before, earlier, never
+// so much that the rotation falls due at once.
+func jitter(before, life time.Duration) time.Duration {
+	return time.Duration(rand.Float64() * float64(min(before/5, (life-before)/2)))
 }
 
 // backoff is exponential with jitter for retryable errors (1 s .. 2 min) and slower for terminal ones
 // (1 .. 10 min): a terminal error may clear when someone fixes a trust policy, so it is retried, rarely.
+// The result lies in [d/2, d) for the nominal delay d.
 func backoff(failures int, retryable bool) time.Duration {
 	base, ceiling := time.Second, 2*time.Minute
 	if !retryable {
 		base, ceiling = time.Minute, 10*time.Minute
 	}
-	d := base << min(failures-1, 20)
+	d := base << min(max(failures, 1)-1, 20)
 	if d > ceiling || d <= 0 {
 		d = ceiling
 	}
@@ -298,36 +389,36 @@ func (c *Cache) Retain(want []Request) {
 			c.cfg.Observer.Forgot(e.req)
 		}
 	}
-	added := false
+	wake := false
 	for k, r := range keep {
 		if e, ok := c.entries[k]; ok {
 			e.req = r
+			if !e.retained {
+				e.retained, wake = true, true
+			}
 			continue
 		}
-		c.entries[k] = &entry{req: r}
-		added = true
+		c.entries[k] = c.newEntryLocked(r, true)
+		wake = true
 	}
-	if added {
+	if wake {
 		c.signal()
 	}
 }
 
-// Run prefetches and refreshes in the background until ctx is done, at most RefreshQPS fetches a second.
+// Run prefetches and refreshes in the background until ctx is done, at most RefreshQPS fetches a
+// second. It returns once the fetches it started have returned.
 func (c *Cache) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for {
 		due, next := c.due(c.cfg.Clock.Now())
-		for _, e := range due {
+		for i, e := range due {
 			if err := c.waitLimiter(ctx); err != nil {
-				c.release(due)
+				c.release(due[i:])
 				return
 			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				_, _ = c.fetch(ctx, e, "refresh")
-			}()
+			wg.Go(func() { <-c.shared(ctx, e, reasonRefresh) })
 		}
 		if len(due) > 0 {
 			continue
@@ -338,19 +429,19 @@ func (c *Cache) Run(ctx context.Context) {
 	}
 }
 
-// sleep waits until next (zero: until woken) or a wake-up; false when ctx is done.
+// sleep waits until next (zero: until woken), maxSleep at most, or a wake-up; false when ctx is done.
 func (c *Cache) sleep(ctx context.Context, next time.Time) bool {
-	var timer <-chan time.Time
+	d := maxSleep
 	if !next.IsZero() {
-		t := c.cfg.Clock.NewTimer(next.Sub(c.cfg.Clock.Now()))
-		defer t.Stop()
-		timer = t.C()
+		d = min(d, next.Sub(c.cfg.Clock.Now()))
 	}
+	t := c.cfg.Clock.NewTimer(d)
+	defer t.Stop()
 	select {
 	case <-ctx.Done():
 		return false
 	case <-c.wake:
-	case <-timer:
+	case <-t.C():
 	}
 	return true
 }
@@ -363,20 +454,27 @@ func (c *Cache) release(es []*entry) {
 	}
 }
 
-// due returns the entries to fetch now (marking them in flight) and when the next one falls due.
+// dueAt is when e next wants a background fetch: its rotation, or the end of its backoff. It is zero
+// (due now) for an entry never fetched.
+func dueAt(e *entry) time.Time {
+	at := e.refreshAt
+	if e.lastErr != nil && e.retryAt.After(at) {
+		at = e.retryAt
+	}
+	return at
+}
+
+// due returns the retained entries to fetch now (marking them in flight) and when the next one falls due.
 func (c *Cache) due(now time.Time) ([]*entry, time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var due []*entry
 	var next time.Time
 	for _, e := range c.entries {
-		if e.inflight {
+		if e.inflight || !e.retained {
 			continue
 		}
-		at := e.refreshAt // zero for entries never fetched: due now
-		if e.lastErr != nil && e.retryAt.After(at) {
-			at = e.retryAt
-		}
+		at := dueAt(e)
 		if !at.After(now) {
 			e.inflight = true // the fetch clears it; keeps the next pass from queuing it again
 			due = append(due, e)
@@ -390,8 +488,9 @@ func (c *Cache) due(now time.Time) ([]*entry, time.Time) {
 }
 
 func (c *Cache) waitLimiter(ctx context.Context) error {
-	res := c.limiter.ReserveN(c.cfg.Clock.Now(), 1)
-	d := res.DelayFrom(c.cfg.Clock.Now())
+	now := c.cfg.Clock.Now()
+	res := c.limiter.ReserveN(now, 1)
+	d := res.DelayFrom(now)
 	if d <= 0 {
 		return nil
 	}
@@ -399,7 +498,7 @@ func (c *Cache) waitLimiter(ctx context.Context) error {
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
-		res.Cancel()
+		res.CancelAt(c.cfg.Clock.Now())
 		return ctx.Err()
 	case <-t.C():
 		return nil

@@ -63,7 +63,10 @@ func New(client kubernetes.Interface, nodeName string, wait time.Duration) *Inde
 			return api.Watch(ctx, o)
 		},
 	}
-	inf := cache.NewSharedIndexInformer(lw, &corev1.Pod{}, 0, cache.Indexers{byIP: ipKeys})
+	// Wrapped as generated informers are, so that the reflector learns when client cannot stream lists
+	// (client-go's fake) instead of waiting forever for the end of a stream that never comes.
+	inf := cache.NewSharedIndexInformer(cache.ToListWatcherWithWatchListSemantics(lw, client), &corev1.Pod{}, 0,
+		cache.Indexers{byIP: ipKeys})
 	// Keep only what identification needs: memory follows the node's pods, and a pod spec can be large.
 	_ = inf.SetTransform(slim)
 	ix := &Index{informer: inf, wait: wait, changed: make(chan struct{})}
@@ -106,7 +109,9 @@ func (ix *Index) changes() <-chan struct{} {
 // Lookup returns the one live pod holding ip. An address not yet indexed is waited for, up to the
 // configured bound, because pods often call the metadata service before their IP reaches the API.
 func (ix *Index) Lookup(ctx context.Context, ip netip.Addr) (Pod, error) {
-	ip = ip.Unmap()
+	// Pods' addresses are indexed bare: an IPv4-mapped caller is its IPv4 address, and a link-local
+	// caller's zone names our interface, not the pod.
+	ip = ip.Unmap().WithZone("")
 	var timer *time.Timer
 	for {
 		changed := ix.changes() // taken before the read, so no event can slip between them

@@ -59,6 +59,16 @@ type Config struct {
 	RequireNamespaceAllowlist bool
 }
 
+func (c Config) withDefaults() Config {
+	if c.DefaultAudience == "" {
+		c.DefaultAudience = "sts.amazonaws.com"
+	}
+	if c.DefaultDuration == 0 {
+		c.DefaultDuration = time.Hour
+	}
+	return c
+}
+
 // Mapper answers from ServiceAccount and Namespace informers, so annotation changes apply at once.
 type Mapper struct {
 	cfg        Config
@@ -70,12 +80,7 @@ type Mapper struct {
 
 // New builds a mapper over client. Call Start, then wait for HasSynced.
 func New(client kubernetes.Interface, cfg Config) *Mapper {
-	if cfg.DefaultAudience == "" {
-		cfg.DefaultAudience = "sts.amazonaws.com"
-	}
-	if cfg.DefaultDuration == 0 {
-		cfg.DefaultDuration = time.Hour
-	}
+	cfg = cfg.withDefaults()
 	// Only annotations matter: trimming keeps memory small on clusters with many ServiceAccounts.
 	f := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(annotationsOnly))
 	sa := f.Core().V1().ServiceAccounts()
@@ -144,8 +149,9 @@ func (m *Mapper) RoleFor(namespace, sa string) (Role, error) {
 	return role, nil
 }
 
-// FromAnnotations reads a ServiceAccount's annotations.
+// FromAnnotations reads a ServiceAccount's annotations; cfg's zero defaults mean what they mean for New.
 func FromAnnotations(a map[string]string, cfg Config) (Role, error) {
+	cfg = cfg.withDefaults()
 	arn, ok := a[AnnotationRoleARN]
 	if !ok || strings.TrimSpace(arn) == "" {
 		return Role{}, ErrNoRole

@@ -14,6 +14,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awssts "github.com/aws/aws-sdk-go-v2/service/sts"
 	"github.com/aws/smithy-go"
+	smithyendpoints "github.com/aws/smithy-go/endpoints"
 	smithyhttp "github.com/aws/smithy-go/transport/http"
 )
 
@@ -69,31 +70,38 @@ func New(cfg Config) (*Client, error) {
 			},
 		}
 	}
-	build := func(region, endpoint string) *awssts.Client {
-		return awssts.New(awssts.Options{
-			Region:      region,
-			HTTPClient:  hc,
-			Retryer:     aws.NopRetryer{},
-			Credentials: aws.AnonymousCredentials{},
-			BaseEndpoint: func() *string {
-				if endpoint == "" {
-					return nil
-				}
-				return aws.String(endpoint)
-			}(),
-		})
-	}
 	region := cfg.Region
 	if region == "" {
 		region = "us-east-1"
 	}
-	c := &Client{regional: build(region, cfg.Endpoint)}
-	globalEndpoint := cfg.Endpoint
-	if globalEndpoint == "" {
-		globalEndpoint = "https://sts.amazonaws.com"
+	var endpoint *string
+	if cfg.Endpoint != "" {
+		endpoint = aws.String(cfg.Endpoint)
 	}
-	c.global = build("us-east-1", globalEndpoint)
-	return c, nil
+	build := func(global bool) *awssts.Client {
+		return awssts.New(awssts.Options{
+			Region:       region,
+			HTTPClient:   hc,
+			Retryer:      aws.NopRetryer{},
+			Credentials:  aws.AnonymousCredentials{},
+			BaseEndpoint: endpoint,
+		}, func(o *awssts.Options) {
+			if global {
+				o.EndpointResolverV2 = globalResolver{awssts.NewDefaultEndpointResolverV2()}
+			}
+		})
+	}
+	return &Client{regional: build(false), global: build(true)}, nil
+}
+
+// globalResolver resolves STS's global endpoint by AWS's own rule: sts.amazonaws.com for the regions
+// that had it before regional endpoints, and the regional endpoint everywhere else (aws-cn, aws-us-gov
+// and newer regions have no global one to fall back to).
+type globalResolver struct{ awssts.EndpointResolverV2 }
+
+func (r globalResolver) ResolveEndpoint(ctx context.Context, p awssts.EndpointParameters) (smithyendpoints.Endpoint, error) {
+	p.UseGlobalEndpoint = aws.Bool(true)
+	return r.EndpointResolverV2.ResolveEndpoint(ctx, p)
 }
 
 // AssumeRole calls AssumeRoleWithWebIdentity. Errors are *Error.
@@ -112,10 +120,15 @@ func (c *Client) AssumeRole(ctx context.Context, r Request) (Credentials, error)
 	}
 	out, err := api.AssumeRoleWithWebIdentity(ctx, in)
 	if err != nil {
-		return Credentials{}, classify(err)
+		e := classify(err)
+		if r.WebIdentityToken != "" {
+			// STS's ValidationError messages quote the values they reject; the token must not reach a log.
+			e.msg = strings.ReplaceAll(e.msg, r.WebIdentityToken, "[web identity token]")
+		}
+		return Credentials{}, e
 	}
 	if out.Credentials == nil || out.Credentials.Expiration == nil {
-		return Credentials{}, &Error{Code: "EmptyResponse", err: errors.New("sts returned no credentials")}
+		return Credentials{}, newError("EmptyResponse", false, errors.New("sts returned no credentials"))
 	}
 	creds := Credentials{
 		AccessKeyID:     aws.ToString(out.Credentials.AccessKeyId),
@@ -141,15 +154,20 @@ func accountOf(arn string) string {
 	return parts[4]
 }
 
-// Error is a classified STS failure. Its message carries the code and STS's own message, which never
-// contain the web identity token.
+// Error is a classified STS failure. Its message carries the code and STS's own message, with the web
+// identity token, should STS quote it, redacted.
 type Error struct {
 	Code  string // STS error code, "HTTP5xx", "Network" or "Canceled"
 	retry bool
 	err   error
+	msg   string
 }
 
-func (e *Error) Error() string   { return fmt.Sprintf("sts %s: %v", e.Code, e.err) }
+func newError(code string, retry bool, err error) *Error {
+	return &Error{Code: code, retry: retry, err: err, msg: err.Error()}
+}
+
+func (e *Error) Error() string   { return "sts " + e.Code + ": " + e.msg }
 func (e *Error) Unwrap() error   { return e.err }
 func (e *Error) Retryable() bool { return e.retry }
 
@@ -172,30 +190,39 @@ var retryableCodes = map[string]bool{
 // classify turns an SDK error into *Error, once, next to the client.
 func classify(err error) *Error {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return &Error{Code: "Canceled", retry: true, err: err}
+		return newError("Canceled", true, err)
 	}
 	// The SDK wraps a failed send (refused, reset, timeout) in a ResponseError with status 0: it is the
 	// network, not STS, that failed.
 	var send *smithyhttp.RequestSendError
 	if errors.As(err, &send) {
-		return &Error{Code: "Network", retry: true, err: err}
+		return newError("Network", true, err)
 	}
 	var api smithy.APIError
 	if errors.As(err, &api) {
 		code := api.ErrorCode()
-		e := &Error{Code: code, retry: retryableCodes[code], err: errors.New(api.ErrorMessage())}
+		e := newError(code, retryableCodes[code], err)
+		e.msg = api.ErrorMessage()
 		var resp *smithyhttp.ResponseError
-		if errors.As(err, &resp) && resp.HTTPStatusCode() >= 500 {
-			e.retry = true
+		if errors.As(err, &resp) {
+			if status := resp.HTTPStatusCode(); retryableStatus(status) {
+				e.retry = true
+			}
+			if code == "UnknownError" {
+				// No error document (a proxy's page, an empty body): the status says more than the SDK's placeholder.
+				e.Code = fmt.Sprintf("HTTP%d", resp.HTTPStatusCode())
+			}
 		}
 		return e
 	}
 	var resp *smithyhttp.ResponseError
 	if errors.As(err, &resp) {
-		return &Error{Code: fmt.Sprintf("HTTP%d", resp.HTTPStatusCode()), retry: resp.HTTPStatusCode() >= 500 || resp.HTTPStatusCode() == 429, err: err}
+		return newError(fmt.Sprintf("HTTP%d", resp.HTTPStatusCode()), retryableStatus(resp.HTTPStatusCode()), err)
 	}
-	return &Error{Code: "Network", retry: true, err: err}
+	return newError("Network", true, err)
 }
+
+func retryableStatus(code int) bool { return code >= 500 || code == http.StatusTooManyRequests }
 
 // SessionName names the session after the pod so CloudTrail shows which pod did what: "NS.POD@UID8",
 // within STS's 2-64 characters of [\w+=,.@-]. The UID prefix keeps it unique across pod incarnations.

@@ -51,5 +51,8 @@ func (s *Source) Token(ctx context.Context, p Pod, audience string) (string, err
 	if err != nil {
 		return "", fmt.Errorf("token request for %s/%s bound to pod %s: %w", p.Namespace, p.ServiceAccount, p.Name, err)
 	}
+	if out.Status.Token == "" {
+		return "", fmt.Errorf("token request for %s/%s bound to pod %s: the apiserver returned no token", p.Namespace, p.ServiceAccount, p.Name)
+	}
 	return out.Status.Token, nil
 }

@@ -1,0 +1,270 @@
+package pods_test
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"slices"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/iamlet/iamlet/agent/pods"
+)
+
+const node = "node-a"
+
+type podOpt func(*corev1.Pod)
+
+func pod(name string, ips []string, opts ...podOpt) *corev1.Pod {
+	p := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name, UID: types.UID("uid-" + name)},
+		Spec:       corev1.PodSpec{NodeName: node, ServiceAccountName: "sa-" + name},
+		Status:     corev1.PodStatus{Phase: corev1.PodRunning},
+	}
+	for i, ip := range ips {
+		if i == 0 {
+			p.Status.PodIP = ip
+		}
+		p.Status.PodIPs = append(p.Status.PodIPs, corev1.PodIP{IP: ip})
+	}
+	for _, o := range opts {
+		o(p)
+	}
+	return p
+}
+
+func phase(ph corev1.PodPhase) podOpt { return func(p *corev1.Pod) { p.Status.Phase = ph } }
+func hostNetwork(p *corev1.Pod)       { p.Spec.HostNetwork = true }
+func terminating(p *corev1.Pod) {
+	now := metav1.Now()
+	p.DeletionTimestamp = &now
+}
+func noServiceAccount(p *corev1.Pod) { p.Spec.ServiceAccountName = "" }
+
+// start runs an index over a fake clientset holding objs until the test ends, and waits for it to sync.
+// Call it inside a synctest bubble.
+func start(t *testing.T, wait time.Duration, objs ...*corev1.Pod) (*pods.Index, *fake.Clientset) {
+	t.Helper()
+	var ros []runtime.Object
+	for _, o := range objs {
+		ros = append(ros, o)
+	}
+	client := fake.NewClientset(ros...)
+	ix := pods.New(client, node, wait)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		ix.Run(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	synctest.Wait() // the informer has listed, indexed and gone idle
+	if !ix.HasSynced() {
+		t.Fatal("HasSynced() = false once the informer is idle, want true")
+	}
+	return ix, client
+}
+
+func TestLookup(t *testing.T) {
+	tests := []struct {
+		name    string
+		pods    []*corev1.Pod
+		caller  string
+		want    string // pod name; "" when an error is wanted
+		wantErr error
+	}{
+		{"ipv4", []*corev1.Pod{pod("web", []string{"10.0.0.5"})}, "10.0.0.5", "web", nil},
+		{"ipv6", []*corev1.Pod{pod("web", []string{"fd00:10::5"})}, "fd00:10::5", "web", nil},
+		{"dual-stack by ipv4", []*corev1.Pod{pod("web", []string{"10.0.0.5", "fd00:10::5"})}, "10.0.0.5", "web", nil},
+		{"dual-stack by ipv6", []*corev1.Pod{pod("web", []string{"10.0.0.5", "fd00:10::5"})}, "fd00:10::5", "web", nil},
+		{"ipv6 written long", []*corev1.Pod{pod("web", []string{"fd00:10:0:0:0:0:0:5"})}, "fd00:10::5", "web", nil},
+		{"ipv4-mapped caller", []*corev1.Pod{pod("web", []string{"10.0.0.5"})}, "::ffff:10.0.0.5", "web", nil},
+		{"ipv6 caller with zone", []*corev1.Pod{pod("web", []string{"fe80::5"})}, "fe80::5%eth0", "web", nil},
+		{"pending", []*corev1.Pod{pod("web", []string{"10.0.0.5"}, phase(corev1.PodPending))}, "10.0.0.5", "web", nil},
+		{"succeeded", []*corev1.Pod{pod("job", []string{"10.0.0.5"}, phase(corev1.PodSucceeded))}, "10.0.0.5", "", pods.ErrNotFound},
+		{"failed", []*corev1.Pod{pod("job", []string{"10.0.0.5"}, phase(corev1.PodFailed))}, "10.0.0.5", "", pods.ErrNotFound},
+		{"unknown phase", []*corev1.Pod{pod("job", []string{"10.0.0.5"}, phase(corev1.PodUnknown))}, "10.0.0.5", "", pods.ErrNotFound},
+		{"terminating", []*corev1.Pod{pod("web", []string{"10.0.0.5"}, terminating)}, "10.0.0.5", "", pods.ErrNotFound},
+		{"ip reused after completion", []*corev1.Pod{
+			pod("old", []string{"10.0.0.5"}, phase(corev1.PodSucceeded)),
+			pod("new", []string{"10.0.0.5"}),
+		}, "10.0.0.5", "new", nil},
+		{"ip reused while terminating", []*corev1.Pod{
+			pod("old", []string{"10.0.0.5"}, terminating),
+			pod("new", []string{"10.0.0.5"}, phase(corev1.PodPending)),
+		}, "10.0.0.5", "new", nil},
+		{"two live pods", []*corev1.Pod{pod("a", []string{"10.0.0.5"}), pod("b", []string{"10.0.0.5"})}, "10.0.0.5", "", pods.ErrAmbiguous},
+		{"two live pods by ipv6", []*corev1.Pod{pod("a", []string{"10.0.0.5", "fd00::5"}), pod("b", []string{"10.0.0.6", "fd00::5"})}, "fd00::5", "", pods.ErrAmbiguous},
+		{"host network", []*corev1.Pod{pod("agent", []string{"192.168.1.10"}, hostNetwork)}, "192.168.1.10", "", pods.ErrHostNetwork},
+		{"host network sharing with a pod", []*corev1.Pod{
+			pod("agent", []string{"192.168.1.10"}, hostNetwork),
+			pod("web", []string{"192.168.1.10"}),
+		}, "192.168.1.10", "", pods.ErrHostNetwork},
+		{"unknown", []*corev1.Pod{pod("web", []string{"10.0.0.5"})}, "10.0.0.6", "", pods.ErrNotFound},
+		{"no ip yet", []*corev1.Pod{pod("web", nil, phase(corev1.PodPending))}, "10.0.0.5", "", pods.ErrNotFound},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				ix, _ := start(t, 0, tt.pods...)
+				got, err := ix.Lookup(context.Background(), netip.MustParseAddr(tt.caller))
+				if tt.wantErr != nil {
+					if !errors.Is(err, tt.wantErr) {
+						t.Errorf("Lookup(%s) = %v, %v, want %v", tt.caller, got.Name, err, tt.wantErr)
+					}
+					if got.UID != "" {
+						t.Errorf("Lookup(%s) = %+v with an error, want the zero Pod", tt.caller, got)
+					}
+					return
+				}
+				if err != nil || got.Name != tt.want {
+					t.Fatalf("Lookup(%s) = %v, %v, want %v", tt.caller, got.Name, err, tt.want)
+				}
+				if got.UID != types.UID("uid-"+tt.want) || got.Namespace != "ns" || got.ServiceAccount != "sa-"+tt.want {
+					t.Errorf("Lookup(%s) = %+v, want UID, namespace and service account of %s", tt.caller, got, tt.want)
+				}
+			})
+		})
+	}
+}
+
+func TestLookupPodFields(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ix, _ := start(t, 0, pod("web", []string{"10.0.0.5", "fd00::5"}, noServiceAccount))
+		got, err := ix.Lookup(context.Background(), netip.MustParseAddr("10.0.0.5"))
+		if err != nil {
+			t.Fatalf("Lookup() error = %v", err)
+		}
+		want := pods.Pod{UID: "uid-web", Namespace: "ns", Name: "web", ServiceAccount: "default",
+			IPs: []netip.Addr{netip.MustParseAddr("10.0.0.5"), netip.MustParseAddr("fd00::5")}}
+		if got.UID != want.UID || got.Namespace != want.Namespace || got.Name != want.Name ||
+			got.ServiceAccount != want.ServiceAccount || got.HostNetwork || !slices.Equal(got.IPs, want.IPs) {
+			t.Errorf("Lookup() = %+v, want %+v", got, want)
+		}
+	})
+}
+
+func TestLookupWaitsBoundedTime(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const wait = 2 * time.Second
+		ix, _ := start(t, wait, pod("web", []string{"10.0.0.5"}))
+		begin := time.Now()
+		_, err := ix.Lookup(context.Background(), netip.MustParseAddr("10.0.0.6"))
+		if !errors.Is(err, pods.ErrNotFound) {
+			t.Errorf("Lookup(unknown) error = %v, want %v", err, pods.ErrNotFound)
+		}
+		if waited := time.Since(begin); waited != wait {
+			t.Errorf("Lookup(unknown) waited %v, want %v", waited, wait)
+		}
+	})
+}
+
+func TestLookupFindsPodAppearingDuringWait(t *testing.T) {
+	tests := []struct {
+		name    string
+		initial []*corev1.Pod
+		change  func(ctx context.Context, client *fake.Clientset) error
+	}{
+		{"created", nil, func(ctx context.Context, client *fake.Clientset) error {
+			_, err := client.CoreV1().Pods("ns").Create(ctx, pod("web", []string{"10.0.0.5"}), metav1.CreateOptions{})
+			return err
+		}},
+		{"ip assigned", []*corev1.Pod{pod("web", nil, phase(corev1.PodPending))}, func(ctx context.Context, client *fake.Clientset) error {
+			_, err := client.CoreV1().Pods("ns").UpdateStatus(ctx, pod("web", []string{"10.0.0.5"}), metav1.UpdateOptions{})
+			return err
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				ix, client := start(t, time.Minute, tt.initial...)
+				ctx, cancel := context.WithCancel(context.Background())
+				defer cancel()
+				begin := time.Now()
+				var got pods.Pod
+				var err error
+				done := make(chan struct{})
+				go func() {
+					defer close(done)
+					got, err = ix.Lookup(ctx, netip.MustParseAddr("10.0.0.5"))
+				}()
+				synctest.Wait() // the lookup is waiting
+				if err := tt.change(context.Background(), client); err != nil {
+					cancel()
+					<-done
+					t.Fatalf("changing the pod: %v", err)
+				}
+				<-done
+				if err != nil || got.Name != "web" {
+					t.Errorf("Lookup() = %v, %v, want web", got.Name, err)
+				}
+				if waited := time.Since(begin); waited != 0 {
+					t.Errorf("Lookup() returned after %v, want at once when the pod appears", waited)
+				}
+			})
+		})
+	}
+}
+
+func TestLookupCancelledDuringWait(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ix, _ := start(t, time.Minute)
+		ctx, cancel := context.WithCancel(context.Background())
+		var err error
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			_, err = ix.Lookup(ctx, netip.MustParseAddr("10.0.0.5"))
+		}()
+		synctest.Wait()
+		cancel()
+		<-done
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("Lookup() with its context cancelled error = %v, want %v", err, context.Canceled)
+		}
+	})
+}
+
+func TestLive(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ix, client := start(t, 0,
+			pod("web", []string{"10.0.0.5"}),
+			pod("starting", nil, phase(corev1.PodPending)),
+			pod("done", []string{"10.0.0.6"}, phase(corev1.PodSucceeded)),
+			pod("failed", []string{"10.0.0.7"}, phase(corev1.PodFailed)),
+			pod("leaving", []string{"10.0.0.8"}, terminating),
+			pod("agent", []string{"192.168.1.10"}, hostNetwork),
+		)
+		names := func() []string {
+			var out []string
+			for _, p := range ix.Live() {
+				out = append(out, p.Name)
+			}
+			slices.Sort(out)
+			return out
+		}
+		if got, want := names(), []string{"starting", "web"}; !slices.Equal(got, want) {
+			t.Errorf("Live() = %q, want %q", got, want)
+		}
+		if err := client.CoreV1().Pods("ns").Delete(context.Background(), "web", metav1.DeleteOptions{}); err != nil {
+			t.Fatalf("deleting web: %v", err)
+		}
+		synctest.Wait()
+		if got, want := names(), []string{"starting"}; !slices.Equal(got, want) {
+			t.Errorf("Live() after deleting web = %q, want %q", got, want)
+		}
+		if _, err := ix.Lookup(context.Background(), netip.MustParseAddr("10.0.0.5")); !errors.Is(err, pods.ErrNotFound) {
+			t.Errorf("Lookup(deleted pod's IP) error = %v, want %v", err, pods.ErrNotFound)
+		}
+	})
+}

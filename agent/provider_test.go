@@ -1,0 +1,291 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	authv1 "k8s.io/api/authentication/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
+
+	"github.com/iamlet/iamlet/agent/creds"
+	"github.com/iamlet/iamlet/agent/pods"
+	"github.com/iamlet/iamlet/agent/roles"
+	"github.com/iamlet/iamlet/agent/sts"
+	"github.com/iamlet/iamlet/agent/token"
+	"github.com/iamlet/iamlet/metadata"
+)
+
+const (
+	testRoleARN      = "arn:aws:iam::123456789012:role/team/reader"
+	testSecret       = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY"
+	testSessionToken = "FwoGZXIvYXdzEXAMPLESESSIONTOKEN"
+	testWebToken     = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6bnM6YXBwIn0.c2ln"
+)
+
+var testCaller = netip.MustParseAddr("10.0.0.5")
+
+type stubPods struct {
+	pod pods.Pod
+	err error
+}
+
+func (s stubPods) Lookup(context.Context, netip.Addr) (pods.Pod, error) { return s.pod, s.err }
+
+type stubRoles struct {
+	role roles.Role
+	err  error
+}
+
+func (s stubRoles) RoleFor(string, string) (roles.Role, error) { return s.role, s.err }
+
+type stubCache struct {
+	creds   creds.Credentials
+	outcome creds.Outcome
+	err     error
+
+	mu   sync.Mutex
+	reqs []creds.Request
+}
+
+func (s *stubCache) Get(_ context.Context, r creds.Request) (creds.Credentials, creds.Outcome, error) {
+	s.mu.Lock()
+	s.reqs = append(s.reqs, r)
+	s.mu.Unlock()
+	return s.creds, s.outcome, s.err
+}
+
+type classified struct {
+	msg   string
+	retry bool
+}
+
+func (e classified) Error() string   { return e.msg }
+func (e classified) Retryable() bool { return e.retry }
+
+var (
+	testPod  = pods.Pod{UID: "uid-web", Namespace: "ns", Name: "web", ServiceAccount: "app", IPs: []netip.Addr{testCaller}}
+	testRole = roles.Role{ARN: testRoleARN, Audience: "sts.amazonaws.com", Duration: time.Hour, Regional: true}
+	issued   = time.Date(2026, 8, 20, 17, 0, 0, 0, time.UTC)
+	served   = creds.Credentials{AccessKeyID: "ASIAIOSFODNN7EXAMPLE", SecretAccessKey: testSecret, SessionToken: testSessionToken,
+		Expiration: issued.Add(time.Hour), Issued: issued, AccountID: "123456789012", SessionName: "ns.web@uidweb"}
+)
+
+// logBuffer is a JSON slog logger, at debug level, writing to a buffer the test can read.
+func logBuffer() (*slog.Logger, *syncBuffer) {
+	buf := &syncBuffer{}
+	return slog.New(slog.NewJSONHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug})), buf
+}
+
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func assertNoSecrets(t *testing.T, logs string) {
+	t.Helper()
+	for name, secret := range map[string]string{"secret access key": testSecret, "session token": testSessionToken, "web identity token": testWebToken} {
+		if strings.Contains(logs, secret) {
+			t.Errorf("the log holds the %s:\n%s", name, logs)
+		}
+	}
+}
+
+func TestProviderCredentials(t *testing.T) {
+	tests := []struct {
+		name        string
+		pods        stubPods
+		roles       stubRoles
+		cache       *stubCache
+		dryRun      bool
+		wantErr     error // a metadata sentinel; nil = success
+		wantCause   error // also in the chain, when set
+		wantGets    int
+		wantOutcome string // iamlet_pod_credential_requests_total outcome counted, "" = none
+	}{
+		{name: "hit", pods: stubPods{pod: testPod}, roles: stubRoles{role: testRole},
+			cache: &stubCache{creds: served, outcome: creds.Hit}, wantGets: 1, wantOutcome: "hit"},
+		{name: "miss", pods: stubPods{pod: testPod}, roles: stubRoles{role: testRole},
+			cache: &stubCache{creds: served, outcome: creds.Miss}, wantGets: 1, wantOutcome: "miss"},
+		{name: "stale", pods: stubPods{pod: testPod}, roles: stubRoles{role: testRole},
+			cache: &stubCache{creds: served, outcome: creds.Stale}, wantGets: 1, wantOutcome: "stale"},
+		{name: "unknown pod", pods: stubPods{err: pods.ErrNotFound}, cache: &stubCache{},
+			wantErr: metadata.ErrUnknownCaller, wantCause: pods.ErrNotFound},
+		{name: "ambiguous pod", pods: stubPods{err: pods.ErrAmbiguous}, cache: &stubCache{},
+			wantErr: metadata.ErrUnknownCaller, wantCause: pods.ErrAmbiguous},
+		{name: "host network", pods: stubPods{err: pods.ErrHostNetwork}, cache: &stubCache{},
+			wantErr: metadata.ErrUnknownCaller, wantCause: pods.ErrHostNetwork},
+		{name: "lookup cancelled", pods: stubPods{err: fmt.Errorf("waiting for 10.0.0.5 to appear: %w", context.Canceled)}, cache: &stubCache{},
+			wantErr: metadata.ErrUnknownCaller, wantCause: context.Canceled},
+		{name: "no role", pods: stubPods{pod: testPod}, roles: stubRoles{err: fmt.Errorf("%w: service account ns/app not found", roles.ErrNoRole)},
+			cache: &stubCache{}, wantErr: metadata.ErrNoRole, wantCause: roles.ErrNoRole},
+		{name: "not allowed", pods: stubPods{pod: testPod}, roles: stubRoles{err: fmt.Errorf("%w: not in the allow-list", roles.ErrNotAllowed)},
+			cache: &stubCache{}, wantErr: metadata.ErrForbidden, wantCause: roles.ErrNotAllowed},
+		{name: "invalid annotation", pods: stubPods{pod: testPod}, roles: stubRoles{err: fmt.Errorf("service account ns/app: %w", roles.ErrInvalid)},
+			cache: &stubCache{}, wantErr: metadata.ErrForbidden, wantCause: roles.ErrInvalid},
+		{name: "retryable fetch error", pods: stubPods{pod: testPod}, roles: stubRoles{role: testRole},
+			cache:   &stubCache{err: fmt.Errorf("%w: %w", creds.ErrUnavailable, classified{"sts Throttling: rate exceeded", true})},
+			wantErr: metadata.ErrUnavailable, wantCause: creds.ErrUnavailable, wantGets: 1, wantOutcome: "error"},
+		{name: "terminal fetch error", pods: stubPods{pod: testPod}, roles: stubRoles{role: testRole},
+			cache:   &stubCache{err: fmt.Errorf("%w: %w", creds.ErrUnavailable, classified{"sts AccessDenied: not authorized", false})},
+			wantErr: metadata.ErrForbidden, wantCause: creds.ErrUnavailable, wantGets: 1, wantOutcome: "error"},
+		{name: "unclassified fetch error", pods: stubPods{pod: testPod}, roles: stubRoles{role: testRole},
+			cache:   &stubCache{err: fmt.Errorf("%w: connection reset", creds.ErrUnavailable)},
+			wantErr: metadata.ErrUnavailable, wantGets: 1, wantOutcome: "error"},
+		{name: "caller gave up", pods: stubPods{pod: testPod}, roles: stubRoles{role: testRole},
+			cache:   &stubCache{err: context.DeadlineExceeded},
+			wantErr: metadata.ErrUnavailable, wantCause: context.DeadlineExceeded, wantGets: 1, wantOutcome: "error"},
+		{name: "dry run", pods: stubPods{pod: testPod}, roles: stubRoles{role: testRole},
+			cache: &stubCache{creds: served}, dryRun: true, wantErr: metadata.ErrUnavailable},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			log, logs := logBuffer()
+			m := newMetrics(prometheus.NewRegistry())
+			p := &provider{pods: tt.pods, roles: tt.roles, cache: tt.cache, metrics: m, log: log, dryRun: tt.dryRun}
+			got, err := p.Credentials(context.Background(), testCaller)
+			defer func() {
+				if t.Failed() {
+					t.Logf("log:\n%s", logs)
+				}
+			}()
+			assertNoSecrets(t, logs.String())
+			if len(tt.cache.reqs) != tt.wantGets {
+				t.Errorf("cache.Get calls = %d, want %d", len(tt.cache.reqs), tt.wantGets)
+			}
+			if tt.wantOutcome != "" {
+				labels := append(labelsOf(requestFor(testPod, testRole)), tt.wantOutcome)
+				if n := testutil.ToFloat64(m.podRequests.WithLabelValues(labels...)); n != 1 {
+					t.Errorf("iamlet_pod_credential_requests_total{outcome=%q} = %v, want 1", tt.wantOutcome, n)
+				}
+			}
+			if tt.wantErr != nil {
+				if !errors.Is(err, tt.wantErr) {
+					t.Errorf("Credentials() error = %v, want %v", err, tt.wantErr)
+				}
+				if tt.wantCause != nil && !errors.Is(err, tt.wantCause) {
+					t.Errorf("Credentials() error = %v, want %v in its chain", err, tt.wantCause)
+				}
+				for _, other := range []error{metadata.ErrUnknownCaller, metadata.ErrNoRole, metadata.ErrForbidden, metadata.ErrUnavailable} {
+					if other != tt.wantErr && errors.Is(err, other) {
+						t.Errorf("Credentials() error = %v, is also %v", err, other)
+					}
+				}
+				if got != (metadata.Credentials{}) {
+					t.Errorf("Credentials() = %+v with an error, want none", got)
+				}
+				if !strings.Contains(logs.String(), `"outcome":"refused"`) && !tt.dryRun {
+					t.Errorf("log has no refusal line:\n%s", logs)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Credentials() error = %v", err)
+			}
+			want := metadata.Credentials{RoleName: "reader", AccessKeyID: served.AccessKeyID, SecretAccessKey: testSecret,
+				SessionToken: testSessionToken, Expiration: served.Expiration, LastUpdated: issued, AccountID: "123456789012"}
+			if got != want {
+				t.Errorf("Credentials() = %+v, want %+v", got, want)
+			}
+			wantReq := creds.Request{PodUID: "uid-web", Namespace: "ns", Pod: "web", ServiceAccount: "app", RoleARN: testRoleARN,
+				Audience: "sts.amazonaws.com", Duration: time.Hour, Regional: true}
+			if tt.cache.reqs[0] != wantReq {
+				t.Errorf("cache.Get(%+v), want %+v", tt.cache.reqs[0], wantReq)
+			}
+		})
+	}
+}
+
+// TestCredentialPathLogsNoSecrets runs the real fetcher, cache and observer against a fake TokenRequest
+// API and a fake STS that quotes the token back in its errors, and checks every log line they write.
+func TestCredentialPathLogsNoSecrets(t *testing.T) {
+	tests := []struct {
+		name    string
+		status  int
+		wantErr error
+	}{
+		{"issued then served", http.StatusOK, nil},
+		{"sts refuses, quoting the token", http.StatusBadRequest, metadata.ErrForbidden},
+		{"sts fails", http.StatusInternalServerError, metadata.ErrUnavailable},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				_ = r.ParseForm()
+				w.Header().Set("Content-Type", "text/xml")
+				w.WriteHeader(tt.status)
+				if tt.status != http.StatusOK {
+					_, _ = io.WriteString(w, `<ErrorResponse><Error><Type>Sender</Type><Code>ValidationError</Code><Message>Value '`+
+						r.PostForm.Get("WebIdentityToken")+`' at 'webIdentityToken' failed to satisfy constraint</Message></Error></ErrorResponse>`)
+					return
+				}
+				_, _ = io.WriteString(w, `<AssumeRoleWithWebIdentityResponse><AssumeRoleWithWebIdentityResult>
+<AssumedRoleUser><Arn>arn:aws:sts::123456789012:assumed-role/reader/ns.web</Arn><AssumedRoleId>AROA:ns.web</AssumedRoleId></AssumedRoleUser>
+<Credentials><SessionToken>`+testSessionToken+`</SessionToken><SecretAccessKey>`+testSecret+`</SecretAccessKey>
+<Expiration>`+time.Now().Add(time.Hour).UTC().Format(time.RFC3339)+`</Expiration><AccessKeyId>ASIAIOSFODNN7EXAMPLE</AccessKeyId></Credentials>
+</AssumeRoleWithWebIdentityResult></AssumeRoleWithWebIdentityResponse>`)
+			}))
+			defer srv.Close()
+			stsClient, err := sts.New(sts.Config{Region: "eu-west-1", Endpoint: srv.URL})
+			if err != nil {
+				t.Fatalf("sts.New() error = %v", err)
+			}
+			kube := fake.NewClientset()
+			kube.PrependReactor("create", "serviceaccounts", func(a k8stesting.Action) (bool, runtime.Object, error) {
+				tr := a.(k8stesting.CreateAction).GetObject().(*authv1.TokenRequest).DeepCopy()
+				tr.Status.Token = testWebToken
+				return true, tr, nil
+			})
+
+			log, logs := logBuffer()
+			m := newMetrics(prometheus.NewRegistry())
+			cache := creds.New(&fetcher{tokens: token.New(kube, token.MinTTL), sts: stsClient, metrics: m},
+				creds.Config{Observer: observer{metrics: m, log: log}})
+			p := &provider{pods: stubPods{pod: testPod}, roles: stubRoles{role: testRole}, cache: cache, metrics: m, log: log}
+
+			for range 2 { // a miss, then a hit (or an answer from backoff)
+				got, err := p.Credentials(context.Background(), testCaller)
+				if tt.wantErr != nil {
+					if !errors.Is(err, tt.wantErr) {
+						t.Errorf("Credentials() error = %v, want %v", err, tt.wantErr)
+					}
+					continue
+				}
+				if err != nil || got.SecretAccessKey != testSecret || got.RoleName != "reader" {
+					t.Errorf("Credentials() = %+v, %v, want the issued credentials", got, err)
+				}
+			}
+			out := logs.String()
+			assertNoSecrets(t, out)
+			if !strings.Contains(out, `"audit":true`) {
+				t.Errorf("log has no audit line:\n%s", out)
+			}
+		})
+	}
+}

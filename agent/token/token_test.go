@@ -1,0 +1,132 @@
+package token_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	authv1 "k8s.io/api/authentication/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
+
+	"github.com/iamlet/iamlet/agent/token"
+)
+
+const minted = "eyJhbGciOiJSUzI1NiJ9.minted.sig"
+
+// tokenAPI is a fake clientset whose TokenRequest answers with respond and records what it was asked.
+type tokenAPI struct {
+	*fake.Clientset
+	got []k8stesting.CreateAction
+}
+
+func newTokenAPI(t *testing.T, respond func(*authv1.TokenRequest) (*authv1.TokenRequest, error)) *tokenAPI {
+	t.Helper()
+	api := &tokenAPI{Clientset: fake.NewClientset()}
+	api.PrependReactor("create", "serviceaccounts", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		ca, ok := a.(k8stesting.CreateAction)
+		if !ok || a.GetSubresource() != "token" {
+			return false, nil, nil
+		}
+		api.got = append(api.got, ca)
+		out, err := respond(ca.GetObject().(*authv1.TokenRequest).DeepCopy())
+		return true, out, err
+	})
+	return api
+}
+
+func issue(tr *authv1.TokenRequest) (*authv1.TokenRequest, error) {
+	tr.Status = authv1.TokenRequestStatus{Token: minted}
+	return tr, nil
+}
+
+var web = token.Pod{Namespace: "ns", Name: "web", UID: "0f8c2b9e-7d41-4b5a-9c3e-2a1b0c9d8e7f", ServiceAccount: "app"}
+
+func TestToken(t *testing.T) {
+	tests := []struct {
+		name        string
+		ttl         time.Duration
+		audience    string
+		wantSeconds int64
+	}{
+		{"minimum", token.MinTTL, "sts.amazonaws.com", 600},
+		{"zero asks the minimum", 0, "sts.amazonaws.com", 600},
+		{"below minimum asks the minimum", time.Minute, "sts.amazonaws.com", 600},
+		{"longer", time.Hour, "iamlet", 3600},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			api := newTokenAPI(t, issue)
+			got, err := token.New(api, tt.ttl).Token(context.Background(), web, tt.audience)
+			if err != nil || got != minted {
+				t.Fatalf("Token() = %q, %v, want %q, nil", got, err, minted)
+			}
+			if len(api.got) != 1 {
+				t.Fatalf("TokenRequests = %d, want 1", len(api.got))
+			}
+			a := api.got[0]
+			if a.GetNamespace() != "ns" || a.GetResource() != (schema.GroupVersionResource{Version: "v1", Resource: "serviceaccounts"}) {
+				t.Errorf("TokenRequest to %s in %q, want serviceaccounts in ns", a.GetResource(), a.GetNamespace())
+			}
+			if name := a.(k8stesting.CreateActionImpl).Name; name != "app" {
+				t.Errorf("TokenRequest for service account %q, want app", name)
+			}
+			spec := a.GetObject().(*authv1.TokenRequest).Spec
+			if len(spec.Audiences) != 1 || spec.Audiences[0] != tt.audience {
+				t.Errorf("Audiences = %q, want [%q]", spec.Audiences, tt.audience)
+			}
+			if spec.ExpirationSeconds == nil || *spec.ExpirationSeconds != tt.wantSeconds {
+				t.Errorf("ExpirationSeconds = %v, want %d", spec.ExpirationSeconds, tt.wantSeconds)
+			}
+			if spec.ExpirationSeconds != nil && *spec.ExpirationSeconds < 600 {
+				t.Errorf("ExpirationSeconds = %d, want >= 600 (the apiserver's minimum)", *spec.ExpirationSeconds)
+			}
+			want := authv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: "web", UID: web.UID}
+			if spec.BoundObjectRef == nil || *spec.BoundObjectRef != want {
+				t.Errorf("BoundObjectRef = %+v, want %+v", spec.BoundObjectRef, want)
+			}
+		})
+	}
+}
+
+func TestTokenErrors(t *testing.T) {
+	gr := schema.GroupResource{Resource: "serviceaccounts"}
+	tests := []struct {
+		name    string
+		respond func(*authv1.TokenRequest) (*authv1.TokenRequest, error)
+		is      func(error) bool // the apiserver's classification survives wrapping
+	}{
+		{"pod gone", func(*authv1.TokenRequest) (*authv1.TokenRequest, error) {
+			return nil, apierrors.NewNotFound(schema.GroupResource{Resource: "pods"}, "web")
+		}, apierrors.IsNotFound},
+		{"forbidden", func(*authv1.TokenRequest) (*authv1.TokenRequest, error) {
+			return nil, apierrors.NewForbidden(gr, "app", errors.New("denied by admission policy"))
+		}, apierrors.IsForbidden},
+		{"uid mismatch", func(*authv1.TokenRequest) (*authv1.TokenRequest, error) {
+			return nil, apierrors.NewBadRequest("the UID in the bound object reference does not match")
+		}, apierrors.IsBadRequest},
+		{"unavailable", func(*authv1.TokenRequest) (*authv1.TokenRequest, error) {
+			return nil, apierrors.NewServiceUnavailable("etcd")
+		}, apierrors.IsServiceUnavailable},
+		{"no token", func(tr *authv1.TokenRequest) (*authv1.TokenRequest, error) { return tr, nil }, func(error) bool { return true }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := token.New(newTokenAPI(t, tt.respond), token.MinTTL).Token(context.Background(), web, "sts.amazonaws.com")
+			if err == nil || got != "" {
+				t.Fatalf("Token() = %q, %v, want an error", got, err)
+			}
+			if !tt.is(err) {
+				t.Errorf("Token() error = %v, want the apiserver's classification kept", err)
+			}
+			if !strings.Contains(err.Error(), "ns/app") || !strings.Contains(err.Error(), "web") {
+				t.Errorf("Token() error = %q, want it to name the service account and pod", err)
+			}
+		})
+	}
+}
