@@ -2,6 +2,8 @@
 // paths reach the server unnormalised. Each argument is one request line "METHOD PATH"; headers come
 // from -H flags; with -token it first fetches an IMDSv2 token and sends it on every request.
 // It prints, per request: "=== METHOD PATH", the status code, then the body.
+// With -for it sends the whole list again and again (every -every) until that much time has passed, each request
+// on a connection of its own, so a test can watch what a pod gets while the node changes under it.
 package main
 
 import (
@@ -24,6 +26,8 @@ func (h *headers) Set(v string) error { *h = append(*h, v); return nil }
 func main() {
 	addr := flag.String("addr", "169.254.169.254:80", "server address")
 	token := flag.Bool("token", false, "fetch an IMDSv2 token first and send it")
+	repeatFor := flag.Duration("for", 0, "repeat the requests until this much time has passed (0: once)")
+	every := flag.Duration("every", 10*time.Millisecond, "with -for, the pause between rounds")
 	var hs headers
 	flag.Var(&hs, "H", "header 'Name: value' (repeatable)")
 	flag.Parse()
@@ -35,12 +39,24 @@ func main() {
 		}
 		hs = append(hs, "X-aws-ec2-metadata-token: "+body)
 	}
-	for _, line := range flag.Args() {
+	end := time.Now().Add(*repeatFor)
+	for {
+		round(*addr, flag.Args(), hs)
+		if time.Now().After(end) {
+			return
+		}
+		time.Sleep(*every)
+	}
+}
+
+// round sends each request line once and prints what came back.
+func round(addr string, lines, hs []string) {
+	for _, line := range lines {
 		method, path, ok := strings.Cut(line, " ")
 		if !ok {
 			method, path = "GET", line
 		}
-		status, body, err := do(*addr, method, path, hs)
+		status, body, err := do(addr, method, path, hs)
 		fmt.Printf("=== %s %s\n", method, path)
 		if err != nil {
 			fmt.Printf("error %v\n", err)

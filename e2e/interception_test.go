@@ -1,0 +1,709 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/iamlet/iamlet/agent/roles"
+	"github.com/iamlet/iamlet/e2e/stack"
+)
+
+// The paths interception tests ask for: the node role's credentials (the mock answers them with its markers, iamlet
+// with a refusal), the role listing (iamlet answers a pod with a role with its role's name) and a harmless node fact.
+const (
+	nodeRolePath   = "/latest/meta-data/iam/security-credentials/" + stack.NodeRoleName
+	roleListPath   = "/latest/meta-data/iam/security-credentials/"
+	instanceIDPath = "/latest/meta-data/instance-id"
+)
+
+// iptablesBackends are the backends iamlet drives; each is a separate kernel subsystem, so each is proved alone.
+var iptablesBackends = []string{"nft", "legacy"}
+
+// TestInterception proves on the real stack, with real iptables in the node's network namespace and for both
+// backends, that interception fails closed: whatever happens to the agent or to its rules, a pod gets "connection
+// refused" or iamlet's own answer, never the node's IMDS, and service comes back without anyone's help. Only an
+// explicit uninstall opens the node's IMDS to pods again.
+func TestInterception(t *testing.T) {
+	for _, backend := range iptablesBackends {
+		t.Run(backend, func(t *testing.T) {
+			t.Run("killed agent fails closed and a restart serves again", func(t *testing.T) { testKilled(t, backend) })
+			t.Run("stopped agent leaves the rules and fails closed", func(t *testing.T) { testStopped(t, backend) })
+			t.Run("rules changed by another program are restored", func(t *testing.T) { testDrift(t, backend) })
+			t.Run("flow opened before the agent is cut", func(t *testing.T) { testHeldFlow(t, backend) })
+			t.Run("start-up takes over rules with another listener port", func(t *testing.T) { testTakeover(t, backend) })
+			t.Run("uninstall leaves no trace", func(t *testing.T) { testUninstall(t, backend) })
+		})
+	}
+}
+
+// testKilled: SIGKILL gives the agent no chance to clean up, and must not need one: the rules stay, so a pod's SDK
+// and a raw request are refused at once (the DNAT target has no listener), never answered by the node.
+func testKilled(t *testing.T, backend string) {
+	agent := interceptionAgent(t, backend)
+	t.Logf("rules as installed:\n%s%s", iptablesSave(t, backend, false), iptablesSave(t, backend, true))
+	p := suite.NewPod(t, "killed-"+backend, stack.PodOptions{ServiceAccount: saA})
+	expectServed(t, p)
+
+	agent.Kill()
+	if err := interceptionInPlace(backend, stack.AgentPort); err != nil {
+		t.Fatalf("after SIGKILL: %v", err)
+	}
+	expectRefused(t, p)
+
+	restartAgent(t, agent)
+	expectServed(t, p)
+}
+
+// testStopped: a graceful stop (SIGTERM, as on a DaemonSet rollout or node drain) also leaves the rules in place.
+func testStopped(t *testing.T, backend string) {
+	agent := interceptionAgent(t, backend)
+	p := suite.NewPod(t, "stopped-"+backend, stack.PodOptions{ServiceAccount: saA})
+	expectServed(t, p)
+
+	agent.Stop()
+	if err := interceptionInPlace(backend, stack.AgentPort); err != nil {
+		t.Fatalf("after SIGTERM: %v", err)
+	}
+	expectRefused(t, p)
+}
+
+// testDrift: another program (a CNI, kube-proxy, an operator) flushes or edits our rules while the agent runs.
+// Removing the redirect leaves the guard, so pods are refused in the gap; removing the guard leaves the redirect, so
+// pods are still served. Either way the agent puts everything back within its reconcile interval and counts it.
+//
+// Each case runs twice. First with the agent frozen (SIGSTOP), which holds the gap open so what a pod gets in it is
+// checked deterministically. Then live: a pod probes continuously while the rules are broken and restored, and
+// nothing it gets may come from the node.
+func testDrift(t *testing.T, backend string) {
+	agent := interceptionAgent(t, backend, "--reconcile-interval=1s")
+	p := suite.NewPod(t, "drift-"+backend, stack.PodOptions{ServiceAccount: saA})
+	expectServed(t, p)
+	ipt := "iptables-" + backend
+	cases := []struct {
+		name   string
+		tamper []string
+		// refusedInGap: the redirect is gone and the guard refuses; otherwise the redirect still serves pods.
+		refusedInGap bool
+	}{
+		{"nat table flushed", []string{ipt, "-w", "5", "-t", "nat", "-F"}, true},
+		{"PREROUTING jump deleted", []string{ipt, "-w", "5", "-t", "nat", "-D", "PREROUTING",
+			"-m", "comment", "--comment", "iamlet: jump to IAMLET-IMDS", "-j", "IAMLET-IMDS"}, true},
+		{"guard chain flushed", []string{ipt, "-w", "5", "-t", "filter", "-F", "IAMLET-GUARD"}, false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if c.refusedInGap {
+				t.Run("frozen gap", func(t *testing.T) {
+					before := driftRepairs(t)
+					thaw := freezeAgent(t, agent)
+					nodeRun(t, c.tamper...)
+					if err := interceptionInPlace(backend, stack.AgentPort); err == nil {
+						t.Fatalf("%s changed nothing the check can see", strings.Join(c.tamper, " "))
+					}
+					expectProbeRefused(t, p)
+					thaw()
+					waitRestored(t, backend, 5*time.Second)
+					waitDriftRepairs(t, before)
+					expectServed(t, p)
+				})
+			}
+			t.Run("live", func(t *testing.T) {
+				before := driftRepairs(t)
+				prober := startNodeRoleProber(t, p, 4*time.Second)
+				nodeRun(t, c.tamper...)
+				// One interval, one pass of repairs, and the poll's own granularity; 3s leaves room for a slow pass.
+				took := waitRestored(t, backend, 3*time.Second)
+				t.Logf("rules restored %s after %q (reconcile interval 1s)", took.Round(time.Millisecond), strings.Join(c.tamper, " "))
+				waitDriftRepairs(t, before)
+				got, first := prober.wait(t)
+				t.Logf("a pod probing throughout got: %v", got)
+				if got["node"] > 0 || got["other"] > 0 {
+					t.Errorf("while the rules were broken, a pod got answers that were neither iamlet's nor a refusal: %v; first of each: %q", got, first)
+				}
+				if !c.refusedInGap && got["refused"] > 0 {
+					t.Errorf("with only the guard gone the redirect still holds, yet a pod was refused %d times", got["refused"])
+				}
+				expectServed(t, p)
+			})
+		})
+	}
+
+	// After a repair the agent also deletes the conntrack entries of flows to the metadata address, in case one was
+	// opened while the rules were missing. That must not break a pod's keep-alive connection to iamlet itself (SDKs
+	// reuse theirs): its next packet starts a new entry, DNATed to the same listener, and the socket carries on.
+	t.Run("keep-alive connection to iamlet survives a repair", func(t *testing.T) {
+		h := holdConn(t, p, instanceIDPath, roleListPath)
+		entries := conntrackFlow(t, h.ip, h.port)
+		if len(entries) != 1 || !strings.Contains(entries[0], "src="+stack.NodeIP+" dst="+h.ip+" sport="+stack.AgentPort) {
+			t.Fatalf("want the held connection DNATed to iamlet, got:\n%s", strings.Join(entries, "\n"))
+		}
+		before := driftRepairs(t)
+		nodeRun(t, ipt, "-w", "5", "-t", "filter", "-F", "IAMLET-GUARD")
+		waitRestored(t, backend, 3*time.Second)
+		waitDriftRepairs(t, before)
+		waitUntil(t, 5*time.Second, "the agent to cut flows after the repair", func() bool { return len(conntrackFlow(t, h.ip, h.port)) == 0 })
+		out := h.proceed(t)
+		assertNoNodeSecrets(t, "held connection", out)
+		if _, second, _ := strings.Cut(out, "=== GET "+roleListPath+"\n"); !strings.HasPrefix(second, "200\n") {
+			t.Errorf("second request on a keep-alive connection to iamlet after a repair: want 200, got:\n%s", out)
+		}
+	})
+}
+
+// testHeldFlow: a keep-alive connection from a pod to the node's IMDS, opened before iamlet ever ran, must not
+// outlive the agent's start. NAT is decided on a flow's first packet, so a flow the kernel already tracks would
+// bypass a DNAT rule added later; the agent deletes the conntrack entries of flows to the metadata address once its
+// rules are in place. The next packet of the held flow then starts a new conntrack entry (nf_conntrack_tcp_loose,
+// on by default, picks a flow up mid-stream), which PREROUTING DNATs to iamlet's listener; that socket knows no such
+// connection and answers with a reset. The node's IMDS never sees the second request.
+//
+// Whether the kernel tracks the flow depends on what else uses conntrack in the namespace: on a real node kube-proxy
+// does, in the stack nothing does until iamlet's nat rules appear. Both are covered; in the second the flush finds
+// nothing and the rules alone pick the flow up.
+func testHeldFlow(t *testing.T, backend string) {
+	for _, tracked := range []bool{true, false} {
+		name := "untracked until the agent's rules appear"
+		if tracked {
+			name = "tracked, as on a node with kube-proxy"
+		}
+		t.Run(name, func(t *testing.T) {
+			cleanNode(t)
+			t.Cleanup(func() { cleanNode(t) })
+			if tracked {
+				// Any rule that uses conntrack turns it on in the namespace, as kube-proxy's rules do on a node.
+				rule := []string{"INPUT", "-m", "conntrack", "--ctstate", "ESTABLISHED", "-m", "comment", "--comment", "e2e: conntrack on", "-j", "ACCEPT"}
+				nodeRun(t, append([]string{"iptables-" + backend, "-w", "5", "-A"}, rule...)...)
+				t.Cleanup(func() { nodeRun(t, append([]string{"iptables-" + backend, "-w", "5", "-D"}, rule...)...) })
+			}
+			p := suite.NewPod(t, "held-"+backend+map[bool]string{true: "-ct", false: ""}[tracked], stack.PodOptions{ServiceAccount: saA})
+			h := holdConn(t, p, instanceIDPath, nodeRolePath)
+
+			entries := conntrackFlow(t, h.ip, h.port)
+			switch {
+			case tracked && (len(entries) != 1 || !strings.Contains(entries[0], "ESTABLISHED") ||
+				!strings.Contains(entries[0], "src="+stack.IMDSv4+" dst="+h.ip)):
+				t.Fatalf("before the agent, want one ESTABLISHED un-NATed entry for the held flow, got:\n%s", strings.Join(entries, "\n"))
+			case !tracked && len(entries) != 0:
+				t.Fatalf("before the agent, want the held flow untracked (nothing in the node namespace uses conntrack), got:\n%s", strings.Join(entries, "\n"))
+			}
+
+			dedicatedAgent(t, "--iptables-backend="+backend)
+			if entries := conntrackFlow(t, h.ip, h.port); len(entries) != 0 {
+				t.Errorf("the agent is ready but the held flow's conntrack entry is still there:\n%s", strings.Join(entries, "\n"))
+			}
+
+			out := h.proceed(t)
+			assertNoNodeSecrets(t, "held connection", out)
+			first, second, ok := strings.Cut(out, "=== GET "+nodeRolePath+"\n")
+			if !ok || !strings.Contains(first, "=== GET "+instanceIDPath+"\n200\n") {
+				t.Fatalf("the held connection did not first reach the node's IMDS:\n%s", out)
+			}
+			if !strings.HasPrefix(second, "error read: ") || !strings.Contains(second, "connection reset by peer") {
+				t.Errorf("second request on the held connection: want a reset, got:\n%s", second)
+			}
+
+			// How it was cut: re-NATed to iamlet as a new flow (and reset by the listener's host), not refused by the guard.
+			nat, filter := iptablesSave(t, backend, false, "-c", "-t", "nat"), iptablesSave(t, backend, false, "-c", "-t", "filter")
+			if n := rulePackets(nat, "IAMLET-IMDS", "DNAT"); n < 1 {
+				t.Errorf("the held flow's next packet did not go through the DNAT rule (%d packets):\n%s", n, nat)
+			}
+			if n := rulePackets(filter, "IAMLET-GUARD", "tcp-reset"); n != 0 {
+				t.Errorf("the guard reset %d packets; want the held flow handled by the DNAT rule:\n%s", n, filter)
+			}
+		})
+	}
+}
+
+// testTakeover: an agent started with another listener port finds the rules of the previous one (killed, so they
+// are still there) and rewrites them: one DNAT rule per family, to the new port, and pods served through it.
+func testTakeover(t *testing.T, backend string) {
+	a := interceptionAgent(t, backend)
+	if err := interceptionInPlace(backend, stack.AgentPort); err != nil {
+		t.Fatalf("agent A: %v", err)
+	}
+	a.Kill()
+
+	const port = "8183"
+	dedicatedAgent(t, "--iptables-backend="+backend, "--metadata-addr="+stack.NodeIP+":"+port+",["+stack.NodeIPv6+"]:"+port)
+	if err := interceptionInPlace(backend, port); err != nil {
+		t.Fatalf("agent B: %v", err)
+	}
+	for _, v6 := range []bool{false, true} {
+		if nat := iptablesSave(t, backend, v6, "-t", "nat"); strings.Contains(nat, ":"+stack.AgentPort) {
+			t.Errorf("a rule still names agent A's port %s:\n%s", stack.AgentPort, nat)
+		}
+	}
+	p := suite.NewPod(t, "takeover-"+backend, stack.PodOptions{ServiceAccount: saA})
+	expectServed(t, p)
+	// The IPv6 redirect too: the role listing over [fd00:ec2::254] comes from iamlet on the new port.
+	r := p.Exec(context.Background(), nil, probeBin(t), "-addr", "[fd00:ec2::254]:80", roleListPath)
+	if !strings.Contains(r.Stdout, "\n200\n") {
+		t.Errorf("IPv6 role listing through the new port: want 200, got:\n%s", r.Output())
+	}
+}
+
+// testUninstall: `iamlet uninstall` is the one way to take interception away, and it takes all of it: afterwards
+// neither family of the backend holds anything of iamlet's, and, as the operator asked, a pod reaches the node's
+// IMDS again (including the node role: that is what removing iamlet means).
+func testUninstall(t *testing.T, backend string) {
+	agent := interceptionAgent(t, backend)
+	p := suite.NewPod(t, "uninstall-"+backend, stack.PodOptions{ServiceAccount: saA})
+	expectServed(t, p)
+	agent.Stop()
+	uninstallRules(t, backend)
+	for _, v6 := range []bool{false, true} {
+		if out := iptablesSave(t, backend, v6); strings.Contains(strings.ToLower(out), "iamlet") {
+			t.Errorf("after uninstall, %s still holds iamlet's rules:\n%s", saveBin(backend, v6), out)
+		}
+	}
+	r := p.Exec(context.Background(), nil, probeBin(t), "-addr", stack.IMDSv4+":80", nodeRolePath)
+	if !strings.Contains(r.Stdout, "\n200\n") || !strings.Contains(r.Stdout, stack.NodeAccessKey) {
+		t.Errorf("after uninstall a pod should reach the node's IMDS again (fail open, by request); got:\n%s", r.Output())
+	}
+}
+
+// TestInterceptionHostNetwork makes the hostNetwork policy explicit. A hostNetwork pod shares the node's address,
+// so a request from it cannot be told apart from the node's own: iamlet refuses such callers (403, unknown pod)
+// whether or not a hostNetwork pod with a role claims the address, and never serves them a role. The agent's log
+// says which rule refused them. Their traffic to 169.254.169.254 is the node's own and is not intercepted at all
+// (NAT for locally generated connections is decided in OUTPUT, never by the PREROUTING redirect): hostNetwork pods
+// reach the node's IMDS, as on any node without iamlet.
+func TestInterceptionHostNetwork(t *testing.T) {
+	agent := sharedAgent(t)
+	direct := stack.NodeIP + ":" + stack.AgentPort
+	refused := func(t *testing.T, reason string) {
+		t.Helper()
+		before := strings.Count(logText(t, agent.Log), reason)
+		for _, token := range []bool{false, true} {
+			args := []string{"-addr", direct}
+			if token {
+				args = append(args, "-token")
+			}
+			out, _ := nodeExec(nil, probeBin(t), append(args, roleListPath, roleListPath+roles.RoleName(stack.RoleARN(stack.AudienceA)))...)
+			assertNoNodeSecrets(t, "probe from the node", out)
+			if n := strings.Count(out, "\n403\niamlet: caller is not a known pod on this node\n"); n != 2 {
+				t.Errorf("from the node's address (token=%v): want 2 refusals as an unknown pod, got:\n%s", token, out)
+			}
+		}
+		out, err := nodeExec([]string{"AWS_EC2_METADATA_SERVICE_ENDPOINT=http://" + direct}, suite.gov2Bin)
+		assertNoNodeSecrets(t, "gov2 from the node", out)
+		if err == nil || strings.Contains(out, "creds ") {
+			t.Errorf("gov2 from the node's address got credentials, want none (err=%v):\n%s", err, out)
+		}
+		// Four probe requests and at least one of the SDK's ask the agent who is calling.
+		if n := strings.Count(logText(t, agent.Log), reason) - before; n < 5 {
+			t.Errorf("the agent logged %q for %d refusals, want at least 5", reason, n)
+		}
+	}
+	t.Run("node address", func(t *testing.T) { refused(t, "no live pod on this node has this address") })
+	t.Run("hostNetwork pod with a role", func(t *testing.T) {
+		suite.NewPod(t, "hostnet", stack.PodOptions{ServiceAccount: saA, HostNetwork: true})
+		refused(t, "address belongs to a hostNetwork pod")
+	})
+	t.Run("node traffic is not intercepted", func(t *testing.T) {
+		out, err := nodeExec(nil, probeBin(t), "-addr", stack.IMDSv4+":80", instanceIDPath)
+		if err != nil || !strings.Contains(out, "\n200\n") {
+			t.Errorf("from the node namespace 169.254.169.254 is the node's IMDS itself; got (err=%v):\n%s", err, out)
+		}
+	})
+}
+
+// logText is the content of a log file so far.
+func logText(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// interceptionAgent runs a dedicated agent on backend from a clean node, and leaves the node clean after it: the
+// shared agent is stopped first, since its reconcile would put back what the uninstall takes away.
+func interceptionAgent(t *testing.T, backend string, extra ...string) *stack.Proc {
+	t.Helper()
+	cleanNode(t)
+	t.Cleanup(func() { cleanNode(t) }) // registered before the agent's own cleanup, so it runs after the agent stops
+	return dedicatedAgent(t, append([]string{"--iptables-backend=" + backend}, extra...)...)
+}
+
+// cleanNode stops the shared agent and removes every backend's interception rules, so that no backend's leftovers
+// mask another's. The next sharedAgent call installs its rules again.
+func cleanNode(t *testing.T) {
+	t.Helper()
+	stopSharedAgent()
+	for _, b := range iptablesBackends {
+		uninstallRules(t, b)
+	}
+}
+
+func uninstallRules(t *testing.T, backend string) {
+	t.Helper()
+	if out, err := exec.Command(suite.agentBin, "uninstall", "--iptables-backend="+backend).CombinedOutput(); err != nil {
+		t.Fatalf("iamlet uninstall --iptables-backend=%s: %v\n%s", backend, err, out)
+	}
+}
+
+// restartAgent starts a stopped agent again with the same flags and waits until it is ready.
+func restartAgent(t *testing.T, p *stack.Proc) *stack.Proc {
+	t.Helper()
+	np, err := p.Restart()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(np.Stop)
+	if err := np.WaitHTTP("http://"+stack.AgentMetricsAddr+"/readyz", 30*time.Second); err != nil {
+		t.Fatalf("restarted agent not ready: %v", err)
+	}
+	return np
+}
+
+// freezeAgent stops the agent's process (SIGSTOP) so that it cannot repair anything; the returned thaw resumes it, and
+// runs at the end of the test if the test does not get there.
+func freezeAgent(t *testing.T, p *stack.Proc) (thaw func()) {
+	t.Helper()
+	if err := syscall.Kill(p.Pid(), syscall.SIGSTOP); err != nil {
+		t.Fatalf("SIGSTOP agent: %v", err)
+	}
+	thaw = func() { _ = syscall.Kill(p.Pid(), syscall.SIGCONT) }
+	t.Cleanup(thaw)
+	return thaw
+}
+
+// expectServed runs the SDK client in p: it gets its role's credentials and reads the bucket with them.
+func expectServed(t *testing.T, p *stack.Pod) {
+	t.Helper()
+	r := p.Exec(context.Background(), nil, suite.gov2Bin, "-endpoint", stack.MinIOFromPods, "-bucket", stack.Bucket)
+	assertNoNodeSecrets(t, "gov2", r.Output())
+	if r.Err != nil || !strings.Contains(r.Stdout, "creds EC2RoleProvider ") || !strings.Contains(r.Stdout, "get ok\n") {
+		t.Fatalf("gov2 in %s: want its role's credentials and get ok, got err=%v:\n%s", p.Name, r.Err, r.Output())
+	}
+}
+
+// expectRefused: with the rules in place and no agent, both the SDK and a raw request fail with connection refused.
+func expectRefused(t *testing.T, p *stack.Pod) {
+	t.Helper()
+	r := p.Exec(context.Background(), nil, suite.gov2Bin, "-endpoint", stack.MinIOFromPods, "-bucket", stack.Bucket)
+	assertNoNodeSecrets(t, "gov2", r.Output())
+	if r.Err == nil || strings.Contains(r.Stdout, "creds ") || !strings.Contains(r.Stderr, "connection refused") {
+		t.Errorf("gov2 in %s: want no credentials and connection refused, got err=%v:\n%s", p.Name, r.Err, r.Output())
+	} else {
+		t.Logf("gov2 in %s: %s", p.Name, strings.TrimSpace(r.Stderr))
+	}
+	expectProbeRefused(t, p)
+}
+
+func expectProbeRefused(t *testing.T, p *stack.Pod) {
+	t.Helper()
+	r := p.Exec(context.Background(), nil, probeBin(t), "-addr", stack.IMDSv4+":80", nodeRolePath)
+	assertNoNodeSecrets(t, "probe", r.Output())
+	if got, _ := classifyProbe(r.Stdout); got["refused"] != 1 || len(got) != 1 {
+		t.Errorf("probe in %s: want connection refused, got:\n%s", p.Name, r.Output())
+	}
+}
+
+// classifyProbe counts the probe's answers to nodeRolePath by who gave them: "iamlet" (any answer of its own),
+// "node" (the mock's markers), "refused" (connection refused) or "other"; it keeps the first answer of each kind.
+func classifyProbe(out string) (counts map[string]int, first map[string]string) {
+	counts, first = map[string]int{}, map[string]string{}
+	for _, block := range strings.Split(out, "=== ")[1:] {
+		_, answer, _ := strings.Cut(block, "\n")
+		kind := "other"
+		switch {
+		case containsAnyOf(answer, stack.Markers):
+			kind = "node"
+		case strings.HasPrefix(answer, "error ") && strings.Contains(answer, "connection refused"):
+			kind = "refused"
+		case iamletAnswer.MatchString(answer):
+			kind = "iamlet"
+		}
+		counts[kind]++
+		if _, ok := first[kind]; !ok {
+			first[kind] = strings.TrimSpace(answer)
+		}
+	}
+	return counts, first
+}
+
+// iamletAnswer is a status line and a body of iamlet's own ("iamlet: not found", "iamlet: too many requests ...").
+var iamletAnswer = regexp.MustCompile(`^[1-5][0-9][0-9]\niamlet: `)
+
+func containsAnyOf(s string, subs []string) bool {
+	for _, sub := range subs {
+		if strings.Contains(s, sub) {
+			return true
+		}
+	}
+	return false
+}
+
+// prober is a pod asking for the node role over and over while the test changes the node.
+type nodeRoleProber struct {
+	done chan stack.Result
+}
+
+// startProber runs the probe in p for d, one request every few milliseconds, and returns once its requests reach
+// the agent, so the test knows it is watching before it changes anything.
+func startNodeRoleProber(t *testing.T, p *stack.Pod, d time.Duration) *nodeRoleProber {
+	t.Helper()
+	before := metadataRequests(t)
+	pr := &nodeRoleProber{done: make(chan stack.Result, 1)}
+	bin := probeBin(t)
+	go func() {
+		pr.done <- p.Exec(context.Background(), nil, bin, "-addr", stack.IMDSv4+":80", "-for", d.String(), "-every", "15ms", nodeRolePath)
+	}()
+	waitUntil(t, 5*time.Second, "the prober's requests to reach the agent", func() bool { return metadataRequests(t) > before })
+	return pr
+}
+
+func (pr *nodeRoleProber) wait(t *testing.T) (counts map[string]int, first map[string]string) {
+	t.Helper()
+	r := <-pr.done
+	assertNoNodeSecrets(t, "prober", r.Output())
+	if r.Err != nil {
+		t.Errorf("prober: %v\n%s", r.Err, r.Stderr)
+	}
+	return classifyProbe(r.Stdout)
+}
+
+// held is a pod's keep-alive connection to the node's IMDS, waiting for its second request.
+type heldConn struct {
+	ip, port    string
+	proceedFile string
+	done        chan stack.Result
+}
+
+var heldConnLine = regexp.MustCompile(`^held ([0-9.]+):([0-9]+) -> ` + regexp.QuoteMeta(stack.IMDSv4) + `:80\n$`)
+
+// holdConn opens a connection from p to 169.254.169.254:80 and returns once its first request (first) has been
+// answered; proceed sends the second (second) on the same connection.
+func holdConn(t *testing.T, p *stack.Pod, first, second string) *heldConn {
+	t.Helper()
+	dir := t.TempDir()
+	ready := filepath.Join(dir, "ready")
+	h := &heldConn{proceedFile: filepath.Join(dir, "go"), done: make(chan stack.Result, 1)}
+	bin := holdConnBin(t)
+	go func() {
+		h.done <- p.Exec(context.Background(), nil, bin, "-addr", stack.IMDSv4+":80", "-ready", ready, "-proceed", h.proceedFile,
+			first, second)
+	}()
+	var line []byte
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var err error
+		if line, err = os.ReadFile(ready); err == nil && len(line) > 0 {
+			break
+		}
+		select {
+		case r := <-h.done:
+			t.Fatalf("holdconn ended before holding its connection: %v\n%s", r.Err, r.Output())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("holdconn did not hold its connection within 10s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	m := heldConnLine.FindStringSubmatch(string(line))
+	if m == nil {
+		t.Fatalf("holdconn: unexpected %q", line)
+	}
+	h.ip, h.port = m[1], m[2]
+	return h
+}
+
+// proceed lets the held connection send its second request and returns everything the client printed.
+func (h *heldConn) proceed(t *testing.T) string {
+	t.Helper()
+	if err := os.WriteFile(h.proceedFile, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := <-h.done
+	return r.Output()
+}
+
+var holdConnPath string
+
+func holdConnBin(t *testing.T) string {
+	t.Helper()
+	if holdConnPath == "" {
+		p, err := stack.BuildProgram(suite.Dir, "holdconn", "./e2e/clients/holdconn")
+		if err != nil {
+			t.Fatal(err)
+		}
+		holdConnPath = p
+	}
+	return holdConnPath
+}
+
+// conntrackFlow lists the node namespace's conntrack entries of one TCP flow, by its original source.
+func conntrackFlow(t *testing.T, ip, port string) []string {
+	t.Helper()
+	out, err := exec.Command("conntrack", "-L", "-p", "tcp", "--orig-src", ip, "--sport", port).Output() // entries on stdout
+	if err != nil {
+		t.Fatalf("conntrack -L: %v", err)
+	}
+	var entries []string
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if line != "" {
+			entries = append(entries, line)
+		}
+	}
+	return entries
+}
+
+// saveBin is the iptables-save of backend for one family.
+func saveBin(backend string, v6 bool) string {
+	if v6 {
+		return "ip6tables-" + backend + "-save"
+	}
+	return "iptables-" + backend + "-save"
+}
+
+// save is the output of backend's iptables-save for one family, with args.
+func iptablesSave(t *testing.T, backend string, v6 bool, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(saveBin(backend, v6), args...).Output()
+	if err != nil {
+		t.Fatalf("%s %s: %v", saveBin(backend, v6), strings.Join(args, " "), err)
+	}
+	return string(out)
+}
+
+// ruleLines returns the rules of chain in iptables-save output, in order, without counters.
+func chainRules(save, chain string) []string {
+	var rules []string
+	for _, line := range strings.Split(save, "\n") {
+		if strings.HasPrefix(line, "[") { // -c: "[packets:bytes] -A ..."
+			_, line, _ = strings.Cut(line, "] ")
+		}
+		if strings.HasPrefix(line, "-A "+chain+" ") {
+			rules = append(rules, line)
+		}
+	}
+	return rules
+}
+
+// packets is the packet counter of the rule of chain containing what, in iptables-save -c output; -1 if none.
+func rulePackets(save, chain, what string) int {
+	for _, line := range strings.Split(save, "\n") {
+		counters, rule, ok := strings.Cut(line, "] ")
+		if !ok || !strings.HasPrefix(rule, "-A "+chain+" ") || !strings.Contains(rule, what) {
+			continue
+		}
+		n, _ := strconv.Atoi(strings.TrimPrefix(strings.Split(counters, ":")[0], "["))
+		return n
+	}
+	return -1
+}
+
+// interceptionInPlace checks, for both families of backend, the whole rule set an agent listening on port
+// installs: the jumps first in PREROUTING, INPUT and FORWARD, exactly one DNAT rule (to port) and both guard rules.
+func interceptionInPlace(backend, port string) error {
+	for _, fam := range []struct {
+		v6     bool
+		target string
+	}{{false, stack.NodeIP + ":" + port}, {true, "[" + stack.NodeIPv6 + "]:" + port}} {
+		nat, err := exec.Command(saveBin(backend, fam.v6), "-t", "nat").Output()
+		if err != nil {
+			return fmt.Errorf("%s: %w", saveBin(backend, fam.v6), err)
+		}
+		filter, err := exec.Command(saveBin(backend, fam.v6), "-t", "filter").Output()
+		if err != nil {
+			return fmt.Errorf("%s: %w", saveBin(backend, fam.v6), err)
+		}
+		for _, j := range []struct{ save, hook, chain string }{
+			{string(nat), "PREROUTING", "IAMLET-IMDS"},
+			{string(filter), "INPUT", "IAMLET-GUARD"},
+			{string(filter), "FORWARD", "IAMLET-GUARD"},
+		} {
+			if rules := chainRules(j.save, j.hook); len(rules) == 0 || !strings.HasSuffix(rules[0], "-j "+j.chain) {
+				return fmt.Errorf("%s: %s does not jump to %s first:\n%s", saveBin(backend, fam.v6), j.hook, j.chain, j.save)
+			}
+		}
+		if dnat := chainRules(string(nat), "IAMLET-IMDS"); len(dnat) != 1 || !strings.HasSuffix(dnat[0], "-j DNAT --to-destination "+fam.target) {
+			return fmt.Errorf("%s: want exactly one DNAT rule to %s in IAMLET-IMDS:\n%s", saveBin(backend, fam.v6), fam.target, nat)
+		}
+		if guard := chainRules(string(filter), "IAMLET-GUARD"); len(guard) != 2 {
+			return fmt.Errorf("%s: want the guard's 2 rules in IAMLET-GUARD:\n%s", saveBin(backend, fam.v6), filter)
+		}
+	}
+	return nil
+}
+
+// waitRestored polls until the rules are back and returns how long that took.
+func waitRestored(t *testing.T, backend string, timeout time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	var err error
+	waitUntil(t, timeout, "the rules to be restored", func() bool {
+		err = interceptionInPlace(backend, stack.AgentPort)
+		return err == nil
+	})
+	return time.Since(start)
+}
+
+func driftRepairs(t *testing.T) float64 {
+	t.Helper()
+	m, err := stack.Scrape()
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, _ := m.Value("iamlet_iptables_drift_repairs_total", nil)
+	return v
+}
+
+func waitDriftRepairs(t *testing.T, before float64) {
+	t.Helper()
+	waitUntil(t, 5*time.Second, "iamlet_iptables_drift_repairs_total to increase", func() bool { return driftRepairs(t) > before })
+}
+
+func metadataRequests(t *testing.T) float64 {
+	t.Helper()
+	m, err := stack.Scrape()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m.Sum("iamlet_metadata_requests_total", nil)
+}
+
+// poll waits for cond, failing the test after timeout.
+func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// run runs a command in the node namespace (where the tests run), failing the test if it fails.
+func nodeRun(t *testing.T, argv ...string) {
+	t.Helper()
+	if out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v\n%s", strings.Join(argv, " "), err, out)
+	}
+}
+
+// nodeExec runs argv in the node namespace, as a hostNetwork pod would, with no credentials of its own and exactly
+// env besides; it returns stdout and stderr together.
+func nodeExec(env []string, argv0 string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, argv0, args...)
+	cmd.Env = append([]string{"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/tmp", "AWS_CONFIG_FILE=/nonexistent",
+		"AWS_SHARED_CREDENTIALS_FILE=/nonexistent", "AWS_REGION=us-east-1", "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE=IPv4"}, env...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
