@@ -53,10 +53,16 @@ func DetectBackend(ctx context.Context) (string, error) {
 		{"iptables-legacy-save", &legacy},
 		{"ip6tables-legacy-save", &legacy},
 	} {
+		var stderr bytes.Buffer
 		cmd := exec.CommandContext(ctx, c.bin)
-		cmd.Stdout = c.out
+		cmd.Stdout, cmd.Stderr = c.out, &stderr
 		// A family or backend the kernel lacks makes its save fail; like the wrapper, count that as no rules.
+		// But a save we may not run (iptables-legacy needs CAP_NET_RAW) hides rules that may be there, and
+		// guessing would install ours in the backend the node does not use: that is an error.
 		if err := cmd.Run(); err != nil {
+			if bytes.Contains(stderr.Bytes(), []byte("Permission denied")) {
+				return "", fmt.Errorf("detect iptables backend: %s: permission denied (legacy iptables needs CAP_NET_RAW; or set the backend explicitly)", c.bin)
+			}
 			errs = append(errs, fmt.Errorf("run %s: %w", c.bin, err))
 			continue
 		}

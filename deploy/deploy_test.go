@@ -1,0 +1,248 @@
+package deploy
+
+import (
+	"bufio"
+	"bytes"
+	"debug/buildinfo"
+	"debug/elf"
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/yaml"
+)
+
+// kustomizations are every directory a user may apply: the base and one overlay per CNI.
+var kustomizations = []string{"kustomize/base", "kustomize/overlays/eks", "kustomize/overlays/kops-calico", "kustomize/overlays/kops-cilium"}
+
+// TestDockerfileBuildsStaticBinaries runs the Dockerfile's own build command (there is no Docker engine here)
+// for each platform the image is published for, and checks what it made: a static, stripped binary for that
+// architecture, built without cgo and with -trimpath. A dynamically linked binary would not start on the slim base.
+func TestDockerfileBuildsStaticBinaries(t *testing.T) {
+	dockerfile, err := os.ReadFile("../Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	build := dockerfileBuild(t, string(dockerfile))
+	checkBuilderGo(t, string(dockerfile))
+	for _, p := range []struct {
+		arch    string
+		machine elf.Machine
+	}{{"amd64", elf.EM_X86_64}, {"arm64", elf.EM_AARCH64}} {
+		t.Run(p.arch, func(t *testing.T) {
+			out := t.TempDir()
+			cmd := exec.Command("sh", "-c", strings.ReplaceAll(build, "/out/", out+"/"))
+			cmd.Dir = ".."
+			cmd.Env = append(os.Environ(), "TARGETOS=linux", "TARGETARCH="+p.arch)
+			if b, err := cmd.CombinedOutput(); err != nil {
+				t.Fatalf("%s: %v\n%s", build, err, b)
+			}
+			bin := filepath.Join(out, "iamlet")
+			checkStaticELF(t, bin, p.machine)
+			info, err := buildinfo.ReadFile(bin)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// With -trimpath, go leaves -ldflags out of the build info; checkStaticELF sees -s and -w instead.
+			want := map[string]string{"CGO_ENABLED": "0", "GOOS": "linux", "GOARCH": p.arch, "-trimpath": "true"}
+			for _, s := range info.Settings {
+				if w, ok := want[s.Key]; ok {
+					if s.Value != w {
+						t.Errorf("build setting %s = %q, want %q", s.Key, s.Value, w)
+					}
+					delete(want, s.Key)
+				}
+			}
+			for k, w := range want {
+				t.Errorf("build setting %s missing, want %q", k, w)
+			}
+		})
+	}
+}
+
+// dockerfileBuild returns the shell command of the RUN instruction that runs go build, continuation lines joined.
+func dockerfileBuild(t *testing.T, dockerfile string) string {
+	t.Helper()
+	joined := strings.ReplaceAll(dockerfile, "\\\n", " ")
+	for _, line := range strings.Split(joined, "\n") {
+		if cmd, ok := strings.CutPrefix(strings.TrimSpace(line), "RUN "); ok && strings.Contains(cmd, "go build") {
+			return strings.Join(strings.Fields(cmd), " ")
+		}
+	}
+	t.Fatal("Dockerfile: no RUN instruction runs go build")
+	return ""
+}
+
+// checkBuilderGo fails if the builder image's Go is older than go.mod asks for.
+func checkBuilderGo(t *testing.T, dockerfile string) {
+	t.Helper()
+	gomod, err := os.ReadFile("../go.mod")
+	if err != nil {
+		t.Fatal(err)
+	}
+	image := regexp.MustCompile(`(?m)^FROM .*golang:1\.(\d+)`).FindStringSubmatch(dockerfile)
+	mod := regexp.MustCompile(`(?m)^go 1\.(\d+)`).FindStringSubmatch(string(gomod))
+	if image == nil || mod == nil {
+		t.Fatal("cannot find the builder image's Go version or go.mod's")
+	}
+	have, _ := strconv.Atoi(image[1]) // the patterns guarantee digits
+	need, _ := strconv.Atoi(mod[1])
+	if have < need {
+		t.Errorf("Dockerfile builds with golang:1.%s, older than go.mod's go 1.%s", image[1], mod[1])
+	}
+}
+
+func checkStaticELF(t *testing.T, bin string, machine elf.Machine) {
+	t.Helper()
+	f, err := elf.Open(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if f.Machine != machine {
+		t.Errorf("ELF machine = %v, want %v", f.Machine, machine)
+	}
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP || p.Type == elf.PT_DYNAMIC {
+			t.Errorf("binary has a %v program header: it is dynamically linked", p.Type)
+		}
+	}
+	if libs, _ := f.ImportedLibraries(); len(libs) > 0 {
+		t.Errorf("binary needs shared libraries %v", libs)
+	}
+	if f.Section(".symtab") != nil {
+		t.Error("binary has a symbol table: -ldflags -s did not apply")
+	}
+	for _, s := range f.Sections {
+		if strings.HasPrefix(s.Name, ".debug_") || strings.HasPrefix(s.Name, ".zdebug_") {
+			t.Errorf("binary has DWARF section %s: -ldflags -w did not apply", s.Name)
+		}
+	}
+}
+
+// TestDaemonSetArgsAreAgentFlags checks the agent's command line in every kustomization against the flags
+// `iamlet run` defines (an unknown flag crash-loops the agent on every node), that each $(VAR) in it is set in
+// the container's env (Kubernetes leaves an unset one as literal text), and that the token key file lies on a
+// mounted volume (the root filesystem is read-only). Helm renders the same objects: e2e/deploy_test.go compares them.
+func TestDaemonSetArgsAreAgentFlags(t *testing.T) {
+	flags := runFlags(t)
+	for _, dir := range kustomizations {
+		t.Run(dir, func(t *testing.T) {
+			ds := daemonSet(t, kustomize(t, dir))
+			c := ds.Spec.Template.Spec.Containers[0]
+			if len(c.Args) == 0 || c.Args[0] != "run" {
+				t.Fatalf("args = %q, want the run command first", c.Args)
+			}
+			env := map[string]bool{}
+			for _, e := range c.Env {
+				env[e.Name] = true
+			}
+			for _, a := range c.Args[1:] {
+				name, value, _ := strings.Cut(strings.TrimLeft(a, "-"), "=")
+				if !strings.HasPrefix(a, "--") || !flags[name] {
+					t.Errorf("arg %q: iamlet run has no flag %q", a, name)
+				}
+				for _, m := range regexp.MustCompile(`\$\((\w+)\)`).FindAllStringSubmatch(value, -1) {
+					if !env[m[1]] {
+						t.Errorf("arg %q uses $(%s), which the container's env does not set", a, m[1])
+					}
+				}
+				if name == "token-key-file" && !mounted(c.VolumeMounts, value) {
+					t.Errorf("token key file %s is not on a mounted volume: the root filesystem is read-only", value)
+				}
+			}
+		})
+	}
+}
+
+// runFlags builds cmd/iamlet and returns the flag names `iamlet run -h` lists.
+func runFlags(t *testing.T) map[string]bool {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "iamlet")
+	build := exec.Command("go", "build", "-o", bin, "./cmd/iamlet")
+	build.Dir = ".."
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build ./cmd/iamlet: %v\n%s", err, out)
+	}
+	out, err := exec.Command(bin, "run", "-h").CombinedOutput()
+	if err != nil {
+		t.Fatalf("iamlet run -h: %v\n%s", err, out)
+	}
+	flags := map[string]bool{}
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	for sc.Scan() {
+		if name, ok := strings.CutPrefix(sc.Text(), "  -"); ok {
+			flags[strings.Fields(name)[0]] = true
+		}
+	}
+	if !flags["metadata-addr"] {
+		t.Fatalf("could not read the flags from iamlet run -h:\n%s", out)
+	}
+	return flags
+}
+
+func mounted(mounts []corev1.VolumeMount, file string) bool {
+	for _, m := range mounts {
+		if filepath.Dir(file) == filepath.Clean(m.MountPath) {
+			return true
+		}
+	}
+	return false
+}
+
+// kustomize renders a kustomization directory (relative to deploy/) with kubectl's built-in kustomize.
+func kustomize(t *testing.T, dir string) []byte {
+	t.Helper()
+	if _, err := exec.LookPath("kubectl"); err != nil {
+		t.Fatal("kubectl is missing: run hack/install-stack.sh (make test does)")
+	}
+	out, err := exec.Command("kubectl", "kustomize", dir).Output()
+	if err != nil {
+		t.Fatalf("kubectl kustomize %s: %v\n%s", dir, err, stderr(err))
+	}
+	return out
+}
+
+// daemonSet returns the only DaemonSet of a YAML stream.
+func daemonSet(t *testing.T, stream []byte) *appsv1.DaemonSet {
+	t.Helper()
+	var found []*appsv1.DaemonSet
+	dec := yaml.NewYAMLOrJSONDecoder(bytes.NewReader(stream), 4096)
+	for {
+		var u unstructured.Unstructured
+		if err := dec.Decode(&u.Object); errors.Is(err, io.EOF) {
+			break
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		if u.GetKind() != "DaemonSet" {
+			continue
+		}
+		var ds appsv1.DaemonSet
+		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &ds); err != nil {
+			t.Fatal(err)
+		}
+		found = append(found, &ds)
+	}
+	if len(found) != 1 || len(found[0].Spec.Template.Spec.Containers) != 1 {
+		t.Fatalf("want one DaemonSet with one container, got %d DaemonSets", len(found))
+	}
+	return found[0]
+}
+
+func stderr(err error) string {
+	if ee, ok := err.(*exec.ExitError); ok {
+		return string(ee.Stderr)
+	}
+	return ""
+}

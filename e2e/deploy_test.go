@@ -1,0 +1,468 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	authv1 "k8s.io/api/authentication/v1"
+	authzv1 "k8s.io/api/authorization/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/types"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/iamlet/iamlet/e2e/stack"
+)
+
+// The agent's identity as the manifests in deploy/ install it.
+const (
+	agentNamespace = "iamlet-system"
+	agentUser      = "system:serviceaccount:iamlet-system:iamlet"
+	tokenPolicy    = "iamlet-token-requests"
+)
+
+// helmOnlyLabels are the chart's bookkeeping labels; everything else must match the kustomize output.
+var helmOnlyLabels = []string{"helm.sh/chart", "app.kubernetes.io/managed-by", "app.kubernetes.io/instance", "app.kubernetes.io/version"}
+
+// platforms pairs each kustomization with the Helm values that must render the same objects.
+var platforms = []struct{ name, kustomization, values string }{
+	{"default", "deploy/kustomize/base", ""},
+	{"eks", "deploy/kustomize/overlays/eks", "deploy/helm/platforms/eks.yaml"},
+	{"kops-calico", "deploy/kustomize/overlays/kops-calico", "deploy/helm/platforms/kops-calico.yaml"},
+	{"kops-cilium", "deploy/kustomize/overlays/kops-cilium", "deploy/helm/platforms/kops-cilium.yaml"},
+}
+
+// TestDeployHelmMatchesKustomize renders the chart (helm lint --strict first) and the kustomizations and
+// requires the same objects from both, Helm's bookkeeping labels aside, so neither install path drifts.
+func TestDeployHelmMatchesKustomize(t *testing.T) {
+	for _, p := range platforms {
+		args := []string{"lint", "--strict", repoPath(t, "deploy/helm/iamlet")}
+		if p.values != "" {
+			args = append(args, "-f", repoPath(t, p.values))
+		}
+		if out, err := exec.Command(helmBin(t), args...).CombinedOutput(); err != nil {
+			t.Errorf("helm %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	for _, p := range platforms {
+		t.Run(p.name, func(t *testing.T) {
+			compareObjects(t, parseObjects(t, kustomize(t, repoPath(t, p.kustomization))), parseObjects(t, helmTemplate(t, p.values)))
+		})
+	}
+	// The ServiceMonitor is a kustomize component (it needs the Prometheus Operator's CRD) and a chart value.
+	t.Run("servicemonitor", func(t *testing.T) {
+		dir := t.TempDir()
+		rel := func(p string) string { // kustomize refuses absolute paths
+			r, err := filepath.Rel(dir, repoPath(t, p))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return r
+		}
+		k := fmt.Sprintf("apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [%s]\ncomponents: [%s]\n",
+			rel("deploy/kustomize/overlays/eks"), rel("deploy/kustomize/components/servicemonitor"))
+		if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(k), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		compareObjects(t, parseObjects(t, kustomize(t, dir)),
+			parseObjects(t, helmTemplate(t, "deploy/helm/platforms/eks.yaml", "--set", "serviceMonitor.enabled=true")))
+	})
+}
+
+// TestDeployServerDryRun applies every rendering with server-side dry run and strict field validation: the
+// apiserver accepts each object as written (schemas, CEL in the admission policy, DaemonSet validation).
+func TestDeployServerDryRun(t *testing.T) {
+	// Namespaced objects are only validated in an existing namespace; a dry-run Namespace does not make one.
+	ensureNamespace(t, agentNamespace)
+	renderings := map[string][]byte{}
+	for _, p := range platforms {
+		renderings["kustomize "+p.kustomization] = kustomize(t, repoPath(t, p.kustomization))
+		renderings["helm "+p.name] = helmTemplate(t, p.values)
+	}
+	renderings["helm nft backend, more audiences, extra args"] = helmTemplate(t, "", "--set", "iptablesBackend=nft",
+		"--set", "admissionPolicy.audiences={sts.amazonaws.com,sts-b.example}", "--set", "extraArgs={--require-imdsv2}")
+	for name, stream := range renderings {
+		t.Run(name, func(t *testing.T) {
+			out, err := kubectl(stream, "apply", "--dry-run=server", "--validate=strict", "-f", "-")
+			if err != nil {
+				t.Fatalf("kubectl apply --dry-run=server: %v\n%s", err, out)
+			}
+			if n, want := strings.Count(out, "(server dry run)"), len(parseObjects(t, stream)); n != want {
+				t.Errorf("server dry run accepted %d objects, want %d:\n%s", n, want, out)
+			}
+		})
+	}
+}
+
+// TestAdmissionPolicyLimitsAgentTokens installs the manifests' RBAC and admission policy for real, then asks
+// for tokens as the agent's ServiceAccount: only Pod-bound tokens for an allowed audience pass. The refusals
+// carry the policy's name, so they come from the policy (whose `object` is the TokenRequest), not from RBAC.
+func TestAdmissionPolicyLimitsAgentTokens(t *testing.T) {
+	installAgentAccess(t)
+	ctx := context.Background()
+	agent := impersonate(t, agentUser)
+	pod := suite.NewPod(t, "deploy-token", stack.PodOptions{ServiceAccount: saA})
+	secret, err := suite.Kube.CoreV1().Secrets("default").Create(ctx,
+		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "deploy-token"}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = suite.Kube.CoreV1().Secrets("default").Delete(ctx, secret.Name, metav1.DeleteOptions{}) })
+	podRef := &authv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: types.UID(pod.UID)}
+	secretRef := &authv1.BoundObjectReference{Kind: "Secret", APIVersion: "v1", Name: secret.Name, UID: secret.UID}
+	request := func(c kubernetes.Interface, audiences []string, ref *authv1.BoundObjectReference) error {
+		secs := int64(600)
+		_, err := c.CoreV1().ServiceAccounts("default").CreateToken(ctx, saA, &authv1.TokenRequest{
+			Spec: authv1.TokenRequestSpec{Audiences: audiences, BoundObjectRef: ref, ExpirationSeconds: &secs}}, metav1.CreateOptions{})
+		return err
+	}
+
+	// RBAC and the policy take effect once the apiserver's caches have them.
+	var last error
+	if !eventually(30*time.Second, func() bool { last = request(agent, []string{stack.AudienceB}, podRef); return policyDenied(last) }) {
+		t.Fatalf("the admission policy never refused a token for another audience; last answer: %v", last)
+	}
+
+	for _, c := range []struct {
+		name      string
+		audiences []string
+		ref       *authv1.BoundObjectReference
+		allowed   bool
+	}{
+		{"sts audience bound to a pod", []string{stack.AudienceA}, podRef, true},
+		{"another audience", []string{stack.AudienceB}, podRef, false},
+		{"the apiserver's audience", []string{stack.APIServerURL}, podRef, false},
+		{"no audience (the apiserver's by default)", nil, podRef, false},
+		{"an allowed and another audience", []string{stack.AudienceA, stack.AudienceB}, podRef, false},
+		{"bound to a secret", []string{stack.AudienceA}, secretRef, false},
+		{"not bound", []string{stack.AudienceA}, nil, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			err := request(agent, c.audiences, c.ref)
+			switch {
+			case c.allowed && err != nil:
+				t.Errorf("TokenRequest(%q, %v) as the agent: %v, want a token", c.audiences, refKind(c.ref), err)
+			case !c.allowed && !policyDenied(err):
+				t.Errorf("TokenRequest(%q, %v) as the agent = %v, want a refusal from %s", c.audiences, refKind(c.ref), err, tokenPolicy)
+			}
+		})
+	}
+	t.Run("other users are not limited", func(t *testing.T) {
+		if err := request(suite.Kube, []string{stack.AudienceB}, secretRef); err != nil {
+			t.Errorf("TokenRequest as the admin: %v, want a token (the policy binds only the agent)", err)
+		}
+	})
+}
+
+// TestRBACAgentHasOnlyWhatItNeeds installs the manifests' RBAC for real and lists, as the agent, everything it
+// may do: exactly the reads and the token minting it needs, plus what every authenticated ServiceAccount has.
+func TestRBACAgentHasOnlyWhatItNeeds(t *testing.T) {
+	installAgentAccess(t)
+	need := []string{
+		"pods get", "pods list", "pods watch",
+		"serviceaccounts get", "serviceaccounts list", "serviceaccounts watch",
+		"namespaces get", "namespaces list", "namespaces watch",
+		"serviceaccounts/token create",
+	}
+	// Bootstrap ClusterRoles bound to every authenticated user (system:basic-user, system:discovery,
+	// system:public-info-viewer) or every ServiceAccount (system:service-account-issuer-discovery).
+	builtin := []string{
+		"selfsubjectaccessreviews.authorization.k8s.io create", "selfsubjectrulesreviews.authorization.k8s.io create",
+		"selfsubjectreviews.authentication.k8s.io create",
+		"get /api", "get /api/*", "get /apis", "get /apis/*", "get /openapi", "get /openapi/*",
+		"get /healthz", "get /livez", "get /readyz", "get /version", "get /version/",
+		"get /.well-known/openid-configuration", "get /.well-known/openid-configuration/", "get /openid/v1/jwks", "get /openid/v1/jwks/",
+	}
+	agent := impersonate(t, agentUser)
+	for _, ns := range []string{"default", agentNamespace} {
+		t.Run(ns, func(t *testing.T) {
+			var got []string
+			eventually(10*time.Second, func() bool { // RBAC takes effect once the authorizer's cache has it
+				got = rulesOf(t, agent, ns)
+				return containsAll(got, need)
+			})
+			for _, r := range need {
+				if !slices.Contains(got, r) {
+					t.Errorf("the agent cannot %q; it needs to", r)
+				}
+			}
+			for _, r := range got {
+				if !slices.Contains(need, r) && !slices.Contains(builtin, r) {
+					t.Errorf("the agent may %q, which it does not need", r)
+				}
+			}
+			if t.Failed() {
+				t.Logf("the agent's rules in namespace %s:\n%s", ns, strings.Join(got, "\n"))
+			}
+		})
+	}
+}
+
+// rulesOf returns what the client's user may do in ns, one "resource verb" or "verb /path" per entry.
+func rulesOf(t *testing.T, c kubernetes.Interface, ns string) []string {
+	t.Helper()
+	rev, err := c.AuthorizationV1().SelfSubjectRulesReviews().Create(context.Background(),
+		&authzv1.SelfSubjectRulesReview{Spec: authzv1.SelfSubjectRulesReviewSpec{Namespace: ns}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rev.Status.Incomplete {
+		t.Fatalf("the rules review is incomplete (%s): it cannot show that nothing else is allowed", rev.Status.EvaluationError)
+	}
+	var out []string
+	for _, r := range rev.Status.ResourceRules {
+		for _, g := range r.APIGroups {
+			for _, res := range r.Resources {
+				if g != "" {
+					res += "." + g
+				}
+				if len(r.ResourceNames) > 0 {
+					res += fmt.Sprintf(" (named %v)", r.ResourceNames)
+				}
+				for _, v := range r.Verbs {
+					out = append(out, res+" "+v)
+				}
+			}
+		}
+	}
+	for _, r := range rev.Status.NonResourceRules {
+		for _, u := range r.NonResourceURLs {
+			for _, v := range r.Verbs {
+				out = append(out, v+" "+u)
+			}
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// installAgentAccess applies the base's Namespace, ServiceAccount, RBAC and admission policy for real, and
+// removes all but the Namespace when the test ends (no controller-manager here would finish deleting it).
+func installAgentAccess(t *testing.T) {
+	t.Helper()
+	var apply, remove []any
+	objs := parseObjects(t, kustomize(t, repoPath(t, "deploy/kustomize/base")))
+	for _, key := range slices.Sorted(maps.Keys(objs)) {
+		switch objs[key]["kind"] {
+		case "DaemonSet", "Service":
+		case "Namespace":
+			apply = append(apply, objs[key])
+		default:
+			apply, remove = append(apply, objs[key]), append(remove, objs[key])
+		}
+	}
+	list := func(items []any) []byte {
+		b, err := json.Marshal(map[string]any{"apiVersion": "v1", "kind": "List", "items": items})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	if out, err := kubectl(list(apply), "apply", "-f", "-"); err != nil {
+		t.Fatalf("kubectl apply: %v\n%s", err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := kubectl(list(remove), "delete", "--ignore-not-found", "-f", "-"); err != nil {
+			t.Errorf("kubectl delete: %v\n%s", err, out)
+		}
+	})
+}
+
+// policyDenied tells whether err is the token policy failing a validation (its own message), rather than RBAC
+// or an expression that could not be evaluated.
+func policyDenied(err error) bool {
+	return apierrors.IsForbidden(err) && strings.Contains(err.Error(), "ValidatingAdmissionPolicy '"+tokenPolicy+"'") &&
+		strings.Contains(err.Error(), "denied request: iamlet may only request tokens")
+}
+
+func refKind(r *authv1.BoundObjectReference) string {
+	if r == nil {
+		return "unbound"
+	}
+	return "bound to a " + r.Kind
+}
+
+// impersonate returns a client that acts as user through the admin's kubeconfig.
+func impersonate(t *testing.T, user string) kubernetes.Interface {
+	t.Helper()
+	rc, err := clientcmd.BuildConfigFromFlags("", suite.Kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc.Impersonate = rest.ImpersonationConfig{UserName: user}
+	c, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func ensureNamespace(t *testing.T, name string) {
+	t.Helper()
+	_, err := suite.Kube.CoreV1().Namespaces().Create(context.Background(),
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+}
+
+// compareObjects fails with a unified diff unless both sets hold the same objects, Helm's labels aside.
+func compareObjects(t *testing.T, kustomized, helm map[string]map[string]any) {
+	t.Helper()
+	k, h := canonical(t, kustomized), canonical(t, helm)
+	if k == h {
+		return
+	}
+	dir := t.TempDir()
+	kf, hf := filepath.Join(dir, "kustomize"), filepath.Join(dir, "helm")
+	if err := errors.Join(os.WriteFile(kf, []byte(k), 0o600), os.WriteFile(hf, []byte(h), 0o600)); err != nil {
+		t.Fatal(err)
+	}
+	diff, _ := exec.Command("diff", "-u", kf, hf).CombinedOutput()
+	t.Errorf("kustomize and helm render different objects:\n%s", diff)
+}
+
+// canonical prints the objects sorted by kind, namespace and name, as indented JSON (sorted keys).
+func canonical(t *testing.T, objs map[string]map[string]any) string {
+	t.Helper()
+	var b strings.Builder
+	for _, key := range slices.Sorted(maps.Keys(objs)) {
+		o := objs[key]
+		for _, path := range [][]string{{"metadata", "labels"}, {"spec", "template", "metadata", "labels"}} {
+			if labels, found, _ := unstructured.NestedStringMap(o, path...); found {
+				for _, l := range helmOnlyLabels {
+					delete(labels, l)
+				}
+				if err := unstructured.SetNestedStringMap(o, labels, path...); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		j, err := json.MarshalIndent(o, "", "  ")
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(&b, "# %s\n%s\n", key, j)
+	}
+	return b.String()
+}
+
+// parseObjects reads a YAML stream into objects keyed "Kind namespace/name".
+func parseObjects(t *testing.T, stream []byte) map[string]map[string]any {
+	t.Helper()
+	out := map[string]map[string]any{}
+	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(stream), 4096)
+	for {
+		var o map[string]any
+		if err := dec.Decode(&o); errors.Is(err, io.EOF) {
+			return out
+		} else if err != nil {
+			t.Fatalf("parsing manifests: %v", err)
+		}
+		if o == nil {
+			continue
+		}
+		u := unstructured.Unstructured{Object: o}
+		key := fmt.Sprintf("%s %s/%s", u.GetKind(), u.GetNamespace(), u.GetName())
+		if _, dup := out[key]; dup {
+			t.Fatalf("%s appears twice", key)
+		}
+		out[key] = o
+	}
+}
+
+func kustomize(t *testing.T, dir string) []byte {
+	t.Helper()
+	out, err := exec.Command("kubectl", "kustomize", dir).Output()
+	if err != nil {
+		t.Fatalf("kubectl kustomize %s: %v\n%s", dir, err, exitStderr(err))
+	}
+	return out
+}
+
+// helmTemplate renders the chart as release "iamlet" in the agent's namespace, with the Namespace object (as
+// the kustomize base has it), a values file relative to the repo ("" for none) and more helm flags.
+func helmTemplate(t *testing.T, values string, flags ...string) []byte {
+	t.Helper()
+	args := []string{"template", "iamlet", repoPath(t, "deploy/helm/iamlet"), "--namespace", agentNamespace, "--set", "namespace.create=true"}
+	if values != "" {
+		args = append(args, "-f", repoPath(t, values))
+	}
+	out, err := exec.Command(helmBin(t), append(args, flags...)...).Output()
+	if err != nil {
+		t.Fatalf("helm %s: %v\n%s", strings.Join(args, " "), err, exitStderr(err))
+	}
+	return out
+}
+
+// kubectl runs kubectl against the stack's apiserver as the admin, with stdin, and returns its output.
+func kubectl(stdin []byte, args ...string) (string, error) {
+	cmd := exec.Command("kubectl", append([]string{"--kubeconfig", suite.Kubeconfig}, args...)...)
+	cmd.Stdin = bytes.NewReader(stdin)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+func helmBin(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(stack.BinDir(), "helm")
+	if _, err := os.Stat(bin); err != nil {
+		t.Fatalf("helm is missing (%v): run hack/install-stack.sh (make test does)", err)
+	}
+	return bin
+}
+
+// repoPath is a path relative to the module root, made absolute (the tests run in e2e/).
+func repoPath(t *testing.T, rel string) string {
+	t.Helper()
+	abs, err := filepath.Abs(filepath.Join("..", rel))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return abs
+}
+
+func exitStderr(err error) string {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return string(ee.Stderr)
+	}
+	return ""
+}
+
+func eventually(timeout time.Duration, cond func() bool) bool {
+	for deadline := time.Now().Add(timeout); ; time.Sleep(200 * time.Millisecond) {
+		if cond() {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
+}
+
+func containsAll(have, want []string) bool {
+	for _, w := range want {
+		if !slices.Contains(have, w) {
+			return false
+		}
+	}
+	return true
+}
