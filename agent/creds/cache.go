@@ -412,19 +412,18 @@ func (c *Cache) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for {
-		due, next := c.due(c.cfg.Clock.Now())
-		for i, e := range due {
-			if err := c.waitLimiter(ctx); err != nil {
-				c.release(due[i:])
+		if e, next := c.pick(c.cfg.Clock.Now(), false); e == nil {
+			if !c.sleep(ctx, next) {
 				return
 			}
-			wg.Go(func() { <-c.shared(ctx, e, reasonRefresh) })
-		}
-		if len(due) > 0 {
 			continue
 		}
-		if !c.sleep(ctx, next) {
+		if err := c.waitLimiter(ctx); err != nil {
 			return
+		}
+		// Choose after the wait: a pod that appeared meanwhile goes before the refresh that was first.
+		if e, _ := c.pick(c.cfg.Clock.Now(), true); e != nil {
+			wg.Go(func() { <-c.shared(ctx, e, reasonRefresh) })
 		}
 	}
 }
@@ -446,14 +445,6 @@ func (c *Cache) sleep(ctx context.Context, next time.Time) bool {
 	return true
 }
 
-func (c *Cache) release(es []*entry) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for _, e := range es {
-		e.inflight = false
-	}
-}
-
 // dueAt is when e next wants a background fetch: its rotation, or the end of its backoff. It is zero
 // (due now) for an entry never fetched.
 func dueAt(e *entry) time.Time {
@@ -464,27 +455,35 @@ func dueAt(e *entry) time.Time {
 	return at
 }
 
-// due returns the retained entries to fetch now (marking them in flight) and when the next one falls due.
-func (c *Cache) due(now time.Time) ([]*entry, time.Time) {
+// pick returns the one entry to fetch next (marking it in flight when mark is set), or when the next
+// one falls due.
+// One at a time, re-chosen after every limiter wait, so that a pod appearing during a long run of
+// refreshes is not queued behind them: never-fetched entries (a pod about to make its first request)
+// come first, then the most overdue.
+func (c *Cache) pick(now time.Time, mark bool) (*entry, time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	var due []*entry
-	var next time.Time
+	var best *entry
+	var bestAt, next time.Time
 	for _, e := range c.entries {
 		if e.inflight || !e.retained {
 			continue
 		}
 		at := dueAt(e)
-		if !at.After(now) {
-			e.inflight = true // the fetch clears it; keeps the next pass from queuing it again
-			due = append(due, e)
+		if at.After(now) {
+			if next.IsZero() || at.Before(next) {
+				next = at
+			}
 			continue
 		}
-		if next.IsZero() || at.Before(next) {
-			next = at
+		if best == nil || (!e.has && best.has) || (e.has == best.has && at.Before(bestAt)) {
+			best, bestAt = e, at
 		}
 	}
-	return due, next
+	if best != nil && mark {
+		best.inflight = true // the fetch clears it; keeps the next pass from choosing it again
+	}
+	return best, next
 }
 
 func (c *Cache) waitLimiter(ctx context.Context) error {

@@ -809,3 +809,44 @@ func TestGetFailingAfterRetainDroppedEntryReportsCause(t *testing.T) {
 		}
 	})
 }
+
+// TestRunPrefetchesNewPodsBeforeQueuedRefreshes: when refreshes are queued behind the rate limiter, a
+// pod that appears meanwhile is fetched next, not after them: its first request is imminent, while
+// the refreshes have at least 15 minutes of validity left.
+func TestRunPrefetchesNewPodsBeforeQueuedRefreshes(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		e := newEnv(t, time.Hour, creds.Config{RefreshQPS: 1, RefreshBurst: 1})
+		e.run(t)
+		var want []creds.Request
+		for i := range 5 {
+			want = append(want, request(fmt.Sprint("pod-", i), "reader"))
+		}
+		e.cache.Retain(want)
+		for range len(want) {
+			synctest.Wait()
+			e.clock.Step(time.Second)
+		}
+		synctest.Wait()
+		if n := e.fetcher.Calls(); n != len(want) {
+			t.Fatalf("prefetches = %d, want %d", n, len(want))
+		}
+		// Every entry is now due for rotation; the limiter lets one through a second.
+		e.clock.SetTime(t0.Add(31 * time.Minute))
+		synctest.Wait()
+		newcomer := request("newcomer", "reader")
+		e.cache.Retain(append(want, newcomer))
+		synctest.Wait()
+		e.clock.Step(time.Second)
+		synctest.Wait()
+		e.fetcher.mu.Lock()
+		got := e.fetcher.reqs[len(want)+1:]
+		e.fetcher.mu.Unlock()
+		if len(got) == 0 || got[0].Pod != "newcomer" {
+			var pods []string
+			for _, r := range got {
+				pods = append(pods, r.Pod)
+			}
+			t.Errorf("fetches after the newcomer appeared = %v, want the newcomer first", pods)
+		}
+	})
+}
