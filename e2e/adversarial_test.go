@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -476,5 +477,84 @@ func TestAPIServerOutage(t *testing.T) {
 			t.Fatalf("new pod not served 60 s after the apiserver returned:\n%s", r.Output())
 		}
 		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+// TestAgentKilledUnderLoad: two pods ask for credentials all the time while the agent is killed with
+// SIGKILL and restarted. During the gap they get errors (connection refused), never the node's role or
+// the other pod's; after the restart they are served again.
+func TestAgentKilledUnderLoad(t *testing.T) {
+	agent := dedicatedAgent(t)
+	loadBin, err := stack.BuildProgram(suite.Dir, "soakload", "./e2e/clients/soakload")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pods := map[*stack.Pod]string{
+		suite.NewPod(t, "killed-a", stack.PodOptions{ServiceAccount: saA}): roleName(stack.RoleARN(stack.AudienceA)),
+		suite.NewPod(t, "killed-b", stack.PodOptions{ServiceAccount: saB}): roleName(stack.RoleARN(stack.AudienceB)),
+	}
+	type summary struct {
+		Served, Markers int
+		Errors, Roles   map[string]int
+		KeyIDs          map[string]int
+	}
+	results := map[*stack.Pod]*summary{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for p := range pods {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := p.Exec(context.Background(), nil, loadBin, "-for", "12s", "-every", "50ms", "-markers", strings.Join(stack.Markers, ","))
+			var s summary
+			if err := json.Unmarshal([]byte(r.Stdout), &s); err != nil {
+				t.Errorf("%s: %v\n%s", p.Name, err, r.Output())
+				return
+			}
+			mu.Lock()
+			results[p] = &s
+			mu.Unlock()
+		}()
+	}
+	waitMetric(t, "both pods being served", 10*time.Second, func(m stack.Metrics) bool {
+		return m.Sum("iamlet_pod_credential_requests_total", map[string]string{"outcome": "hit"}) >= 10
+	})
+	agent.Kill()
+	restarted, err := agent.Restart()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(restarted.Stop)
+	if err := restarted.WaitHTTP("http://"+stack.AgentMetricsAddr+"/readyz", 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	waitMetric(t, "the restarted agent serving again", 10*time.Second, func(m stack.Metrics) bool {
+		return m.Sum("iamlet_pod_credential_requests_total", nil) >= 4
+	})
+	wg.Wait()
+	keys := map[string]string{}
+	for p, role := range pods {
+		s := results[p]
+		if s == nil {
+			continue
+		}
+		if s.Markers > 0 {
+			t.Errorf("%s saw the node's secrets %d times", p.Name, s.Markers)
+		}
+		for r := range s.Roles {
+			if r != role {
+				t.Errorf("%s (role %s) was served role %s", p.Name, role, r)
+			}
+		}
+		for k := range s.KeyIDs {
+			if other, ok := keys[k]; ok {
+				t.Errorf("access key %s served to both %s and %s", k, other, p.Name)
+			}
+			keys[k] = p.Name
+		}
+		if s.Served == 0 {
+			t.Errorf("%s was never served", p.Name)
+		}
+		t.Logf("%s: %d answers served, errors during the gap: %v", p.Name, s.Served, s.Errors)
 	}
 }
