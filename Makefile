@@ -43,8 +43,13 @@ fuzz:
 soak: install-stack
 	$(GO) run ./e2e/soak
 
-bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./...
+# Benchmarks (issue 8): the hot path's Go micro-benchmarks, then the real stack (root, network namespaces) with iamlet
+# and a same-run baseline for every figure. Writes bench/results.md, bench/results.json and bench/plots/*.png; 6-7 min here.
+BENCH_PKGS ?= ./metadata/ ./agent/creds/ ./agent/pods/
+bench: install-stack
+	$(GO) test -run '^$$' -bench . -benchmem -count 3 -benchtime 300ms $(BENCH_PKGS) > bench/micro.tmp || { cat bench/micro.tmp; exit 1; }
+	@cat bench/micro.tmp
+	$(GO) run ./bench/cmd/iamlet-bench -micro bench/micro.tmp -out bench
 
 image:
 	docker build -t iamlet:dev .

@@ -1,0 +1,230 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/iamlet/iamlet/agent/roles"
+	"github.com/iamlet/iamlet/e2e/stack"
+	"github.com/iamlet/iamlet/iptables"
+)
+
+// The floor's addresses: a link-local address of its own, DNATed in the node namespace to a port on
+// the node address, exactly as 169.254.169.254:80 is DNATed to iamlet on NodeIP:8181.
+const (
+	floorVIP    = "169.254.170.254"
+	floorPort   = "18181"
+	floorChain  = "IAMLET-BENCH-FLOOR"
+	credsExpect = `"AccessKeyId"`
+)
+
+// cachedConcurrency are the client counts of workload 1.
+var cachedConcurrency = []int{1, 16, 256}
+
+// cached is workload 1: a pod asks for its cached credentials through the DNAT path, at 1, 16 and 256
+// concurrent keep-alive clients; the same load goes to the floor server through a DNAT rule of its own.
+// The per-pod connection and request limits are off: they exist to throttle a pod this busy.
+func (b *bench) cached(ctx context.Context) error {
+	return phase(func(t *tb) error {
+		ag, err := b.startAgent("iamlet-cached", "--max-conns-per-pod=0", "--requests-per-pod=0")
+		if err != nil {
+			return err
+		}
+		t.Cleanup(ag.stop)
+		pod := b.s.NewPod(t, "load", stack.PodOptions{ServiceAccount: stack.SAA})
+		if err := waitStatus(ctx, "the load pod's credentials", 30*time.Second, func(st agentStatus) bool {
+			return podStates(st)["default/load"].State == "valid"
+		}); err != nil {
+			return err
+		}
+		path := credsPath()
+		agentURL := "http://" + stack.IMDSv4 + path
+		floorURL := "http://" + floorVIP + path
+
+		// The floor answers the bytes iamlet answered this pod.
+		body := filepath.Join(b.s.Dir, "floor-body.json")
+		if _, err := b.loadgen(ctx, pod.NetNS, "-url", agentURL, "-c", "1", "-n", "1", "-warmup", "0", "-token", "-expect", credsExpect, "-body-out", body); err != nil {
+			return fmt.Errorf("first request through iamlet: %w", err)
+		}
+		floor, err := b.startFloor(t, path, body)
+		if err != nil {
+			return err
+		}
+		if _, err := b.loadgen(ctx, pod.NetNS, "-url", floorURL, "-c", "1", "-n", "1", "-warmup", "0", "-token", "-expect", credsExpect); err != nil {
+			return fmt.Errorf("first request through the floor's DNAT rule: %w", err)
+		}
+
+		m0, err := scrape()
+		if err != nil {
+			return err
+		}
+		dur, runs := "2s", b.o.runs
+		if b.o.quick {
+			dur, runs = "1s", 3
+		}
+		for _, c := range cachedConcurrency {
+			pt := CachedPoint{Clients: c}
+			for r := range runs {
+				// Alternate which goes first, so drift in the machine's load falls on both alike.
+				order := []bool{true, false}
+				if r%2 == 1 {
+					order = []bool{false, true}
+				}
+				for _, toAgent := range order {
+					url, pid := floorURL, floor.Pid()
+					if toAgent {
+						url, pid = agentURL, ag.p.Pid()
+					}
+					cpu0 := cpuOf(pid)
+					l, err := b.loadgen(ctx, pod.NetNS, "-url", url, "-c", strconv.Itoa(c), "-d", dur, "-warmup", "300ms", "-token", "-expect", credsExpect)
+					if err != nil {
+						return err
+					}
+					if l.All > 0 {
+						l.ServerCPUPerReq = float64((cpuOf(pid) - cpu0).Microseconds()) / float64(l.All)
+					}
+					if toAgent {
+						pt.Agent = append(pt.Agent, l)
+					} else {
+						pt.Floor = append(pt.Floor, l)
+					}
+					who := "floor "
+					if toAgent {
+						who = "iamlet"
+					}
+					logf("cached c=%-3d run %d %s: %7.0f req/s p50 %6.0fus p99 %6.0fus p99.9 %6.0fus errors %d %s",
+						c, r+1, who, l.RPS, l.P50, l.P99, l.P999, l.Errors, l.FirstError)
+				}
+			}
+			b.res.Cached = append(b.res.Cached, pt)
+		}
+		m1, err := scrape()
+		if err != nil {
+			return err
+		}
+		if b.o.perf != "" {
+			for _, tg := range []struct {
+				name, url string
+				pid       int
+			}{{"iamlet", agentURL, ag.p.Pid()}, {"floor", floorURL, floor.Pid()}} {
+				if err := b.profile(ctx, tg.name, tg.pid, func() error {
+					_, err := b.loadgen(ctx, pod.NetNS, "-url", tg.url, "-c", "16", "-d", "3s", "-warmup", "0", "-token", "-expect", credsExpect)
+					return err
+				}); err != nil {
+					return err
+				}
+			}
+		}
+		served := map[string]string{"class": "credentials", "outcome": "served"}
+		b.res.Economy.CachedRequests = m1.Sum("iamlet_metadata_requests_total", served) - m0.Sum("iamlet_metadata_requests_total", served)
+		b.res.Economy.CachedSTSCalls = stsCalls(m1) - stsCalls(m0)
+		if st, err := status(); err == nil {
+			if p := podStates(st)["default/load"]; p.Expiration != nil && p.LastRefresh != nil {
+				b.res.Economy.SessionSeconds = p.Expiration.Sub(*p.LastRefresh).Seconds()
+			}
+		}
+		return nil
+	})
+}
+
+// startFloor runs the floor server answering the bytes in file body on path, and its DNAT rule; both
+// go when t's phase ends.
+func (b *bench) startFloor(t *tb, path, body string) (*stack.Proc, error) {
+	floor, err := stack.StartProc(b.s.Dir, "floor", nil, b.bins.floor, "-addr", stack.NodeIP+":"+floorPort, "-path", path, "-body", body)
+	if err != nil {
+		return nil, err
+	}
+	t.Cleanup(floor.Stop)
+	if err := floor.WaitHTTP("http://"+stack.NodeIP+":"+floorPort+path, 10*time.Second); err != nil {
+		return nil, err
+	}
+	undo, err := floorDNAT("ia" + b.s.Run + "+")
+	if err != nil {
+		return nil, err
+	}
+	t.Cleanup(undo)
+	return floor, nil
+}
+
+// floorDNAT installs the floor's DNAT rule in a chain of its own in the node namespace's nat table,
+// with the backend iamlet uses, jumped to from PREROUTING after iamlet's own chain, and returns its
+// removal.
+func floorDNAT(iface string) (func(), error) {
+	backend, err := iptables.DetectBackend(context.Background())
+	if err != nil {
+		return nil, err
+	}
+	ipt := func(args ...string) error {
+		// -w bounds the wait for the xtables lock; removal must work after ctx has ended, so no ctx here.
+		if out, err := exec.Command("iptables-"+backend, append([]string{"-w", "5"}, args...)...).CombinedOutput(); err != nil {
+			return fmt.Errorf("iptables-%s %s: %v: %s", backend, strings.Join(args, " "), err, out)
+		}
+		return nil
+	}
+	jump := []string{"-m", "comment", "--comment", "iamlet-bench: floor", "-j", floorChain}
+	rule := []string{"-i", iface, "-d", floorVIP + "/32", "-p", "tcp", "--dport", "80",
+		"-m", "comment", "--comment", "iamlet-bench: floor dnat", "-j", "DNAT", "--to-destination", stack.NodeIP + ":" + floorPort}
+	remove := func() {
+		_ = ipt(append([]string{"-t", "nat", "-D", "PREROUTING"}, jump...)...)
+		_ = ipt("-t", "nat", "-F", floorChain)
+		_ = ipt("-t", "nat", "-X", floorChain)
+	}
+	for _, args := range [][]string{
+		{"-t", "nat", "-N", floorChain},
+		append([]string{"-t", "nat", "-A", floorChain}, rule...),
+		append([]string{"-t", "nat", "-A", "PREROUTING"}, jump...),
+	} {
+		if err := ipt(args...); err != nil {
+			remove()
+			return nil, err
+		}
+	}
+	return remove, nil
+}
+
+// credsPath is the credential document of role A, the fixtures' ServiceAccount SAA's role.
+func credsPath() string {
+	return "/latest/meta-data/iam/security-credentials/" + roles.RoleName(stack.RoleARN(stack.AudienceA))
+}
+
+// profile records pid's CPU with perf while load runs, and writes perf's report next to the data.
+func (b *bench) profile(ctx context.Context, name string, pid int, load func() error) error {
+	if err := os.MkdirAll(b.o.perf, 0o755); err != nil {
+		return err
+	}
+	data := filepath.Join(b.o.perf, name+".perf.data")
+	rec := exec.CommandContext(ctx, "perf", "record", "-F", "1999", "-g", "-p", strconv.Itoa(pid), "-o", data, "--", "sleep", "3")
+	if err := rec.Start(); err != nil {
+		return err
+	}
+	lerr := load()
+	if err := rec.Wait(); err != nil {
+		return fmt.Errorf("perf record: %w", err)
+	}
+	if lerr != nil {
+		return lerr
+	}
+	for _, r := range []struct {
+		file string
+		args []string
+	}{
+		{name + ".flat.txt", []string{"report", "-i", data, "--stdio", "--no-children", "--sort", "symbol", "-g", "none"}},
+		{name + ".cum.txt", []string{"report", "-i", data, "--stdio", "--children", "--sort", "symbol", "-g", "none"}},
+	} {
+		out, err := exec.CommandContext(ctx, "perf", r.args...).Output()
+		if err != nil {
+			return fmt.Errorf("perf report: %w", err)
+		}
+		if err := os.WriteFile(filepath.Join(b.o.perf, r.file), out, 0o644); err != nil {
+			return err
+		}
+	}
+	logf("profile of %s under 16 clients: %s", name, b.o.perf)
+	return nil
+}

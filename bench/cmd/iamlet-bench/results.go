@@ -1,0 +1,204 @@
+package main
+
+import (
+	"github.com/iamlet/iamlet/bench/loadresult"
+	"os/exec"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Results is everything one run measured, raw (every run of every figure), so the report can be
+// re-rendered and the medians checked.
+type Results struct {
+	Started  time.Time `json:"started"`
+	Seconds  float64   `json:"seconds"`
+	Runs     int       `json:"runs"`
+	Quick    bool      `json:"quick,omitempty"`
+	Host     HostInfo  `json:"host"`
+	Failures []string  `json:"failures,omitempty"`
+
+	Cached    []CachedPoint   `json:"cached,omitempty"`
+	Cold      []ColdRun       `json:"cold,omitempty"`
+	Herd      []HerdRun       `json:"herd,omitempty"`
+	Churn     []ChurnRun      `json:"churn,omitempty"`
+	Scale     []ScaleRun      `json:"scale,omitempty"`
+	StartBase []StartBaseline `json:"start_baseline,omitempty"`
+	Economy   Economy         `json:"economy"`
+	Refresh   []RefreshSim    `json:"refresh,omitempty"`
+	Micro     []Micro         `json:"micro,omitempty"`
+}
+
+// HostInfo says where and on what the numbers were taken.
+type HostInfo struct {
+	CPUs       int     `json:"cpus"`
+	CPUModel   string  `json:"cpu_model"`
+	MemGiB     float64 `json:"mem_gib"`
+	Kernel     string  `json:"kernel"`
+	GoVersion  string  `json:"go_version"`
+	Commit     string  `json:"commit"`
+	LoadBefore string  `json:"load_before"`
+	LoadAfter  string  `json:"load_after"`
+}
+
+// Load is one loadgen run (its JSON) plus the server's CPU time over it.
+type Load struct {
+	loadresult.Result
+	// ServerCPUPerReq is the server process's user+system CPU time over the whole loadgen run, per
+	// request (warm-up included), in microseconds.
+	ServerCPUPerReq float64 `json:"server_cpu_us_per_req"`
+}
+
+// CachedPoint is workload 1 at one concurrency: every run against iamlet and against the floor.
+type CachedPoint struct {
+	Clients int    `json:"clients"`
+	Agent   []Load `json:"agent"`
+	Floor   []Load `json:"floor"`
+}
+
+// ColdRun is one cold answer (workload 2) and its baseline, in milliseconds.
+type ColdRun struct {
+	TotalMS    float64 `json:"total_ms"` // the pod's GET, as the pod timed it
+	TokenMS    float64 `json:"token_ms"` // the agent's TokenRequest (its histogram's sum)
+	STSMS      float64 `json:"sts_ms"`   // the agent's AssumeRoleWithWebIdentity
+	Outcome    string  `json:"outcome"`  // the agent's count for the pod: "miss" expected
+	STSCalls   float64 `json:"sts_calls"`
+	BaseToken  float64 `json:"base_token_ms"`
+	BaseSTS    float64 `json:"base_sts_ms"`
+	BaseFailed string  `json:"base_failed,omitempty"`
+}
+
+// OverheadMS is the cold answer's time not spent in TokenRequest or STS.
+func (c ColdRun) OverheadMS() float64 { return c.TotalMS - c.TokenMS - c.STSMS }
+
+// BaseMS is the baseline's total.
+func (c ColdRun) BaseMS() float64 { return c.BaseToken + c.BaseSTS }
+
+// HerdRun is one burst of concurrent cold requests from one pod (workload 5).
+type HerdRun struct {
+	Requests int     `json:"requests"`
+	OK       int64   `json:"ok"`
+	STSCalls float64 `json:"sts_calls"`
+	Fetches  float64 `json:"fetches"`
+	P50MS    float64 `json:"p50_ms"`
+	MaxMS    float64 `json:"max_ms"`
+	// The same burst against the floor server (the answer already in hand): the latency baseline.
+	FloorP50MS float64 `json:"floor_p50_ms"`
+	FloorMaxMS float64 `json:"floor_max_ms"`
+}
+
+// ChurnRun is one burst of pod creation at a fixed rate (workload 3).
+type ChurnRun struct {
+	Rate       int       `json:"rate"`
+	Pods       int       `json:"pods"`
+	CreateSecs float64   `json:"create_secs"`  // how long creating them took (rate check)
+	ToCachedMS []float64 `json:"to_cached_ms"` // from the status update's sending
+	StatusMS   []float64 `json:"status_update_ms"`
+	NotCached  int       `json:"not_cached"`
+	// First requests, made from pod network namespaces 1 s after the pod's IP reached the API.
+	Checked    int     `json:"checked"`
+	Hits       int     `json:"hits"`
+	Misses     int     `json:"misses"`
+	Failed     int     `json:"failed"`
+	LateMS     float64 `json:"late_ms"` // the latest a first request was sent after IP+1s (exec overhead)
+	STSCalls   float64 `json:"sts_calls"`
+	RefreshQPS float64 `json:"refresh_qps"`
+}
+
+// ScaleRun is one agent process with NodePods on its node and ClusterPods elsewhere (workloads 4, 6).
+type ScaleRun struct {
+	NodePods    int     `json:"node_pods"`
+	ClusterPods int     `json:"cluster_pods"`
+	ClusterSAs  int     `json:"cluster_service_accounts"`
+	StartupMS   float64 `json:"startup_ms"`   // process start to /readyz 200
+	InitMS      float64 `json:"init_ms"`      // process start to "waiting for informers to sync" (Go init, flags, clients)
+	RulesMS     float64 `json:"rules_ms"`     // process start to "interception rules in place" (informers synced, listeners, iptables)
+	AllCachedS  float64 `json:"all_cached_s"` // process start to every node pod's credentials cached
+	RSSMiB      float64 `json:"rss_mib"`
+	HeapMiB     float64 `json:"heap_inuse_mib"`
+	HeapGoalMiB float64 `json:"heap_goal_mib"` // the GC's next goal: about twice the heap live after the last GC
+	CPUStartS   float64 `json:"cpu_start_s"`   // CPU time from start until every pod was cached
+	IdleCPUPct  float64 `json:"idle_cpu_pct"`
+	Goroutines  float64 `json:"goroutines"`
+}
+
+// StartBaseline is what start-up cannot go below on this machine, measured in the same run: a trivial Go
+// server's exec to first answer, the agent's own informers (agent/pods, agent/roles) run in-process until
+// synced, and the iptables detection, inspection and conntrack flush it does when its rules are in place.
+type StartBaseline struct {
+	ClusterPods int     `json:"cluster_pods"`
+	ProcMS      float64 `json:"proc_ms"`
+	SyncMS      float64 `json:"sync_ms"`
+	IptablesMS  float64 `json:"iptables_ms"`
+	// NoIptablesMS is iamlet's own exec to /readyz with --iptables=false: its start-up without the
+	// interception step.
+	NoIptablesMS float64 `json:"no_iptables_ms"`
+}
+
+// Economy counts STS calls against what they served.
+type Economy struct {
+	CachedRequests float64 `json:"cached_requests"` // credential documents served during workload 1
+	CachedSTSCalls float64 `json:"cached_sts_calls"`
+	ChurnPods      int     `json:"churn_pods"`
+	ChurnSTSCalls  float64 `json:"churn_sts_calls"`
+	SessionSeconds float64 `json:"session_seconds"` // the session length the agent obtained (Expiration - LastRefresh)
+	ColdRequests   int     `json:"cold_requests"`
+	ColdSTSCalls   float64 `json:"cold_sts_calls"`
+}
+
+// Micro is one Go micro-benchmark: medians over -count runs.
+type Micro struct {
+	Pkg      string             `json:"pkg"`
+	Name     string             `json:"name"`
+	Runs     int                `json:"runs"`
+	NsPerOp  float64            `json:"ns_per_op"`
+	BPerOp   float64            `json:"b_per_op"`
+	Allocs   float64            `json:"allocs_per_op"`
+	Extra    map[string]float64 `json:"extra,omitempty"`
+	NsSpread [2]float64         `json:"ns_spread"` // min, max
+}
+
+// median of xs (NaN-free); 0 for none.
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	n := len(s)
+	if n%2 == 1 {
+		return s[n/2]
+	}
+	return (s[n/2-1] + s[n/2]) / 2
+}
+
+// percentile of xs, nearest rank.
+func percentile(xs []float64, q float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	i := int(q*float64(len(s))+0.999999) - 1
+	return s[min(max(i, 0), len(s)-1)]
+}
+
+func medianOf[T any](xs []T, f func(T) float64) float64 {
+	v := make([]float64, 0, len(xs))
+	for _, x := range xs {
+		v = append(v, f(x))
+	}
+	return median(v)
+}
+
+func gitDescribe() string {
+	out, err := exec.Command("git", "rev-parse", "--short", "HEAD").Output()
+	if err != nil {
+		return "unknown"
+	}
+	c := strings.TrimSpace(string(out))
+	if st, err := exec.Command("git", "status", "--porcelain", "--untracked-files=no").Output(); err == nil && len(strings.TrimSpace(string(st))) > 0 {
+		c += " (with uncommitted changes)"
+	}
+	return c
+}
