@@ -78,7 +78,7 @@ func TestAttackPathsAreRefused(t *testing.T) {
 	for _, addr := range []string{stack.IMDSv4 + ":80", "[fd00:ec2::254]:80"} {
 		for _, token := range []bool{false, true} {
 			t.Run(fmt.Sprintf("%s/token=%v", addr, token), func(t *testing.T) {
-				args := []string{probeBin(t), "-addr", addr}
+				args := []string{clientBin(t, "probe"), "-addr", addr}
 				if token {
 					args = append(args, "-token")
 				}
@@ -107,7 +107,7 @@ func TestTokenReplayAndForgery(t *testing.T) {
 	b := suite.NewPod(t, "token-b", stack.PodOptions{ServiceAccount: saB})
 	mint := func(p *stack.Pod, ttl int) string {
 		t.Helper()
-		r := p.Exec(ctx, nil, probeBin(t), "-H", fmt.Sprintf("X-aws-ec2-metadata-token-ttl-seconds: %d", ttl), "PUT /latest/api/token")
+		r := p.Exec(ctx, nil, clientBin(t, "probe"), "-H", fmt.Sprintf("X-aws-ec2-metadata-token-ttl-seconds: %d", ttl), "PUT /latest/api/token")
 		ans := parseProbe(r.Stdout)
 		if len(ans) != 1 || ans[0].status != "200" {
 			t.Fatalf("token PUT from %s: %s", p.Name, r.Output())
@@ -116,7 +116,7 @@ func TestTokenReplayAndForgery(t *testing.T) {
 	}
 	credsWith := func(p *stack.Pod, token string) probeAnswer {
 		t.Helper()
-		r := p.Exec(ctx, nil, probeBin(t), "-H", "X-aws-ec2-metadata-token: "+token, "/latest/meta-data/iam/security-credentials/")
+		r := p.Exec(ctx, nil, clientBin(t, "probe"), "-H", "X-aws-ec2-metadata-token: "+token, "/latest/meta-data/iam/security-credentials/")
 		ans := parseProbe(r.Stdout)
 		if len(ans) != 1 {
 			t.Fatalf("probe from %s: %s", p.Name, r.Output())
@@ -179,7 +179,7 @@ func TestIPReuseRace(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r := b.Exec(ctx, nil, append([]string{probeBin(t), "-token"}, reqs...)...)
+			r := b.Exec(ctx, nil, append([]string{clientBin(t, "probe"), "-token"}, reqs...)...)
 			mu.Lock()
 			outs = append(outs, r.Output())
 			mu.Unlock()
@@ -211,7 +211,7 @@ func TestTwoPodsOneAddress(t *testing.T) {
 	d.SetStatus(t, c.IP, c.IPv6)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		r := c.Exec(context.Background(), nil, probeBin(t), "-token", "/latest/meta-data/iam/security-credentials/")
+		r := c.Exec(context.Background(), nil, clientBin(t, "probe"), "-token", "/latest/meta-data/iam/security-credentials/")
 		ans := parseProbe(r.Stdout)
 		if len(ans) == 1 && ans[0].status == "403" {
 			break
@@ -240,7 +240,7 @@ func TestRoleOfAnotherNamespace(t *testing.T) {
 		t.Errorf("team-a's own role: %v\n%s", r.Err, r.Output())
 	}
 	for _, p := range []*stack.Pod{pThief, pUnlisted} {
-		r := p.Exec(ctx, nil, probeBin(t), "-token", "/latest/meta-data/iam/security-credentials/")
+		r := p.Exec(ctx, nil, clientBin(t, "probe"), "-token", "/latest/meta-data/iam/security-credentials/")
 		if ans := parseProbe(r.Stdout); len(ans) != 1 || ans[0].status != "403" {
 			t.Errorf("%s/%s: want 403, got:\n%s", p.Namespace, p.Name, r.Output())
 		}
@@ -254,10 +254,7 @@ func TestProtocolAbuse(t *testing.T) {
 	ctx := context.Background()
 	bad := suite.NewPod(t, "abuser", stack.PodOptions{ServiceAccount: saA})
 	good := suite.NewPod(t, "bystander", stack.PodOptions{ServiceAccount: saB})
-	abuseBin, err := stack.BuildProgram(suite.Dir, "abuse", "./e2e/clients/abuse")
-	if err != nil {
-		t.Fatal(err)
-	}
+	abuseBin := clientBin(t, "abuse")
 	single := map[string]func(string) bool{
 		"bigheader": func(out string) bool { return strings.Contains(out, "status 431") || strings.Contains(out, "error") },
 		"bigbody":   func(out string) bool { return !strings.Contains(out, "status 200") },
@@ -315,7 +312,7 @@ func TestSourceAddressSpoofing(t *testing.T) {
 					t.Fatalf("sysctl %s: %v: %s", k, err, out)
 				}
 			}
-			r := spoofer.Exec(ctx, nil, spoofDialer(t), victim.IP, stack.IMDSv4+":80")
+			r := spoofer.Exec(ctx, nil, clientBin(t, "spoofdial"), victim.IP, stack.IMDSv4+":80")
 			assertNoNodeSecrets(t, "spoofed", r.Output())
 			if strings.Contains(r.Stdout, "connected") {
 				t.Errorf("a connection with the victim's source address completed:\n%s", r.Output())
@@ -323,21 +320,6 @@ func TestSourceAddressSpoofing(t *testing.T) {
 		})
 	}
 	_ = exec.Command("sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0").Run()
-}
-
-var spoofPath string
-
-// spoofDialer builds a tiny program that dials addr from a chosen source address.
-func spoofDialer(t *testing.T) string {
-	t.Helper()
-	if spoofPath == "" {
-		p, err := stack.BuildProgram(suite.Dir, "spoofdial", "./e2e/clients/spoofdial")
-		if err != nil {
-			t.Fatal(err)
-		}
-		spoofPath = p
-	}
-	return spoofPath
 }
 
 // stsFaults sits between the agent and MinIO and fails chosen roles' AssumeRoleWithWebIdentity calls.
@@ -413,7 +395,7 @@ func TestSTSFaultsForOneRole(t *testing.T) {
 			for range 30 {
 				reqs = append(reqs, "/latest/meta-data/iam/security-credentials/")
 			}
-			r := b.Exec(ctx, nil, append([]string{probeBin(t), "-token"}, reqs...)...)
+			r := b.Exec(ctx, nil, append([]string{clientBin(t, "probe"), "-token"}, reqs...)...)
 			for _, ans := range parseProbe(r.Stdout) {
 				if ans.status != c.status || !strings.Contains(ans.body, "iamlet: ") {
 					t.Errorf("role B with STS answering %s: %s %q, want %s", c.code, ans.status, ans.body, c.status)
@@ -457,7 +439,7 @@ func TestAPIServerOutage(t *testing.T) {
 	if r := known.Exec(ctx, nil, suite.gov2Bin, "-endpoint", stack.MinIOFromPods, "-bucket", stack.Bucket); !strings.Contains(r.Stdout, "get ok") {
 		t.Errorf("known pod during the apiserver outage: %v\n%s", r.Err, r.Output())
 	}
-	r := late.Exec(ctx, nil, probeBin(t), "-token", "/latest/meta-data/iam/security-credentials/")
+	r := late.Exec(ctx, nil, clientBin(t, "probe"), "-token", "/latest/meta-data/iam/security-credentials/")
 	if ans := parseProbe(r.Stdout); len(ans) != 1 || ans[0].status != "403" {
 		t.Errorf("unknown address during the outage: want 403, got:\n%s", r.Output())
 	}
@@ -485,10 +467,7 @@ func TestAPIServerOutage(t *testing.T) {
 // the other pod's; after the restart they are served again.
 func TestAgentKilledUnderLoad(t *testing.T) {
 	agent := dedicatedAgent(t)
-	loadBin, err := stack.BuildProgram(suite.Dir, "soakload", "./e2e/clients/soakload")
-	if err != nil {
-		t.Fatal(err)
-	}
+	loadBin := clientBin(t, "soakload")
 	pods := map[*stack.Pod]string{
 		suite.NewPod(t, "killed-a", stack.PodOptions{ServiceAccount: saA}): roleName(stack.RoleARN(stack.AudienceA)),
 		suite.NewPod(t, "killed-b", stack.PodOptions{ServiceAccount: saB}): roleName(stack.RoleARN(stack.AudienceB)),

@@ -53,19 +53,7 @@ type sdk struct {
 }
 
 // The aws-sdk-go v1 program and the JavaScript client, built or put in place on first use.
-var gov1Path, jsPath string
-
-func gov1Bin(t *testing.T) string {
-	t.Helper()
-	if gov1Path == "" {
-		p, err := stack.BuildProgram(suite.Dir, "gov1", "./e2e/clients/gov1")
-		if err != nil {
-			t.Fatal(err)
-		}
-		gov1Path = p
-	}
-	return gov1Path
-}
+var jsPath string
 
 func jsScript(t *testing.T) string {
 	t.Helper()
@@ -82,7 +70,7 @@ func jsScript(t *testing.T) string {
 // sdks lists the clients, cheapest first.
 func sdks(t *testing.T) []sdk {
 	t.Helper()
-	gov1, js := gov1Bin(t), jsScript(t)
+	gov1, js := clientBin(t, "gov1"), jsScript(t)
 	s3 := []string{"-endpoint", stack.MinIOFromPods, "-bucket", stack.Bucket}
 	s3long := []string{"--endpoint", stack.MinIOFromPods, "--bucket", stack.Bucket}
 	// botocore 1.29 (boto3 1.26, and the copy inside awscli 2.9) predates EKS Pod Identity support
@@ -420,7 +408,7 @@ func probe(t *testing.T, p *stack.Pod, addr string, args ...string) []probeBlock
 	if addr == "" {
 		addr = stack.IMDSv4 + ":80"
 	}
-	r := p.Exec(context.Background(), nil, append([]string{probeBin(t), "-addr", addr}, args...)...)
+	r := p.Exec(context.Background(), nil, append([]string{clientBin(t, "probe"), "-addr", addr}, args...)...)
 	assertNoNodeSecrets(t, "probe", r.Output())
 	if r.Err != nil {
 		t.Fatalf("probe %v in %s: %v\n%s", args, p.Name, r.Err, r.Output())
@@ -467,7 +455,7 @@ func servedDoc(t *testing.T, p *stack.Pod, token bool) credentialDocument {
 // with a per-process key costs, and why deployments should persist --token-key-file. (aws-sdk-go-v2
 // holds its token for 300 s too; botocore and the JS SDK fetch a token per credential fetch.)
 func TestConformanceHeldTokens(t *testing.T) {
-	gov1 := gov1Bin(t)
+	gov1 := clientBin(t, "gov1")
 	p := suite.NewPod(t, "held-token", stack.PodOptions{ServiceAccount: saA})
 	agent := dedicatedAgent(t)
 	sess, err := p.Start(context.Background(), nil, gov1, "-refetch")
@@ -532,7 +520,7 @@ func TestConformanceHeldTokens(t *testing.T) {
 // document must also parse the way aws-sdk-go-v2 parses it (a time.Time pendingTime).
 func TestConformanceRegion(t *testing.T) {
 	sharedAgent(t)
-	gov1, js := gov1Bin(t), jsScript(t)
+	gov1, js := clientBin(t, "gov1"), jsScript(t)
 	p := suite.NewPod(t, "region", stack.PodOptions{ServiceAccount: saA})
 	b := probe(t, p, "", "-token", "/latest/meta-data/placement/region", "/latest/meta-data/placement/availability-zone/",
 		"/latest/dynamic/instance-identity/document")

@@ -38,6 +38,21 @@ func waitMetric(t *testing.T, what string, timeout time.Duration, cond func(stac
 	}
 }
 
+// untilClientSays runs the gov2 client in p until its output contains want, for at most 20 s.
+func untilClientSays(t *testing.T, p *stack.Pod, want, what string) stack.Result {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		r := p.Exec(context.Background(), nil, suite.gov2Bin, "-endpoint", stack.MinIOFromPods, "-bucket", stack.Bucket)
+		if strings.Contains(r.Stdout, want) {
+			return r
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("waiting for %s: not within 20 s:\n%s", what, r.Output())
+		}
+	}
+}
+
 // akid returns the access key id the gov2 client printed.
 func akid(t *testing.T, out string) string {
 	t.Helper()
@@ -140,16 +155,7 @@ func TestRoleAnnotationChangeSwitchesRole(t *testing.T) {
 	if _, err := suite.Kube.CoreV1().ServiceAccounts("default").Patch(ctx, sa, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		r = p.Exec(ctx, nil, suite.gov2Bin, "-endpoint", stack.MinIOFromPods, "-bucket", stack.Bucket)
-		if strings.Contains(r.Stdout, "put ok") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("pod still has role A 20 s after the annotation changed:\n%s", r.Output())
-		}
-	}
+	r = untilClientSays(t, p, "put ok", "the pod to receive role B after the annotation changed")
 	checkAccess(t, p.Name, r.Stdout, "get", false)
 	if akid(t, r.Stdout) == before {
 		t.Errorf("same access key id after the role changed")
@@ -164,7 +170,7 @@ func TestNamespaceAllowListExcludesRole(t *testing.T) {
 	ns := newNamespace(t, "restricted", map[string]string{roles.AnnotationAllowedRoles: stack.RoleARN(stack.AudienceB)})
 	sa := newServiceAccount(t, ns, "wants-a", map[string]string{roles.AnnotationRoleARN: stack.RoleARN(stack.AudienceA)})
 	p := suite.NewPod(t, "restricted", stack.PodOptions{Namespace: ns, ServiceAccount: sa})
-	pr := p.Exec(ctx, nil, probeBin(t), "-token", "/latest/meta-data/iam/security-credentials/")
+	pr := p.Exec(ctx, nil, clientBin(t, "probe"), "-token", "/latest/meta-data/iam/security-credentials/")
 	if !strings.Contains(pr.Stdout, "\n403\niamlet: ") {
 		t.Errorf("role listing from a pod whose role is not allowed: want 403, got:\n%s", pr.Output())
 	}
@@ -176,16 +182,7 @@ func TestNamespaceAllowListExcludesRole(t *testing.T) {
 	if _, err := suite.Kube.CoreV1().Namespaces().Patch(ctx, ns, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		r = p.Exec(ctx, nil, suite.gov2Bin, "-endpoint", stack.MinIOFromPods, "-bucket", stack.Bucket)
-		if strings.Contains(r.Stdout, "get ok") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("pod still refused 20 s after the allow-list admitted its role:\n%s", r.Output())
-		}
-	}
+	untilClientSays(t, p, "get ok", "the pod to be served after the allow-list admitted its role")
 }
 
 // TestSTSOutage: with MinIO (the STS) stopped, pods keep being served their cached credentials; a pod
@@ -218,7 +215,7 @@ func TestSTSOutage(t *testing.T) {
 	waitMetric(t, "a failed prefetch for the new pod", 20*time.Second, func(m stack.Metrics) bool {
 		return m.Sum("iamlet_sts_requests_total", map[string]string{"result": "error"}) > 0
 	})
-	pr := fresh.Exec(ctx, nil, probeBin(t), "-token", "/latest/meta-data/iam/security-credentials/")
+	pr := fresh.Exec(ctx, nil, clientBin(t, "probe"), "-token", "/latest/meta-data/iam/security-credentials/")
 	if !strings.Contains(pr.Stdout, "\n503\niamlet: ") {
 		t.Errorf("new pod during the outage: want 503, got:\n%s", pr.Output())
 	}

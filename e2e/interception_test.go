@@ -245,7 +245,7 @@ func testTakeover(t *testing.T, backend string) {
 	p := suite.NewPod(t, "takeover-"+backend, stack.PodOptions{ServiceAccount: saA})
 	expectServed(t, p)
 	// The IPv6 redirect too: the role listing over [fd00:ec2::254] comes from iamlet on the new port.
-	r := p.Exec(context.Background(), nil, probeBin(t), "-addr", "[fd00:ec2::254]:80", roleListPath)
+	r := p.Exec(context.Background(), nil, clientBin(t, "probe"), "-addr", "[fd00:ec2::254]:80", roleListPath)
 	if !strings.Contains(r.Stdout, "\n200\n") {
 		t.Errorf("IPv6 role listing through the new port: want 200, got:\n%s", r.Output())
 	}
@@ -265,7 +265,7 @@ func testUninstall(t *testing.T, backend string) {
 			t.Errorf("after uninstall, %s still holds iamlet's rules:\n%s", saveBin(backend, v6), out)
 		}
 	}
-	r := p.Exec(context.Background(), nil, probeBin(t), "-addr", stack.IMDSv4+":80", nodeRolePath)
+	r := p.Exec(context.Background(), nil, clientBin(t, "probe"), "-addr", stack.IMDSv4+":80", nodeRolePath)
 	if !strings.Contains(r.Stdout, "\n200\n") || !strings.Contains(r.Stdout, stack.NodeAccessKey) {
 		t.Errorf("after uninstall a pod should reach the node's IMDS again (fail open, by request); got:\n%s", r.Output())
 	}
@@ -288,7 +288,7 @@ func TestInterceptionHostNetwork(t *testing.T) {
 			if token {
 				args = append(args, "-token")
 			}
-			out, _ := nodeExec(nil, probeBin(t), append(args, roleListPath, roleListPath+roles.RoleName(stack.RoleARN(stack.AudienceA)))...)
+			out, _ := nodeExec(nil, clientBin(t, "probe"), append(args, roleListPath, roleListPath+roles.RoleName(stack.RoleARN(stack.AudienceA)))...)
 			assertNoNodeSecrets(t, "probe from the node", out)
 			if n := strings.Count(out, "\n403\niamlet: caller is not a known pod on this node\n"); n != 2 {
 				t.Errorf("from the node's address (token=%v): want 2 refusals as an unknown pod, got:\n%s", token, out)
@@ -310,7 +310,7 @@ func TestInterceptionHostNetwork(t *testing.T) {
 		refused(t, "address belongs to a hostNetwork pod")
 	})
 	t.Run("node traffic is not intercepted", func(t *testing.T) {
-		out, err := nodeExec(nil, probeBin(t), "-addr", stack.IMDSv4+":80", instanceIDPath)
+		out, err := nodeExec(nil, clientBin(t, "probe"), "-addr", stack.IMDSv4+":80", instanceIDPath)
 		if err != nil || !strings.Contains(out, "\n200\n") {
 			t.Errorf("from the node namespace 169.254.169.254 is the node's IMDS itself; got (err=%v):\n%s", err, out)
 		}
@@ -404,7 +404,7 @@ func expectRefused(t *testing.T, p *stack.Pod) {
 
 func expectProbeRefused(t *testing.T, p *stack.Pod) {
 	t.Helper()
-	r := p.Exec(context.Background(), nil, probeBin(t), "-addr", stack.IMDSv4+":80", nodeRolePath)
+	r := p.Exec(context.Background(), nil, clientBin(t, "probe"), "-addr", stack.IMDSv4+":80", nodeRolePath)
 	assertNoNodeSecrets(t, "probe", r.Output())
 	if got, _ := classifyProbe(r.Stdout); got["refused"] != 1 || len(got) != 1 {
 		t.Errorf("probe in %s: want connection refused, got:\n%s", p.Name, r.Output())
@@ -457,7 +457,7 @@ func startNodeRoleProber(t *testing.T, p *stack.Pod, d time.Duration) *nodeRoleP
 	t.Helper()
 	before := metadataRequests(t)
 	pr := &nodeRoleProber{done: make(chan stack.Result, 1)}
-	bin := probeBin(t)
+	bin := clientBin(t, "probe")
 	go func() {
 		pr.done <- p.Exec(context.Background(), nil, bin, "-addr", stack.IMDSv4+":80", "-for", d.String(), "-every", "15ms", nodeRolePath)
 	}()
@@ -491,7 +491,7 @@ func holdConn(t *testing.T, p *stack.Pod, first, second string) *heldConn {
 	dir := t.TempDir()
 	ready := filepath.Join(dir, "ready")
 	h := &heldConn{proceedFile: filepath.Join(dir, "go"), done: make(chan stack.Result, 1)}
-	bin := holdConnBin(t)
+	bin := clientBin(t, "holdconn")
 	go func() {
 		h.done <- p.Exec(context.Background(), nil, bin, "-addr", stack.IMDSv4+":80", "-ready", ready, "-proceed", h.proceedFile,
 			first, second)
@@ -529,20 +529,6 @@ func (h *heldConn) proceed(t *testing.T) string {
 	}
 	r := <-h.done
 	return r.Output()
-}
-
-var holdConnPath string
-
-func holdConnBin(t *testing.T) string {
-	t.Helper()
-	if holdConnPath == "" {
-		p, err := stack.BuildProgram(suite.Dir, "holdconn", "./e2e/clients/holdconn")
-		if err != nil {
-			t.Fatal(err)
-		}
-		holdConnPath = p
-	}
-	return holdConnPath
 }
 
 // conntrackFlow lists the node namespace's conntrack entries of one TCP flow, by its original source.

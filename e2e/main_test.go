@@ -17,7 +17,8 @@ var suite struct {
 	*stack.Stack
 	agentBin string
 	gov2Bin  string
-	agent    *stack.Proc // the shared agent most tests use
+	agent    *stack.Proc       // the shared agent most tests use
+	clients  map[string]string // client programs built so far, by name
 }
 
 // The fixtures' ServiceAccounts, under short names.
@@ -61,6 +62,23 @@ func sharedAgent(t *testing.T) *stack.Proc {
 		suite.agent = p
 	}
 	return suite.agent
+}
+
+// clientBin builds the client program e2e/clients/NAME on first use and returns its path.
+func clientBin(t *testing.T, name string) string {
+	t.Helper()
+	if p, ok := suite.clients[name]; ok {
+		return p
+	}
+	p, err := stack.BuildProgram(suite.Dir, name, "./e2e/clients/"+name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if suite.clients == nil {
+		suite.clients = map[string]string{}
+	}
+	suite.clients[name] = p
+	return p
 }
 
 // dedicatedAgent stops the shared agent and runs one with the stack's flags plus extra for this test

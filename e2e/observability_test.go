@@ -185,7 +185,7 @@ func TestMonitoringQueriesNameExportedMetrics(t *testing.T) {
 func TestLogsCarryNoSecrets(t *testing.T) {
 	sharedAgent(t)
 	p := suite.NewPod(t, "logs", stack.PodOptions{ServiceAccount: saA})
-	r := p.Exec(context.Background(), nil, probeBin(t), "-token", "/latest/meta-data/iam/security-credentials/"+roleName(stack.RoleARN(stack.AudienceA)))
+	r := p.Exec(context.Background(), nil, clientBin(t, "probe"), "-token", "/latest/meta-data/iam/security-credentials/"+roleName(stack.RoleARN(stack.AudienceA)))
 	var doc struct{ AccessKeyId, SecretAccessKey, Token string }
 	body := r.Stdout[strings.Index(r.Stdout, "{"):]
 	if err := json.Unmarshal([]byte(strings.TrimSpace(body)), &doc); err != nil || doc.SecretAccessKey == "" || doc.Token == "" {

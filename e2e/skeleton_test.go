@@ -143,7 +143,7 @@ func TestCallersWithoutARoleGetNothing(t *testing.T) {
 					args = append(args, "-token")
 				}
 				args = append(args, "/latest/meta-data/iam/security-credentials/")
-				pr := p.Exec(ctx, nil, append([]string{probeBin(t)}, args...)...)
+				pr := p.Exec(ctx, nil, append([]string{clientBin(t, "probe")}, args...)...)
 				assertNoNodeSecrets(t, "probe", pr.Output())
 				if !strings.Contains(pr.Stdout, "\n"+c.wantStatus+"\niamlet: ") {
 					t.Errorf("role listing (token=%v): want %s with an iamlet reason, got:\n%s", token, c.wantStatus, pr.Output())
@@ -173,7 +173,7 @@ func TestNodeSecretsNeverReachPods(t *testing.T) {
 		if token {
 			args = append(args, "-token")
 		}
-		r := p.Exec(context.Background(), nil, append(append([]string{probeBin(t)}, args...), paths...)...)
+		r := p.Exec(context.Background(), nil, append(append([]string{clientBin(t, "probe")}, args...), paths...)...)
 		assertNoNodeSecrets(t, "probe", r.Output())
 		if got := strings.Count(r.Stdout, "=== "); got != len(paths) {
 			t.Fatalf("probe answered %d of %d requests (token=%v):\n%s", got, len(paths), token, r.Output())
@@ -184,18 +184,4 @@ func TestNodeSecretsNeverReachPods(t *testing.T) {
 			}
 		}
 	}
-}
-
-var probePath string
-
-func probeBin(t *testing.T) string {
-	t.Helper()
-	if probePath == "" {
-		p, err := stack.BuildProgram(suite.Dir, "probe", "./e2e/clients/probe")
-		if err != nil {
-			t.Fatal(err)
-		}
-		probePath = p
-	}
-	return probePath
 }

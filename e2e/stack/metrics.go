@@ -30,21 +30,7 @@ func Scrape() (Metrics, error) {
 // Value is the value of the series of family name whose labels include all of want, and whether one
 // exists. Counters, gauges and untyped series are read; for histograms it is the sample count.
 func (m Metrics) Value(name string, want map[string]string) (float64, bool) {
-	f, ok := m[name]
-	if !ok {
-		return 0, false
-	}
-next:
-	for _, s := range f.GetMetric() {
-		have := map[string]string{}
-		for _, l := range s.GetLabel() {
-			have[l.GetName()] = l.GetValue()
-		}
-		for k, v := range want {
-			if have[k] != v {
-				continue next
-			}
-		}
+	for _, s := range m.series(name, want) {
 		switch {
 		case s.Counter != nil:
 			return s.Counter.GetValue(), true
@@ -59,15 +45,20 @@ next:
 	return 0, false
 }
 
-// Sum adds the values of every series of name whose labels include want.
+// Sum adds the values of every counter or gauge series of name whose labels include want.
 func (m Metrics) Sum(name string, want map[string]string) float64 {
-	f, ok := m[name]
-	if !ok {
-		return 0
-	}
 	total := 0.0
+	for _, s := range m.series(name, want) {
+		total += s.GetCounter().GetValue() + s.GetGauge().GetValue()
+	}
+	return total
+}
+
+// series are the series of family name whose labels include all of want.
+func (m Metrics) series(name string, want map[string]string) []*dto.Metric {
+	var out []*dto.Metric
 next:
-	for _, s := range f.GetMetric() {
+	for _, s := range m[name].GetMetric() {
 		have := map[string]string{}
 		for _, l := range s.GetLabel() {
 			have[l.GetName()] = l.GetValue()
@@ -77,7 +68,7 @@ next:
 				continue next
 			}
 		}
-		total += s.GetCounter().GetValue() + s.GetGauge().GetValue()
+		out = append(out, s)
 	}
-	return total
+	return out
 }
