@@ -113,7 +113,7 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "iamlet_informer_pods_indexed", Help: "Live pods of this node in the IP index."},
 			func() float64 { return float64(len(index.Live())) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "iamlet_credentials_cache_entries", Help: "Entries in the credential cache."},
-			func() float64 { return float64(len(cache.Snapshot())) }),
+			func() float64 { return float64(cache.Len()) }),
 	)
 
 	ctx, cancel := context.WithCancel(ctx)

@@ -51,9 +51,12 @@ func (p *provider) Credentials(ctx context.Context, caller netip.Addr) (metadata
 			slog.String("outcome", "refused"), slog.String("reason", "unknown_pod"), slog.String("error", err.Error()))
 		return metadata.Credentials{}, fmt.Errorf("%w: %s: %w", metadata.ErrUnknownCaller, caller, err)
 	}
-	attrs := []slog.Attr{slog.Bool("audit", true), slog.String("caller", caller.String()),
-		slog.String("namespace", pod.Namespace), slog.String("pod", pod.Name), slog.String("pod_uid", string(pod.UID)),
-		slog.String("service_account", pod.ServiceAccount)}
+	// Built only on the paths that log: the served path logs at debug, normally off.
+	attrs := func(more ...slog.Attr) []slog.Attr {
+		return append([]slog.Attr{slog.Bool("audit", true), slog.String("caller", caller.String()),
+			slog.String("namespace", pod.Namespace), slog.String("pod", pod.Name), slog.String("pod_uid", string(pod.UID)),
+			slog.String("service_account", pod.ServiceAccount)}, more...)
+	}
 
 	role, err := p.roles.RoleFor(pod.Namespace, pod.ServiceAccount)
 	if err != nil {
@@ -61,15 +64,15 @@ func (p *provider) Credentials(ctx context.Context, caller netip.Addr) (metadata
 		if errors.Is(err, roles.ErrNoRole) {
 			reason, sentinel = "no_role", metadata.ErrNoRole
 		}
-		p.log.LogAttrs(ctx, slog.LevelWarn, "refused", append(attrs, slog.String("outcome", "refused"),
+		p.log.LogAttrs(ctx, slog.LevelWarn, "refused", attrs(slog.String("outcome", "refused"),
 			slog.String("reason", reason), slog.String("error", err.Error()))...)
 		return metadata.Credentials{}, fmt.Errorf("%w: %w", sentinel, err)
 	}
 	req := requestFor(pod, role)
-	attrs = append(attrs, slog.String("role_arn", role.ARN))
+	roleAttr := slog.String("role_arn", role.ARN)
 
 	if p.dryRun {
-		p.log.LogAttrs(ctx, slog.LevelInfo, "dry run: would serve", append(attrs, slog.String("outcome", "dry_run"))...)
+		p.log.LogAttrs(ctx, slog.LevelInfo, "dry run: would serve", attrs(roleAttr, slog.String("outcome", "dry_run"))...)
 		return metadata.Credentials{}, fmt.Errorf("%w: dry-run mode serves no credentials (would serve %s)", metadata.ErrUnavailable, role.ARN)
 	}
 
@@ -77,16 +80,18 @@ func (p *provider) Credentials(ctx context.Context, caller netip.Addr) (metadata
 	if err != nil {
 		p.metrics.request(req, "error")
 		sentinel, reason := metadata.ErrUnavailable, "unavailable"
-		if !retryable(err) {
+		if !creds.Retryable(err) {
 			sentinel, reason = metadata.ErrForbidden, "sts_refused"
 		}
-		p.log.LogAttrs(ctx, slog.LevelWarn, "refused", append(attrs, slog.String("outcome", "refused"),
+		p.log.LogAttrs(ctx, slog.LevelWarn, "refused", attrs(roleAttr, slog.String("outcome", "refused"),
 			slog.String("reason", reason), slog.String("error", err.Error()))...)
 		return metadata.Credentials{}, fmt.Errorf("%w: %w", sentinel, err)
 	}
 	p.metrics.request(req, outcomeName(outcome))
-	p.log.LogAttrs(ctx, slog.LevelDebug, "served", append(attrs, slog.String("outcome", outcomeName(outcome)),
-		slog.String("session_name", c.SessionName), slog.Time("expiration", c.Expiration))...)
+	if p.log.Enabled(ctx, slog.LevelDebug) {
+		p.log.LogAttrs(ctx, slog.LevelDebug, "served", attrs(roleAttr, slog.String("outcome", outcomeName(outcome)),
+			slog.String("session_name", c.SessionName), slog.Time("expiration", c.Expiration))...)
+	}
 	return metadata.Credentials{
 		RoleName:        roles.RoleName(role.ARN),
 		AccessKeyID:     c.AccessKeyID,
@@ -119,14 +124,6 @@ func requestFor(p pods.Pod, r roles.Role) creds.Request {
 		Duration:       r.Duration,
 		Regional:       r.Regional,
 	}
-}
-
-func retryable(err error) bool {
-	var r interface{ Retryable() bool }
-	if errors.As(err, &r) {
-		return r.Retryable()
-	}
-	return true
 }
 
 // fetcher gets fresh credentials: a pod-bound token from the apiserver, traded with STS.

@@ -309,7 +309,7 @@ func (c *Cache) record(e *entry, creds Credentials, err error, reason string) (C
 	if err != nil {
 		e.failures++
 		e.lastErr = err
-		e.retryAt = now.Add(backoff(e.failures, isRetryable(err)))
+		e.retryAt = now.Add(backoff(e.failures, Retryable(err)))
 		c.cfg.Observer.FetchFailed(e.req, reason, err)
 		c.signal()
 		return Credentials{}, err
@@ -359,7 +359,9 @@ func backoff(failures int, retryable bool) time.Duration {
 	return d/2 + time.Duration(rand.Float64()*float64(d/2))
 }
 
-func isRetryable(err error) bool {
+// Retryable reports whether a fetch error may clear if tried again: errors say so with a Retryable
+// method (STS and TokenRequest errors do); anything else is assumed transient.
+func Retryable(err error) bool {
 	var r interface{ Retryable() bool }
 	if errors.As(err, &r) {
 		return r.Retryable()
@@ -512,6 +514,13 @@ type Entry struct {
 	Issued     time.Time
 	RefreshAt  time.Time
 	LastError  string
+}
+
+// Len is the number of entries.
+func (c *Cache) Len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.entries)
 }
 
 // Snapshot lists the entries.

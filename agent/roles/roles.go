@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -72,6 +73,7 @@ func (c Config) withDefaults() Config {
 // Mapper answers from ServiceAccount and Namespace informers, so annotation changes apply at once.
 type Mapper struct {
 	cfg        Config
+	arns       arnChecks
 	sas        listersv1.ServiceAccountLister
 	namespaces listersv1.NamespaceLister
 	synced     []cache.InformerSynced
@@ -127,7 +129,7 @@ func (m *Mapper) RoleFor(namespace, sa string) (Role, error) {
 	if err != nil {
 		return Role{}, fmt.Errorf("%w: service account %s/%s not found", ErrNoRole, namespace, sa)
 	}
-	role, err := FromAnnotations(acct.Annotations, m.cfg)
+	role, err := fromAnnotations(acct.Annotations, m.cfg, m.arns.validate)
 	if err != nil {
 		return Role{}, fmt.Errorf("service account %s/%s: %w", namespace, sa, err)
 	}
@@ -151,13 +153,17 @@ func (m *Mapper) RoleFor(namespace, sa string) (Role, error) {
 
 // FromAnnotations reads a ServiceAccount's annotations; cfg's zero defaults mean what they mean for New.
 func FromAnnotations(a map[string]string, cfg Config) (Role, error) {
+	return fromAnnotations(a, cfg, ValidateARN)
+}
+
+func fromAnnotations(a map[string]string, cfg Config, validateARN func(string) error) (Role, error) {
 	cfg = cfg.withDefaults()
 	arn, ok := a[AnnotationRoleARN]
 	if !ok || strings.TrimSpace(arn) == "" {
 		return Role{}, ErrNoRole
 	}
 	arn = strings.TrimSpace(arn)
-	if err := ValidateARN(arn); err != nil {
+	if err := validateARN(arn); err != nil {
 		return Role{}, err
 	}
 	r := Role{ARN: arn, Audience: cfg.DefaultAudience, Duration: cfg.DefaultDuration, Regional: true}
@@ -254,4 +260,31 @@ func annotationsOnly(obj any) (any, error) {
 
 func slimMeta(m metav1.ObjectMeta) metav1.ObjectMeta {
 	return metav1.ObjectMeta{Name: m.Name, Namespace: m.Namespace, UID: m.UID, ResourceVersion: m.ResourceVersion, Annotations: m.Annotations}
+}
+
+// arnChecks remembers ValidateARN's verdict per ARN string: the pattern ran on every credential
+// request, though a ServiceAccount's ARN rarely changes. Keyed by the string itself, the memo cannot go
+// stale; it is emptied when it outgrows the ARNs a cluster plausibly names.
+type arnChecks struct {
+	mu      sync.RWMutex
+	results map[string]error
+}
+
+const maxARNChecks = 4096
+
+func (c *arnChecks) validate(arn string) error {
+	c.mu.RLock()
+	err, ok := c.results[arn]
+	c.mu.RUnlock()
+	if ok {
+		return err
+	}
+	err = ValidateARN(arn)
+	c.mu.Lock()
+	if c.results == nil || len(c.results) >= maxARNChecks {
+		c.results = make(map[string]error)
+	}
+	c.results[arn] = err
+	c.mu.Unlock()
+	return err
 }
