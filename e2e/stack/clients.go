@@ -97,9 +97,7 @@ type Session struct {
 // Close ends it.
 func (p *Pod) Start(ctx context.Context, env []string, argv ...string) (*Session, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-	base := []string{"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/tmp", "AWS_CONFIG_FILE=/nonexistent",
-		"AWS_SHARED_CREDENTIALS_FILE=/nonexistent", "AWS_REGION=us-east-1", "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE=IPv4"}
-	args := append([]string{"netns", "exec", p.NetNS, "env", "-i"}, append(mergeEnv(base, env), argv...)...)
+	args := p.command(env, argv)
 	s := &Session{cmd: exec.CommandContext(ctx, "ip", args...), lines: make(chan string, 64), cancel: cancel}
 	s.cmd.Stderr = &s.stderr
 	var err error

@@ -165,14 +165,20 @@ func (p *Pod) Exec(ctx context.Context, env []string, argv ...string) Result {
 		ctx, cancel = context.WithTimeout(ctx, 60*time.Second)
 		defer cancel()
 	}
-	base := []string{"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/tmp", "AWS_CONFIG_FILE=/nonexistent",
-		"AWS_SHARED_CREDENTIALS_FILE=/nonexistent", "AWS_REGION=us-east-1", "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE=IPv4"}
-	args := append([]string{"netns", "exec", p.NetNS, "env", "-i"}, append(mergeEnv(base, env), argv...)...)
+	args := p.command(env, argv)
 	cmd := exec.CommandContext(ctx, "ip", args...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
 	return Result{Stdout: out.String(), Stderr: errb.String(), Err: err}
+}
+
+// command is the `ip netns exec` argument list that runs argv in the pod with exactly env plus the
+// base a pod gets: PATH, HOME, a region, IPv4 metadata, and no AWS configuration or credentials files.
+func (p *Pod) command(env, argv []string) []string {
+	base := []string{"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/tmp", "AWS_CONFIG_FILE=/nonexistent",
+		"AWS_SHARED_CREDENTIALS_FILE=/nonexistent", "AWS_REGION=us-east-1", "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE=IPv4"}
+	return append([]string{"netns", "exec", p.NetNS, "env", "-i"}, append(mergeEnv(base, env), argv...)...)
 }
 
 // mergeEnv returns base with the entries of over replacing those of the same name.
