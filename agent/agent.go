@@ -199,7 +199,7 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 			return fmt.Errorf("installing interception rules: %w", err)
 		}
 		log.Info("interception rules in place", "backend", rules.Backend(), "created", len(repaired))
-		cutFlows(ctx, log)
+		cutFlows(ctx, log, iptables.FlushConntrack)
 		for fam, on := range map[string]bool{"ipv4": ic.MetadataV4.IsValid(), "ipv6": ic.MetadataV6.IsValid()} {
 			if on {
 				m.rules.WithLabelValues(fam).Set(1)
@@ -218,7 +218,7 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 				st.rulesOK.Store(ok)
 				if s.Repaired > 0 {
 					log.Warn("interception rules drifted and were restored", "repaired", s.Repaired)
-					cutFlows(ctx, log)
+					cutFlows(ctx, log, iptables.FlushUnredirected)
 				}
 				if s.Err != nil {
 					log.Error("reconciling interception rules", "error", s.Err.Error())
@@ -241,10 +241,12 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 }
 
 // cutFlows deletes conntrack entries to the node's metadata addresses: a flow opened while the rules
-// were missing keeps its old (un-redirected) path until its entry goes.
-func cutFlows(ctx context.Context, log *slog.Logger) {
+// were missing keeps its old (un-redirected) path until its entry goes. At start every flow goes (none
+// can be to this process yet); after a repair only the un-redirected ones, so pods mid-request are
+// still answered.
+func cutFlows(ctx context.Context, log *slog.Logger, flush func(context.Context, netip.Addr) error) {
 	for _, a := range []netip.Addr{IMDSv4, IMDSv6} {
-		if err := iptables.FlushConntrack(ctx, a); err != nil {
+		if err := flush(ctx, a); err != nil {
 			log.Warn("could not cut existing flows to the node metadata address", "address", a.String(), "error", err.Error())
 		}
 	}

@@ -12,18 +12,22 @@ import (
 	"golang.org/x/time/rate"
 )
 
-// Limits keep one pod from starving the others: SDKs make a handful of requests per credential
-// refresh, so a pod holding hundreds of connections or sending hundreds of requests a second is
-// broken or hostile, and is cut off while everyone else is served.
+// Limits keep one pod from starving the others while a legitimate burst (a worker pool or a batch
+// of CLI calls starting together, a few requests each) still gets through. Most SDKs give up on a
+// 429 from the metadata endpoint instead of backing off, so a request over the rate first waits
+// for its turn, up to MaxWait, which keeps its answer inside every SDK's timeout; only a pod that
+// would have to wait longer, that is one flooding from many connections, is answered 429.
 type Limits struct {
 	ConnsPerPod    int     // concurrent connections per source address; 0 = unlimited
-	RequestsPerPod float64 // requests per second per source address; 0 = unlimited
-	BurstPerPod    int
+	RequestsPerPod float64 // sustained requests per second per source address; 0 = unlimited
+	BurstPerPod    int     // requests answered at once above the rate
+	MaxWait        time.Duration
 }
 
 type limitMetrics struct {
 	conns    prometheus.Counter
 	requests prometheus.Counter
+	delayed  prometheus.Counter
 }
 
 func newLimitMetrics(reg prometheus.Registerer) *limitMetrics {
@@ -34,10 +38,14 @@ func newLimitMetrics(reg prometheus.Registerer) *limitMetrics {
 		}),
 		requests: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "iamlet_limits_throttled_requests_total",
-			Help: "Requests answered 429 because their source address exceeded the per-pod request rate.",
+			Help: "Requests answered 429 because their source address exceeded the per-pod request rate by more than the wait allows.",
+		}),
+		delayed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "iamlet_limits_delayed_requests_total",
+			Help: "Requests over the per-pod burst that waited for their turn and were then answered.",
 		}),
 	}
-	reg.MustRegister(m.conns, m.requests)
+	reg.MustRegister(m.conns, m.requests, m.delayed)
 	return m
 }
 
@@ -104,11 +112,13 @@ func remoteAddr(a net.Addr) netip.Addr {
 	return netip.Addr{}
 }
 
-// rateLimit answers 429 to a source address over its request rate.
+// rateLimiter paces each source address: within the burst at once, beyond it at the rate, each
+// request waiting for its turn; a request whose turn is more than maxWait away is answered 429.
 type rateLimiter struct {
 	next    http.Handler
 	limit   rate.Limit
 	burst   int
+	maxWait time.Duration
 	metrics *limitMetrics
 
 	mu       sync.Mutex
@@ -123,7 +133,8 @@ func limitRate(next http.Handler, lim Limits, m *limitMetrics) http.Handler {
 	if burst <= 0 {
 		burst = int(2 * lim.RequestsPerPod)
 	}
-	return &rateLimiter{next: next, limit: rate.Limit(lim.RequestsPerPod), burst: burst, metrics: m, limiters: make(map[netip.Addr]*rate.Limiter)}
+	return &rateLimiter{next: next, limit: rate.Limit(lim.RequestsPerPod), burst: burst, maxWait: lim.MaxWait,
+		metrics: m, limiters: make(map[netip.Addr]*rate.Limiter)}
 }
 
 func (h *rateLimiter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -131,16 +142,35 @@ func (h *rateLimiter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
 		ip = ap.Addr().Unmap()
 	}
-	if !h.allow(ip, time.Now()) {
-		h.metrics.requests.Inc()
-		w.Header().Set("Retry-After", strconv.Itoa(1))
-		http.Error(w, "iamlet: too many requests from this pod", http.StatusTooManyRequests)
-		return
+	now := time.Now()
+	res := h.reserve(ip, now)
+	if wait := res.DelayFrom(now); wait > 0 {
+		if wait > h.maxWait {
+			res.CancelAt(now)
+			h.tooMany(w)
+			return
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+			h.metrics.delayed.Inc()
+		case <-r.Context().Done():
+			// The client gave up: its turn goes back to the pod's next request.
+			t.Stop()
+			res.Cancel()
+			return
+		}
 	}
 	h.next.ServeHTTP(w, r)
 }
 
-func (h *rateLimiter) allow(ip netip.Addr, now time.Time) bool {
+func (h *rateLimiter) tooMany(w http.ResponseWriter) {
+	h.metrics.requests.Inc()
+	w.Header().Set("Retry-After", strconv.Itoa(1))
+	http.Error(w, "iamlet: too many requests from this pod", http.StatusTooManyRequests)
+}
+
+func (h *rateLimiter) reserve(ip netip.Addr, now time.Time) *rate.Reservation {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	l, ok := h.limiters[ip]
@@ -156,5 +186,5 @@ func (h *rateLimiter) allow(ip netip.Addr, now time.Time) bool {
 		l = rate.NewLimiter(h.limit, h.burst)
 		h.limiters[ip] = l
 	}
-	return l.AllowN(now, 1)
+	return l.ReserveN(now, 1)
 }

@@ -1,12 +1,14 @@
 package agent
 
 import (
+	"context"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -68,32 +70,115 @@ func TestConnLimiterCapsOneSource(t *testing.T) {
 	}
 }
 
-// TestRateLimiterThrottlesOnePodOnly: a source over its burst gets 429, another source is unaffected.
-func TestRateLimiterThrottlesOnePodOnly(t *testing.T) {
+// pacedHandler is the rate limiter in front of a handler that answers "ok", and a way to send it a request from a
+// source address, which gives the status answered, or 0 when nothing was written.
+func pacedHandler(lim Limits) (*limitMetrics, func(ctx context.Context, src string) int) {
 	m := newLimitMetrics(prometheus.NewRegistry())
-	h := limitRate(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") }),
-		Limits{RequestsPerPod: 1, BurstPerPod: 3}, m)
-	do := func(src string) int {
-		r := httptest.NewRequest(http.MethodGet, "/latest/meta-data/", nil)
+	h := limitRate(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") }), lim, m)
+	return m, func(ctx context.Context, src string) int {
+		r := httptest.NewRequestWithContext(ctx, http.MethodGet, "/latest/meta-data/", nil)
 		r.RemoteAddr = src
 		w := httptest.NewRecorder()
 		h.ServeHTTP(w, r)
+		if w.Body.Len() == 0 {
+			return 0
+		}
 		return w.Code
 	}
-	for i := range 3 {
-		if code := do("10.0.0.1:1000"); code != http.StatusOK {
-			t.Fatalf("request %d within the burst = %d, want 200", i, code)
+}
+
+// TestRateLimiterPacesABurst: past the burst a request waits for its turn at the pod's rate and is answered, so a
+// burst of SDK processes is slowed, not failed; another pod is not held up.
+func TestRateLimiterPacesABurst(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m, do := pacedHandler(Limits{RequestsPerPod: 10, BurstPerPod: 3, MaxWait: 250 * time.Millisecond})
+		start := time.Now()
+		for i := range 3 {
+			if code := do(t.Context(), "10.0.0.1:1000"); code != http.StatusOK {
+				t.Fatalf("request %d within the burst = %d, want 200", i, code)
+			}
 		}
-	}
-	if code := do("10.0.0.1:1001"); code != http.StatusTooManyRequests {
-		t.Errorf("request over the burst = %d, want 429", code)
-	}
-	if code := do("10.0.0.2:1000"); code != http.StatusOK {
-		t.Errorf("another pod's request = %d, want 200", code)
-	}
-	if got := testutil.ToFloat64(m.requests); got != 1 {
-		t.Errorf("throttled requests = %v, want 1", got)
-	}
+		if d := time.Since(start); d != 0 {
+			t.Errorf("the burst waited %v, want no wait", d)
+		}
+		if code := do(t.Context(), "10.0.0.2:1000"); code != http.StatusOK {
+			t.Errorf("another pod's request = %d, want 200", code)
+		}
+		for i := range 2 {
+			if code := do(t.Context(), "10.0.0.1:1001"); code != http.StatusOK {
+				t.Errorf("paced request %d = %d, want 200", i, code)
+			}
+		}
+		if d := time.Since(start); d != 200*time.Millisecond {
+			t.Errorf("two requests past the burst at 10/s took %v, want 200ms", d)
+		}
+		if got := testutil.ToFloat64(m.delayed); got != 2 {
+			t.Errorf("delayed requests = %v, want 2", got)
+		}
+		if got := testutil.ToFloat64(m.requests); got != 0 {
+			t.Errorf("throttled requests = %v, want 0", got)
+		}
+	})
+}
+
+// TestRateLimiterRefusesBeyondTheWait: a request whose turn is further away than the wait allows (a pod flooding
+// from many connections at once) is answered 429 at once, and does not push back the turns of those that wait.
+func TestRateLimiterRefusesBeyondTheWait(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m, do := pacedHandler(Limits{RequestsPerPod: 10, BurstPerPod: 1, MaxWait: 250 * time.Millisecond})
+		codes := make(chan int, 6)
+		for range 6 {
+			go func() { codes <- do(t.Context(), "10.0.0.1:1000") }()
+		}
+		synctest.Wait()
+		// The first is answered at once and the next two have their turns within 250 ms (at 100 and 200 ms).
+		got := map[int]int{}
+		for range 3 {
+			got[<-codes]++
+		}
+		time.Sleep(250 * time.Millisecond)
+		for range 3 {
+			got[<-codes]++
+		}
+		if got[http.StatusOK] != 3 || got[http.StatusTooManyRequests] != 3 {
+			t.Errorf("answers = %v, want three 200 and three 429", got)
+		}
+		if n := testutil.ToFloat64(m.requests); n != 3 {
+			t.Errorf("throttled requests = %v, want 3", n)
+		}
+		// The refused requests gave their turns back: the bucket is empty again 100 ms after the last paced answer.
+		time.Sleep(100 * time.Millisecond)
+		start := time.Now()
+		if code := do(t.Context(), "10.0.0.1:1001"); code != http.StatusOK || time.Since(start) != 0 {
+			t.Errorf("next request = %d after %v, want 200 at once", code, time.Since(start))
+		}
+	})
+}
+
+// TestRateLimiterClientGoneReturnsItsTurn: a client that gives up while waiting is not answered and hands its turn
+// to the pod's next request.
+func TestRateLimiterClientGoneReturnsItsTurn(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		_, do := pacedHandler(Limits{RequestsPerPod: 10, BurstPerPod: 1, MaxWait: 250 * time.Millisecond})
+		if code := do(t.Context(), "10.0.0.1:1000"); code != http.StatusOK {
+			t.Fatalf("first request = %d", code)
+		}
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan int)
+		go func() { done <- do(ctx, "10.0.0.1:1001") }()
+		synctest.Wait()
+		cancel()
+		if code := <-done; code != 0 {
+			t.Errorf("a request whose client left was answered %d", code)
+		}
+		start := time.Now()
+		if code := do(t.Context(), "10.0.0.1:1002"); code != http.StatusOK {
+			t.Errorf("next request = %d, want 200", code)
+		}
+		if d := time.Since(start); d != 100*time.Millisecond {
+			t.Errorf("next request waited %v, want 100ms (the returned turn)", d)
+		}
+	})
 }
 
 func TestRemoteAddrUnmaps(t *testing.T) {

@@ -136,7 +136,7 @@ func TestAdmissionPolicyLimitsAgentTokens(t *testing.T) {
 
 	// RBAC and the policy take effect once the apiserver's caches have them.
 	var last error
-	if !eventually(30*time.Second, func() bool { last = request(agent, []string{stack.AudienceB}, podRef); return policyDenied(last) }) {
+	if !eventually(machineDeadline, func() bool { last = request(agent, []string{stack.AudienceB}, podRef); return policyDenied(last) }) {
 		t.Fatalf("the admission policy never refused a token for another audience; last answer: %v", last)
 	}
 
@@ -194,7 +194,7 @@ func TestRBACAgentHasOnlyWhatItNeeds(t *testing.T) {
 	for _, ns := range []string{"default", agentNamespace} {
 		t.Run(ns, func(t *testing.T) {
 			var got []string
-			eventually(10*time.Second, func() bool { // RBAC takes effect once the authorizer's cache has it
+			eventually(machineDeadline, func() bool { // RBAC takes effect once the authorizer's cache has it
 				got = rulesOf(t, agent, ns)
 				return containsAll(got, need)
 			})

@@ -111,20 +111,20 @@ func testDrift(t *testing.T, backend string) {
 					}
 					expectProbeRefused(t, p)
 					thaw()
-					waitRestored(t, backend, 5*time.Second)
+					waitRestored(t, backend)
 					waitDriftRepairs(t, before)
 					expectServed(t, p)
 				})
 			}
 			t.Run("live", func(t *testing.T) {
 				before := driftRepairs(t)
-				prober := startNodeRoleProber(t, p, 4*time.Second)
+				prober := startNodeRoleProber(t, p)
 				nodeRun(t, c.tamper...)
-				// One interval, one pass of repairs, and the poll's own granularity; 3s leaves room for a slow pass.
-				took := waitRestored(t, backend, 3*time.Second)
+				// Typically one interval and one pass of repairs; the deadline only bounds a failure.
+				took := waitRestored(t, backend)
 				t.Logf("rules restored %s after %q (reconcile interval 1s)", took.Round(time.Millisecond), strings.Join(c.tamper, " "))
 				waitDriftRepairs(t, before)
-				got, first := prober.wait(t)
+				got, first := prober.stop(t)
 				t.Logf("a pod probing throughout got: %v", got)
 				if got["node"] > 0 || got["other"] > 0 {
 					t.Errorf("while the rules were broken, a pod got answers that were neither iamlet's nor a refusal: %v; first of each: %q", got, first)
@@ -137,9 +137,10 @@ func testDrift(t *testing.T, backend string) {
 		})
 	}
 
-	// After a repair the agent also deletes the conntrack entries of flows to the metadata address, in case one was
-	// opened while the rules were missing. That must not break a pod's keep-alive connection to iamlet itself (SDKs
-	// reuse theirs): its next packet starts a new entry, DNATed to the same listener, and the socket carries on.
+	// After a repair the agent deletes the conntrack entries of flows to the metadata address that were not
+	// redirected (opened while both rules were missing, so answered by the node's IMDS). It must leave a pod's
+	// redirected flows alone: an entry deleted mid-request would send iamlet's answer out un-NATed, and the pod would
+	// wait for it until its timeout (SDKs reuse keep-alive connections, so this is every busy pod).
 	t.Run("keep-alive connection to iamlet survives a repair", func(t *testing.T) {
 		h := holdConn(t, p, instanceIDPath, roleListPath)
 		entries := conntrackFlow(t, h.ip, h.port)
@@ -148,13 +149,41 @@ func testDrift(t *testing.T, backend string) {
 		}
 		before := driftRepairs(t)
 		nodeRun(t, ipt, "-w", "5", "-t", "filter", "-F", "IAMLET-GUARD")
-		waitRestored(t, backend, 3*time.Second)
-		waitDriftRepairs(t, before)
-		waitUntil(t, 5*time.Second, "the agent to cut flows after the repair", func() bool { return len(conntrackFlow(t, h.ip, h.port)) == 0 })
+		waitRestored(t, backend)
+		waitRepairDone(t, before)
+		if got := conntrackFlow(t, h.ip, h.port); len(got) != 1 || !strings.Contains(got[0], "src="+stack.NodeIP+" dst="+h.ip+" sport="+stack.AgentPort) {
+			t.Errorf("after the repair, want the held connection's entry as it was, got:\n%s", strings.Join(got, "\n"))
+		}
 		out := h.proceed(t)
 		assertNoNodeSecrets(t, "held connection", out)
 		if _, second, _ := strings.Cut(out, "=== GET "+roleListPath+"\n"); !strings.HasPrefix(second, "200\n") {
 			t.Errorf("second request on a keep-alive connection to iamlet after a repair: want 200, got:\n%s", out)
+		}
+	})
+	t.Run("flow opened while both rules were gone is cut by the repair", func(t *testing.T) {
+		// Only a tracked flow keeps its un-redirected fate (see testHeldFlow); a rule using conntrack, as kube-proxy's
+		// do on a node, keeps the kernel tracking flows while the nat rules are gone.
+		rule := []string{"INPUT", "-m", "conntrack", "--ctstate", "ESTABLISHED", "-m", "comment", "--comment", "e2e: conntrack on", "-j", "ACCEPT"}
+		nodeRun(t, append([]string{ipt, "-w", "5", "-A"}, rule...)...)
+		t.Cleanup(func() { nodeRun(t, append([]string{ipt, "-w", "5", "-D"}, rule...)...) })
+		before := driftRepairs(t)
+		thaw := freezeAgent(t, agent)
+		nodeRun(t, ipt, "-w", "5", "-t", "nat", "-F")
+		nodeRun(t, ipt, "-w", "5", "-t", "filter", "-F", "IAMLET-GUARD")
+		h := holdConn(t, p, instanceIDPath, nodeRolePath)
+		if entries := conntrackFlow(t, h.ip, h.port); len(entries) != 1 || !strings.Contains(entries[0], "src="+stack.IMDSv4+" dst="+h.ip) {
+			t.Fatalf("with both rules gone, want the held flow answered by the node's IMDS (un-NATed), got:\n%s", strings.Join(entries, "\n"))
+		}
+		thaw()
+		waitRestored(t, backend)
+		waitRepairDone(t, before)
+		if entries := conntrackFlow(t, h.ip, h.port); len(entries) != 0 {
+			t.Errorf("the repair left the un-redirected flow's entry:\n%s", strings.Join(entries, "\n"))
+		}
+		out := h.proceed(t)
+		assertNoNodeSecrets(t, "held connection", out)
+		if _, second, _ := strings.Cut(out, "=== GET "+nodeRolePath+"\n"); !strings.HasPrefix(second, "error read: ") || !strings.Contains(second, "connection reset by peer") {
+			t.Errorf("second request on the un-redirected flow after the repair: want a reset, got:\n%s", out)
 		}
 	})
 }
@@ -307,7 +336,14 @@ func TestInterceptionHostNetwork(t *testing.T) {
 	t.Run("node address", func(t *testing.T) { refused(t, "no live pod on this node has this address") })
 	t.Run("hostNetwork pod with a role", func(t *testing.T) {
 		suite.NewPod(t, "hostnet", stack.PodOptions{ServiceAccount: saA, HostNetwork: true})
-		refused(t, "address belongs to a hostNetwork pod")
+		const reason = "address belongs to a hostNetwork pod"
+		// Until the agent's informer has the Pod, the node's address is refused for the other reason.
+		waitUntil(t, machineDeadline, "the agent to know the hostNetwork pod", func() bool {
+			before := strings.Count(logText(t, agent.Log), reason)
+			_, _ = nodeExec(nil, clientBin(t, "probe"), "-addr", direct, roleListPath)
+			return strings.Count(logText(t, agent.Log), reason) > before
+		})
+		refused(t, reason)
 	})
 	t.Run("node traffic is not intercepted", func(t *testing.T) {
 		out, err := nodeExec(nil, clientBin(t, "probe"), "-addr", stack.IMDSv4+":80", instanceIDPath)
@@ -361,7 +397,7 @@ func restartAgent(t *testing.T, p *stack.Proc) *stack.Proc {
 		t.Fatal(err)
 	}
 	t.Cleanup(np.Stop)
-	if err := np.WaitHTTP("http://"+stack.AgentMetricsAddr+"/readyz", 30*time.Second); err != nil {
+	if err := np.WaitHTTP("http://"+stack.AgentMetricsAddr+"/readyz", machineDeadline); err != nil {
 		t.Fatalf("restarted agent not ready: %v", err)
 	}
 	return np
@@ -446,27 +482,33 @@ func containsAnyOf(s string, subs []string) bool {
 	return false
 }
 
-// prober is a pod asking for the node role over and over while the test changes the node.
+// nodeRoleProber is a pod asking for the node role over and over while the test changes the node.
 type nodeRoleProber struct {
-	done chan stack.Result
+	stopFile string
+	done     chan stack.Result
 }
 
-// startProber runs the probe in p for d, one request every few milliseconds, and returns once its requests reach
-// the agent, so the test knows it is watching before it changes anything.
-func startNodeRoleProber(t *testing.T, p *stack.Pod, d time.Duration) *nodeRoleProber {
+// startNodeRoleProber runs the probe in p, one request every few milliseconds until stop, and returns once its
+// requests reach the agent, so the test knows it is watching before it changes anything.
+func startNodeRoleProber(t *testing.T, p *stack.Pod) *nodeRoleProber {
 	t.Helper()
 	before := metadataRequests(t)
-	pr := &nodeRoleProber{done: make(chan stack.Result, 1)}
+	pr := &nodeRoleProber{stopFile: filepath.Join(t.TempDir(), "stop"), done: make(chan stack.Result, 1)}
 	bin := clientBin(t, "probe")
 	go func() {
-		pr.done <- p.Exec(context.Background(), nil, bin, "-addr", stack.IMDSv4+":80", "-for", d.String(), "-every", "15ms", nodeRolePath)
+		pr.done <- p.Exec(context.Background(), nil, bin, "-addr", stack.IMDSv4+":80", "-for", "5m", "-until", pr.stopFile,
+			"-every", "15ms", nodeRolePath)
 	}()
-	waitUntil(t, 5*time.Second, "the prober's requests to reach the agent", func() bool { return metadataRequests(t) > before })
+	waitUntil(t, machineDeadline, "the prober's requests to reach the agent", func() bool { return metadataRequests(t) > before })
 	return pr
 }
 
-func (pr *nodeRoleProber) wait(t *testing.T) (counts map[string]int, first map[string]string) {
+// stop ends the probe after its current round and counts what it got.
+func (pr *nodeRoleProber) stop(t *testing.T) (counts map[string]int, first map[string]string) {
 	t.Helper()
+	if err := os.WriteFile(pr.stopFile, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	r := <-pr.done
 	assertNoNodeSecrets(t, "prober", r.Output())
 	if r.Err != nil {
@@ -497,7 +539,7 @@ func holdConn(t *testing.T, p *stack.Pod, first, second string) *heldConn {
 			first, second)
 	}()
 	var line []byte
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(machineDeadline)
 	for {
 		var err error
 		if line, err = os.ReadFile(ready); err == nil && len(line) > 0 {
@@ -509,7 +551,7 @@ func holdConn(t *testing.T, p *stack.Pod, first, second string) *heldConn {
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("holdconn did not hold its connection within 10s")
+			t.Fatalf("holdconn did not hold its connection within %s", machineDeadline)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -627,42 +669,59 @@ func interceptionInPlace(backend, port string) error {
 }
 
 // waitRestored polls until the rules are back and returns how long that took.
-func waitRestored(t *testing.T, backend string, timeout time.Duration) time.Duration {
+func waitRestored(t *testing.T, backend string) time.Duration {
 	t.Helper()
 	start := time.Now()
-	var err error
-	waitUntil(t, timeout, "the rules to be restored", func() bool {
-		err = interceptionInPlace(backend, stack.AgentPort)
-		return err == nil
+	waitUntil(t, machineDeadline, "the rules to be restored", func() bool {
+		return interceptionInPlace(backend, stack.AgentPort) == nil
 	})
 	return time.Since(start)
 }
 
 func driftRepairs(t *testing.T) float64 {
 	t.Helper()
-	m, err := stack.Scrape()
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, _ := m.Value("iamlet_iptables_drift_repairs_total", nil)
-	return v
+	return scrapeSum(t, "iamlet_iptables_drift_repairs_total")
+}
+
+// scrapeSum is the sum of a metric's series, scraped again until a scrape succeeds: a busy agent can miss one.
+func scrapeSum(t *testing.T, name string) float64 {
+	t.Helper()
+	var m stack.Metrics
+	waitUntil(t, machineDeadline, "a scrape of the agent's metrics", func() bool {
+		var err error
+		m, err = stack.Scrape()
+		return err == nil
+	})
+	return m.Sum(name, nil)
 }
 
 func waitDriftRepairs(t *testing.T, before float64) {
 	t.Helper()
-	waitUntil(t, 5*time.Second, "iamlet_iptables_drift_repairs_total to increase", func() bool { return driftRepairs(t) > before })
+	waitUntil(t, machineDeadline, "iamlet_iptables_drift_repairs_total to increase", func() bool { return driftRepairs(t) > before })
+}
+
+// waitRepairDone waits until the agent has repaired its rules and finished what follows a repair (cutting
+// un-redirected flows): the reconcile pass after the repair has begun, and passes run one after the other.
+func waitRepairDone(t *testing.T, before float64) {
+	t.Helper()
+	waitDriftRepairs(t, before)
+	passes := scrapeSum(t, "iamlet_iptables_reconciles_total")
+	waitUntil(t, machineDeadline, "the reconcile pass after the repair", func() bool {
+		return scrapeSum(t, "iamlet_iptables_reconciles_total") > passes
+	})
 }
 
 func metadataRequests(t *testing.T) float64 {
 	t.Helper()
-	m, err := stack.Scrape()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return m.Sum("iamlet_metadata_requests_total", nil)
+	return scrapeSum(t, "iamlet_metadata_requests_total")
 }
 
-// poll waits for cond, failing the test after timeout.
+// machineDeadline bounds waits on what the machine does: a process start, a reconcile pass, an informer event. A
+// passing wait returns as soon as its condition holds, so only a failure costs this much; it is sized for a 2-core
+// machine that other work keeps busy, where a pass that takes 50 ms when quiet can take seconds.
+const machineDeadline = 60 * time.Second
+
+// waitUntil waits for cond, failing the test after timeout.
 func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)

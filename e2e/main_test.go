@@ -7,7 +7,6 @@ import (
 	"os"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/iamlet/iamlet/e2e/stack"
 )
@@ -56,7 +55,7 @@ func sharedAgent(t *testing.T) *stack.Proc {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := p.WaitHTTP("http://"+stack.AgentMetricsAddr+"/readyz", 30*time.Second); err != nil {
+		if err := p.WaitHTTP("http://"+stack.AgentMetricsAddr+"/readyz", machineDeadline); err != nil {
 			t.Fatalf("shared agent not ready: %v", err)
 		}
 		suite.agent = p

@@ -25,6 +25,7 @@ func TestMetricsAndStatusShowEachPod(t *testing.T) {
 	ctx := context.Background()
 	a := suite.NewPod(t, "obs-a", stack.PodOptions{ServiceAccount: saA})
 	b := suite.NewPod(t, "obs-b", stack.PodOptions{ServiceAccount: saB})
+	waitCached(t, a, b)
 	for _, p := range []*stack.Pod{a, b} {
 		if r := p.Exec(ctx, nil, suite.gov2Bin); r.Err != nil {
 			t.Fatalf("%s: %v\n%s", p.Name, r.Err, r.Output())
@@ -103,7 +104,7 @@ func TestReadinessWaitsForTheInformer(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer p.Stop()
-	if err := p.WaitHTTP("http://"+stack.AgentMetricsAddr+"/healthz", 20*time.Second); err != nil {
+	if err := p.WaitHTTP("http://"+stack.AgentMetricsAddr+"/healthz", machineDeadline); err != nil {
 		t.Fatal(err)
 	}
 	code, body, err := stack.Get("http://" + stack.AgentMetricsAddr + "/readyz")
@@ -119,6 +120,7 @@ func TestReadinessWaitsForTheInformer(t *testing.T) {
 func TestMonitoringQueriesNameExportedMetrics(t *testing.T) {
 	sharedAgent(t)
 	p := suite.NewPod(t, "mon", stack.PodOptions{ServiceAccount: saA})
+	waitCached(t, p)
 	if r := p.Exec(context.Background(), nil, suite.gov2Bin); r.Err != nil {
 		t.Fatalf("gov2: %v\n%s", r.Err, r.Output())
 	}
@@ -185,9 +187,10 @@ func TestMonitoringQueriesNameExportedMetrics(t *testing.T) {
 func TestLogsCarryNoSecrets(t *testing.T) {
 	sharedAgent(t)
 	p := suite.NewPod(t, "logs", stack.PodOptions{ServiceAccount: saA})
+	waitCached(t, p)
 	r := p.Exec(context.Background(), nil, clientBin(t, "probe"), "-token", "/latest/meta-data/iam/security-credentials/"+roleName(stack.RoleARN(stack.AudienceA)))
 	var doc struct{ AccessKeyId, SecretAccessKey, Token string }
-	body := r.Stdout[strings.Index(r.Stdout, "{"):]
+	_, body, _ := strings.Cut(r.Stdout, "\n200\n")
 	if err := json.Unmarshal([]byte(strings.TrimSpace(body)), &doc); err != nil || doc.SecretAccessKey == "" || doc.Token == "" {
 		t.Fatalf("credential document: %v\n%s", err, r.Output())
 	}

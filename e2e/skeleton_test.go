@@ -54,6 +54,7 @@ func TestPodsGetTheirOwnRole(t *testing.T) {
 		t.Run(mode.name, func(t *testing.T) {
 			a := suite.NewPod(t, "skel-a-"+strings.ToLower(mode.name), stack.PodOptions{ServiceAccount: saA})
 			b := suite.NewPod(t, "skel-b-"+strings.ToLower(mode.name), stack.PodOptions{ServiceAccount: saB})
+			waitCached(t, a, b)
 			var checks []func()
 			if mode.forceV1 {
 				checks = append(checks, forceIMDSv1(t, a), forceIMDSv1(t, b))

@@ -258,17 +258,47 @@ func testInHostNetns(t *testing.T, host, pod string) {
 		}
 		cfg := cfg
 		cfg.Backend = BackendNFT
-		mustEnsure(t, newReal(t, cfg, log))
+		r := newReal(t, cfg, log)
+		mustEnsure(t, r)
 		expectDial(t, pod, "for a conntrack entry", "iamlet")
 		for _, dst := range []netip.Addr{imds4, imds6} {
 			if n := conntrackEntries(t, dst); n == 0 {
 				t.Fatalf("no conntrack entry to %s after a connection", dst)
+			}
+			// A redirected flow is answered by the agent: FlushUnredirected leaves it alone.
+			if err := FlushUnredirected(t.Context(), dst); err != nil {
+				t.Fatalf("FlushUnredirected(%s) = %v", dst, err)
+			}
+			if n := conntrackEntries(t, dst); n == 0 {
+				t.Errorf("FlushUnredirected(%s) deleted a redirected flow's entry", dst)
 			}
 			if err := FlushConntrack(t.Context(), dst); err != nil {
 				t.Fatalf("FlushConntrack(%s) = %v", dst, err)
 			}
 			if n := conntrackEntries(t, dst); n != 0 {
 				t.Errorf("after FlushConntrack(%s), %d entries left, want 0", dst, n)
+			}
+		}
+		// Without the rules a flow reaches the node's own service: that is the flow FlushUnredirected is for. The
+		// kernel tracks it only while some rule uses conntrack, as kube-proxy's do on a node.
+		if err := r.Remove(t.Context()); err != nil {
+			t.Fatalf("Remove() = %v", err)
+		}
+		for _, ipt := range []string{"iptables-nft", "ip6tables-nft"} {
+			rule := []string{"INPUT", "-m", "conntrack", "--ctstate", "ESTABLISHED", "-j", "ACCEPT"}
+			runCmd(t, ipt, append([]string{"-A"}, rule...)...)
+			t.Cleanup(func() { runCmd(t, ipt, append([]string{"-D"}, rule...)...) })
+		}
+		expectDial(t, pod, "without rules", "node-imds")
+		for _, dst := range []netip.Addr{imds4, imds6} {
+			if n := conntrackEntries(t, dst); n == 0 {
+				t.Fatalf("no conntrack entry to %s after an un-redirected connection", dst)
+			}
+			if err := FlushUnredirected(t.Context(), dst); err != nil {
+				t.Fatalf("FlushUnredirected(%s) = %v", dst, err)
+			}
+			if n := conntrackEntries(t, dst); n != 0 {
+				t.Errorf("after FlushUnredirected(%s), %d un-redirected entries left, want 0", dst, n)
 			}
 		}
 	})

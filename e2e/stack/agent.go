@@ -54,7 +54,7 @@ func (s *Stack) StartAgent(t TB, bin string, extra ...string) *Proc {
 		t.Fatal(err)
 	}
 	t.Cleanup(p.Stop)
-	if err := p.WaitHTTP("http://"+AgentMetricsAddr+"/readyz", 30*time.Second); err != nil {
+	if err := p.WaitHTTP("http://"+AgentMetricsAddr+"/readyz", 60*time.Second); err != nil {
 		t.Fatalf("agent not ready: %v", err)
 	}
 	return p

@@ -134,7 +134,7 @@ func cachedSection(p printer, r *Results, plots map[string]string) {
 	p("reached from the same pod through a DNAT rule of the same kind in a chain of the benchmark's own\n")
 	p("(`%s:80` → `10.200.0.1:%s`, removed afterwards). `bench/loadgen` runs in the pod's network namespace: N clients, one\n", floorVIP, floorPort)
 	p("keep-alive connection each, back to back, 2 s measured after 0.3 s of warm-up; iamlet and floor runs alternate.\n")
-	p("iamlet runs with `--max-conns-per-pod=0 --requests-per-pod=0`: its per-pod limits (64 connections, 100 req/s) exist to\n")
+	p("iamlet runs with `--max-conns-per-pod=0 --requests-per-pod=0`: its per-pod limits (64 connections, 200 req/s after a burst of 1000) exist to\n")
 	p("stop a single pod this busy, and would otherwise be what is measured. Latencies in µs; CPU is the server process's\n")
 	p("user+system time over the run divided by the requests it answered (warm-up included).\n\n")
 	p("| clients | iamlet req/s | floor req/s | ratio | iamlet p50 | floor p50 | iamlet p99 | floor p99 | p99 ratio | iamlet p99.9 | floor p99.9 | p99.9 ratio | CPU/req iamlet | CPU/req floor | errors iamlet/floor |\n")

@@ -6,7 +6,7 @@
 //	abuse -mode bigheader                  one request with a 1 MiB header
 //	abuse -mode bigbody                    a token PUT with a 10 MiB body
 //	abuse -mode garbage                    bytes that are not HTTP
-//	abuse -mode flood -n 2000              n requests as fast as one connection allows
+//	abuse -mode flood -n 2000 -c 64        n requests as fast as c connections allow
 //
 // It prints "opened N" for the holding modes and "status CODE" or "error ..." for the others.
 package main
@@ -20,6 +20,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -28,6 +29,7 @@ func main() {
 	mode := flag.String("mode", "", "conns, slowloris, bigheader, bigbody, garbage or flood")
 	n := flag.Int("n", 100, "connections or requests")
 	hold := flag.Duration("for", 5*time.Second, "how long to hold connections")
+	conc := flag.Int("c", 1, "with -mode flood, connections sending at once")
 	flag.Parse()
 	switch *mode {
 	case "conns", "slowloris":
@@ -40,7 +42,7 @@ func main() {
 	case "garbage":
 		report(request(*addr, "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not http at all\r\n\r\n"))
 	case "flood":
-		flood(*addr, min(*n, 100000))
+		flood(*addr, min(*n, 100000), min(max(*conc, 1), 1000))
 	default:
 		fmt.Fprintln(os.Stderr, "abuse: unknown -mode")
 		os.Exit(2)
@@ -98,21 +100,40 @@ func report(code int, err error) {
 	fmt.Println("status", code)
 }
 
-func flood(addr string, n int) {
-	client := &http.Client{Timeout: 2 * time.Second}
+// flood prints "status CODE xN" per answer code (0: no answer) and "elapsed SECONDS", so a test can compare what was
+// served with what the pod's rate allows in that time.
+func flood(addr string, n, conc int) {
+	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: conc}}
+	var mu sync.Mutex
 	counts := map[int]int{}
-	deadline := time.Now().Add(30 * time.Second)
-	for i := 0; i < n && time.Now().Before(deadline); i++ {
-		resp, err := client.Get("http://" + addr + "/latest/meta-data/iam/security-credentials/")
-		if err != nil {
-			counts[0]++
-			continue
+	start := time.Now()
+	deadline := start.Add(30 * time.Second)
+	next := make(chan struct{})
+	go func() {
+		defer close(next)
+		for i := 0; i < n && time.Now().Before(deadline); i++ {
+			next <- struct{}{}
 		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		counts[resp.StatusCode]++
+	}()
+	var wg sync.WaitGroup
+	for range conc {
+		wg.Go(func() {
+			for range next {
+				code := 0
+				if resp, err := client.Get("http://" + addr + "/latest/meta-data/iam/security-credentials/"); err == nil {
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					code = resp.StatusCode
+				}
+				mu.Lock()
+				counts[code]++
+				mu.Unlock()
+			}
+		})
 	}
+	wg.Wait()
 	for code, c := range counts {
 		fmt.Printf("status %d x%d\n", code, c)
 	}
+	fmt.Printf("elapsed %.3f\n", time.Since(start).Seconds())
 }

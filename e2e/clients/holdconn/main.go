@@ -30,7 +30,8 @@ func main() {
 		fmt.Fprintln(os.Stderr, "usage: holdconn [-addr host:port] FIRST-PATH SECOND-PATH")
 		os.Exit(2)
 	}
-	conn, err := net.DialTimeout("tcp", *addr, 3*time.Second)
+	// No TCP keep-alive probes: an idle held flow must stay idle, or a probe would start a new conntrack entry.
+	conn, err := (&net.Dialer{Timeout: 3 * time.Second, KeepAlive: -1}).Dial("tcp", *addr)
 	if err != nil {
 		fmt.Printf("error dial: %v\n", err)
 		os.Exit(1)

@@ -3,7 +3,8 @@
 // from -H flags; with -token it first fetches an IMDSv2 token and sends it on every request.
 // It prints, per request: "=== METHOD PATH", the status code, then the body.
 // With -for it sends the whole list again and again (every -every) until that much time has passed, each request
-// on a connection of its own, so a test can watch what a pod gets while the node changes under it.
+// on a connection of its own, so a test can watch what a pod gets while the node changes under it; with -until it
+// stops once that file exists (and -for is only the upper bound), so the watch lasts as long as the change does.
 package main
 
 import (
@@ -28,6 +29,7 @@ func main() {
 	token := flag.Bool("token", false, "fetch an IMDSv2 token first and send it")
 	repeatFor := flag.Duration("for", 0, "repeat the requests until this much time has passed (0: once)")
 	every := flag.Duration("every", 10*time.Millisecond, "with -for, the pause between rounds")
+	until := flag.String("until", "", "with -for, stop once this file exists")
 	var hs headers
 	flag.Var(&hs, "H", "header 'Name: value' (repeatable)")
 	flag.Parse()
@@ -44,6 +46,11 @@ func main() {
 		round(*addr, flag.Args(), hs)
 		if time.Now().After(end) {
 			return
+		}
+		if *until != "" {
+			if _, err := os.Stat(*until); err == nil {
+				return
+			}
 		}
 		time.Sleep(*every)
 	}

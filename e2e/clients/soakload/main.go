@@ -27,6 +27,7 @@ func main() {
 	dur := flag.Duration("for", time.Minute, "how long to run (at most 1h)")
 	every := flag.Duration("every", 200*time.Millisecond, "pause between rounds")
 	markers := flag.String("markers", "", "comma-separated strings that must never appear")
+	until := flag.String("until", "", "stop early once this file exists")
 	flag.Parse()
 	s := summary{Errors: map[string]int{}, Roles: map[string]int{}, KeyIDs: map[string]int{}}
 	c := &http.Client{Timeout: 2 * time.Second}
@@ -70,6 +71,11 @@ func main() {
 						s.Served++
 					}
 				}
+			}
+		}
+		if *until != "" {
+			if _, err := os.Stat(*until); err == nil {
+				break
 			}
 		}
 		time.Sleep(*every)
