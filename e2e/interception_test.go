@@ -180,10 +180,13 @@ func testDrift(t *testing.T, backend string) {
 		if entries := conntrackFlow(t, h.ip, h.port); len(entries) != 0 {
 			t.Errorf("the repair left the un-redirected flow's entry:\n%s", strings.Join(entries, "\n"))
 		}
+		// The flow must no longer reach the node's IMDS. How it ends is the kernel's business: usually a reset (its
+		// next packet is DNATed to a listener that knows no such connection), a stall if a packet of the node's
+		// side re-created the entry first. Neither carries anything of the node; only an answer would.
 		out := h.proceed(t)
 		assertNoNodeSecrets(t, "held connection", out)
-		if _, second, _ := strings.Cut(out, "=== GET "+nodeRolePath+"\n"); !strings.HasPrefix(second, "error read: ") || !strings.Contains(second, "connection reset by peer") {
-			t.Errorf("second request on the un-redirected flow after the repair: want a reset, got:\n%s", out)
+		if _, second, _ := strings.Cut(out, "=== GET "+nodeRolePath+"\n"); !strings.HasPrefix(second, "error ") {
+			t.Errorf("second request on the un-redirected flow after the repair: want no answer, got:\n%s", out)
 		}
 	})
 }
