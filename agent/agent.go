@@ -42,6 +42,12 @@ type Config struct {
 	NodeName   string
 	Kubeconfig string // "" = in-cluster
 
+	// TokenMinting is the identity pod tokens are minted with: the node's own (confined to its pods) or the
+	// agent's ServiceAccount cluster-wide. ConfinementCheckInterval is how often the agent proves the
+	// apiserver still refuses what it must (see token.Source.CheckConfined).
+	TokenMinting             token.Mode
+	ConfinementCheckInterval time.Duration
+
 	// MetadataAddrs are the listeners of the IMDS face, at most one per family; interception DNATs to them.
 	MetadataAddrs []netip.AddrPort
 	// ContainerAddrs are optional listeners of the container-credentials face.
@@ -81,7 +87,15 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 	if len(cfg.MetadataAddrs) == 0 {
 		return errors.New("at least one metadata listen address is required")
 	}
-	kube, err := kubeClient(cfg.Kubeconfig)
+	rc, err := kubeConfig(cfg.Kubeconfig)
+	if err != nil {
+		return err
+	}
+	kube, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return fmt.Errorf("kubernetes client: %w", err)
+	}
+	minter, err := mintingClient(rc, cfg.TokenMinting, cfg.NodeName)
 	if err != nil {
 		return err
 	}
@@ -102,10 +116,11 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 	index := pods.New(kube, cfg.NodeName, cfg.UnknownPodWait)
 	mapper := roles.New(kube, roles.Config{DefaultAudience: cfg.DefaultAudience, DefaultDuration: cfg.SessionDuration,
 		RequireNamespaceAllowlist: cfg.RequireNamespaceAllowlist})
-	cache := creds.New(&fetcher{tokens: token.New(kube, token.MinTTL), sts: stsClient, metrics: m},
+	st := &state{minting: cfg.TokenMinting}
+	tokens := token.New(minter, token.MinTTL)
+	cache := creds.New(&fetcher{tokens: tokens, confined: st.confinedErr, sts: stsClient, metrics: m},
 		creds.Config{RefreshQPS: cfg.RefreshQPS, Observer: observer{metrics: m, log: log}})
 	prov := &provider{pods: index, roles: mapper, cache: cache, metrics: m, log: log, dryRun: cfg.DryRun}
-	st := &state{}
 
 	reg.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "iamlet_informer_synced", Help: "1 when the pod, ServiceAccount and Namespace informers have synced."},
@@ -114,12 +129,26 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 			func() float64 { return float64(len(index.Live())) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "iamlet_credentials_cache_entries", Help: "Entries in the credential cache."},
 			func() float64 { return float64(cache.Len()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "iamlet_token_minting_confined",
+			Help: "1 while the last confinement check saw the apiserver refuse what it must; 0 before the first check or after one that failed."},
+			func() float64 { return b2f(st.confinedErr() == nil) }),
 	)
+	mintingInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "iamlet_token_minting_info",
+		Help: "The identity pod tokens are minted with: mode=\"node\" (confined to this node's pods) or \"cluster\" (cluster-wide)."}, []string{"mode"})
+	mintingInfo.WithLabelValues(string(cfg.TokenMinting)).Set(1)
+	reg.MustRegister(mintingInfo)
+	if cfg.TokenMinting == token.ClusterWide {
+		log.Warn("cluster-wide minting: the agent's ServiceAccount can mint tokens for every ServiceAccount in the cluster, narrowed only by the admission policy; use --token-minting=node where the apiserver supports constrained impersonation (Kubernetes 1.35+)")
+	} else {
+		log.Info("node-confined minting: pod tokens are minted as the node", "node", cfg.NodeName)
+	}
 
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	// Defers run last first: cancel stops the servers and loops, then Wait sees them gone. The other order would
+	// leave a start-up error waiting forever on servers that never stop.
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	goRun := func(f func()) { wg.Add(1); go func() { defer wg.Done(); f() }() }
 
 	// Observability first, so /healthz answers and /readyz says why it is not ready yet.
@@ -141,13 +170,30 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 	mapper.AddHandler(mark)
 	goRun(func() { index.Run(ctx) })
 	mapper.Start(ctx)
-	defer mapper.Shutdown()
+	defer func() { cancel(); mapper.Shutdown() }() // Shutdown waits for informers that stop only once ctx is done
 
 	log.Info("waiting for informers to sync", "node", cfg.NodeName)
 	if err := waitFor(ctx, func() bool { return index.HasSynced() && mapper.HasSynced() }); err != nil {
 		return fmt.Errorf("informers did not sync: %w", err)
 	}
 	st.synced.Store(true)
+	self, err := ownServiceAccount(ctx, kube, cfg.TokenMinting, cfg.NodeName)
+	if err != nil {
+		return err
+	}
+	checkConfinement(ctx, tokens, self, st, log)
+	goRun(func() {
+		t := time.NewTicker(cfg.ConfinementCheckInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				checkConfinement(ctx, tokens, self, st, log)
+			}
+		}
+	})
 	goRun(func() { cache.Run(ctx) })
 	goRun(func() {
 		for {
@@ -286,6 +332,19 @@ func iptablesConfig(cfg Config) iptables.Config {
 // state is what readiness and status report.
 type state struct {
 	synced, listening, rulesOK atomic.Bool
+	minting                    token.Mode
+	// confinement is the last confinement check's failure; nil before the first check.
+	confinement atomic.Pointer[error]
+}
+
+var errNotChecked = errors.New("token minting confinement not checked yet")
+
+// confinedErr is nil while the last confinement check passed: only then are new tokens minted.
+func (s *state) confinedErr() error {
+	if p := s.confinement.Load(); p != nil {
+		return *p
+	}
+	return errNotChecked
 }
 
 func (s *state) ready() (bool, string) {
@@ -297,7 +356,10 @@ func (s *state) ready() (bool, string) {
 	case !s.rulesOK.Load():
 		return false, "interception rules not in place"
 	}
-	return true, "ok"
+	if err := s.confinedErr(); err != nil {
+		return false, s.minting.Describe() + ": " + err.Error()
+	}
+	return true, "ok: " + s.minting.Describe()
 }
 
 func opsHandler(g prometheus.Gatherer, st *state) http.Handler {
@@ -310,7 +372,7 @@ func opsHandler(g prometheus.Gatherer, st *state) http.Handler {
 			http.Error(w, why, http.StatusServiceUnavailable)
 			return
 		}
-		_, _ = w.Write([]byte("ok\n"))
+		_, _ = w.Write([]byte(why + "\n"))
 	})
 	return mux
 }
@@ -376,7 +438,7 @@ func waitFor(ctx context.Context, cond func() bool) error {
 	return nil
 }
 
-func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
+func kubeConfig(kubeconfig string) (*rest.Config, error) {
 	var rc *rest.Config
 	var err error
 	if kubeconfig == "" {
@@ -389,7 +451,7 @@ func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
 	}
 	rc.UserAgent = "iamlet"
 	rc.QPS, rc.Burst = 50, 100
-	return kubernetes.NewForConfig(rc)
+	return rc, nil
 }
 
 func tokenKey(path string) ([]byte, error) {

@@ -128,12 +128,17 @@ func requestFor(p pods.Pod, r roles.Role) creds.Request {
 
 // fetcher gets fresh credentials: a pod-bound token from the apiserver, traded with STS.
 type fetcher struct {
-	tokens  *token.Source
-	sts     *sts.Client
-	metrics *metrics
+	tokens *token.Source
+	// confined is nil while the last confinement check passed; otherwise no new token is minted.
+	confined func() error
+	sts      *sts.Client
+	metrics  *metrics
 }
 
 func (f *fetcher) Fetch(ctx context.Context, r creds.Request) (creds.Credentials, error) {
+	if err := f.confined(); err != nil {
+		return creds.Credentials{}, &kubeError{err: fmt.Errorf("not minting: %w", err)}
+	}
 	start := time.Now()
 	tok, err := f.tokens.Token(ctx, token.Pod{Namespace: r.Namespace, Name: r.Pod, UID: types.UID(r.PodUID), ServiceAccount: r.ServiceAccount}, r.Audience)
 	f.metrics.tokenLat.Observe(time.Since(start).Seconds())

@@ -265,7 +265,7 @@ func TestCredentialPathLogsNoSecrets(t *testing.T) {
 
 			log, logs := logBuffer()
 			m := newMetrics(prometheus.NewRegistry())
-			cache := creds.New(&fetcher{tokens: token.New(kube, token.MinTTL), sts: stsClient, metrics: m},
+			cache := creds.New(&fetcher{tokens: token.New(kube, token.MinTTL), confined: func() error { return nil }, sts: stsClient, metrics: m},
 				creds.Config{Observer: observer{metrics: m, log: log}})
 			p := &provider{pods: stubPods{pod: testPod}, roles: stubRoles{role: testRole}, cache: cache, metrics: m, log: log}
 

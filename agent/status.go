@@ -22,6 +22,7 @@ type Status struct {
 	Ready        bool        `json:"ready"`
 	Reason       string      `json:"reason"`
 	Interception string      `json:"interception"`
+	Minting      string      `json:"minting"` // node-confined minting, or cluster-wide minting
 	Pods         []PodStatus `json:"pods"`
 }
 
@@ -52,7 +53,7 @@ func buildStatus(live []pods.Pod, mapper *roles.Mapper, entries []creds.Entry, s
 	for _, e := range entries {
 		byKey[e.Request.Key()] = e
 	}
-	s := Status{Interception: "in place"}
+	s := Status{Interception: "in place", Minting: st.minting.Describe()}
 	s.Ready, s.Reason = st.ready()
 	if !st.rulesOK.Load() {
 		s.Interception = "missing"

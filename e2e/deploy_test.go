@@ -31,12 +31,13 @@ import (
 	"github.com/iamlet/iamlet/e2e/stack"
 )
 
-// The agent's identity as the manifests in deploy/ install it.
+// The agent's identity as the manifests in deploy/ install it (the stack installs the chart).
 const (
-	agentNamespace = "iamlet-system"
-	agentUser      = "system:serviceaccount:iamlet-system:iamlet"
+	agentNamespace = stack.AgentNamespace
 	tokenPolicy    = "iamlet-token-requests"
 )
+
+var agentUser = stack.AgentUser
 
 // helmOnlyLabels are the chart's bookkeeping labels; everything else must match the kustomize output.
 var helmOnlyLabels = []string{"helm.sh/chart", "app.kubernetes.io/managed-by", "app.kubernetes.io/instance", "app.kubernetes.io/version"}
@@ -66,24 +67,43 @@ func TestDeployHelmMatchesKustomize(t *testing.T) {
 			compareObjects(t, parseObjects(t, kustomize(t, repoPath(t, p.kustomization))), parseObjects(t, helmTemplate(t, p.values)))
 		})
 	}
-	// The ServiceMonitor is a kustomize component (it needs the Prometheus Operator's CRD) and a chart value.
-	t.Run("servicemonitor", func(t *testing.T) {
-		dir := t.TempDir()
-		rel := func(p string) string { // kustomize refuses absolute paths
-			r, err := filepath.Rel(dir, repoPath(t, p))
-			if err != nil {
-				t.Fatal(err)
-			}
-			return r
-		}
-		k := fmt.Sprintf("apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [%s]\ncomponents: [%s]\n",
-			rel("deploy/kustomize/overlays/eks"), rel("deploy/kustomize/components/servicemonitor"))
-		if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(k), 0o600); err != nil {
+	// Optional pieces are kustomize components and chart values: the ServiceMonitor (it needs the Prometheus
+	// Operator's CRD) and cluster-wide minting (for clusters without constrained impersonation).
+	for _, c := range []struct{ component, value string }{
+		{"servicemonitor", "serviceMonitor.enabled=true"},
+		{"cluster-wide-minting", "tokenMinting=cluster"},
+	} {
+		t.Run(c.component, func(t *testing.T) {
+			compareObjects(t, parseObjects(t, kustomizeWith(t, "", "deploy/kustomize/overlays/eks", "deploy/kustomize/components/"+c.component)),
+				parseObjects(t, helmTemplate(t, "deploy/helm/platforms/eks.yaml", "--set", c.value)))
+		})
+	}
+}
+
+// kustomizeWith renders a kustomization of base with components, in namespace ns ("" to keep the base's).
+func kustomizeWith(t *testing.T, ns, base string, components ...string) []byte {
+	t.Helper()
+	dir := t.TempDir()
+	rel := func(p string) string { // kustomize refuses absolute paths
+		r, err := filepath.Rel(dir, repoPath(t, p))
+		if err != nil {
 			t.Fatal(err)
 		}
-		compareObjects(t, parseObjects(t, kustomize(t, dir)),
-			parseObjects(t, helmTemplate(t, "deploy/helm/platforms/eks.yaml", "--set", "serviceMonitor.enabled=true")))
-	})
+		return r
+	}
+	k := fmt.Sprintf("apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [%s]\n", rel(base))
+	if ns != "" {
+		k += "namespace: " + ns + "\n"
+	}
+	var rels []string
+	for _, c := range components {
+		rels = append(rels, rel(c))
+	}
+	k += fmt.Sprintf("components: [%s]\n", strings.Join(rels, ", "))
+	if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(k), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return kustomize(t, dir)
 }
 
 // TestDeployServerDryRun applies every rendering with server-side dry run and strict field validation: the
@@ -111,13 +131,16 @@ func TestDeployServerDryRun(t *testing.T) {
 	}
 }
 
-// TestAdmissionPolicyLimitsAgentTokens installs the manifests' RBAC and admission policy for real, then asks
-// for tokens as the agent's ServiceAccount: only Pod-bound tokens for an allowed audience pass. The refusals
-// carry the policy's name, so they come from the policy (whose `object` is the TokenRequest), not from RBAC.
+// TestAdmissionPolicyLimitsAgentTokens installs cluster-wide minting for real, three ways (the chart as the stack
+// installs it, the kustomize base in another namespace, the chart under another release name in another
+// namespace), then asks for tokens as that installation's agent ServiceAccount: only Pod-bound tokens for an
+// allowed audience and at most ten minutes pass. The refusals carry the policy's name, so they come from the
+// policy (whose `object` is the TokenRequest), not from RBAC; the policy names no namespace or user, so it
+// follows the installation wherever it goes.
 func TestAdmissionPolicyLimitsAgentTokens(t *testing.T) {
-	installAgentAccess(t)
+	stopSharedAgent() // other installations rebind the cluster-scoped RBAC; the stack's is restored at the end
+	t.Cleanup(func() { restoreStackInstall(t) })
 	ctx := context.Background()
-	agent := impersonate(t, agentUser)
 	pod := suite.NewPod(t, "deploy-token", stack.PodOptions{ServiceAccount: saA})
 	secret, err := suite.Kube.CoreV1().Secrets("default").Create(ctx,
 		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "deploy-token"}}, metav1.CreateOptions{})
@@ -127,59 +150,104 @@ func TestAdmissionPolicyLimitsAgentTokens(t *testing.T) {
 	t.Cleanup(func() { _ = suite.Kube.CoreV1().Secrets("default").Delete(ctx, secret.Name, metav1.DeleteOptions{}) })
 	podRef := &authv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: types.UID(pod.UID)}
 	secretRef := &authv1.BoundObjectReference{Kind: "Secret", APIVersion: "v1", Name: secret.Name, UID: secret.UID}
-	request := func(c kubernetes.Interface, audiences []string, ref *authv1.BoundObjectReference) error {
-		secs := int64(600)
-		_, err := c.CoreV1().ServiceAccounts("default").CreateToken(ctx, saA, &authv1.TokenRequest{
-			Spec: authv1.TokenRequestSpec{Audiences: audiences, BoundObjectRef: ref, ExpirationSeconds: &secs}}, metav1.CreateOptions{})
+	request := func(c kubernetes.Interface, audiences []string, ref *authv1.BoundObjectReference, secs int64) error {
+		spec := authv1.TokenRequestSpec{Audiences: audiences, BoundObjectRef: ref}
+		if secs > 0 {
+			spec.ExpirationSeconds = &secs
+		}
+		_, err := c.CoreV1().ServiceAccounts("default").CreateToken(ctx, saA, &authv1.TokenRequest{Spec: spec}, metav1.CreateOptions{})
 		return err
 	}
-
-	// RBAC and the policy take effect once the apiserver's caches have them.
-	var last error
-	if !eventually(machineDeadline, func() bool { last = request(agent, []string{stack.AudienceB}, podRef); return policyDenied(last) }) {
-		t.Fatalf("the admission policy never refused a token for another audience; last answer: %v", last)
+	chart := func(name, ns string) []byte {
+		out, err := stack.HelmTemplate(name, ns, "--set", "tokenMinting=cluster")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
 	}
-
-	for _, c := range []struct {
-		name      string
-		audiences []string
-		ref       *authv1.BoundObjectReference
-		allowed   bool
+	installs := []struct {
+		name, namespace string
+		rendered        []byte
 	}{
-		{"sts audience bound to a pod", []string{stack.AudienceA}, podRef, true},
-		{"another audience", []string{stack.AudienceB}, podRef, false},
-		{"the apiserver's audience", []string{stack.APIServerURL}, podRef, false},
-		{"no audience (the apiserver's by default)", nil, podRef, false},
-		{"an allowed and another audience", []string{stack.AudienceA, stack.AudienceB}, podRef, false},
-		{"bound to a secret", []string{stack.AudienceA}, secretRef, false},
-		{"not bound", []string{stack.AudienceA}, nil, false},
-	} {
-		t.Run(c.name, func(t *testing.T) {
-			err := request(agent, c.audiences, c.ref)
-			switch {
-			case c.allowed && err != nil:
-				t.Errorf("TokenRequest(%q, %v) as the agent: %v, want a token", c.audiences, refKind(c.ref), err)
-			case !c.allowed && !policyDenied(err):
-				t.Errorf("TokenRequest(%q, %v) as the agent = %v, want a refusal from %s", c.audiences, refKind(c.ref), err, tokenPolicy)
+		{"chart as installed", agentNamespace, chart("iamlet", agentNamespace)},
+		{"kustomize in another namespace", "iamlet-alt", kustomizeWith(t, "iamlet-alt", "deploy/kustomize/base", "deploy/kustomize/components/cluster-wide-minting")},
+		{"chart under another release and namespace", "team-iamlet", chart("other", "team-iamlet")},
+	}
+	for _, in := range installs {
+		t.Run(in.name, func(t *testing.T) {
+			if out, err := kubectl(in.rendered, "apply", "-f", "-"); err != nil {
+				t.Fatalf("kubectl apply: %v\n%s", err, out)
+			}
+			agent := impersonate(t, "system:serviceaccount:"+in.namespace+":iamlet")
+			// RBAC and the policy take effect once the apiserver's caches have them.
+			var last error
+			if !eventually(machineDeadline, func() bool { last = request(agent, []string{stack.AudienceA}, nil, 600); return policyDenied(last) }) {
+				t.Fatalf("the admission policy never refused an unbound token; last answer: %v", last)
+			}
+			for _, c := range []struct {
+				name      string
+				audiences []string
+				ref       *authv1.BoundObjectReference
+				secs      int64
+				allowed   bool
+			}{
+				{"sts audience bound to a pod", []string{stack.AudienceA}, podRef, 600, true},
+				{"an audience no one allows", []string{"sts-c.example"}, podRef, 600, false},
+				{"the apiserver's audience", []string{stack.APIServerURL}, podRef, 600, false},
+				{"no audience (the apiserver's by default)", nil, podRef, 600, false},
+				{"an allowed and another audience", []string{stack.AudienceA, "sts-c.example"}, podRef, 600, false},
+				{"bound to a secret", []string{stack.AudienceA}, secretRef, 600, false},
+				{"not bound", []string{stack.AudienceA}, nil, 600, false},
+				{"longer than the cap", []string{stack.AudienceA}, podRef, 3600, false},
+				{"no expiration (the apiserver's default hour)", []string{stack.AudienceA}, podRef, 0, false},
+			} {
+				t.Run(c.name, func(t *testing.T) {
+					err := request(agent, c.audiences, c.ref, c.secs)
+					switch {
+					case c.allowed && err != nil:
+						t.Errorf("TokenRequest(%q, %v, %ds) as the agent: %v, want a token", c.audiences, refKind(c.ref), c.secs, err)
+					case !c.allowed && !policyDenied(err):
+						t.Errorf("TokenRequest(%q, %v, %ds) as the agent = %v, want a refusal from %s", c.audiences, refKind(c.ref), c.secs, err, tokenPolicy)
+					}
+				})
 			}
 		})
 	}
 	t.Run("other users are not limited", func(t *testing.T) {
-		if err := request(suite.Kube, []string{stack.AudienceB}, secretRef); err != nil {
+		if err := request(suite.Kube, []string{"sts-c.example"}, secretRef, 0); err != nil {
 			t.Errorf("TokenRequest as the admin: %v, want a token (the policy binds only the agent)", err)
 		}
 	})
 }
 
-// TestRBACAgentHasOnlyWhatItNeeds installs the manifests' RBAC for real and lists, as the agent, everything it
-// may do: exactly the reads and the token minting it needs, plus what every authenticated ServiceAccount has.
+// restoreStackInstall puts the stack's installation back after a test applied others over it: the chart as the
+// stack renders it, and no cluster-wide minting.
+func restoreStackInstall(t *testing.T) {
+	t.Helper()
+	if out, err := kubectl(nil, "delete", "--ignore-not-found", "clusterrolebinding/iamlet-cluster-wide-minting", "clusterrole/iamlet-cluster-wide-minting"); err != nil {
+		t.Errorf("kubectl delete: %v\n%s", err, out)
+	}
+	rendered, err := stack.HelmTemplate("iamlet", agentNamespace)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := kubectl(rendered, "apply", "-f", "-"); err != nil {
+		t.Errorf("kubectl apply: %v\n%s", err, out)
+	}
+}
+
+// TestRBACAgentHasOnlyWhatItNeeds lists, with the chart's RBAC as the stack installs it, everything the agent may
+// do: exactly the reads and the node-confined minting it needs, plus what every authenticated ServiceAccount has.
 func TestRBACAgentHasOnlyWhatItNeeds(t *testing.T) {
-	installAgentAccess(t)
 	need := []string{
 		"pods get", "pods list", "pods watch",
 		"serviceaccounts get", "serviceaccounts list", "serviceaccounts watch",
 		"namespaces get", "namespaces list", "namespaces watch",
-		"serviceaccounts/token create",
+		// Minting only as its own node; no serviceaccounts/token create of its own.
+		"nodes.authentication.k8s.io impersonate:associated-node",
+		"serviceaccounts/token impersonate-on:associated-node:create",
+		// The admission policy's marker, no permission.
+		"tokenrequests.iamlet.dev constrained",
 	}
 	// Bootstrap ClusterRoles bound to every authenticated user (system:basic-user, system:discovery,
 	// system:public-info-viewer) or every ServiceAccount (system:service-account-issuer-discovery).
@@ -251,38 +319,6 @@ func rulesOf(t *testing.T, c kubernetes.Interface, ns string) []string {
 	}
 	slices.Sort(out)
 	return slices.Compact(out)
-}
-
-// installAgentAccess applies the base's Namespace, ServiceAccount, RBAC and admission policy for real, and
-// removes all but the Namespace when the test ends (no controller-manager here would finish deleting it).
-func installAgentAccess(t *testing.T) {
-	t.Helper()
-	var apply, remove []any
-	objs := parseObjects(t, kustomize(t, repoPath(t, "deploy/kustomize/base")))
-	for _, key := range slices.Sorted(maps.Keys(objs)) {
-		switch objs[key]["kind"] {
-		case "DaemonSet", "Service":
-		case "Namespace":
-			apply = append(apply, objs[key])
-		default:
-			apply, remove = append(apply, objs[key]), append(remove, objs[key])
-		}
-	}
-	list := func(items []any) []byte {
-		b, err := json.Marshal(map[string]any{"apiVersion": "v1", "kind": "List", "items": items})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return b
-	}
-	if out, err := kubectl(list(apply), "apply", "-f", "-"); err != nil {
-		t.Fatalf("kubectl apply: %v\n%s", err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := kubectl(list(remove), "delete", "--ignore-not-found", "-f", "-"); err != nil {
-			t.Errorf("kubectl delete: %v\n%s", err, out)
-		}
-	})
 }
 
 // policyDenied tells whether err is the token policy failing a validation (its own message), rather than RBAC

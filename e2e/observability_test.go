@@ -57,7 +57,7 @@ func TestMetricsAndStatusShowEachPod(t *testing.T) {
 	if err != nil {
 		t.Fatalf("iamlet status: %v\n%s", err, out)
 	}
-	for _, want := range []string{"ready: true", "interception: in place", "obs-a", "obs-b", stack.RoleARN(stack.AudienceA), stack.RoleARN(stack.AudienceB)} {
+	for _, want := range []string{"ready: true (ok: node-confined minting)", "interception: in place", "minting: node-confined minting", "obs-a", "obs-b", stack.RoleARN(stack.AudienceA), stack.RoleARN(stack.AudienceB)} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("iamlet status lacks %q:\n%s", want, out)
 		}
@@ -90,7 +90,7 @@ func TestMetricsAndStatusShowEachPod(t *testing.T) {
 // it cannot reach the apiserver, so its informer cannot sync); with the apiserver reachable it is ready.
 func TestReadinessWaitsForTheInformer(t *testing.T) {
 	stopSharedAgent()
-	kc, err := os.ReadFile(suite.Kubeconfig)
+	kc, err := os.ReadFile(suite.AgentKubeconfig)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,5 +1,6 @@
 // Package token mints pod-bound ServiceAccount tokens with the TokenRequest API: the web identity
-// the agent trades with STS, bound to the pod so it dies with the pod.
+// the agent trades with STS. Bound to the pod, so the apiserver mints it only while the pod exists;
+// STS checks only its expiry, so it is asked for the shortest lifetime and traded at once.
 package token
 
 import (

@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/iamlet/iamlet/agent"
+	"github.com/iamlet/iamlet/agent/token"
 	"github.com/iamlet/iamlet/iptables"
 )
 
@@ -55,9 +56,11 @@ func main() {
 func run(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("iamlet run", flag.ContinueOnError)
 	var cfg agent.Config
-	var metadataAddrs, containerAddrs, interfaces, logFormat, logLevel string
+	var metadataAddrs, containerAddrs, interfaces, logFormat, logLevel, minting string
 	fs.StringVar(&cfg.NodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name (default $NODE_NAME, from the downward API)")
 	fs.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "kubeconfig file; empty for in-cluster config")
+	fs.StringVar(&minting, "token-minting", string(token.AsNode), "whose identity pod tokens are minted with: node (constrained impersonation of this node, Kubernetes 1.35+: only this node's pods) or cluster (the agent's ServiceAccount, cluster-wide, narrowed by the admission policy)")
+	fs.DurationVar(&cfg.ConfinementCheckInterval, "confinement-check-interval", 5*time.Minute, "how often the agent checks that the apiserver still refuses a token it must refuse")
 	fs.StringVar(&metadataAddrs, "metadata-addr", envOr("METADATA_ADDR", ""), "comma-separated listen addresses of the IMDS face, at most one per family, e.g. $(HOST_IP):8181; interception DNATs to them")
 	fs.StringVar(&containerAddrs, "container-addr", "", "comma-separated listen addresses of the container-credentials face (169.254.170.23 style); empty = off")
 	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", ":9180", "listen address for /metrics, /healthz and /readyz")
@@ -97,6 +100,12 @@ func run(ctx context.Context, args []string) error {
 		return fmt.Errorf("--container-addr: %w", err)
 	}
 	cfg.Interfaces = splitList(interfaces)
+	if cfg.TokenMinting, err = token.ParseMode(minting); err != nil {
+		return fmt.Errorf("--token-minting: %w", err)
+	}
+	if cfg.ConfinementCheckInterval <= 0 {
+		return errors.New("--confinement-check-interval must be positive")
+	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

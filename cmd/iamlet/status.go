@@ -51,7 +51,7 @@ func status(ctx context.Context, args []string, out io.Writer) error {
 }
 
 func printStatus(out io.Writer, st agent.Status, now time.Time) error {
-	fmt.Fprintf(out, "ready: %v (%s)\ninterception: %s\n\n", st.Ready, st.Reason, st.Interception)
+	fmt.Fprintf(out, "ready: %v (%s)\ninterception: %s\nminting: %s\n\n", st.Ready, st.Reason, st.Interception, st.Minting)
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NAMESPACE\tPOD\tSERVICE ACCOUNT\tROLE\tSTATE\tEXPIRES IN\tDETAIL")
 	for _, p := range st.Pods {

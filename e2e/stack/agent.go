@@ -34,7 +34,7 @@ func repoRoot() string {
 // AgentArgs are the flags that point the agent at this stack.
 func (s *Stack) AgentArgs() []string {
 	return []string{
-		"--node-name=" + NodeName, "--kubeconfig=" + s.Kubeconfig,
+		"--node-name=" + NodeName, "--kubeconfig=" + s.AgentKubeconfig,
 		"--metadata-addr=" + NodeIP + ":" + AgentPort + ",[" + NodeIPv6 + "]:" + AgentPort,
 		"--metrics-addr=" + AgentMetricsAddr, "--debug-addr=" + AgentDebugAddr,
 		"--interfaces=ia" + s.Run + "+",

@@ -177,10 +177,12 @@ type Stack struct {
 	Run        string // short id; prefixes every namespace and link of this run
 	NodeNS     string
 	Dir        string // scratch directory: certificates, data, logs
-	Kubeconfig string
-	Kube       kubernetes.Interface
-	procs      []*Proc
-	nextPod    int
+	Kubeconfig string // the admin's
+	// AgentKubeconfig holds the agent's pod-bound ServiceAccount token (installAgent).
+	AgentKubeconfig string
+	Kube            kubernetes.Interface
+	procs           []*Proc
+	nextPod         int
 }
 
 // Component returns the running process of a stack component ("etcd", "kube-apiserver", "minio",
@@ -243,6 +245,7 @@ func start(nodeNS, run string) (*Stack, error) {
 		{"etcd", s.startEtcd},
 		{"kube-apiserver", s.startAPIServer},
 		{"cluster objects", s.clusterObjects},
+		{"agent install", s.installAgent},
 		{"minio", s.startMinIO},
 		{"metadata mock", s.startMock},
 	}
@@ -299,13 +302,14 @@ func (s *Stack) startAPIServer() error {
 		"--client-ca-file="+filepath.Join(d, "ca.crt"), "--token-auth-file="+filepath.Join(d, "tokens.csv"),
 		"--service-account-issuer="+APIServerURL, "--service-account-jwks-uri="+APIServerURL+"/openid/v1/jwks",
 		"--service-account-key-file="+filepath.Join(d, "sa.pub"), "--service-account-signing-key-file="+filepath.Join(d, "sa.key"),
-		"--api-audiences="+APIServerURL, "--authorization-mode=Node,RBAC", "--anonymous-auth=true",
+		"--api-audiences="+APIServerURL, "--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",
+		"--anonymous-auth=true",
 		"--service-cluster-ip-range=10.96.0.0/16", "--cert-dir="+filepath.Join(d, "apiserver-certs"),
 		"--enable-priority-and-fairness=false")
 	if err != nil {
 		return err
 	}
-	kc := clientcmdConfig(filepath.Join(d, "ca.crt"))
+	kc := kubeconfigFor(filepath.Join(d, "ca.crt"), adminToken)
 	s.Kubeconfig = filepath.Join(d, "kubeconfig")
 	if err := os.WriteFile(s.Kubeconfig, kc, 0o600); err != nil {
 		return err
@@ -324,7 +328,7 @@ func (s *Stack) startAPIServer() error {
 	})
 }
 
-func clientcmdConfig(caFile string) []byte {
+func kubeconfigFor(caFile, token string) []byte {
 	return []byte(fmt.Sprintf(`apiVersion: v1
 kind: Config
 clusters:
@@ -337,7 +341,7 @@ contexts:
 - name: e2e
   context: {cluster: e2e, user: admin}
 current-context: e2e
-`, APIServerURL, caFile, adminToken))
+`, APIServerURL, caFile, token))
 }
 
 func (s *Stack) clusterObjects() error {
@@ -351,10 +355,11 @@ func (s *Stack) clusterObjects() error {
 	if err != nil {
 		return err
 	}
-	// The Node object lets bound tokens carry the node claim.
-	_, err = s.Kube.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: NodeName}}, metav1.CreateOptions{})
-	if err != nil {
-		return err
+	// The Node objects let bound tokens carry the node claim.
+	for _, n := range []string{NodeName, NodeName2} {
+		if _, err := s.Kube.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n}}, metav1.CreateOptions{}); err != nil {
+			return err
+		}
 	}
 	insecure := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
 	return poll(30*time.Second, func() bool {

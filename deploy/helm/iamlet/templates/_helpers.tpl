@@ -6,8 +6,3 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end }}
-
-{{/* The agent's ServiceAccount as the apiserver names its user. */}}
-{{- define "iamlet.username" -}}
-system:serviceaccount:{{ .Release.Namespace }}:iamlet
-{{- end }}

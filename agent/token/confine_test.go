@@ -1,0 +1,66 @@
+package token_test
+
+import (
+	"errors"
+	"testing"
+
+	authv1 "k8s.io/api/authentication/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+
+	"github.com/iamlet/iamlet/agent/token"
+)
+
+// TestCheckConfined: only the apiserver's refusal of an unbound token (from NodeRestriction or the admission
+// policy) passes; a granted token is ErrNotConfined, and any other refusal or failure is reported as it came.
+func TestCheckConfined(t *testing.T) {
+	sa := schema.GroupResource{Resource: "serviceaccounts"}
+	cases := []struct {
+		name        string
+		err         error
+		pass        bool
+		notConfined bool
+	}{
+		{"NodeRestriction refuses", apierrors.NewForbidden(sa, "iamlet", errors.New("node requested token not bound to a pod")), true, false},
+		{"the admission policy refuses", apierrors.NewForbidden(sa, "iamlet", errors.New(
+			"ValidatingAdmissionPolicy 'iamlet-token-requests' with binding 'iamlet-token-requests' denied request: iamlet may only request tokens bound to a Pod")), true, false},
+		{"granted", nil, false, true},
+		{"RBAC refuses the impersonation", apierrors.NewForbidden(schema.GroupResource{Group: "authentication.k8s.io", Resource: "nodes"}, "*",
+			errors.New(`User "system:serviceaccount:iamlet-system:iamlet" cannot impersonate:associated-node resource "nodes"`)), false, false},
+		{"apiserver unavailable", apierrors.NewServiceUnavailable("down"), false, false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			api := newTokenAPI(t, func(tr *authv1.TokenRequest) (*authv1.TokenRequest, error) {
+				if c.err != nil {
+					return nil, c.err
+				}
+				tr.Status.Token = minted
+				return tr, nil
+			})
+			err := token.New(api, token.MinTTL).CheckConfined(t.Context(), "iamlet-system", "iamlet")
+			if (err == nil) != c.pass || errors.Is(err, token.ErrNotConfined) != c.notConfined {
+				t.Errorf("CheckConfined = %v, want pass=%v notConfined=%v", err, c.pass, c.notConfined)
+			}
+			if len(api.got) != 1 {
+				t.Fatalf("%d token requests, want 1", len(api.got))
+			}
+			req := api.got[0].GetObject().(*authv1.TokenRequest)
+			if api.got[0].GetNamespace() != "iamlet-system" || req.Spec.BoundObjectRef != nil ||
+				len(req.Spec.Audiences) != 1 || req.Spec.Audiences[0] != token.CheckAudience || *req.Spec.ExpirationSeconds != 600 {
+				t.Errorf("the check asked for %s/%+v, want an unbound 600 s token for %s in iamlet-system", api.got[0].GetNamespace(), req.Spec, token.CheckAudience)
+			}
+		})
+	}
+}
+
+func TestParseMode(t *testing.T) {
+	for in, want := range map[string]token.Mode{"node": token.AsNode, "cluster": token.ClusterWide} {
+		if got, err := token.ParseMode(in); got != want || err != nil {
+			t.Errorf("ParseMode(%q) = %q, %v", in, got, err)
+		}
+	}
+	if _, err := token.ParseMode("cluster-wide"); err == nil {
+		t.Error("ParseMode accepted an unknown mode")
+	}
+}
