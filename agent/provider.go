@@ -179,5 +179,8 @@ type kubeError struct{ err error }
 func (e *kubeError) Error() string { return e.err.Error() }
 func (e *kubeError) Unwrap() error { return e.err }
 func (e *kubeError) Retryable() bool {
+	if token.Lagging(e.err) && apierrors.IsForbidden(e.err) {
+		return true // the apiserver's graph had not caught up with a new pod even after Token's quick retries
+	}
 	return !(apierrors.IsNotFound(e.err) || apierrors.IsForbidden(e.err) || apierrors.IsInvalid(e.err) || apierrors.IsBadRequest(e.err))
 }

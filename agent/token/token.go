@@ -6,9 +6,11 @@ package token
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	authv1 "k8s.io/api/authentication/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
@@ -17,6 +19,18 @@ import (
 // MinTTL is the shortest lifetime the apiserver grants. The token is used once, at once, so the agent
 // asks for no more.
 const MinTTL = 10 * time.Minute
+
+// graphLag bounds the quick retries of Token while the apiserver's view of a new pod catches up (50 ms doubling
+// to 1.6 s: about 3 s in all, inside the SDKs' retries of a miss).
+const graphLag = 1600 * time.Millisecond
+
+// Lagging reports whether err is the apiserver not yet knowing a pod the agent knows: the Node authorizer's "no
+// relationship found" (its graph has no edge from the ServiceAccount through the pod to this node yet) or
+// NodeRestriction not finding the pod. Both clear on their own, within moments; neither is a verdict.
+func Lagging(err error) bool {
+	return apierrors.IsForbidden(err) && strings.Contains(err.Error(), "no relationship found between node") ||
+		apierrors.IsNotFound(err)
+}
 
 // Pod names the pod a token is bound to.
 type Pod struct {
@@ -49,6 +63,16 @@ func (s *Source) Token(ctx context.Context, p Pod, audience string) (string, err
 		},
 	}
 	out, err := s.client.CoreV1().ServiceAccounts(p.Namespace).CreateToken(ctx, p.ServiceAccount, req, metav1.CreateOptions{})
+	// Minting as the node, the Node authorizer and NodeRestriction judge from the apiserver's own view of pods,
+	// which can trail the agent's by a moment for a pod that just appeared: ask again briefly before giving up.
+	for wait := 50 * time.Millisecond; err != nil && Lagging(err) && wait <= graphLag; wait *= 2 {
+		select {
+		case <-ctx.Done():
+			return "", fmt.Errorf("token request for %s/%s bound to pod %s: %w", p.Namespace, p.ServiceAccount, p.Name, err)
+		case <-time.After(wait):
+		}
+		out, err = s.client.CoreV1().ServiceAccounts(p.Namespace).CreateToken(ctx, p.ServiceAccount, req, metav1.CreateOptions{})
+	}
 	if err != nil {
 		return "", fmt.Errorf("token request for %s/%s bound to pod %s: %w", p.Namespace, p.ServiceAccount, p.Name, err)
 	}

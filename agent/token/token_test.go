@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	authv1 "k8s.io/api/authentication/v1"
@@ -116,17 +117,69 @@ func TestTokenErrors(t *testing.T) {
 		{"no token", func(tr *authv1.TokenRequest) (*authv1.TokenRequest, error) { return tr, nil }, func(error) bool { return true }},
 	}
 	for _, tt := range tests {
+		// synctest: a pod that is gone is asked about again for a few (fake) seconds first; see TestTokenWaitsForTheGraph.
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := token.New(newTokenAPI(t, tt.respond), token.MinTTL).Token(context.Background(), web, "sts.amazonaws.com")
-			if err == nil || got != "" {
-				t.Fatalf("Token() = %q, %v, want an error", got, err)
-			}
-			if !tt.is(err) {
-				t.Errorf("Token() error = %v, want the apiserver's classification kept", err)
-			}
-			if !strings.Contains(err.Error(), "ns/app") || !strings.Contains(err.Error(), "web") {
-				t.Errorf("Token() error = %q, want it to name the service account and pod", err)
-			}
+			synctest.Test(t, func(t *testing.T) {
+				got, err := token.New(newTokenAPI(t, tt.respond), token.MinTTL).Token(context.Background(), web, "sts.amazonaws.com")
+				if err == nil || got != "" {
+					t.Fatalf("Token() = %q, %v, want an error", got, err)
+				}
+				if !tt.is(err) {
+					t.Errorf("Token() error = %v, want the apiserver's classification kept", err)
+				}
+				if !strings.Contains(err.Error(), "ns/app") || !strings.Contains(err.Error(), "web") {
+					t.Errorf("Token() error = %q, want it to name the service account and pod", err)
+				}
+			})
 		})
 	}
+}
+
+// TestTokenWaitsForTheGraph: minting as the node, the apiserver can refuse a pod it has not yet seen ("no
+// relationship found", from the Node authorizer's graph). Token asks again with short, doubling waits, for about
+// three seconds, and then reports the refusal; other refusals are not retried.
+func TestTokenWaitsForTheGraph(t *testing.T) {
+	gr := schema.GroupResource{Resource: "serviceaccounts"}
+	lag := apierrors.NewForbidden(gr, "app", errors.New("no relationship found between node 'node-1' and this object"))
+	t.Run("catches up", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			calls := 0
+			api := newTokenAPI(t, func(tr *authv1.TokenRequest) (*authv1.TokenRequest, error) {
+				if calls++; calls <= 2 {
+					return nil, lag
+				}
+				tr.Status.Token = minted
+				return tr, nil
+			})
+			start := time.Now()
+			if got, err := token.New(api, token.MinTTL).Token(t.Context(), web, "sts.amazonaws.com"); got != minted || err != nil {
+				t.Fatalf("Token() = %q, %v", got, err)
+			}
+			if d := time.Since(start); d != 150*time.Millisecond {
+				t.Errorf("Token() took %v, want 150ms (waits of 50 and 100)", d)
+			}
+		})
+	})
+	t.Run("never catches up", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			api := newTokenAPI(t, func(*authv1.TokenRequest) (*authv1.TokenRequest, error) { return nil, lag })
+			start := time.Now()
+			if _, err := token.New(api, token.MinTTL).Token(t.Context(), web, "sts.amazonaws.com"); !apierrors.IsForbidden(err) || !token.Lagging(err) {
+				t.Fatalf("Token() error = %v, want the Node authorizer's refusal", err)
+			}
+			if d, n := time.Since(start), len(api.got); d != 3150*time.Millisecond || n != 7 {
+				t.Errorf("Token() gave up after %v and %d requests, want 3.15s and 7", d, n)
+			}
+		})
+	})
+	t.Run("other refusals at once", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			api := newTokenAPI(t, func(*authv1.TokenRequest) (*authv1.TokenRequest, error) {
+				return nil, apierrors.NewForbidden(gr, "app", errors.New("node requested token bound to a pod scheduled on a different node"))
+			})
+			if _, err := token.New(api, token.MinTTL).Token(t.Context(), web, "sts.amazonaws.com"); err == nil || len(api.got) != 1 {
+				t.Errorf("Token() = %v after %d requests, want the refusal after 1", err, len(api.got))
+			}
+		})
+	})
 }
