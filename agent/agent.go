@@ -33,8 +33,8 @@ import (
 
 // The node metadata addresses SDKs call.
 var (
-	IMDSv4 = netip.MustParseAddr("169.254.169.254")
-	IMDSv6 = netip.MustParseAddr("fd00:ec2::254")
+	IMDSv4 = iptables.IMDSv4
+	IMDSv6 = iptables.IMDSv6
 )
 
 // Config is everything the agent needs; cmd/iamlet fills it from flags.
@@ -56,7 +56,6 @@ type Config struct {
 	DebugAddr      string // read-only /status for `iamlet status`; keep it on loopback
 
 	ManageIptables    bool
-	Interfaces        []string
 	IptablesBackend   string
 	ReconcileInterval time.Duration
 
@@ -86,6 +85,15 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 	}
 	if len(cfg.MetadataAddrs) == 0 {
 		return errors.New("at least one metadata listen address is required")
+	}
+	// The rules go in before anything that can fail or wait (the region lookup, the informers' sync, the key, the
+	// listeners): until the agent serves, pods are refused; an agent that crash-loops keeps them refused.
+	var rules *iptables.Rules
+	if cfg.ManageIptables {
+		var err error
+		if rules, err = installRules(ctx, iptablesConfig(cfg), log); err != nil {
+			return err
+		}
 	}
 	rc, err := kubeConfig(cfg.Kubeconfig)
 	if err != nil {
@@ -117,6 +125,7 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 	mapper := roles.New(kube, roles.Config{DefaultAudience: cfg.DefaultAudience, DefaultDuration: cfg.SessionDuration,
 		RequireNamespaceAllowlist: cfg.RequireNamespaceAllowlist})
 	st := &state{minting: cfg.TokenMinting}
+	st.rulesOK.Store(true) // installed above, or not ours to manage
 	tokens := token.New(minter, token.MinTTL)
 	cache := creds.New(&fetcher{tokens: tokens, confined: st.confinedErr, sts: stsClient, metrics: m},
 		creds.Config{RefreshQPS: cfg.RefreshQPS, Observer: observer{metrics: m, log: log}})
@@ -216,8 +225,13 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 		return fmt.Errorf("metadata face: %w", err)
 	}
 	lm := newLimitMetrics(reg)
+	// With our rules, a connection counts only if they redirected it; without them someone else redirects.
+	var redirectedFrom []netip.Addr
+	if rules != nil {
+		redirectedFrom = []netip.Addr{iptables.IMDSv4, iptables.IMDSv6, iptables.ContainerV4, iptables.ContainerV6}
+	}
 	for _, a := range cfg.MetadataAddrs {
-		if err := serveLimited(ctx, a.String(), limitRate(imds, cfg.Limits, lm), cfg.Limits, lm, log, &wg); err != nil {
+		if err := serveLimited(ctx, a.String(), limitRate(imds, cfg.Limits, lm), cfg.Limits, redirectedFrom, lm, log, &wg); err != nil {
 			return err
 		}
 	}
@@ -227,31 +241,17 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 			return fmt.Errorf("container credentials face: %w", err)
 		}
 		for _, a := range cfg.ContainerAddrs {
-			if err := serveLimited(ctx, a.String(), limitRate(ch, cfg.Limits, lm), cfg.Limits, lm, log, &wg); err != nil {
+			if err := serveLimited(ctx, a.String(), limitRate(ch, cfg.Limits, lm), cfg.Limits, redirectedFrom, lm, log, &wg); err != nil {
 				return err
 			}
 		}
 	}
 	st.listening.Store(true)
 
-	if cfg.ManageIptables {
-		ic := iptablesConfig(cfg)
-		rules, err := iptables.New(ic, log)
-		if err != nil {
-			return fmt.Errorf("interception: %w", err)
+	if rules != nil {
+		for _, fam := range []string{"ipv4", "ipv6"} {
+			m.rules.WithLabelValues(fam).Set(1)
 		}
-		repaired, err := rules.Ensure(ctx)
-		if err != nil {
-			return fmt.Errorf("installing interception rules: %w", err)
-		}
-		log.Info("interception rules in place", "backend", rules.Backend(), "created", len(repaired))
-		cutFlows(ctx, log, iptables.FlushConntrack)
-		for fam, on := range map[string]bool{"ipv4": ic.MetadataV4.IsValid(), "ipv6": ic.MetadataV6.IsValid()} {
-			if on {
-				m.rules.WithLabelValues(fam).Set(1)
-			}
-		}
-		st.rulesOK.Store(true)
 		goRun(func() {
 			rules.Reconcile(ctx, cfg.ReconcileInterval, func(s iptables.Status) {
 				m.reconciles.Inc()
@@ -271,8 +271,6 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 				}
 			})
 		})
-	} else {
-		st.rulesOK.Store(true)
 	}
 
 	if cfg.DebugAddr != "" {
@@ -284,6 +282,23 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 	<-ctx.Done()
 	log.Info("shutting down; interception rules stay in place")
 	return nil
+}
+
+// installRules puts the interception rules in place for both families and cuts flows that were opened
+// without them.
+func installRules(ctx context.Context, ic iptables.Config, log *slog.Logger) (*iptables.Rules, error) {
+	rules, err := iptables.New(ic, log)
+	if err != nil {
+		return nil, fmt.Errorf("interception: %w", err)
+	}
+	repaired, err := rules.Ensure(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("installing interception rules: %w", err)
+	}
+	log.Info("interception rules in place", "backend", rules.Backend(), "created", len(repaired),
+		"redirected", fmt.Sprint(ic.MetadataV4, " ", ic.MetadataV6))
+	cutFlows(ctx, log, iptables.FlushConntrack)
+	return rules, nil
 }
 
 // cutFlows deletes conntrack entries to the node's metadata addresses: a flow opened while the rules
@@ -311,7 +326,7 @@ func reconcileCache(index *pods.Index, mapper *roles.Mapper, cache *creds.Cache)
 }
 
 func iptablesConfig(cfg Config) iptables.Config {
-	ic := iptables.Config{Interfaces: cfg.Interfaces, Backend: cfg.IptablesBackend, LockWait: 5 * time.Second}
+	ic := iptables.Config{Backend: cfg.IptablesBackend, LockWait: 5 * time.Second}
 	for _, a := range cfg.MetadataAddrs {
 		if a.Addr().Is4() {
 			ic.MetadataV4 = a
@@ -387,11 +402,15 @@ func serve(ctx context.Context, addr string, h http.Handler, log *slog.Logger, w
 	return serveOn(ctx, ln, h, log, wg), nil
 }
 
-// serveLimited is serve for the pod-facing faces: connections are capped per source address.
-func serveLimited(ctx context.Context, addr string, h http.Handler, lim Limits, m *limitMetrics, log *slog.Logger, wg *sync.WaitGroup) error {
+// serveLimited is serve for the pod-facing faces: connections not redirected from one of redirectedFrom (when
+// given) are closed at once, the others capped per source address.
+func serveLimited(ctx context.Context, addr string, h http.Handler, lim Limits, redirectedFrom []netip.Addr, m *limitMetrics, log *slog.Logger, wg *sync.WaitGroup) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", addr, err)
+	}
+	if redirectedFrom != nil {
+		ln = onlyRedirected(ln, redirectedFrom, m.unredirected)
 	}
 	serveOn(ctx, limitConns(ln, lim.ConnsPerPod, m), h, log, wg)
 	return nil

@@ -25,9 +25,10 @@ type Limits struct {
 }
 
 type limitMetrics struct {
-	conns    prometheus.Counter
-	requests prometheus.Counter
-	delayed  prometheus.Counter
+	conns        prometheus.Counter
+	requests     prometheus.Counter
+	delayed      prometheus.Counter
+	unredirected prometheus.Counter
 }
 
 func newLimitMetrics(reg prometheus.Registerer) *limitMetrics {
@@ -45,7 +46,11 @@ func newLimitMetrics(reg prometheus.Registerer) *limitMetrics {
 			Help: "Requests over the per-pod burst that waited for their turn and were then answered.",
 		}),
 	}
-	reg.MustRegister(m.conns, m.requests, m.delayed)
+	m.unredirected = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "iamlet_listener_unredirected_connections_total",
+		Help: "Connections closed at once because the interception rules did not redirect them (made to the listener's address directly).",
+	})
+	reg.MustRegister(m.conns, m.requests, m.delayed, m.unredirected)
 	return m
 }
 

@@ -240,6 +240,7 @@ func TestRoleOfAnotherNamespace(t *testing.T) {
 	pOwn := suite.NewPod(t, "own", stack.PodOptions{Namespace: teamA, ServiceAccount: own})
 	pThief := suite.NewPod(t, "thief", stack.PodOptions{Namespace: teamB, ServiceAccount: thief})
 	pUnlisted := suite.NewPod(t, "unlisted", stack.PodOptions{ServiceAccount: unlisted})
+	waitCached(t, pOwn) // its namespace must be known before its allow-list can admit the role
 	if r := pOwn.Exec(ctx, nil, suite.gov2Bin, "-endpoint", stack.MinIOFromPods, "-bucket", stack.Bucket); !strings.Contains(r.Stdout, "get ok") {
 		t.Errorf("team-a's own role: %v\n%s", r.Err, r.Output())
 	}
@@ -340,6 +341,7 @@ func TestSDKBurstFromOnePod(t *testing.T) {
 	sharedAgent(t)
 	ctx := context.Background()
 	p := suite.NewPod(t, "burst", stack.PodOptions{ServiceAccount: saA})
+	waitCached(t, p) // the burst's subject is the limiter, not a new pod's first fetch
 	before := limitCounters(t)
 	var reqs []string
 	for range 175 {

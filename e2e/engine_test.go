@@ -207,6 +207,7 @@ func TestSTSOutage(t *testing.T) {
 	sharedAgent(t)
 	ctx := context.Background()
 	cached := suite.NewPod(t, "outage-cached", stack.PodOptions{ServiceAccount: saA})
+	waitCached(t, cached)
 	r := cached.Exec(ctx, nil, suite.gov2Bin)
 	if r.Err != nil {
 		t.Fatalf("before the outage: %v\n%s", r.Err, r.Output())

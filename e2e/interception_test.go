@@ -303,27 +303,24 @@ func testUninstall(t *testing.T, backend string) {
 	}
 }
 
-// TestInterceptionHostNetwork makes the hostNetwork policy explicit. A hostNetwork pod shares the node's address,
-// so a request from it cannot be told apart from the node's own: iamlet refuses such callers (403, unknown pod)
-// whether or not a hostNetwork pod with a role claims the address, and never serves them a role. The agent's log
-// says which rule refused them. Their traffic to 169.254.169.254 is the node's own and is not intercepted at all
-// (NAT for locally generated connections is decided in OUTPUT, never by the PREROUTING redirect): hostNetwork pods
-// reach the node's IMDS, as on any node without iamlet.
+// TestInterceptionHostNetwork makes the hostNetwork policy explicit. A hostNetwork pod shares the node's address, so a
+// request from it cannot be told apart from the node's own. Its calls to 169.254.169.254 are the node's own traffic
+// (NAT for locally generated connections is decided in OUTPUT, never by the PREROUTING redirect): they reach the node's
+// IMDS, as on any node without iamlet. A connection from the node to the agent's listener directly was not redirected
+// by the rules, so it is closed before any work, whether or not a hostNetwork pod with a role claims the address: no
+// role is ever served to it.
 func TestInterceptionHostNetwork(t *testing.T) {
-	agent := sharedAgent(t)
+	sharedAgent(t)
 	direct := stack.NodeIP + ":" + stack.AgentPort
-	refused := func(t *testing.T, reason string) {
+	refused := func(t *testing.T) {
 		t.Helper()
-		before := strings.Count(logText(t, agent.Log), reason)
-		for _, token := range []bool{false, true} {
-			args := []string{"-addr", direct}
-			if token {
-				args = append(args, "-token")
-			}
-			out, _ := nodeExec(nil, clientBin(t, "probe"), append(args, roleListPath, roleListPath+roles.RoleName(stack.RoleARN(stack.AudienceA)))...)
-			assertNoNodeSecrets(t, "probe from the node", out)
-			if n := strings.Count(out, "\n403\niamlet: caller is not a known pod on this node\n"); n != 2 {
-				t.Errorf("from the node's address (token=%v): want 2 refusals as an unknown pod, got:\n%s", token, out)
+		before := scrapeSum(t, "iamlet_listener_unredirected_connections_total")
+		out, _ := nodeExec(nil, clientBin(t, "probe"), "-addr", direct, roleListPath, roleListPath+roles.RoleName(stack.RoleARN(stack.AudienceA)))
+		assertNoNodeSecrets(t, "probe from the node", out)
+		for _, ans := range parseProbe(out) {
+			if !strings.HasPrefix(ans.status, "error ") {
+				t.Errorf("from the node's address: want the connection closed, got:\n%s", out)
+				break
 			}
 		}
 		out, err := nodeExec([]string{"AWS_EC2_METADATA_SERVICE_ENDPOINT=http://" + direct}, suite.gov2Bin)
@@ -331,22 +328,14 @@ func TestInterceptionHostNetwork(t *testing.T) {
 		if err == nil || strings.Contains(out, "creds ") {
 			t.Errorf("gov2 from the node's address got credentials, want none (err=%v):\n%s", err, out)
 		}
-		// Four probe requests and at least one of the SDK's ask the agent who is calling.
-		if n := strings.Count(logText(t, agent.Log), reason) - before; n < 5 {
-			t.Errorf("the agent logged %q for %d refusals, want at least 5", reason, n)
+		if n := scrapeSum(t, "iamlet_listener_unredirected_connections_total") - before; n < 3 {
+			t.Errorf("the agent closed %v unredirected connections, want at least 3 (two probes and the SDK's)", n)
 		}
 	}
-	t.Run("node address", func(t *testing.T) { refused(t, "no live pod on this node has this address") })
+	t.Run("node address", refused)
 	t.Run("hostNetwork pod with a role", func(t *testing.T) {
 		suite.NewPod(t, "hostnet", stack.PodOptions{ServiceAccount: saA, HostNetwork: true})
-		const reason = "address belongs to a hostNetwork pod"
-		// Until the agent's informer has the Pod, the node's address is refused for the other reason.
-		waitUntil(t, machineDeadline, "the agent to know the hostNetwork pod", func() bool {
-			before := strings.Count(logText(t, agent.Log), reason)
-			_, _ = nodeExec(nil, clientBin(t, "probe"), "-addr", direct, roleListPath)
-			return strings.Count(logText(t, agent.Log), reason) > before
-		})
-		refused(t, reason)
+		refused(t)
 	})
 	t.Run("node traffic is not intercepted", func(t *testing.T) {
 		out, err := nodeExec(nil, clientBin(t, "probe"), "-addr", stack.IMDSv4+":80", instanceIDPath)

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"strings"
 	"sync"
 	"time"
 )
@@ -31,22 +30,19 @@ const (
 
 // Config says what to intercept and where to send it.
 type Config struct {
-	// DNAT targets for the IMDS, one per family; an invalid (zero) AddrPort turns that family off.
+	// DNAT targets for the IMDS, one per family. A family without one (no listener of that family) is still
+	// guarded: its pods are refused, never sent to the node's IMDS. At least one must be set.
 	MetadataV4, MetadataV6 netip.AddrPort
 	// Optional DNAT targets for the container-credentials face (169.254.170.23:80 and [fd00:ec2::23]:80); zero = off.
 	// A family's container face needs that family's metadata face.
 	ContainerV4, ContainerV6 netip.AddrPort
-	// Interfaces are iptables -i patterns for pod traffic ("eni+", "cali+", "lxc+", "cni0", "veth+").
-	// Empty means every packet not from the host itself (the PREROUTING path never sees host-originated traffic;
-	// the filter guard uses ! -i lo).
-	Interfaces []string
 	// Backend is "auto" (or empty: detect as kube-proxy's iptables-wrapper does), "nft" or "legacy".
 	Backend string
 	// LockWait is how long to wait for the xtables lock; zero means 5s. Rounded up to whole seconds.
 	LockWait time.Duration
 }
 
-// Rules is the interception rule set for every enabled family. Its methods are safe for concurrent use.
+// Rules is the interception rule set for both families. Its methods are safe for concurrent use.
 type Rules struct {
 	backend  string
 	families []*family
@@ -71,7 +67,8 @@ type Status struct {
 	Err      error
 }
 
-// New validates cfg, picks the backend and opens an iptables handle for each enabled family.
+// New validates cfg, picks the backend and opens an iptables handle for each family. Both families are always
+// guarded, so a node whose ip6tables cannot be opened is an error, not an IPv4-only install.
 // With Backend "auto" it runs DetectBackend under a 30s timeout; callers that need their own context can call
 // DetectBackend first and pass its answer.
 func New(cfg Config, log *slog.Logger) (*Rules, error) {
@@ -108,14 +105,11 @@ func newRules(cfg Config, backend string, log *slog.Logger, open func(v6 bool) (
 		if v6 {
 			metadata, container, name = cfg.MetadataV6, cfg.ContainerV6, "ipv6"
 		}
-		if !metadata.IsValid() {
-			continue
-		}
 		ipt, err := open(v6)
 		if err != nil {
-			return nil, fmt.Errorf("open %s iptables (%s): %w", name, backend, err)
+			return nil, fmt.Errorf("open %s iptables (%s); both families must be guarded: %w", name, backend, err)
 		}
-		r.families = append(r.families, &family{name: name, ipt: ipt, chains: buildChains(v6, metadata, container, cfg.Interfaces)})
+		r.families = append(r.families, &family{name: name, ipt: ipt, chains: buildChains(v6, metadata, container)})
 	}
 	return r, nil
 }
@@ -152,17 +146,6 @@ func (c Config) validate() error {
 		case t.v6 && (!t.ap.Addr().Is6() || t.ap.Addr().Is4In6()), !t.v6 && !t.ap.Addr().Is4():
 			return fmt.Errorf("%s target %s: wrong address family", t.name, t.ap)
 		}
-	}
-	seen := make(map[string]bool)
-	for _, p := range c.Interfaces {
-		// IFNAMSIZ is 16 with the NUL; a leading "!" or "-" would be parsed by iptables as an option, not a name.
-		if p == "" || len(p) > 15 || strings.ContainsAny(p, " \t\n\"/") || strings.HasPrefix(p, "!") || strings.HasPrefix(p, "-") {
-			return fmt.Errorf("interface pattern %q: want an interface name, optionally ending in +", p)
-		}
-		if seen[p] {
-			return fmt.Errorf("interface pattern %q listed twice", p)
-		}
-		seen[p] = true
 	}
 	return nil
 }

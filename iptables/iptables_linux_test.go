@@ -154,8 +154,7 @@ func testInHostNetns(t *testing.T, host, pod string) {
 	}
 	cfg := Config{
 		MetadataV4: listen["v4"], MetadataV6: listen["v6"], ContainerV4: listen["c4"], ContainerV6: listen["c6"],
-		Interfaces: []string{"ipth+"},
-		LockWait:   5 * time.Second,
+		LockWait: 5 * time.Second,
 	}
 	log := slog.New(slog.NewTextHandler(t.Output(), nil))
 
@@ -178,8 +177,8 @@ func testInHostNetns(t *testing.T, host, pod string) {
 			if got := mustCheck(t, r); got != nil {
 				t.Errorf("Check() = %q, want nothing missing", got)
 			}
-			diffLines(t, "iptables-save", savedRules(t, backend, false), wantSaved(false, "ipth+", listen["v4"], listen["c4"]))
-			diffLines(t, "ip6tables-save", savedRules(t, backend, true), wantSaved(true, "ipth+", listen["v6"], listen["c6"]))
+			diffLines(t, "iptables-save", savedRules(t, backend, false), wantSaved(false, listen["v4"], listen["c4"]))
+			diffLines(t, "ip6tables-save", savedRules(t, backend, true), wantSaved(true, listen["v6"], listen["c6"]))
 			expectDial(t, pod, "after Ensure", "iamlet")
 
 			// Another program flushes the nat table: pods are refused, never served by the node, until Ensure.
@@ -210,11 +209,11 @@ func testInHostNetns(t *testing.T, host, pod string) {
 			moved.MetadataV4, moved.MetadataV6 = netip.AddrPortFrom(hostV4, 8183), netip.AddrPortFrom(hostV6, 8183)
 			r2 := newReal(t, moved, log)
 			diffLines(t, "Ensure() repaired on takeover", mustEnsure(t, r2), []string{
-				`ipv4 nat/IAMLET-IMDS: rule "iamlet: imds dnat ipth+" differs`,
-				`ipv6 nat/IAMLET-IMDS: rule "iamlet: imds dnat ipth+" differs`,
+				`ipv4 nat/IAMLET-IMDS: rule "iamlet: imds dnat all" differs`,
+				`ipv6 nat/IAMLET-IMDS: rule "iamlet: imds dnat all" differs`,
 			})
-			diffLines(t, "iptables-save after takeover", savedRules(t, backend, false), wantSaved(false, "ipth+", moved.MetadataV4, listen["c4"]))
-			diffLines(t, "ip6tables-save after takeover", savedRules(t, backend, true), wantSaved(true, "ipth+", moved.MetadataV6, listen["c6"]))
+			diffLines(t, "iptables-save after takeover", savedRules(t, backend, false), wantSaved(false, moved.MetadataV4, listen["c4"]))
+			diffLines(t, "ip6tables-save after takeover", savedRules(t, backend, true), wantSaved(true, moved.MetadataV6, listen["c6"]))
 			mustEnsure(t, r)
 
 			for range 2 {
@@ -323,19 +322,19 @@ func newReal(t *testing.T, cfg Config, log *slog.Logger) *Rules {
 
 // wantSaved is what iptables-save must show for a config with one interface pattern and the container face, in the
 // form iptables normalises rules to.
-func wantSaved(v6 bool, iface string, metadata, container netip.AddrPort) []string {
+func wantSaved(v6 bool, metadata, container netip.AddrPort) []string {
 	imds, cont, icmp := "169.254.169.254/32", "169.254.170.23/32", "icmp-port-unreachable"
 	if v6 {
 		imds, cont, icmp = "fd00:ec2::254/128", "fd00:ec2::23/128", "icmp6-port-unreachable"
 	}
 	guard := func(dst, name string) []string {
 		return []string{
-			fmt.Sprintf(`-A IAMLET-GUARD -d %s -i %s -p tcp -m comment --comment "iamlet: %s reject-tcp %s" -j REJECT --reject-with tcp-reset`, dst, iface, name, iface),
-			fmt.Sprintf(`-A IAMLET-GUARD -d %s -i %s -m comment --comment "iamlet: %s reject %s" -j REJECT --reject-with %s`, dst, iface, name, iface, icmp),
+			fmt.Sprintf(`-A IAMLET-GUARD -d %s ! -i lo -p tcp -m comment --comment "iamlet: %s reject-tcp all" -j REJECT --reject-with tcp-reset`, dst, name),
+			fmt.Sprintf(`-A IAMLET-GUARD -d %s ! -i lo -m comment --comment "iamlet: %s reject all" -j REJECT --reject-with %s`, dst, name, icmp),
 		}
 	}
 	dnat := func(dst, name string, to netip.AddrPort) string {
-		return fmt.Sprintf(`-A IAMLET-IMDS -d %s -i %s -p tcp -m tcp --dport 80 -m comment --comment "iamlet: %s dnat %s" -j DNAT --to-destination %s`, dst, iface, name, iface, to)
+		return fmt.Sprintf(`-A IAMLET-IMDS -d %s -p tcp -m tcp --dport 80 -m comment --comment "iamlet: %s dnat all" -j DNAT --to-destination %s`, dst, name, to)
 	}
 	return slices.Concat(
 		[]string{

@@ -30,7 +30,7 @@ func fakeRules(t *testing.T, cfg Config, v4, v6 *fakeIPT) *Rules {
 			f = v6
 		}
 		if f == nil {
-			t.Fatalf("family ipv6=%v enabled but the test gave it no fake", isV6)
+			f = newFake() // both families are always guarded; this test looks at one
 		}
 		return f, nil
 	})
@@ -79,22 +79,7 @@ func TestRuleShape(t *testing.T) {
 		want6 []string
 	}{
 		{
-			name: "ipv4 with interfaces",
-			cfg:  Config{MetadataV4: listen4, Interfaces: []string{"eni+", "cali+"}},
-			want4: []string{
-				"filter -A INPUT " + jumpGuard,
-				"filter -A FORWARD " + jumpGuard,
-				`filter -A IAMLET-GUARD -i eni+ -d 169.254.169.254/32 -p tcp -m comment --comment "iamlet: imds reject-tcp eni+" -j REJECT --reject-with tcp-reset`,
-				`filter -A IAMLET-GUARD -i eni+ -d 169.254.169.254/32 -m comment --comment "iamlet: imds reject eni+" -j REJECT`,
-				`filter -A IAMLET-GUARD -i cali+ -d 169.254.169.254/32 -p tcp -m comment --comment "iamlet: imds reject-tcp cali+" -j REJECT --reject-with tcp-reset`,
-				`filter -A IAMLET-GUARD -i cali+ -d 169.254.169.254/32 -m comment --comment "iamlet: imds reject cali+" -j REJECT`,
-				"nat -A PREROUTING " + jumpNAT,
-				`nat -A IAMLET-IMDS -i eni+ -d 169.254.169.254/32 -p tcp --dport 80 -m comment --comment "iamlet: imds dnat eni+" -j DNAT --to-destination 10.0.0.1:8181`,
-				`nat -A IAMLET-IMDS -i cali+ -d 169.254.169.254/32 -p tcp --dport 80 -m comment --comment "iamlet: imds dnat cali+" -j DNAT --to-destination 10.0.0.1:8181`,
-			},
-		},
-		{
-			name: "ipv4 without interfaces",
+			name: "ipv4 listener: ipv6 still guarded",
 			cfg:  Config{MetadataV4: listen4},
 			want4: []string{
 				"filter -A INPUT " + jumpGuard,
@@ -104,10 +89,24 @@ func TestRuleShape(t *testing.T) {
 				"nat -A PREROUTING " + jumpNAT,
 				`nat -A IAMLET-IMDS -d 169.254.169.254/32 -p tcp --dport 80 -m comment --comment "iamlet: imds dnat all" -j DNAT --to-destination 10.0.0.1:8181`,
 			},
+			want6: []string{
+				"filter -A INPUT " + jumpGuard,
+				"filter -A FORWARD " + jumpGuard,
+				`filter -A IAMLET-GUARD ! -i lo -d fd00:ec2::254/128 -p tcp -m comment --comment "iamlet: imds reject-tcp all" -j REJECT --reject-with tcp-reset`,
+				`filter -A IAMLET-GUARD ! -i lo -d fd00:ec2::254/128 -m comment --comment "iamlet: imds reject all" -j REJECT`,
+				"nat -A PREROUTING " + jumpNAT,
+			},
 		},
 		{
-			name: "ipv6 only without interfaces",
+			name: "ipv6 listener: ipv4 still guarded",
 			cfg:  Config{MetadataV6: listen6},
+			want4: []string{
+				"filter -A INPUT " + jumpGuard,
+				"filter -A FORWARD " + jumpGuard,
+				`filter -A IAMLET-GUARD ! -i lo -d 169.254.169.254/32 -p tcp -m comment --comment "iamlet: imds reject-tcp all" -j REJECT --reject-with tcp-reset`,
+				`filter -A IAMLET-GUARD ! -i lo -d 169.254.169.254/32 -m comment --comment "iamlet: imds reject all" -j REJECT`,
+				"nat -A PREROUTING " + jumpNAT,
+			},
 			want6: []string{
 				"filter -A INPUT " + jumpGuard,
 				"filter -A FORWARD " + jumpGuard,
@@ -121,29 +120,28 @@ func TestRuleShape(t *testing.T) {
 			name: "both families with the container face",
 			cfg: Config{
 				MetadataV4: listen4, MetadataV6: listen6, ContainerV4: container4, ContainerV6: container6,
-				Interfaces: []string{"eni+"},
 			},
 			want4: []string{
 				"filter -A INPUT " + jumpGuard,
 				"filter -A FORWARD " + jumpGuard,
-				`filter -A IAMLET-GUARD -i eni+ -d 169.254.169.254/32 -p tcp -m comment --comment "iamlet: imds reject-tcp eni+" -j REJECT --reject-with tcp-reset`,
-				`filter -A IAMLET-GUARD -i eni+ -d 169.254.169.254/32 -m comment --comment "iamlet: imds reject eni+" -j REJECT`,
-				`filter -A IAMLET-GUARD -i eni+ -d 169.254.170.23/32 -p tcp -m comment --comment "iamlet: container reject-tcp eni+" -j REJECT --reject-with tcp-reset`,
-				`filter -A IAMLET-GUARD -i eni+ -d 169.254.170.23/32 -m comment --comment "iamlet: container reject eni+" -j REJECT`,
+				`filter -A IAMLET-GUARD ! -i lo -d 169.254.169.254/32 -p tcp -m comment --comment "iamlet: imds reject-tcp all" -j REJECT --reject-with tcp-reset`,
+				`filter -A IAMLET-GUARD ! -i lo -d 169.254.169.254/32 -m comment --comment "iamlet: imds reject all" -j REJECT`,
+				`filter -A IAMLET-GUARD ! -i lo -d 169.254.170.23/32 -p tcp -m comment --comment "iamlet: container reject-tcp all" -j REJECT --reject-with tcp-reset`,
+				`filter -A IAMLET-GUARD ! -i lo -d 169.254.170.23/32 -m comment --comment "iamlet: container reject all" -j REJECT`,
 				"nat -A PREROUTING " + jumpNAT,
-				`nat -A IAMLET-IMDS -i eni+ -d 169.254.169.254/32 -p tcp --dport 80 -m comment --comment "iamlet: imds dnat eni+" -j DNAT --to-destination 10.0.0.1:8181`,
-				`nat -A IAMLET-IMDS -i eni+ -d 169.254.170.23/32 -p tcp --dport 80 -m comment --comment "iamlet: container dnat eni+" -j DNAT --to-destination 10.0.0.1:8182`,
+				`nat -A IAMLET-IMDS -d 169.254.169.254/32 -p tcp --dport 80 -m comment --comment "iamlet: imds dnat all" -j DNAT --to-destination 10.0.0.1:8181`,
+				`nat -A IAMLET-IMDS -d 169.254.170.23/32 -p tcp --dport 80 -m comment --comment "iamlet: container dnat all" -j DNAT --to-destination 10.0.0.1:8182`,
 			},
 			want6: []string{
 				"filter -A INPUT " + jumpGuard,
 				"filter -A FORWARD " + jumpGuard,
-				`filter -A IAMLET-GUARD -i eni+ -d fd00:ec2::254/128 -p tcp -m comment --comment "iamlet: imds reject-tcp eni+" -j REJECT --reject-with tcp-reset`,
-				`filter -A IAMLET-GUARD -i eni+ -d fd00:ec2::254/128 -m comment --comment "iamlet: imds reject eni+" -j REJECT`,
-				`filter -A IAMLET-GUARD -i eni+ -d fd00:ec2::23/128 -p tcp -m comment --comment "iamlet: container reject-tcp eni+" -j REJECT --reject-with tcp-reset`,
-				`filter -A IAMLET-GUARD -i eni+ -d fd00:ec2::23/128 -m comment --comment "iamlet: container reject eni+" -j REJECT`,
+				`filter -A IAMLET-GUARD ! -i lo -d fd00:ec2::254/128 -p tcp -m comment --comment "iamlet: imds reject-tcp all" -j REJECT --reject-with tcp-reset`,
+				`filter -A IAMLET-GUARD ! -i lo -d fd00:ec2::254/128 -m comment --comment "iamlet: imds reject all" -j REJECT`,
+				`filter -A IAMLET-GUARD ! -i lo -d fd00:ec2::23/128 -p tcp -m comment --comment "iamlet: container reject-tcp all" -j REJECT --reject-with tcp-reset`,
+				`filter -A IAMLET-GUARD ! -i lo -d fd00:ec2::23/128 -m comment --comment "iamlet: container reject all" -j REJECT`,
 				"nat -A PREROUTING " + jumpNAT,
-				`nat -A IAMLET-IMDS -i eni+ -d fd00:ec2::254/128 -p tcp --dport 80 -m comment --comment "iamlet: imds dnat eni+" -j DNAT --to-destination [fd00::1]:8181`,
-				`nat -A IAMLET-IMDS -i eni+ -d fd00:ec2::23/128 -p tcp --dport 80 -m comment --comment "iamlet: container dnat eni+" -j DNAT --to-destination [fd00::1]:8182`,
+				`nat -A IAMLET-IMDS -d fd00:ec2::254/128 -p tcp --dport 80 -m comment --comment "iamlet: imds dnat all" -j DNAT --to-destination [fd00::1]:8181`,
+				`nat -A IAMLET-IMDS -d fd00:ec2::23/128 -p tcp --dport 80 -m comment --comment "iamlet: container dnat all" -j DNAT --to-destination [fd00::1]:8182`,
 			},
 		},
 	}
@@ -161,7 +159,7 @@ func TestRuleShape(t *testing.T) {
 func TestEnsureIsIdempotent(t *testing.T) {
 	for _, cfg := range []Config{
 		{MetadataV4: listen4},
-		{MetadataV4: listen4, MetadataV6: listen6, ContainerV4: container4, ContainerV6: container6, Interfaces: []string{"eni+", "veth+"}},
+		{MetadataV4: listen4, MetadataV6: listen6, ContainerV4: container4, ContainerV6: container6},
 	} {
 		f4, f6 := newFake(), newFake()
 		r := fakeRules(t, cfg, f4, f6)
@@ -184,14 +182,17 @@ func TestRoundTrip(t *testing.T) {
 	if err := f4.Append("nat", "PREROUTING", foreign...); err != nil {
 		t.Fatal(err)
 	}
-	r := fakeRules(t, Config{MetadataV4: listen4, Interfaces: []string{"eni+"}}, f4, nil)
+	r := fakeRules(t, Config{MetadataV4: listen4}, f4, nil)
 
-	all := []string{
-		"ipv4 filter/IAMLET-GUARD: chain missing",
-		"ipv4 filter/INPUT: jump to IAMLET-GUARD missing",
-		"ipv4 filter/FORWARD: jump to IAMLET-GUARD missing",
-		"ipv4 nat/IAMLET-IMDS: chain missing",
-		"ipv4 nat/PREROUTING: jump to IAMLET-IMDS missing",
+	// Both families, the one without a listener too: its guard and its (empty) redirect chain.
+	var all []string
+	for _, fam := range []string{"ipv4", "ipv6"} {
+		all = append(all,
+			fam+" filter/IAMLET-GUARD: chain missing",
+			fam+" filter/INPUT: jump to IAMLET-GUARD missing",
+			fam+" filter/FORWARD: jump to IAMLET-GUARD missing",
+			fam+" nat/IAMLET-IMDS: chain missing",
+			fam+" nat/PREROUTING: jump to IAMLET-IMDS missing")
 	}
 	diffLines(t, "Check() before Ensure", mustCheck(t, r), all)
 	diffLines(t, "Ensure() repaired", mustEnsure(t, r), all)
@@ -224,7 +225,7 @@ func TestRemoveTakesStaleJumps(t *testing.T) {
 }
 
 func TestDriftIsCheckedAndRepaired(t *testing.T) {
-	cfg := Config{MetadataV4: listen4, MetadataV6: listen6, Interfaces: []string{"eni+"}}
+	cfg := Config{MetadataV4: listen4, MetadataV6: listen6}
 	tests := []struct {
 		name   string
 		mutate func(t *testing.T, f4, f6 *fakeIPT)
@@ -288,7 +289,7 @@ func TestDriftIsCheckedAndRepaired(t *testing.T) {
 				rules := f4.chains["filter"][guardChain]
 				rules[0], rules[1] = rules[1], rules[0]
 			},
-			want: []string{`ipv4 filter/IAMLET-GUARD: rule 1 is "iamlet: imds reject eni+", want "iamlet: imds reject-tcp eni+"`},
+			want: []string{`ipv4 filter/IAMLET-GUARD: rule 1 is "iamlet: imds reject all", want "iamlet: imds reject-tcp all"`},
 		},
 		{
 			name: "dnat target edited in place",
@@ -296,7 +297,7 @@ func TestDriftIsCheckedAndRepaired(t *testing.T) {
 				rule := f6.chains["nat"][natChain][0]
 				rule[len(rule)-1] = "[fd00::1]:1"
 			},
-			want: []string{`ipv6 nat/IAMLET-IMDS: rule "iamlet: imds dnat eni+" differs`},
+			want: []string{`ipv6 nat/IAMLET-IMDS: rule "iamlet: imds dnat all" differs`},
 		},
 		{
 			name: "dnat port edited where -C cannot see it",
@@ -305,7 +306,7 @@ func TestDriftIsCheckedAndRepaired(t *testing.T) {
 				rule := f6.chains["nat"][natChain][0]
 				rule[len(rule)-1] = "[fd00::1]:1"
 			},
-			want: []string{`ipv6 nat/IAMLET-IMDS: rule "iamlet: imds dnat eni+" differs`},
+			want: []string{`ipv6 nat/IAMLET-IMDS: rule "iamlet: imds dnat all" differs`},
 		},
 	}
 	for _, tt := range tests {
@@ -340,7 +341,7 @@ func mustDo(t *testing.T, err error) {
 
 // TestTakeover starts a new configuration over chains a previous run left behind.
 func TestTakeover(t *testing.T) {
-	old := Config{MetadataV4: listen4, ContainerV4: container4, Interfaces: []string{"eni+"}}
+	old := Config{MetadataV4: listen4, ContainerV4: container4}
 	tests := []struct {
 		name string
 		cfg  Config
@@ -348,33 +349,26 @@ func TestTakeover(t *testing.T) {
 	}{
 		{
 			name: "listener port changed",
-			cfg:  Config{MetadataV4: netip.MustParseAddrPort("10.0.0.1:9191"), ContainerV4: container4, Interfaces: []string{"eni+"}},
-			want: []string{`ipv4 nat/IAMLET-IMDS: rule "iamlet: imds dnat eni+" differs`},
+			cfg:  Config{MetadataV4: netip.MustParseAddrPort("10.0.0.1:9191"), ContainerV4: container4},
+			want: []string{`ipv4 nat/IAMLET-IMDS: rule "iamlet: imds dnat all" differs`},
 		},
 		{
 			name: "container face turned off",
-			cfg:  Config{MetadataV4: listen4, Interfaces: []string{"eni+"}},
+			cfg:  Config{MetadataV4: listen4},
 			want: []string{"ipv4 filter/IAMLET-GUARD: 4 rules, want 2", "ipv4 nat/IAMLET-IMDS: 2 rules, want 1"},
-		},
-		{
-			name: "interfaces changed",
-			cfg:  Config{MetadataV4: listen4, ContainerV4: container4, Interfaces: []string{"cali+"}},
-			want: []string{
-				`ipv4 filter/IAMLET-GUARD: rule 1 is "iamlet: imds reject-tcp eni+", want "iamlet: imds reject-tcp cali+"`,
-				`ipv4 nat/IAMLET-IMDS: rule 1 is "iamlet: imds dnat eni+", want "iamlet: imds dnat cali+"`,
-			},
 		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			f4 := newFake()
-			mustEnsure(t, fakeRules(t, old, f4, nil))
+			f4, f6 := newFake(), newFake()
+			mustEnsure(t, fakeRules(t, old, f4, f6))
 
-			diffLines(t, "Ensure() repaired", mustEnsure(t, fakeRules(t, tt.cfg, f4, nil)), tt.want)
+			diffLines(t, "Ensure() repaired", mustEnsure(t, fakeRules(t, tt.cfg, f4, f6)), tt.want)
 
-			fresh := newFake()
-			mustEnsure(t, fakeRules(t, tt.cfg, fresh, nil))
-			diffLines(t, "rules after takeover", f4.dump(), fresh.dump())
+			fresh4, fresh6 := newFake(), newFake()
+			mustEnsure(t, fakeRules(t, tt.cfg, fresh4, fresh6))
+			diffLines(t, "ipv4 rules after takeover", f4.dump(), fresh4.dump())
+			diffLines(t, "ipv6 rules after takeover", f6.dump(), fresh6.dump())
 		})
 	}
 }
@@ -438,7 +432,7 @@ func TestReconcile(t *testing.T) {
 			wantPresent  bool
 			wantErr      bool
 		}{
-			{name: "first pass installs", wantRepaired: 5, wantPresent: true},
+			{name: "first pass installs", wantRepaired: 10, wantPresent: true}, // both families
 			{name: "quiet pass", wantPresent: true},
 			{name: "flushed nat repaired", before: func() { f4.flushTable("nat") }, wantRepaired: 2, wantPresent: true},
 			{name: "failing iptables", before: func() { f4.setFail("List") }, wantErr: true},
@@ -482,8 +476,7 @@ func TestValidate(t *testing.T) {
 		wantErr string // "" means valid
 	}{
 		{"ipv4 only", Config{MetadataV4: listen4}, ""},
-		{"everything", Config{MetadataV4: listen4, MetadataV6: listen6, ContainerV4: container4, ContainerV6: container6,
-			Interfaces: []string{"eni+", "cni0", "lxc+"}, Backend: "legacy"}, ""},
+		{"everything", Config{MetadataV4: listen4, MetadataV6: listen6, ContainerV4: container4, ContainerV6: container6, Backend: "legacy"}, ""},
 		{"no family", Config{}, "no metadata DNAT target"},
 		{"container face alone", Config{MetadataV4: listen4, ContainerV6: container6}, "without the metadata target"},
 		{"ipv6 address as ipv4 target", Config{MetadataV4: listen6}, "wrong address family"},
@@ -492,11 +485,6 @@ func TestValidate(t *testing.T) {
 		{"zoned target", Config{MetadataV6: zoned}, "zoned"},
 		{"port zero", Config{MetadataV4: netip.AddrPortFrom(listen4.Addr(), 0)}, "port 0"},
 		{"unknown backend", Config{MetadataV4: listen4, Backend: "iptables"}, "backend"},
-		{"empty pattern", Config{MetadataV4: listen4, Interfaces: []string{""}}, "interface pattern"},
-		{"negated pattern", Config{MetadataV4: listen4, Interfaces: []string{"!eth0"}}, "interface pattern"},
-		{"pattern with space", Config{MetadataV4: listen4, Interfaces: []string{"eni +"}}, "interface pattern"},
-		{"pattern too long", Config{MetadataV4: listen4, Interfaces: []string{"abcdefghijklmnop"}}, "interface pattern"},
-		{"duplicate pattern", Config{MetadataV4: listen4, Interfaces: []string{"eni+", "eni+"}}, "twice"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -14,6 +14,14 @@ const (
 	guardChain = "IAMLET-GUARD"
 )
 
+// The addresses SDKs call, which the rules intercept: the IMDS and the container credentials endpoint.
+var (
+	IMDSv4      = netip.MustParseAddr("169.254.169.254")
+	IMDSv6      = netip.MustParseAddr("fd00:ec2::254")
+	ContainerV4 = netip.MustParseAddr("169.254.170.23")
+	ContainerV6 = netip.MustParseAddr("fd00:ec2::23")
+)
+
 // chain is one chain iamlet owns in one family: its rules in order, and the built-in chains that must jump to it
 // before any other rule there gets a say.
 type chain struct {
@@ -29,50 +37,45 @@ type chain struct {
 // The guard chain comes first so that on a fresh install the reject is in place before the redirect: in between,
 // pods are refused rather than served by the node's IMDS. Because DNAT happens in PREROUTING, redirected packets no
 // longer carry the metadata address when they reach INPUT or FORWARD, so the guard only ever sees what was not
-// redirected.
-func buildChains(v6 bool, metadata, container netip.AddrPort, ifaces []string) []chain {
+// redirected. A family without a metadata target (no listener of that family) still gets its guard: pods are
+// refused there, never sent to the node's IMDS.
+//
+// No rule names an interface. PREROUTING never sees host-originated traffic, so a rule there without -i is "every
+// packet from a pod", whatever the CNI calls its interfaces: a bridge CNI's pod traffic enters on the bridge, not
+// on the veth `ip link` shows; the AWS VPC CNI's security groups for pods use vlan* interfaces beside eni*. A
+// pattern could only ever miss some; the guard, too, takes everything but the host talking to itself over lo.
+func buildChains(v6 bool, metadata, container netip.AddrPort) []chain {
 	type face struct {
 		name   string
 		dst    string
-		target netip.AddrPort
+		target netip.AddrPort // zero: guarded, not redirected
 	}
-	faces := []face{{"imds", "169.254.169.254/32", metadata}}
+	imds, cont := IMDSv4, ContainerV4
 	if v6 {
-		faces[0].dst = "fd00:ec2::254/128"
+		imds, cont = IMDSv6, ContainerV6
 	}
+	faces := []face{{"imds", netip.PrefixFrom(imds, imds.BitLen()).String(), metadata}}
 	if container.IsValid() {
-		dst := "169.254.170.23/32"
-		if v6 {
-			dst = "fd00:ec2::23/128"
-		}
-		faces = append(faces, face{"container", dst, container})
-	}
-	patterns := ifaces
-	if len(patterns) == 0 {
-		patterns = []string{""}
+		faces = append(faces, face{"container", netip.PrefixFrom(cont, cont.BitLen()).String(), container})
 	}
 
 	guard := chain{table: "filter", name: guardChain, hooks: []string{"INPUT", "FORWARD"}, jump: jumpArgs(guardChain)}
 	nat := chain{table: "nat", name: natChain, hooks: []string{"PREROUTING"}, jump: jumpArgs(natChain)}
 	for _, fc := range faces {
-		for _, p := range patterns {
-			// PREROUTING never sees host-originated traffic, so no -i there means "any pod"; INPUT does see the host
-			// talking to itself over lo, which the guard must leave alone.
-			natIn, guardIn, label := []string{"-i", p}, []string{"-i", p}, p
-			if p == "" {
-				natIn, guardIn, label = nil, []string{"!", "-i", "lo"}, "all"
-			}
-			nat.rules = append(nat.rules, slices.Concat(natIn,
+		// TCP gets a reset so clients fail at once instead of timing out; anything else gets the default ICMP.
+		guard.rules = append(guard.rules,
+			slices.Concat([]string{"!", "-i", "lo", "-d", fc.dst, "-p", "tcp"}, comment(fc.name+" reject-tcp all"),
+				[]string{"-j", "REJECT", "--reject-with", "tcp-reset"}),
+			slices.Concat([]string{"!", "-i", "lo", "-d", fc.dst}, comment(fc.name+" reject all"), []string{"-j", "REJECT"}))
+		if fc.target.IsValid() {
+			nat.rules = append(nat.rules, slices.Concat(
 				[]string{"-d", fc.dst, "-p", "tcp", "--dport", "80"},
-				comment(fc.name+" dnat "+label),
+				comment(fc.name+" dnat all"),
 				[]string{"-j", "DNAT", "--to-destination", fc.target.String()}))
-			// TCP gets a reset so clients fail at once instead of timing out; anything else gets the default ICMP.
-			guard.rules = append(guard.rules,
-				slices.Concat(guardIn, []string{"-d", fc.dst, "-p", "tcp"}, comment(fc.name+" reject-tcp "+label),
-					[]string{"-j", "REJECT", "--reject-with", "tcp-reset"}),
-				slices.Concat(guardIn, []string{"-d", fc.dst}, comment(fc.name+" reject "+label), []string{"-j", "REJECT"}))
 		}
 	}
+	// A family without a metadata target keeps an empty nat chain, so a previous run's redirect there is
+	// replaced, not left pointing at a port nothing listens on, and uninstall finds the same chains everywhere.
 	return []chain{guard, nat}
 }
 

@@ -134,11 +134,11 @@ func (m *Mapper) RoleFor(namespace, sa string) (Role, error) {
 		return Role{}, fmt.Errorf("service account %s/%s: %w", namespace, sa, err)
 	}
 	ns, err := m.namespaces.Get(namespace)
-	var allowed string
-	var has bool
-	if err == nil {
-		allowed, has = ns.Annotations[AnnotationAllowedRoles]
+	if err != nil {
+		// Not yet in the informer (or gone): its allow-list is unknown, so nothing is allowed until it is.
+		return Role{}, fmt.Errorf("%w: namespace %s not known yet", ErrNotAllowed, namespace)
 	}
+	allowed, has := ns.Annotations[AnnotationAllowedRoles]
 	if !has {
 		if m.cfg.RequireNamespaceAllowlist {
 			return Role{}, fmt.Errorf("%w: namespace %s has no %s annotation", ErrNotAllowed, namespace, AnnotationAllowedRoles)
@@ -213,7 +213,8 @@ func RoleName(arn string) string {
 }
 
 // Allowed reports whether arn matches one of the comma- or newline-separated globs in list.
-// A '*' matches any run of characters, including '/' and ':'.
+// A '*' matches any run of characters within one path segment (not '/'), so role/team-a-* admits
+// role/team-a-app but not role/team-a-x/Admin; '**' matches across segments too.
 func Allowed(list, arn string) bool {
 	for _, g := range strings.FieldsFunc(list, func(r rune) bool { return r == ',' || r == '\n' }) {
 		if g = strings.TrimSpace(g); g != "" && glob(g, arn) {
@@ -224,28 +225,31 @@ func Allowed(list, arn string) bool {
 }
 
 func glob(pattern, s string) bool {
-	star, si := -1, 0
-	pi, mark := 0, 0
-	for si < len(s) {
+	// match[j]: the pattern read so far matches s[:j]. One pass per pattern element keeps it linear in both.
+	match := make([]bool, len(s)+1)
+	match[0] = true
+	for i := 0; i < len(pattern); i++ {
+		next := make([]bool, len(s)+1)
 		switch {
-		case pi < len(pattern) && pattern[pi] == '*':
-			star, mark = pi, si
-			pi++
-		case pi < len(pattern) && pattern[pi] == s[si]:
-			pi++
-			si++
-		case star >= 0:
-			pi = star + 1
-			mark++
-			si = mark
+		case pattern[i] == '*' && i+1 < len(pattern) && pattern[i+1] == '*':
+			for i+1 < len(pattern) && pattern[i+1] == '*' {
+				i++
+			}
+			for j := range next {
+				next[j] = match[j] || j > 0 && next[j-1]
+			}
+		case pattern[i] == '*':
+			for j := range next {
+				next[j] = match[j] || j > 0 && next[j-1] && s[j-1] != '/'
+			}
 		default:
-			return false
+			for j := 1; j <= len(s); j++ {
+				next[j] = match[j-1] && s[j-1] == pattern[i]
+			}
 		}
+		match = next
 	}
-	for pi < len(pattern) && pattern[pi] == '*' {
-		pi++
-	}
-	return pi == len(pattern)
+	return match[len(s)]
 }
 
 func annotationsOnly(obj any) (any, error) {

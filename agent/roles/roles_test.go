@@ -160,19 +160,27 @@ func TestAllowed(t *testing.T) {
 		list, arn string
 		want      bool
 	}{
-		{"*", reader, true},
+		{"*", reader, false}, // '*' stays within a segment; role ARNs have at least "role/"
+		{"**", reader, true},
 		{reader, reader, true},
 		{"arn:aws:iam::123456789012:role/*", reader, true},
-		{"arn:aws:iam::123456789012:role/*", "arn:aws:iam::123456789012:role/team/app/reader", true},
+		{"arn:aws:iam::123456789012:role/*", "arn:aws:iam::123456789012:role/team/app/reader", false},
+		{"arn:aws:iam::123456789012:role/**", "arn:aws:iam::123456789012:role/team/app/reader", true},
+		{"arn:aws:iam::123456789012:role/team-a-*", "arn:aws:iam::123456789012:role/team-a-x/Admin", false},
+		{"arn:aws:iam::123456789012:role/team-a-*/*", "arn:aws:iam::123456789012:role/team-a-x/Admin", true},
+		{"arn:aws:iam::123456789012:role/team/*/reader", "arn:aws:iam::123456789012:role/team/app/reader", true},
+		{"arn:aws:iam::123456789012:role/team/*/reader", "arn:aws:iam::123456789012:role/team/a/b/reader", false},
+		{"arn:aws:iam::123456789012:role/team/**/reader", "arn:aws:iam::123456789012:role/team/a/b/reader", true},
 		{"arn:aws:iam::123456789012:role/team-*", "arn:aws:iam::123456789012:role/team-a", true},
 		{"arn:aws:iam::123456789012:role/team-*", "arn:aws:iam::123456789012:role/team-", true},
 		{"arn:aws:iam::123456789012:role/team-*", "arn:aws:iam::123456789012:role/other", false},
 		{"arn:aws:iam::*:role/reader", "arn:aws:iam::210987654321:role/reader", true},
 		{"arn:aws:iam::*:role/reader", "arn:aws:iam::210987654321:role/writer", false},
-		{"*/reader", "arn:aws:iam::123456789012:role/team/reader", true},
+		{"*/reader", "arn:aws:iam::123456789012:role/team/reader", false},
+		{"**/reader", "arn:aws:iam::123456789012:role/team/reader", true},
 		{"arn:*:iam::*:role/*-ro*", "arn:aws:iam::123456789012:role/app-ro-v2", true},
 		{"arn:*:iam::*:role/*-ro*", "arn:aws:iam::123456789012:role/app-rw", false},
-		{"**", reader, true},
+		{"***", reader, true},
 		{writer + "," + reader, reader, true},
 		{writer + ", " + reader, reader, true},
 		{" " + writer + " ,\n  " + reader + " \n", reader, true},
@@ -244,7 +252,8 @@ func TestRoleFor(t *testing.T) {
 		wantErr error
 	}{
 		{"no allow-list", roles.Config{}, []runtime.Object{namespace(nil), annotated}, "app", reader, nil},
-		{"no namespace object", roles.Config{}, []runtime.Object{annotated}, "app", reader, nil},
+		// The namespace's allow-list is unknown until the informer has it: fail closed, even without required lists.
+		{"no namespace object", roles.Config{}, []runtime.Object{annotated}, "app", "", roles.ErrNotAllowed},
 		{"allow-listed", roles.Config{}, []runtime.Object{namespace(ptr("arn:aws:iam::123456789012:role/*")), annotated}, "app", reader, nil},
 		{"allow-list excludes", roles.Config{}, []runtime.Object{namespace(ptr(writer)), annotated}, "app", "", roles.ErrNotAllowed},
 		{"empty allow-list", roles.Config{}, []runtime.Object{namespace(ptr("")), annotated}, "app", "", roles.ErrNotAllowed},

@@ -61,12 +61,13 @@ func run(ctx context.Context, args []string) error {
 	fs.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "kubeconfig file; empty for in-cluster config")
 	fs.StringVar(&minting, "token-minting", string(token.AsNode), "whose identity pod tokens are minted with: node (constrained impersonation of this node, Kubernetes 1.35+: only this node's pods) or cluster (the agent's ServiceAccount, cluster-wide, narrowed by the admission policy)")
 	fs.DurationVar(&cfg.ConfinementCheckInterval, "confinement-check-interval", 5*time.Minute, "how often the agent checks that the apiserver still refuses a token it must refuse")
-	fs.StringVar(&metadataAddrs, "metadata-addr", envOr("METADATA_ADDR", ""), "comma-separated listen addresses of the IMDS face, at most one per family, e.g. $(HOST_IP):8181; interception DNATs to them")
+	fs.StringVar(&metadataAddrs, "metadata-addr", envOr("METADATA_ADDR", ""), "comma-separated listen addresses of the IMDS face, at most one per family: address:port, or a bare address with --metadata-port (e.g. $(HOST_IPS) from status.hostIPs); interception DNATs to them")
+	metadataPort := fs.Uint("metadata-port", 8181, "port for bare addresses in --metadata-addr")
 	fs.StringVar(&containerAddrs, "container-addr", "", "comma-separated listen addresses of the container-credentials face (169.254.170.23 style); empty = off")
 	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", ":9180", "listen address for /metrics, /healthz and /readyz")
 	fs.StringVar(&cfg.DebugAddr, "debug-addr", "127.0.0.1:9181", "loopback listen address of the read-only /status endpoint used by `iamlet status`")
 	fs.BoolVar(&cfg.ManageIptables, "iptables", true, "install and reconcile the interception rules")
-	fs.StringVar(&interfaces, "interfaces", "", "comma-separated iptables interface patterns of pod traffic (eni+ for the AWS VPC CNI, cali+ Calico, lxc+ Cilium, cni0 flannel); empty = all traffic not from the host itself")
+	fs.StringVar(&interfaces, "interfaces", "", "deprecated and ignored: interception covers every pod interface (rules name none)")
 	fs.StringVar(&cfg.IptablesBackend, "iptables-backend", "auto", "auto, nft or legacy")
 	fs.DurationVar(&cfg.ReconcileInterval, "reconcile-interval", 5*time.Second, "how often interception rules are checked and restored")
 	fs.DurationVar(&cfg.UnknownPodWait, "unknown-pod-wait", time.Second, "how long a request from an address not yet known waits for its pod to appear")
@@ -93,13 +94,18 @@ func run(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	if cfg.MetadataAddrs, err = parseAddrs(metadataAddrs); err != nil {
+	if *metadataPort == 0 || *metadataPort > 65535 {
+		return fmt.Errorf("--metadata-port %d: want 1..65535", *metadataPort)
+	}
+	if cfg.MetadataAddrs, err = parseAddrs(metadataAddrs, uint16(*metadataPort)); err != nil {
 		return fmt.Errorf("--metadata-addr: %w", err)
 	}
-	if cfg.ContainerAddrs, err = parseAddrs(containerAddrs); err != nil {
+	if cfg.ContainerAddrs, err = parseAddrs(containerAddrs, 0); err != nil {
 		return fmt.Errorf("--container-addr: %w", err)
 	}
-	cfg.Interfaces = splitList(interfaces)
+	if interfaces != "" {
+		log.Warn("--interfaces is deprecated and ignored: interception covers every pod interface", "interfaces", interfaces)
+	}
 	if cfg.TokenMinting, err = token.ParseMode(minting); err != nil {
 		return fmt.Errorf("--token-minting: %w", err)
 	}
@@ -151,11 +157,19 @@ func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 	return nil, fmt.Errorf("--log-format %q: want json or text", format)
 }
 
-func parseAddrs(s string) ([]netip.AddrPort, error) {
+// parseAddrs reads a list of address:port, or of bare addresses given port (0: bare addresses are an error).
+// Bare addresses are what the downward API's status.hostIPs gives, IPv6 ones unbracketed.
+func parseAddrs(s string, port uint16) ([]netip.AddrPort, error) {
 	var out []netip.AddrPort
 	seen := map[bool]bool{}
 	for _, f := range splitList(s) {
 		a, err := netip.ParseAddrPort(f)
+		if err != nil && port != 0 {
+			var ip netip.Addr
+			if ip, err = netip.ParseAddr(strings.Trim(f, "[]")); err == nil {
+				a = netip.AddrPortFrom(ip.Unmap(), port)
+			}
+		}
 		if err != nil {
 			return nil, err
 		}

@@ -35,9 +35,9 @@ func repoRoot() string {
 func (s *Stack) AgentArgs() []string {
 	return []string{
 		"--node-name=" + NodeName, "--kubeconfig=" + s.AgentKubeconfig,
-		"--metadata-addr=" + NodeIP + ":" + AgentPort + ",[" + NodeIPv6 + "]:" + AgentPort,
+		// As the manifests pass $(HOST_IPS) (status.hostIPs): bare addresses, the port from --metadata-port.
+		"--metadata-addr=" + NodeIP + "," + NodeIPv6, "--metadata-port=" + AgentPort,
 		"--metrics-addr=" + AgentMetricsAddr, "--debug-addr=" + AgentDebugAddr,
-		"--interfaces=ia" + s.Run + "+",
 		"--region=us-east-1", "--sts-endpoint=" + STSEndpoint,
 		"--node-imds=http://" + IMDSv4,
 		"--token-key-file=" + filepath.Join(s.Dir, "imds-token.key"),

@@ -199,3 +199,27 @@ func mergeEnv(base, over []string) []string {
 	}
 	return out
 }
+
+// RenameHostInterface gives the host side of the pod's link another name, as another CNI (or another mode of the
+// same one) would have called it, and restores what the kernel drops with the link: the host side's IPv6
+// address and the pod's routes.
+func (p *Pod) RenameHostInterface(name string) error {
+	old := p.veth
+	for _, argv := range [][]string{
+		{"ip", "link", "set", old, "down"},
+		{"ip", "link", "set", old, "name", name},
+		{"ip", "link", "set", name, "up"},
+		// A link that goes down loses its IPv6 addresses (keep_addr_on_down is off by default) and its routes.
+		{"ip", "-6", "addr", "replace", NodeIPv6 + "/128", "dev", name, "nodad"},
+		{"ip", "route", "replace", p.IP + "/32", "dev", name},
+		{"ip", "-6", "route", "replace", p.IPv6 + "/128", "dev", name},
+	} {
+		if out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput(); err != nil {
+			return fmt.Errorf("%s: %w: %s", strings.Join(argv, " "), err, out)
+		}
+		if argv[len(argv)-2] == "name" {
+			p.veth = name // deleteNetwork removes it by this name
+		}
+	}
+	return nil
+}

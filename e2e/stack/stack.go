@@ -34,6 +34,7 @@ const (
 	NodeIP        = "10.200.0.1"
 	NodeIPv6      = "fd00:200::1"
 	IMDSv4        = "169.254.169.254"
+	IMDSv6        = "fd00:ec2::254"
 	APIServerURL  = "https://127.0.0.1:6443"
 	STSEndpoint   = "http://127.0.0.1:9000"
 	MinIOFromPods = "http://" + NodeIP + ":9000"
@@ -272,6 +273,8 @@ func (s *Stack) nodeNetwork() error {
 	return runAll([][]string{
 		{"ip", "link", "set", "lo", "up"},
 		{"ip", "addr", "add", IMDSv4 + "/32", "dev", "lo"},
+		// Nitro instances answer IMDS on fd00:ec2::254 too: the node's IMDS is reachable over IPv6 here as well.
+		{"ip", "-6", "addr", "add", IMDSv6 + "/128", "dev", "lo"},
 		{"ip", "addr", "add", NodeIP + "/32", "dev", "lo"},
 		{"ip", "-6", "addr", "add", NodeIPv6 + "/128", "dev", "lo"},
 		{"sysctl", "-qw", "net.ipv4.ip_forward=1"},
@@ -428,7 +431,15 @@ func (s *Stack) startMock() error {
 	if err != nil {
 		return err
 	}
-	return p.WaitHTTP("http://"+IMDSv4+"/latest/meta-data/instance-id", 30*time.Second)
+	if err := p.WaitHTTP("http://"+IMDSv4+"/latest/meta-data/instance-id", 30*time.Second); err != nil {
+		return err
+	}
+	// The same node, answering on its IPv6 metadata address (the mock serves one address per process).
+	p6, err := s.Start("ec2-metadata-mock-v6", nil, filepath.Join(BinDir(), "ec2-metadata-mock"), "-c", cfg, "-n", "["+IMDSv6+"]", "-p", "80")
+	if err != nil {
+		return err
+	}
+	return p6.WaitHTTP("http://["+IMDSv6+"]/latest/meta-data/instance-id", 30*time.Second)
 }
 
 // Proc is a process of the stack, its output in a log file under Dir.

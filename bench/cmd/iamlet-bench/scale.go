@@ -204,7 +204,7 @@ func (b *bench) startBaseline(ctx context.Context) (StartBaseline, error) {
 	rules, err := iptables.New(iptables.Config{
 		MetadataV4: netip.MustParseAddrPort(stack.NodeIP + ":" + stack.AgentPort),
 		MetadataV6: netip.MustParseAddrPort("[" + stack.NodeIPv6 + "]:" + stack.AgentPort),
-		Interfaces: []string{"ia" + b.s.Run + "+"}, LockWait: 5 * time.Second,
+		LockWait:   5 * time.Second,
 	}, nil)
 	if err != nil {
 		return sb, err
