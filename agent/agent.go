@@ -192,13 +192,16 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 	}
 	checkConfinement(ctx, tokens, self, st, log)
 	goRun(func() {
-		t := time.NewTicker(cfg.ConfinementCheckInterval)
-		defer t.Stop()
 		for {
+			// A failed check is repeated soon, so a blip at start costs seconds of readiness, not minutes.
+			next := cfg.ConfinementCheckInterval
+			if st.confinedErr() != nil {
+				next = min(next, 5*time.Second)
+			}
 			select {
 			case <-ctx.Done():
 				return
-			case <-t.C:
+			case <-time.After(next):
 				checkConfinement(ctx, tokens, self, st, log)
 			}
 		}
