@@ -108,6 +108,7 @@ func TestNodeConfinedMinting(t *testing.T) {
 			if !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), c.reason) {
 				t.Errorf("want a refusal because %q, got: %v", c.reason, err)
 			}
+			t.Log(err)
 		})
 	}
 }
