@@ -290,13 +290,14 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 // installRules puts the interception rules in place for both families and cuts flows that were opened
 // without them.
 func installRules(ctx context.Context, ic iptables.Config, log *slog.Logger) (*iptables.Rules, error) {
-	rules, err := iptables.New(ic, log)
-	if err != nil {
-		return nil, fmt.Errorf("interception: %w", err)
+	rules, openErr := iptables.New(ic, log)
+	if rules == nil {
+		return nil, fmt.Errorf("interception: %w", openErr)
 	}
+	// What could be opened is installed even when a family could not be: the agent then exits, its rules stay.
 	repaired, err := rules.Ensure(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("installing interception rules: %w", err)
+	if err := errors.Join(openErr, err); err != nil {
+		return nil, fmt.Errorf("installing interception rules (those that could be installed stay): %w", err)
 	}
 	log.Info("interception rules in place", "backend", rules.Backend(), "created", len(repaired),
 		"redirected", fmt.Sprint(ic.MetadataV4, " ", ic.MetadataV6))

@@ -46,8 +46,8 @@ func ownServiceAccount(ctx context.Context, kube kubernetes.Interface, mode toke
 		return serviceAccountRef{}, fmt.Errorf("asking the apiserver who the agent is (selfsubjectreviews): %w", err)
 	}
 	u := rev.Status.UserInfo
-	rest, ok := strings.CutPrefix(u.Username, "system:serviceaccount:")
-	ns, name, ok2 := strings.Cut(rest, ":")
+	qualified, ok := strings.CutPrefix(u.Username, "system:serviceaccount:")
+	ns, name, ok2 := strings.Cut(qualified, ":")
 	if !ok || !ok2 {
 		return serviceAccountRef{}, fmt.Errorf("the agent runs as %q, not a ServiceAccount: it must run with its DaemonSet pod's ServiceAccount token", u.Username)
 	}

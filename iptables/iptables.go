@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
 	"sync"
 	"time"
 )
@@ -68,7 +69,9 @@ type Status struct {
 }
 
 // New validates cfg, picks the backend and opens an iptables handle for each family. Both families are always
-// guarded, so a node whose ip6tables cannot be opened is an error, not an IPv4-only install.
+// guarded, so a node whose ip6tables cannot be opened is an error, not an IPv4-only install; New then returns the
+// Rules of the family it could open along with the error, for the caller to install before it gives up. A kernel
+// without IPv6 (ipv6.disable=1) has no IPv6 path to guard and is not an error.
 // With Backend "auto" it runs DetectBackend under a 30s timeout; callers that need their own context can call
 // DetectBackend first and pass its answer.
 func New(cfg Config, log *slog.Logger) (*Rules, error) {
@@ -89,16 +92,25 @@ func New(cfg Config, log *slog.Logger) (*Rules, error) {
 		wait = defaultLockWait
 	}
 	return newRules(cfg, backend, log, func(v6 bool) (runner, error) {
+		if v6 && !kernelHasIPv6() {
+			return nil, errNoIPv6
+		}
 		return openIptables(backend, v6, wait)
 	})
 }
 
+// errNoIPv6 is what open answers for IPv6 on a kernel without it: there is no IPv6 path to guard.
+var errNoIPv6 = errors.New("the kernel has no IPv6")
+
 // newRules assembles Rules from a validated cfg; open supplies the handle for a family, so tests can hand in fakes.
+// A family that cannot be opened is an error, but the other is still returned: the caller installs what it can
+// before it exits, so an agent that cannot guard IPv6 still keeps pods off the node's IMDS over IPv4.
 func newRules(cfg Config, backend string, log *slog.Logger, open func(v6 bool) (runner, error)) (*Rules, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	r := &Rules{backend: backend, log: log}
+	var errs []error
 	for _, v6 := range []bool{false, true} {
 		metadata, container := cfg.MetadataV4, cfg.ContainerV4
 		name := "ipv4"
@@ -106,12 +118,17 @@ func newRules(cfg Config, backend string, log *slog.Logger, open func(v6 bool) (
 			metadata, container, name = cfg.MetadataV6, cfg.ContainerV6, "ipv6"
 		}
 		ipt, err := open(v6)
-		if err != nil {
-			return nil, fmt.Errorf("open %s iptables (%s); both families must be guarded: %w", name, backend, err)
+		switch {
+		case errors.Is(err, errNoIPv6) && !metadata.IsValid():
+			log.Info("no IPv6 in this kernel: nothing to guard in that family")
+			continue
+		case err != nil:
+			errs = append(errs, fmt.Errorf("open %s iptables (%s); both families must be guarded: %w", name, backend, err))
+			continue
 		}
 		r.families = append(r.families, &family{name: name, ipt: ipt, chains: buildChains(v6, metadata, container)})
 	}
-	return r, nil
+	return r, errors.Join(errs...)
 }
 
 func (c Config) validate() error {
@@ -249,4 +266,10 @@ func (r *Rules) Reconcile(ctx context.Context, interval time.Duration, onPass fu
 		case <-t.C:
 		}
 	}
+}
+
+// kernelHasIPv6 tells whether the kernel runs IPv6 at all; /proc/net/if_inet6 exists exactly when it does.
+func kernelHasIPv6() bool {
+	_, err := os.Stat("/proc/net/if_inet6")
+	return err == nil
 }

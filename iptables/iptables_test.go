@@ -550,3 +550,35 @@ func TestFlushConntrackRejectsInvalidAddress(t *testing.T) {
 		t.Errorf("FlushConntrack(invalid) = nil, want an error")
 	}
 }
+
+// TestOneFamilyCannotBeOpened: a family that cannot be opened is an error, yet the other family's rules are
+// returned for the caller to install before it exits; a kernel without IPv6 has nothing to guard there.
+func TestOneFamilyCannotBeOpened(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		cfg     Config
+		v6Err   error
+		wantErr bool
+	}{
+		{"ip6tables broken", Config{MetadataV4: listen4}, errors.New("ip6tables-nft: not found"), true},
+		{"no IPv6 in the kernel", Config{MetadataV4: listen4}, errNoIPv6, false},
+		{"no IPv6 in the kernel, an IPv6 listener configured", Config{MetadataV4: listen4, MetadataV6: listen6}, errNoIPv6, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			f4 := newFake()
+			r, err := newRules(c.cfg, BackendNFT, nil, func(v6 bool) (runner, error) {
+				if v6 {
+					return nil, c.v6Err
+				}
+				return f4, nil
+			})
+			if (err != nil) != c.wantErr || r == nil {
+				t.Fatalf("newRules() = %v, %v; want the ipv4 rules and error %v", r, err, c.wantErr)
+			}
+			mustEnsure(t, r)
+			if got := f4.dump(); len(got) != 6 {
+				t.Errorf("ipv4 rules after Ensure = %q, want the guard and the redirect (6 lines)", got)
+			}
+		})
+	}
+}

@@ -33,15 +33,13 @@ func OriginalDestination(c *net.TCPConn) (netip.AddrPort, error) {
 			var sa unix.RawSockaddrInet4
 			size := uint32(unsafe.Sizeof(sa))
 			serr = getsockopt(int(fd), unix.IPPROTO_IP, soOriginalDst, unsafe.Pointer(&sa), &size)
-			port := uint16(sa.Port>>8 | sa.Port<<8)
-			dst = netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), port)
+			dst = netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), netPort(&sa.Port))
 			return
 		}
 		var sa unix.RawSockaddrInet6
 		size := uint32(unsafe.Sizeof(sa))
 		serr = getsockopt(int(fd), unix.IPPROTO_IPV6, soOriginalDst, unsafe.Pointer(&sa), &size)
-		port := uint16(sa.Port>>8 | sa.Port<<8)
-		dst = netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), port)
+		dst = netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), netPort(&sa.Port))
 	})
 	if err == nil {
 		err = serr
@@ -58,4 +56,10 @@ func getsockopt(fd, level, name int, val unsafe.Pointer, size *uint32) error {
 		return errno
 	}
 	return nil
+}
+
+// netPort reads a sockaddr's port, which is in network byte order whatever the machine's.
+func netPort(p *uint16) uint16 {
+	b := (*[2]byte)(unsafe.Pointer(p))
+	return uint16(b[0])<<8 | uint16(b[1])
 }

@@ -132,10 +132,10 @@ func uninstall(ctx context.Context, args []string) error {
 		Backend:    *backend,
 		LockWait:   5 * time.Second,
 	}, log)
-	if err != nil {
+	if rules == nil {
 		return err
 	}
-	if err := rules.Remove(ctx); err != nil {
+	if err := errors.Join(err, rules.Remove(ctx)); err != nil {
 		return fmt.Errorf("removing interception rules: %w", err)
 	}
 	fmt.Fprintln(os.Stderr, "iamlet: interception rules removed; pods on this node can now reach the node's own IMDS")
