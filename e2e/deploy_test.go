@@ -502,3 +502,66 @@ func containsAll(have, want []string) bool {
 	}
 	return true
 }
+
+// TestAgentRunsWithTheShippedArguments: the agents of this suite run with the arguments the chart's DaemonSet
+// gives, not friendlier ones. Each DaemonSet argument, with the downward API's values for this node substituted,
+// is either one the harness passes with the same value or, where the harness passes none, the flag's default;
+// the only difference allowed is where the IMDSv2 key file lives. (The harness adds what only a test needs: the
+// local STS endpoint and region, the node IMDS mock, loopback metrics addresses, debug logging.)
+func TestAgentRunsWithTheShippedArguments(t *testing.T) {
+	rendered, err := stack.HelmTemplate("iamlet", agentNamespace)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var shipped []string
+	for key, o := range parseObjects(t, rendered) {
+		if !strings.HasPrefix(key, "DaemonSet ") {
+			continue
+		}
+		containers, _, _ := unstructured.NestedSlice(o, "spec", "template", "spec", "containers")
+		args, _, _ := unstructured.NestedStringSlice(containers[0].(map[string]any), "args")
+		shipped = args
+	}
+	if len(shipped) < 2 || shipped[0] != "run" {
+		t.Fatalf("DaemonSet args = %q, want `run` and its flags", shipped)
+	}
+	env := strings.NewReplacer("$(HOST_IPS)", stack.NodeIP+","+stack.NodeIPv6, "$(NODE_NAME)", stack.NodeName)
+	harness := map[string]string{}
+	for _, a := range suite.AgentArgs() {
+		k, v, _ := strings.Cut(a, "=")
+		harness[k] = v
+	}
+	help, _ := exec.Command(suite.agentBin, "run", "--help").CombinedOutput()
+	for _, a := range shipped[1:] {
+		k, v, _ := strings.Cut(env.Replace(a), "=")
+		got, passed := harness[k]
+		switch {
+		case k == "--token-key-file":
+			// A path of the pod's filesystem; the harness keeps the key in its scratch directory.
+		case passed && got != v:
+			t.Errorf("the DaemonSet passes %s=%s, the harness %s=%s", k, v, k, got)
+		case !passed && !isFlagDefault(string(help), strings.TrimPrefix(k, "--"), v):
+			t.Errorf("the DaemonSet passes %s=%s, which is not the default the harness runs with:\n%s", k, v, help)
+		}
+	}
+}
+
+// isFlagDefault tells from `iamlet run --help` whether value is flag's default: Go's flag package prints
+// `(default X)` for non-zero defaults and nothing for zero ones.
+func isFlagDefault(help, flag, value string) bool {
+	i := strings.Index(help, "  -"+flag+" ")
+	if j := strings.Index(help, "  -"+flag+"\n"); i < 0 || j >= 0 && j < i {
+		i = j
+	}
+	if i < 0 {
+		return false
+	}
+	entry := help[i+1:]
+	if next := strings.Index(entry, "\n  -"); next >= 0 {
+		entry = entry[:next]
+	}
+	if d := strings.Index(entry, "(default "); d >= 0 {
+		return strings.Trim(strings.TrimSuffix(strings.TrimSpace(entry[d+len("(default "):]), ")"), `"`) == value
+	}
+	return value == "" || value == "false" || value == "0"
+}
