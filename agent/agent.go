@@ -31,12 +31,6 @@ import (
 	"github.com/iamlet/iamlet/metadata"
 )
 
-// The node metadata addresses SDKs call.
-var (
-	IMDSv4 = iptables.IMDSv4
-	IMDSv6 = iptables.IMDSv6
-)
-
 // Config is everything the agent needs; cmd/iamlet fills it from flags.
 type Config struct {
 	NodeName   string
@@ -310,7 +304,7 @@ func installRules(ctx context.Context, ic iptables.Config, log *slog.Logger) (*i
 // can be to this process yet); after a repair only the un-redirected ones, so pods mid-request are
 // still answered.
 func cutFlows(ctx context.Context, log *slog.Logger, flush func(context.Context, netip.Addr) error) {
-	for _, a := range []netip.Addr{IMDSv4, IMDSv6} {
+	for _, a := range []netip.Addr{iptables.IMDSv4, iptables.IMDSv6} {
 		if err := flush(ctx, a); err != nil {
 			log.Warn("could not cut existing flows to the node metadata address", "address", a.String(), "error", err.Error())
 		}

@@ -161,11 +161,9 @@ func testDrift(t *testing.T, backend string) {
 		}
 	})
 	t.Run("flow opened while both rules were gone is cut by the repair", func(t *testing.T) {
-		// Only a tracked flow keeps its un-redirected fate (see testHeldFlow); a rule using conntrack, as kube-proxy's
-		// do on a node, keeps the kernel tracking flows while the nat rules are gone.
-		rule := []string{"INPUT", "-m", "conntrack", "--ctstate", "ESTABLISHED", "-m", "comment", "--comment", "e2e: conntrack on", "-j", "ACCEPT"}
-		nodeRun(t, append([]string{ipt, "-w", "5", "-A"}, rule...)...)
-		t.Cleanup(func() { nodeRun(t, append([]string{ipt, "-w", "5", "-D"}, rule...)...) })
+		// Only a tracked flow keeps its un-redirected fate (see testHeldFlow): keep the kernel tracking flows while
+		// the nat rules are gone.
+		conntrackOn(t, backend)
 		before := driftRepairs(t)
 		thaw := freezeAgent(t, agent)
 		nodeRun(t, ipt, "-w", "5", "-t", "nat", "-F")
@@ -211,10 +209,7 @@ func testHeldFlow(t *testing.T, backend string) {
 			cleanNode(t)
 			t.Cleanup(func() { cleanNode(t) })
 			if tracked {
-				// Any rule that uses conntrack turns it on in the namespace, as kube-proxy's rules do on a node.
-				rule := []string{"INPUT", "-m", "conntrack", "--ctstate", "ESTABLISHED", "-m", "comment", "--comment", "e2e: conntrack on", "-j", "ACCEPT"}
-				nodeRun(t, append([]string{"iptables-" + backend, "-w", "5", "-A"}, rule...)...)
-				t.Cleanup(func() { nodeRun(t, append([]string{"iptables-" + backend, "-w", "5", "-D"}, rule...)...) })
+				conntrackOn(t, backend)
 			}
 			p := suite.NewPod(t, "held-"+backend+map[bool]string{true: "-ct", false: ""}[tracked], stack.PodOptions{ServiceAccount: saA})
 			h := holdConn(t, p, instanceIDPath, nodeRolePath)
@@ -253,6 +248,15 @@ func testHeldFlow(t *testing.T, backend string) {
 			}
 		})
 	}
+}
+
+// conntrackOn adds, for the test, a rule that uses conntrack: any such rule turns tracking on in the node's
+// namespace, as kube-proxy's rules do on a node.
+func conntrackOn(t *testing.T, backend string) {
+	t.Helper()
+	rule := []string{"INPUT", "-m", "conntrack", "--ctstate", "ESTABLISHED", "-m", "comment", "--comment", "e2e: conntrack on", "-j", "ACCEPT"}
+	nodeRun(t, append([]string{"iptables-" + backend, "-w", "5", "-A"}, rule...)...)
+	t.Cleanup(func() { nodeRun(t, append([]string{"iptables-" + backend, "-w", "5", "-D"}, rule...)...) })
 }
 
 // testTakeover: an agent started with another listener port finds the rules of the previous one (killed, so they
