@@ -222,13 +222,16 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 		return fmt.Errorf("metadata face: %w", err)
 	}
 	lm := newLimitMetrics(reg)
+	conns := newConnTable(cfg.Limits.ConnsPerPod, cfg.Limits.Conns, lm)
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "iamlet_listener_connections",
+		Help: "Connections the pod-facing listeners hold now (bounded by --max-conns)."}, func() float64 { return float64(conns.Open()) }))
 	// With our rules, a connection counts only if they redirected it; without them someone else redirects.
 	var redirectedFrom []netip.Addr
 	if rules != nil {
 		redirectedFrom = []netip.Addr{iptables.IMDSv4, iptables.IMDSv6, iptables.ContainerV4, iptables.ContainerV6}
 	}
 	for _, a := range cfg.MetadataAddrs {
-		if err := serveLimited(ctx, a.String(), limitRate(imds, cfg.Limits, lm), cfg.Limits, redirectedFrom, lm, log, &wg); err != nil {
+		if err := serveLimited(ctx, a.String(), limitRate(imds, cfg.Limits, lm), conns, redirectedFrom, lm, log, &wg); err != nil {
 			return err
 		}
 	}
@@ -238,7 +241,7 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 			return fmt.Errorf("container credentials face: %w", err)
 		}
 		for _, a := range cfg.ContainerAddrs {
-			if err := serveLimited(ctx, a.String(), limitRate(ch, cfg.Limits, lm), cfg.Limits, redirectedFrom, lm, log, &wg); err != nil {
+			if err := serveLimited(ctx, a.String(), limitRate(ch, cfg.Limits, lm), conns, redirectedFrom, lm, log, &wg); err != nil {
 				return err
 			}
 		}
@@ -401,8 +404,8 @@ func serve(ctx context.Context, addr string, h http.Handler, log *slog.Logger, w
 }
 
 // serveLimited is serve for the pod-facing faces: connections not redirected from one of redirectedFrom (when
-// given) are closed at once, the others capped per source address.
-func serveLimited(ctx context.Context, addr string, h http.Handler, lim Limits, redirectedFrom []netip.Addr, m *limitMetrics, log *slog.Logger, wg *sync.WaitGroup) error {
+// given) are closed at once, the others counted against conns.
+func serveLimited(ctx context.Context, addr string, h http.Handler, conns *connTable, redirectedFrom []netip.Addr, m *limitMetrics, log *slog.Logger, wg *sync.WaitGroup) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", addr, err)
@@ -410,7 +413,7 @@ func serveLimited(ctx context.Context, addr string, h http.Handler, lim Limits, 
 	if redirectedFrom != nil {
 		ln = onlyRedirected(ln, redirectedFrom, m.unredirected)
 	}
-	serveOn(ctx, limitConns(ln, lim.ConnsPerPod, m), h, log, wg)
+	serveOn(ctx, conns.limit(ln), h, log, wg)
 	return nil
 }
 

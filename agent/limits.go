@@ -19,6 +19,7 @@ import (
 // would have to wait longer, that is one flooding from many connections, is answered 429.
 type Limits struct {
 	ConnsPerPod    int     // concurrent connections per source address; 0 = unlimited
+	Conns          int     // concurrent connections to all pod-facing listeners together; 0 = unlimited
 	RequestsPerPod float64 // sustained requests per second per source address; 0 = unlimited
 	BurstPerPod    int     // requests answered at once above the rate
 	MaxWait        time.Duration
@@ -28,6 +29,7 @@ type limitMetrics struct {
 	conns        prometheus.Counter
 	requests     prometheus.Counter
 	delayed      prometheus.Counter
+	evicted      prometheus.Counter
 	unredirected prometheus.Counter
 }
 
@@ -35,7 +37,7 @@ func newLimitMetrics(reg prometheus.Registerer) *limitMetrics {
 	m := &limitMetrics{
 		conns: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "iamlet_limits_rejected_connections_total",
-			Help: "Connections closed at once because their source address already held the per-pod maximum.",
+			Help: "Connections closed at once: their source address held the per-pod maximum, or the agent held its total and the source was already among the heaviest.",
 		}),
 		requests: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "iamlet_limits_throttled_requests_total",
@@ -46,29 +48,47 @@ func newLimitMetrics(reg prometheus.Registerer) *limitMetrics {
 			Help: "Requests over the per-pod burst that waited for their turn and were then answered.",
 		}),
 	}
+	m.evicted = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "iamlet_limits_evicted_connections_total",
+		Help: "Held connections closed to make room, at the agent's total connection bound, for a source holding fewer.",
+	})
 	m.unredirected = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "iamlet_listener_unredirected_connections_total",
 		Help: "Connections closed at once because the interception rules did not redirect them (made to the listener's address directly).",
 	})
-	reg.MustRegister(m.conns, m.requests, m.delayed, m.unredirected)
+	reg.MustRegister(m.conns, m.requests, m.delayed, m.evicted, m.unredirected)
 	return m
 }
 
-// connLimiter is a listener that admits at most max concurrent connections per source address.
-type connLimiter struct {
-	net.Listener
-	max     int
-	metrics *limitMetrics
+// connTable bounds the connections the pod-facing listeners hold: at most perSource from one source
+// address, and at most total across all listeners together, which is what keeps the agent's memory
+// under its limit whatever the pods do. At the total bound a source holding fewer connections than
+// the heaviest one still gets in: the heaviest source's oldest connection is closed for it, so a
+// flood from many addresses cannot lock a quiet pod out.
+type connTable struct {
+	perSource, total int
+	metrics          *limitMetrics
 
-	mu    sync.Mutex
-	count map[netip.Addr]int
+	mu       sync.Mutex
+	open     int
+	bySource map[netip.Addr][]*limitedConn // oldest first
 }
 
-func limitConns(l net.Listener, max int, m *limitMetrics) net.Listener {
-	if max <= 0 {
+func newConnTable(perSource, total int, m *limitMetrics) *connTable {
+	return &connTable{perSource: perSource, total: total, metrics: m, bySource: make(map[netip.Addr][]*limitedConn)}
+}
+
+// limit wraps a listener so that its connections count against the table.
+func (t *connTable) limit(l net.Listener) net.Listener {
+	if t.perSource <= 0 && t.total <= 0 {
 		return l
 	}
-	return &connLimiter{Listener: l, max: max, metrics: m, count: make(map[netip.Addr]int)}
+	return &connLimiter{Listener: l, table: t}
+}
+
+type connLimiter struct {
+	net.Listener
+	table *connTable
 }
 
 func (l *connLimiter) Accept() (net.Conn, error) {
@@ -77,36 +97,94 @@ func (l *connLimiter) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		ip := remoteAddr(c.RemoteAddr())
-		l.mu.Lock()
-		if l.count[ip] >= l.max {
-			l.mu.Unlock()
-			l.metrics.conns.Inc()
-			_ = c.Close()
-			continue
+		if lc := l.table.admit(c); lc != nil {
+			return lc, nil
 		}
-		l.count[ip]++
-		l.mu.Unlock()
-		return &limitedConn{Conn: c, release: func() { l.release(ip) }}, nil
+		_ = c.Close()
 	}
 }
 
-func (l *connLimiter) release(ip netip.Addr) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.count[ip]--; l.count[ip] <= 0 {
-		delete(l.count, ip)
+// admit records c and returns it wrapped, or returns nil when c must be closed.
+func (t *connTable) admit(c net.Conn) *limitedConn {
+	src := remoteAddr(c.RemoteAddr())
+	lc := &limitedConn{Conn: c, src: src, table: t}
+	t.mu.Lock()
+	held := len(t.bySource[src])
+	if t.perSource > 0 && held >= t.perSource {
+		t.mu.Unlock()
+		t.metrics.conns.Inc()
+		return nil
 	}
+	var evict *limitedConn
+	if t.total > 0 && t.open >= t.total {
+		heaviest := t.heaviest()
+		// Only a source that would still hold fewer than the heaviest takes a slot; otherwise two
+		// equal sources would evict each other's connections for ever.
+		if len(t.bySource[heaviest]) <= held+1 {
+			t.mu.Unlock()
+			t.metrics.conns.Inc()
+			return nil
+		}
+		evict = t.bySource[heaviest][0]
+		t.removeLocked(evict)
+	}
+	t.bySource[src] = append(t.bySource[src], lc)
+	t.open++
+	t.mu.Unlock()
+	if evict != nil {
+		t.metrics.evicted.Inc()
+		_ = evict.Conn.Close()
+	}
+	return lc
+}
+
+// heaviest is the source holding the most connections; callers hold mu.
+func (t *connTable) heaviest() netip.Addr {
+	var top netip.Addr
+	n := -1
+	for a, cs := range t.bySource {
+		if len(cs) > n {
+			top, n = a, len(cs)
+		}
+	}
+	return top
+}
+
+// removeLocked forgets c; it reports whether c was still in the table. Callers hold mu.
+func (t *connTable) removeLocked(c *limitedConn) bool {
+	cs := t.bySource[c.src]
+	for i, x := range cs {
+		if x == c {
+			cs = append(cs[:i], cs[i+1:]...)
+			if len(cs) == 0 {
+				delete(t.bySource, c.src)
+			} else {
+				t.bySource[c.src] = cs
+			}
+			t.open--
+			return true
+		}
+	}
+	return false
+}
+
+// Open is the number of connections the table holds.
+func (t *connTable) Open() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.open
 }
 
 type limitedConn struct {
 	net.Conn
-	once    sync.Once
-	release func()
+	src   netip.Addr
+	table *connTable
 }
 
 func (c *limitedConn) Close() error {
-	c.once.Do(c.release)
+	c.table.mu.Lock()
+	c.table.removeLocked(c)
+	c.table.mu.Unlock()
 	return c.Conn.Close()
 }
 

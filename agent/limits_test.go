@@ -23,7 +23,7 @@ func TestConnLimiterCapsOneSource(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln := limitConns(raw, 2, m)
+	ln := newConnTable(2, 0, m).limit(raw)
 	defer ln.Close()
 	accepted := make(chan net.Conn, 8)
 	go func() {
@@ -185,5 +185,69 @@ func TestRemoteAddrUnmaps(t *testing.T) {
 	a := &net.TCPAddr{IP: net.ParseIP("::ffff:10.0.0.7"), Port: 80}
 	if got, want := remoteAddr(a), netip.MustParseAddr("10.0.0.7"); got != want {
 		t.Errorf("remoteAddr(%v) = %v, want %v", a, got, want)
+	}
+}
+
+// fakeConn is a connection from a source address that records whether it was closed.
+type fakeConn struct {
+	net.Conn
+	from   net.Addr
+	closed bool
+}
+
+func (c *fakeConn) RemoteAddr() net.Addr { return c.from }
+func (c *fakeConn) Close() error         { c.closed = true; return nil }
+
+// TestConnTableBoundsTheTotalFairly: at the total bound a source holding fewer connections than the heaviest gets in
+// and the heaviest loses its oldest; a source as heavy as the others is refused instead, so sources at their fair share
+// do not evict one another; the total never exceeds the bound.
+func TestConnTableBoundsTheTotalFairly(t *testing.T) {
+	m := newLimitMetrics(prometheus.NewRegistry())
+	table := newConnTable(8, 6, m)
+	from := func(ip string) *fakeConn {
+		return &fakeConn{from: &net.TCPAddr{IP: net.ParseIP(ip), Port: 40000}}
+	}
+	var flood []*fakeConn
+	for range 6 {
+		c := from("10.0.0.1")
+		if table.admit(c) == nil {
+			t.Fatal("a connection under both bounds was refused")
+		}
+		flood = append(flood, c)
+	}
+	quiet := from("10.0.0.2")
+	lc := table.admit(quiet)
+	if lc == nil {
+		t.Fatal("at the total bound, a source holding nothing was refused; want the heaviest source's oldest connection closed")
+	}
+	if !flood[0].closed || flood[1].closed {
+		t.Errorf("evicted: oldest %v, next %v; want only the oldest of the heaviest source", flood[0].closed, flood[1].closed)
+	}
+	if got := table.Open(); got != 6 {
+		t.Errorf("open = %d, want the bound 6", got)
+	}
+	// Sources of 10.0.0.2 take slots until it holds one fewer than 10.0.0.1; then it is refused.
+	for range 2 {
+		if table.admit(from("10.0.0.2")) == nil {
+			t.Fatal("a source holding fewer than the heaviest was refused")
+		}
+	}
+	if table.admit(from("10.0.0.2")) != nil {
+		t.Error("a source that would hold as many as the heaviest was admitted; equal sources would evict each other")
+	}
+	if got, want := testutil.ToFloat64(m.evicted), 3.0; got != want {
+		t.Errorf("evicted = %v, want %v", got, want)
+	}
+	if got := table.Open(); got != 6 {
+		t.Errorf("open = %d, want 6", got)
+	}
+	// Closing a connection frees its slot, once, even when closed twice.
+	_ = lc.Close()
+	_ = lc.Close()
+	if got := table.Open(); got != 5 {
+		t.Errorf("open after a close = %d, want 5", got)
+	}
+	if table.admit(from("10.0.0.3")) == nil {
+		t.Error("a free slot was not given")
 	}
 }

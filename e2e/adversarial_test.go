@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -308,10 +309,117 @@ func TestProtocolAbuse(t *testing.T) {
 	}
 }
 
+// TestConnectionFloodFromManySources: 200 source addresses behind one pod interface each hold 16 connections that
+// have asked once and stay open, and open them again when closed: more than the agent's bound on connections. The
+// agent holds no more than the bound, its memory stays under the DaemonSet's limit, and a bystander pod opening a
+// new connection for each request is answered within 1 s (the SDKs' IMDS timeout) every time.
+func TestConnectionFloodFromManySources(t *testing.T) {
+	agent := sharedAgent(t)
+	flooder := suite.NewPod(t, "source-flooder", stack.PodOptions{ServiceAccount: saA})
+	flooder.AddSources(t, "10.201.0.0/24")
+	good := suite.NewPod(t, "flood-bystander", stack.PodOptions{ServiceAccount: saB})
+	waitCached(t, good)
+	memLimit := shippedMemoryLimit(t)
+	counter := func(m stack.Metrics, name string) float64 { v, _ := m.Value(name, nil); return v }
+	before := waitMetric(t, "a scrape", machineDeadline, func(stack.Metrics) bool { return true })
+
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	done := make(chan stack.Result, 1)
+	go func() {
+		done <- flooder.Exec(ctx, nil, clientBin(t, "abuse"), "-mode", "sources", "-from", "10.201.0.1", "-sources", "200", "-n", "16", "-for", "50s")
+	}()
+	waitMetric(t, "the flood to fill the agent's connection bound", machineDeadline, func(m stack.Metrics) bool {
+		return counter(m, "iamlet_listener_connections") >= shippedMaxConns*9/10 &&
+			counter(m, "iamlet_limits_rejected_connections_total") > counter(before, "iamlet_limits_rejected_connections_total")
+	})
+
+	// The bystander: an IMDSv2 token, then the role and its credentials, every request on a new connection, for
+	// 5 s, while the agent's connections and memory are sampled.
+	role := roleName(stack.RoleARN(stack.AudienceB))
+	credPath := "/latest/meta-data/iam/security-credentials/"
+	bystander := make(chan stack.Result, 1)
+	go func() {
+		bystander <- good.Exec(ctx, nil, clientBin(t, "probe"), "-token", "-timeout", "1s", "-timed", "-for", "5s", "-every", "100ms", credPath, credPath+role)
+	}()
+	var maxConns, maxRSS float64
+	var r stack.Result
+	for sampling := true; sampling; {
+		select {
+		case r = <-bystander:
+			sampling = false
+		case <-time.After(200 * time.Millisecond):
+		}
+		if m, err := stack.Scrape(); err == nil {
+			maxConns = max(maxConns, counter(m, "iamlet_listener_connections"))
+			maxRSS = max(maxRSS, counter(m, "process_resident_memory_bytes"))
+		}
+	}
+	after := waitMetric(t, "a scrape", machineDeadline, func(stack.Metrics) bool { return true })
+	stop()
+	flood := <-done
+	assertNoNodeSecrets(t, "the flood", flood.Output())
+	assertNoNodeSecrets(t, "the bystander", r.Output())
+
+	var tookMS []float64
+	for _, a := range parseProbe(r.Stdout) {
+		if want := map[bool]string{true: role, false: `"Code":"Success"`}[strings.HasSuffix(a.request, credPath)]; a.status != "200" || !strings.Contains(a.body, want) {
+			t.Errorf("bystander during the flood: %s -> %s %.80s", a.request, a.status, a.body)
+		}
+		if i := strings.Index(a.body, "took "); i >= 0 {
+			var ms float64
+			if _, err := fmt.Sscanf(a.body[i:], "took %f", &ms); err == nil {
+				tookMS = append(tookMS, ms)
+			}
+		}
+	}
+	if r.Err != nil || len(tookMS) < 4 {
+		t.Fatalf("bystander: %v, %d timed answers\n%s", r.Err, len(tookMS), r.Output())
+	}
+	if maxConns > shippedMaxConns {
+		t.Errorf("the agent held %v connections, more than its bound of %d", maxConns, shippedMaxConns)
+	}
+	peak, anon := memory(t, agent.Pid())
+	if peak >= memLimit {
+		t.Errorf("the agent's peak resident memory %d MiB reached the DaemonSet's limit of %d MiB", peak>>20, memLimit>>20)
+	}
+	slices.Sort(tookMS)
+	evicted := counter(after, "iamlet_limits_evicted_connections_total") - counter(before, "iamlet_limits_evicted_connections_total")
+	refused := counter(after, "iamlet_limits_rejected_connections_total") - counter(before, "iamlet_limits_rejected_connections_total")
+	t.Logf("flood from 200 sources x 16 connections: agent held at most %.0f connections (bound %d), %.0f evicted, %.0f refused; "+
+		"resident memory at most %.1f MiB sampled, peak %.1f MiB over the agent's life (limit %d MiB; %.1f MiB anonymous at the end, the rest the binary's pages); bystander %d answers, "+
+		"median %.1f ms, max %.1f ms",
+		maxConns, shippedMaxConns, evicted, refused, maxRSS/(1<<20), float64(peak)/(1<<20), memLimit>>20, float64(anon)/(1<<20),
+		len(tookMS), tookMS[len(tookMS)/2], tookMS[len(tookMS)-1])
+}
+
+// memory is a process's peak resident memory (VmHWM) and its anonymous resident memory now, in bytes.
+func memory(t *testing.T, pid int) (peak, anon int64) {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		var kb int64
+		if _, err := fmt.Sscanf(line, "VmHWM: %d kB", &kb); err == nil {
+			peak = kb << 10
+		}
+		if _, err := fmt.Sscanf(line, "RssAnon: %d kB", &kb); err == nil {
+			anon = kb << 10
+		}
+	}
+	if peak == 0 {
+		t.Fatalf("no VmHWM in /proc/%d/status", pid)
+	}
+	return peak, anon
+}
+
 // The per-pod request limits the agent ships with (cmd/iamlet's flag defaults, which deploy/ does not override).
 const (
 	shippedRequestsPerPod = 200
 	shippedBurstPerPod    = 1000
+	shippedMaxConns       = 1024
 )
 
 // floodResult reads what the abuse client's flood mode prints: the number of 200 answers and the time it took.

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -20,6 +21,7 @@ import (
 	authzv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
@@ -509,23 +511,26 @@ func containsAll(have, want []string) bool {
 // the only difference allowed is where the IMDSv2 key file lives. (The harness adds what only a test needs: the
 // local STS endpoint and region, the node IMDS mock, loopback metrics addresses, debug logging.)
 func TestAgentRunsWithTheShippedArguments(t *testing.T) {
-	rendered, err := stack.HelmTemplate("iamlet", agentNamespace)
-	if err != nil {
-		t.Fatal(err)
+	container := shippedContainer(t)
+	shipped, _, _ := unstructured.NestedStringSlice(container, "args")
+	envs, _, _ := unstructured.NestedSlice(container, "env")
+	from := map[string]string{}
+	for _, e := range envs {
+		e := e.(map[string]any)
+		field, _, _ := unstructured.NestedString(e, "valueFrom", "fieldRef", "fieldPath")
+		res, _, _ := unstructured.NestedString(e, "valueFrom", "resourceFieldRef", "resource")
+		from[e["name"].(string)] = field + res
 	}
-	var shipped []string
-	for key, o := range parseObjects(t, rendered) {
-		if !strings.HasPrefix(key, "DaemonSet ") {
-			continue
+	for name, want := range map[string]string{"HOST_IPS": "status.hostIPs", "NODE_NAME": "spec.nodeName", "POD_IP": "status.podIP", "MEMORY_LIMIT": "limits.memory"} {
+		if from[name] != want {
+			t.Errorf("the DaemonSet's %s comes from %q, want %q", name, from[name], want)
 		}
-		containers, _, _ := unstructured.NestedSlice(o, "spec", "template", "spec", "containers")
-		args, _, _ := unstructured.NestedStringSlice(containers[0].(map[string]any), "args")
-		shipped = args
 	}
 	if len(shipped) < 2 || shipped[0] != "run" {
 		t.Fatalf("DaemonSet args = %q, want `run` and its flags", shipped)
 	}
-	env := strings.NewReplacer("$(HOST_IPS)", stack.NodeIP+","+stack.NodeIPv6, "$(NODE_NAME)", stack.NodeName)
+	env := strings.NewReplacer("$(HOST_IPS)", stack.NodeIP+","+stack.NodeIPv6, "$(NODE_NAME)", stack.NodeName,
+		"$(POD_IP)", stack.NodeIP, "$(MEMORY_LIMIT)", strconv.FormatInt(shippedMemoryLimit(t), 10))
 	harness := map[string]string{}
 	for _, a := range suite.AgentArgs() {
 		k, v, _ := strings.Cut(a, "=")
@@ -564,4 +569,34 @@ func isFlagDefault(help, flag, value string) bool {
 		return strings.Trim(strings.TrimSuffix(strings.TrimSpace(entry[d+len("(default "):]), ")"), `"`) == value
 	}
 	return value == "" || value == "false" || value == "0"
+}
+
+// shippedContainer is the agent container of the chart's DaemonSet, rendered with its default values.
+func shippedContainer(t *testing.T) map[string]any {
+	t.Helper()
+	rendered, err := stack.HelmTemplate("iamlet", agentNamespace)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for key, o := range parseObjects(t, rendered) {
+		if strings.HasPrefix(key, "DaemonSet ") {
+			containers, _, _ := unstructured.NestedSlice(o, "spec", "template", "spec", "containers")
+			if len(containers) > 0 {
+				return containers[0].(map[string]any)
+			}
+		}
+	}
+	t.Fatal("the chart renders no DaemonSet with a container")
+	return nil
+}
+
+// shippedMemoryLimit is the memory limit, in bytes, the chart's DaemonSet gives the agent.
+func shippedMemoryLimit(t *testing.T) int64 {
+	t.Helper()
+	v, _, _ := unstructured.NestedString(shippedContainer(t), "resources", "limits", "memory")
+	q, err := resource.ParseQuantity(v)
+	if err != nil {
+		t.Fatalf("the DaemonSet's memory limit %q: %v", v, err)
+	}
+	return q.Value()
 }

@@ -16,6 +16,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -56,7 +57,7 @@ func main() {
 func run(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("iamlet run", flag.ContinueOnError)
 	var cfg agent.Config
-	var metadataAddrs, containerAddrs, interfaces, logFormat, logLevel, minting string
+	var metadataAddrs, containerAddrs, metricsAddr, interfaces, logFormat, logLevel, minting string
 	fs.StringVar(&cfg.NodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name (default $NODE_NAME, from the downward API)")
 	fs.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "kubeconfig file; empty for in-cluster config")
 	fs.StringVar(&minting, "token-minting", string(token.AsNode), "whose identity pod tokens are minted with: node (constrained impersonation of this node, Kubernetes 1.35+: only this node's pods) or cluster (the agent's ServiceAccount, cluster-wide, narrowed by the admission policy)")
@@ -64,7 +65,9 @@ func run(ctx context.Context, args []string) error {
 	fs.StringVar(&metadataAddrs, "metadata-addr", envOr("METADATA_ADDR", ""), "comma-separated listen addresses of the IMDS face, at most one per family: address:port, or a bare address with --metadata-port (e.g. $(HOST_IPS) from status.hostIPs); interception DNATs to them")
 	metadataPort := fs.Uint("metadata-port", 8181, "port for bare addresses in --metadata-addr")
 	fs.StringVar(&containerAddrs, "container-addr", "", "comma-separated listen addresses of the container-credentials face (169.254.170.23 style); empty = off")
-	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", ":9180", "listen address for /metrics, /healthz and /readyz")
+	fs.StringVar(&metricsAddr, "metrics-addr", "127.0.0.1", "listen address for /metrics, /healthz and /readyz: address:port, or a bare address with --metrics-port (the manifests pass $(POD_IP), the node's primary address); empty = off")
+	metricsPort := fs.Uint("metrics-port", 9180, "port for a bare address in --metrics-addr")
+	memoryLimit := fs.Int64("memory-limit", 0, "the container's memory limit in bytes (the manifests pass limits.memory from the downward API): the Go runtime collects garbage harder as it nears 3/4 of it; GOMEMLIMIT, when set, wins; 0 = none")
 	fs.StringVar(&cfg.DebugAddr, "debug-addr", "127.0.0.1:9181", "loopback listen address of the read-only /status endpoint used by `iamlet status`")
 	fs.BoolVar(&cfg.ManageIptables, "iptables", true, "install and reconcile the interception rules")
 	fs.StringVar(&interfaces, "interfaces", "", "deprecated and ignored: interception covers every pod interface (rules name none)")
@@ -79,6 +82,7 @@ func run(ctx context.Context, args []string) error {
 	fs.StringVar(&cfg.STSEndpoint, "sts-endpoint", "", "STS endpoint override (a VPC endpoint, or a test STS)")
 	fs.Float64Var(&cfg.RefreshQPS, "refresh-qps", 10, "background credential fetches per second (prefetch and refresh)")
 	fs.IntVar(&cfg.Limits.ConnsPerPod, "max-conns-per-pod", 64, "concurrent connections one pod may hold to the metadata faces; 0 = unlimited")
+	fs.IntVar(&cfg.Limits.Conns, "max-conns", 1024, "concurrent connections all pods together may hold to the metadata faces (bounds the agent's memory); at the bound a pod holding fewer than the heaviest still gets in, the heaviest's oldest connection is closed; 0 = unlimited")
 	fs.Float64Var(&cfg.Limits.RequestsPerPod, "requests-per-pod", 200, "sustained requests per second one pod may make; 0 = unlimited")
 	fs.IntVar(&cfg.Limits.BurstPerPod, "request-burst-per-pod", 1000, "requests one pod may make at once above --requests-per-pod")
 	fs.DurationVar(&cfg.Limits.MaxWait, "request-max-wait", 250*time.Millisecond, "how long a request over the pod's rate waits for its turn before it is answered 429 (SDKs time out after 1 s)")
@@ -94,8 +98,21 @@ func run(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	if *metadataPort == 0 || *metadataPort > 65535 {
-		return fmt.Errorf("--metadata-port %d: want 1..65535", *metadataPort)
+	for name, p := range map[string]uint{"--metadata-port": *metadataPort, "--metrics-port": *metricsPort} {
+		if p == 0 || p > 65535 {
+			return fmt.Errorf("%s %d: want 1..65535", name, p)
+		}
+	}
+	if metricsAddr != "" {
+		a, err := parseAddrs(metricsAddr, uint16(*metricsPort))
+		if err != nil || len(a) != 1 {
+			return fmt.Errorf("--metrics-addr %q: want one address, with or without a port: %v", metricsAddr, err)
+		}
+		cfg.MetricsAddr = a[0].String()
+	}
+	if *memoryLimit > 0 && os.Getenv("GOMEMLIMIT") == "" {
+		// The rest of the container's limit is the binary's own pages and the kernel's socket buffers.
+		debug.SetMemoryLimit(*memoryLimit / 4 * 3)
 	}
 	if cfg.MetadataAddrs, err = parseAddrs(metadataAddrs, uint16(*metadataPort)); err != nil {
 		return fmt.Errorf("--metadata-addr: %w", err)

@@ -12,9 +12,12 @@ import (
 
 // Agent addresses in the node namespace.
 const (
-	AgentMetricsAddr = "127.0.0.1:9180"
+	AgentMetricsAddr = NodeIP + ":9180" // the manifests' --metrics-addr=$(POD_IP): a hostNetwork pod's IP is the node's
 	AgentDebugAddr   = "127.0.0.1:9181"
 	AgentPort        = "8181"
+	// AgentMemoryLimit is the chart's limits.memory (96Mi), which the manifests pass as --memory-limit;
+	// TestAgentRunsWithTheShippedArguments keeps the two equal.
+	AgentMemoryLimit = "100663296"
 )
 
 // BuildAgent builds cmd/iamlet into dir and returns its path.
@@ -37,7 +40,7 @@ func (s *Stack) AgentArgs() []string {
 		"--node-name=" + NodeName, "--kubeconfig=" + s.AgentKubeconfig,
 		// As the manifests pass $(HOST_IPS) (status.hostIPs): bare addresses, the port from --metadata-port.
 		"--metadata-addr=" + NodeIP + "," + NodeIPv6, "--metadata-port=" + AgentPort,
-		"--metrics-addr=" + AgentMetricsAddr, "--debug-addr=" + AgentDebugAddr,
+		"--metrics-addr=" + NodeIP, "--memory-limit=" + AgentMemoryLimit, "--debug-addr=" + AgentDebugAddr,
 		"--region=us-east-1", "--sts-endpoint=" + STSEndpoint,
 		"--node-imds=http://" + IMDSv4,
 		"--token-key-file=" + filepath.Join(s.Dir, "imds-token.key"),

@@ -7,6 +7,9 @@
 //	abuse -mode bigbody                    a token PUT with a 10 MiB body
 //	abuse -mode garbage                    bytes that are not HTTP
 //	abuse -mode flood -n 2000 -c 64        n requests as fast as c connections allow
+//	abuse -mode sources -from 10.201.0.1 -sources 200 -n 16 -for 20s
+//	                                       from each of 200 addresses, n connections that each send a request
+//	                                       and then stay open; one the server closes is opened again a second later
 //
 // It prints "opened N" for the holding modes and "status CODE" or "error ..." for the others.
 package main
@@ -18,9 +21,11 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -30,6 +35,8 @@ func main() {
 	n := flag.Int("n", 100, "connections or requests")
 	hold := flag.Duration("for", 5*time.Second, "how long to hold connections")
 	conc := flag.Int("c", 1, "with -mode flood, connections sending at once")
+	from := flag.String("from", "", "with -mode sources, the first source address")
+	sources := flag.Int("sources", 1, "with -mode sources, how many consecutive source addresses")
 	flag.Parse()
 	switch *mode {
 	case "conns", "slowloris":
@@ -41,6 +48,13 @@ func main() {
 		report(request(*addr, fmt.Sprintf("PUT /latest/api/token HTTP/1.1\r\nHost: x\r\nX-aws-ec2-metadata-token-ttl-seconds: 60\r\nContent-Length: %d\r\n\r\n%s", len(body), body)))
 	case "garbage":
 		report(request(*addr, "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not http at all\r\n\r\n"))
+	case "sources":
+		first, err := netip.ParseAddr(*from)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "abuse: -from:", err)
+			os.Exit(2)
+		}
+		fromSources(*addr, first, min(*sources, 1000), min(*n, 100), min(*hold, time.Minute))
 	case "flood":
 		flood(*addr, min(*n, 100000), min(max(*conc, 1), 1000))
 	default:
@@ -136,4 +150,57 @@ func flood(addr string, n, conc int) {
 		fmt.Printf("status %d x%d\n", code, c)
 	}
 	fmt.Printf("elapsed %.3f\n", time.Since(start).Seconds())
+}
+
+// fromSources holds, from each of sources consecutive addresses, n connections that have sent one request and read
+// its answer; a connection the server refuses or closes is opened again a second later, until hold is over. It prints
+// "dials D answered A closed C".
+func fromSources(addr string, first netip.Addr, sources, n int, hold time.Duration) {
+	deadline := time.Now().Add(hold)
+	var dials, answered, closed atomic.Int64
+	var wg sync.WaitGroup
+	src := first
+	for range sources {
+		d := &net.Dialer{Timeout: 2 * time.Second, LocalAddr: &net.TCPAddr{IP: src.AsSlice()}}
+		for range n {
+			wg.Go(func() {
+				for time.Now().Before(deadline) {
+					dials.Add(1)
+					if holdOne(d, addr, deadline) {
+						answered.Add(1)
+					}
+					closed.Add(1)
+					if wait := time.Until(deadline); wait > 0 {
+						time.Sleep(min(time.Second, wait))
+					}
+				}
+			})
+		}
+		src = src.Next()
+	}
+	wg.Wait()
+	fmt.Printf("dials %d answered %d closed %d\n", dials.Load(), answered.Load(), closed.Load())
+}
+
+// holdOne sends a request on a new connection, reads the answer and keeps the connection until the server closes
+// it or the deadline passes; it reports whether an answer came.
+func holdOne(d *net.Dialer, addr string, deadline time.Time) bool {
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		return false
+	}
+	defer c.Close()
+	_ = c.SetDeadline(deadline)
+	if _, err := io.WriteString(c, "GET /latest/meta-data/iam/security-credentials/ HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n"); err != nil {
+		return false
+	}
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		return false
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	_, _ = br.ReadByte() // blocks until the server closes the connection or the deadline
+	return true
 }
