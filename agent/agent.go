@@ -65,6 +65,9 @@ type Config struct {
 
 	Limits Limits // per-pod connection and request limits on the metadata faces
 
+	// StartupTaint is the taint key removed from this node once the agent is ready; "" = none.
+	StartupTaint string
+
 	RequireIMDSv2 bool
 	TokenKeyFile  string // "" = a per-process key (held tokens do not survive a restart)
 	NodeIMDS      string // the node's IMDS, for allow-listed node facts; "" = synthesise
@@ -271,6 +274,15 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 				}
 			})
 		})
+	}
+
+	if cfg.StartupTaint != "" {
+		tainted := prometheus.NewGauge(prometheus.GaugeOpts{Name: "iamlet_node_startup_taint",
+			Help: "1 while this node carries the start-up taint the agent removes once ready (--startup-taint)."})
+		reg.MustRegister(tainted)
+		t := startupTaint{kube: kube, node: cfg.NodeName, key: cfg.StartupTaint, log: log,
+			present: func(p bool) { tainted.Set(b2f(p)) }}
+		goRun(func() { t.run(ctx, func() bool { ok, _ := st.ready(); return ok }) })
 	}
 
 	if cfg.DebugAddr != "" {

@@ -248,8 +248,10 @@ func TestRBACAgentHasOnlyWhatItNeeds(t *testing.T) {
 		// Minting only as its own node; no serviceaccounts/token create of its own.
 		"nodes.authentication.k8s.io impersonate:associated-node",
 		"serviceaccounts/token impersonate-on:associated-node:create",
-		// The admission policy's marker, no permission.
-		"tokenrequests.iamlet.dev constrained",
+		// The admission policies' markers, no permissions.
+		"tokenrequests.iamlet.dev constrained", "nodes.iamlet.dev confined",
+		// Removing the start-up taint; iamlet-startup-taint allows that change only, on its own node only.
+		"nodes get", "nodes update",
 	}
 	// Bootstrap ClusterRoles bound to every authenticated user (system:basic-user, system:discovery,
 	// system:public-info-viewer) or every ServiceAccount (system:service-account-issuer-discovery).

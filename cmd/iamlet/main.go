@@ -86,6 +86,7 @@ func run(ctx context.Context, args []string) error {
 	fs.Float64Var(&cfg.Limits.RequestsPerPod, "requests-per-pod", 200, "sustained requests per second one pod may make; 0 = unlimited")
 	fs.IntVar(&cfg.Limits.BurstPerPod, "request-burst-per-pod", 1000, "requests one pod may make at once above --requests-per-pod")
 	fs.DurationVar(&cfg.Limits.MaxWait, "request-max-wait", 250*time.Millisecond, "how long a request over the pod's rate waits for its turn before it is answered 429 (SDKs time out after 1 s)")
+	fs.StringVar(&cfg.StartupTaint, "startup-taint", "iamlet.dev/agent-not-ready", "taint key the agent removes from its own node once it is ready (register nodes with it so no pod starts before the agent serves); empty = none")
 	fs.BoolVar(&cfg.RequireIMDSv2, "require-imdsv2", false, "refuse IMDSv1 requests (like EC2's HttpTokens=required)")
 	fs.StringVar(&cfg.TokenKeyFile, "token-key-file", "", "file holding the IMDSv2 token key, created if absent; empty = a per-process key")
 	fs.StringVar(&cfg.NodeIMDS, "node-imds", "http://169.254.169.254", "the node's own IMDS, for allow-listed node facts and the region; empty = synthesise")
