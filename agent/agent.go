@@ -18,6 +18,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -68,6 +69,17 @@ type Config struct {
 	// StartupTaint is the taint key removed from this node once the agent is ready; "" = none.
 	StartupTaint string
 
+	// HostNetworkPods intercepts hostNetwork pods by their sockets' cgroup (needs ManageIptables). CgroupRoot is
+	// where the node's cgroup hierarchy is mounted, PodsCgroup the kubelet's pods cgroup below it ("" = detect),
+	// PodUID the agent's own pod (exempted), NodeTrusted the namespace/serviceaccount pairs left on the node's IMDS.
+	HostNetworkPods bool
+	HostNetworkPort uint16 // the hostNetwork faces listen on the metadata addresses at this port
+	HostRulesDir    string // shared with the host-rules container (hostrules.go)
+	CgroupRoot      string
+	PodsCgroup      string
+	PodUID          string
+	NodeTrusted     []string
+
 	RequireIMDSv2 bool
 	TokenKeyFile  string // "" = a per-process key (held tokens do not survive a restart)
 	NodeIMDS      string // the node's IMDS, for allow-listed node facts; "" = synthesise
@@ -90,6 +102,19 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 		var err error
 		if rules, err = installRules(ctx, iptablesConfig(cfg), log); err != nil {
 			return err
+		}
+	}
+	// hostNetwork pods: the host-rules container writes their rules; a node where they cannot be told apart says so,
+	// loudly, and the agent runs on for every other pod.
+	var host *hostInterception
+	hostState := func() string { return "off" }
+	if rules != nil && cfg.HostNetworkPods {
+		var err error
+		if host, err = startHostInterception(cfg, log); err != nil {
+			hostState = func() string { return "not covered: " + err.Error() }
+			log.Error("hostNetwork pods are NOT covered: they may reach the node's IMDS", "error", err.Error())
+		} else {
+			hostState = host.status
 		}
 	}
 	rc, err := kubeConfig(cfg.Kubeconfig)
@@ -121,12 +146,16 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 	index := pods.New(kube, cfg.NodeName, cfg.UnknownPodWait)
 	mapper := roles.New(kube, roles.Config{DefaultAudience: cfg.DefaultAudience, DefaultDuration: cfg.SessionDuration,
 		RequireNamespaceAllowlist: cfg.RequireNamespaceAllowlist})
-	st := &state{minting: cfg.TokenMinting}
+	st := &state{minting: cfg.TokenMinting, hostNetwork: hostState}
+	if host != nil {
+		host.reconcile(nil, time.Now()) // until the informers sync: no trusted pods yet, and host-rules' state
+	}
 	st.rulesOK.Store(true) // installed above, or not ours to manage
 	tokens := token.New(minter, token.MinTTL)
 	cache := creds.New(&fetcher{tokens: tokens, confined: st.confinedErr, sts: stsClient, metrics: m},
 		creds.Config{RefreshQPS: cfg.RefreshQPS, Observer: observer{metrics: m, log: log}})
-	prov := &provider{pods: index, roles: mapper, cache: cache, metrics: m, log: log, dryRun: cfg.DryRun}
+	prov := &provider{pods: index, roles: mapper, cache: cache, metrics: m, log: log, dryRun: cfg.DryRun,
+		trusted: trustList(cfg.NodeTrusted).trusts}
 
 	reg.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "iamlet_informer_synced", Help: "1 when the pod, ServiceAccount and Namespace informers have synced."},
@@ -135,6 +164,9 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 			func() float64 { return float64(len(index.Live())) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "iamlet_credentials_cache_entries", Help: "Entries in the credential cache."},
 			func() float64 { return float64(cache.Len()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "iamlet_host_network_intercepted",
+			Help: "1 when hostNetwork pods are intercepted by cgroup; 0 when they are not (off, or the node cannot: see the log and /readyz)."},
+			func() float64 { return b2f(hostState() == "covered") }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "iamlet_token_minting_confined",
 			Help: "1 while the last confinement check saw the apiserver refuse what it must; 0 before the first check or after one that failed."},
 			func() float64 { return b2f(st.confinedErr() == nil) }),
@@ -174,6 +206,13 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 	}
 	index.AddHandler(mark)
 	mapper.AddHandler(mark)
+	hostChanged := make(chan struct{}, 1)
+	index.AddHandler(func() {
+		select {
+		case hostChanged <- struct{}{}:
+		default:
+		}
+	})
 	goRun(func() { index.Run(ctx) })
 	mapper.Start(ctx)
 	defer func() { cancel(); mapper.Shutdown() }() // Shutdown waits for informers that stop only once ctx is done
@@ -206,7 +245,7 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 	goRun(func() { cache.Run(ctx) })
 	goRun(func() {
 		for {
-			reconcileCache(index, mapper, cache)
+			reconcileCache(index, mapper, cache, host != nil, trustList(cfg.NodeTrusted), types.UID(cfg.PodUID))
 			select {
 			case <-ctx.Done():
 				return
@@ -234,8 +273,16 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 		redirectedFrom = []netip.Addr{iptables.IMDSv4, iptables.IMDSv6, iptables.ContainerV4, iptables.ContainerV6}
 	}
 	for _, a := range cfg.MetadataAddrs {
-		if err := serveLimited(ctx, a.String(), limitRate(imds, cfg.Limits, lm), conns, redirectedFrom, lm, log, &wg); err != nil {
+		if err := serveLimited(ctx, a.String(), limitRate(imds, cfg.Limits, lm), conns, redirectedFrom, nil, lm, log, &wg); err != nil {
 			return err
+		}
+	}
+	if host != nil {
+		identify := identifyHostCallers(cgroupTracer{cgroups: host.cgroups})
+		for _, a := range hostListeners(cfg) {
+			if err := serveLimited(ctx, a.String(), limitRate(imds, cfg.Limits, lm), conns, redirectedFrom, identify, lm, log, &wg); err != nil {
+				return err
+			}
 		}
 	}
 	if len(cfg.ContainerAddrs) > 0 {
@@ -244,7 +291,7 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 			return fmt.Errorf("container credentials face: %w", err)
 		}
 		for _, a := range cfg.ContainerAddrs {
-			if err := serveLimited(ctx, a.String(), limitRate(ch, cfg.Limits, lm), conns, redirectedFrom, lm, log, &wg); err != nil {
+			if err := serveLimited(ctx, a.String(), limitRate(ch, cfg.Limits, lm), conns, redirectedFrom, nil, lm, log, &wg); err != nil {
 				return err
 			}
 		}
@@ -276,6 +323,10 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 		})
 	}
 
+	if host != nil {
+		goRun(func() { host.run(ctx, cfg.ReconcileInterval, index, hostChanged) })
+	}
+
 	if cfg.StartupTaint != "" {
 		tainted := prometheus.NewGauge(prometheus.GaugeOpts{Name: "iamlet_node_startup_taint",
 			Help: "1 while this node carries the start-up taint the agent removes once ready (--startup-taint)."})
@@ -286,7 +337,7 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 	}
 
 	if cfg.DebugAddr != "" {
-		if _, err := serve(ctx, cfg.DebugAddr, statusHandler(index, mapper, cache, st), log, &wg); err != nil {
+		if _, err := serve(ctx, cfg.DebugAddr, statusHandler(index, mapper, cache, st, trustList(cfg.NodeTrusted), types.UID(cfg.PodUID)), log, &wg); err != nil {
 			return err
 		}
 	}
@@ -328,9 +379,17 @@ func cutFlows(ctx context.Context, log *slog.Logger, flush func(context.Context,
 
 // reconcileCache makes the cache hold exactly the live pods' current roles: new pods are prefetched,
 // deleted pods and changed roles dropped.
-func reconcileCache(index *pods.Index, mapper *roles.Mapper, cache *creds.Cache) {
+func reconcileCache(index *pods.Index, mapper *roles.Mapper, cache *creds.Cache, hostPods bool, trusted trustList, own types.UID) {
 	var want []creds.Request
-	for _, p := range index.Live() {
+	live := index.Live()
+	if hostPods {
+		for _, p := range index.LiveHost() {
+			if !trusted.trusts(p) && p.UID != own {
+				live = append(live, p)
+			}
+		}
+	}
+	for _, p := range live {
 		if r, err := mapper.RoleFor(p.Namespace, p.ServiceAccount); err == nil {
 			want = append(want, requestFor(p, r))
 		}
@@ -361,6 +420,7 @@ func iptablesConfig(cfg Config) iptables.Config {
 type state struct {
 	synced, listening, rulesOK atomic.Bool
 	minting                    token.Mode
+	hostNetwork                func() string // hostNetwork pods: covered, off, or not covered and why
 	// confinement is the last confinement check's failure; nil before the first check.
 	confinement atomic.Pointer[error]
 }
@@ -387,7 +447,7 @@ func (s *state) ready() (bool, string) {
 	if err := s.confinedErr(); err != nil {
 		return false, s.minting.Describe() + ": " + err.Error()
 	}
-	return true, "ok: " + s.minting.Describe()
+	return true, "ok: " + s.minting.Describe() + "; hostNetwork pods " + s.hostNetwork()
 }
 
 func opsHandler(g prometheus.Gatherer, st *state) http.Handler {
@@ -412,12 +472,13 @@ func serve(ctx context.Context, addr string, h http.Handler, log *slog.Logger, w
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", addr, err)
 	}
-	return serveOn(ctx, ln, h, log, wg), nil
+	return serveOn(ctx, ln, h, nil, log, wg), nil
 }
 
 // serveLimited is serve for the pod-facing faces: connections not redirected from one of redirectedFrom (when
 // given) are closed at once, the others counted against conns.
-func serveLimited(ctx context.Context, addr string, h http.Handler, conns *connTable, redirectedFrom []netip.Addr, m *limitMetrics, log *slog.Logger, wg *sync.WaitGroup) error {
+func serveLimited(ctx context.Context, addr string, h http.Handler, conns *connTable, redirectedFrom []netip.Addr,
+	connContext func(context.Context, net.Conn) context.Context, m *limitMetrics, log *slog.Logger, wg *sync.WaitGroup) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", addr, err)
@@ -425,14 +486,16 @@ func serveLimited(ctx context.Context, addr string, h http.Handler, conns *connT
 	if redirectedFrom != nil {
 		ln = onlyRedirected(ln, redirectedFrom, m.unredirected)
 	}
-	serveOn(ctx, conns.limit(ln), h, log, wg)
+	serveOn(ctx, conns.limit(ln), h, connContext, log, wg)
 	return nil
 }
 
-func serveOn(ctx context.Context, ln net.Listener, h http.Handler, log *slog.Logger, wg *sync.WaitGroup) *http.Server {
+func serveOn(ctx context.Context, ln net.Listener, h http.Handler, connContext func(context.Context, net.Conn) context.Context,
+	log *slog.Logger, wg *sync.WaitGroup) *http.Server {
 	addr := ln.Addr().String()
 	srv := &http.Server{
 		Handler:           h,
+		ConnContext:       connContext,
 		ReadHeaderTimeout: 2 * time.Second,
 		ReadTimeout:       5 * time.Second,
 		WriteTimeout:      10 * time.Second,

@@ -181,6 +181,9 @@ type limitedConn struct {
 	table *connTable
 }
 
+// NetConn is the connection under the limit.
+func (c *limitedConn) NetConn() net.Conn { return c.Conn }
+
 func (c *limitedConn) Close() error {
 	c.table.mu.Lock()
 	c.table.removeLocked(c)

@@ -22,6 +22,7 @@ import (
 // podFinder and roleMapper are what the provider needs of the pod index and the role mapper.
 type podFinder interface {
 	Lookup(ctx context.Context, ip netip.Addr) (pods.Pod, error)
+	HostPod(ctx context.Context, uid types.UID) (pods.Pod, error)
 }
 
 type roleMapper interface {
@@ -42,13 +43,38 @@ type provider struct {
 	metrics *metrics
 	log     *slog.Logger
 	dryRun  bool
+	// trusted tells node-trusted hostNetwork pods, which are exempted from interception rather than served.
+	trusted func(pods.Pod) bool
 }
 
+// identify finds the one live pod calling: by its socket's cgroup for a caller in the node's own network namespace
+// (a hostNetwork pod, whose address is the node's), otherwise by its address.
+func (p *provider) identify(ctx context.Context, caller netip.Addr) (pods.Pod, error) {
+	hc, host := ctx.Value(hostCallerKey{}).(hostCaller)
+	switch {
+	case !host:
+		return p.pods.Lookup(ctx, caller)
+	case hc.err != nil:
+		return pods.Pod{}, fmt.Errorf("a process of the node's network namespace not traced to a pod: %w", hc.err)
+	}
+	pod, err := p.pods.HostPod(ctx, hc.uid)
+	if err == nil && p.trusted != nil && p.trusted(pod) {
+		// Its exemption is not in place yet (the agent is starting, or the pod just did): it asks again shortly.
+		return pods.Pod{}, fmt.Errorf("%w: node-trusted hostNetwork pod %s/%s is not exempted yet", errTrustedNotExempt, pod.Namespace, pod.Name)
+	}
+	return pod, err
+}
+
+var errTrustedNotExempt = errors.New("node-trusted")
+
 func (p *provider) Credentials(ctx context.Context, caller netip.Addr) (metadata.Credentials, error) {
-	pod, err := p.pods.Lookup(ctx, caller)
+	pod, err := p.identify(ctx, caller)
 	if err != nil {
 		p.log.LogAttrs(ctx, slog.LevelWarn, "refused", slog.Bool("audit", true), slog.String("caller", caller.String()),
 			slog.String("outcome", "refused"), slog.String("reason", "unknown_pod"), slog.String("error", err.Error()))
+		if errors.Is(err, errTrustedNotExempt) {
+			return metadata.Credentials{}, fmt.Errorf("%w: %w", metadata.ErrUnavailable, err)
+		}
 		return metadata.Credentials{}, fmt.Errorf("%w: %s: %w", metadata.ErrUnknownCaller, caller, err)
 	}
 	// Built only on the paths that log: the served path logs at debug, normally off.

@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	authv1 "k8s.io/api/authentication/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 
@@ -40,11 +41,19 @@ const (
 var testCaller = netip.MustParseAddr("10.0.0.5")
 
 type stubPods struct {
-	pod pods.Pod
-	err error
+	pod  pods.Pod
+	err  error
+	host map[types.UID]pods.Pod // hostNetwork pods by UID
 }
 
 func (s stubPods) Lookup(context.Context, netip.Addr) (pods.Pod, error) { return s.pod, s.err }
+
+func (s stubPods) HostPod(_ context.Context, uid types.UID) (pods.Pod, error) {
+	if p, ok := s.host[uid]; ok {
+		return p, nil
+	}
+	return pods.Pod{}, pods.ErrNotFound
+}
 
 type stubRoles struct {
 	role roles.Role
@@ -287,5 +296,64 @@ func TestCredentialPathLogsNoSecrets(t *testing.T) {
 				t.Errorf("log has no audit line:\n%s", out)
 			}
 		})
+	}
+}
+
+// TestProviderIdentifiesHostCallersByCgroupOnly: a caller in the node's own network namespace is the hostNetwork pod
+// its socket's cgroup names, never the pod its address (the node's) would find; one that names no live hostNetwork
+// pod, or whose tracing failed, is refused; a node-trusted pod caught before its exemption is asked to retry.
+func TestProviderIdentifiesHostCallersByCgroupOnly(t *testing.T) {
+	shipper := pods.Pod{UID: "uid-shipper", Namespace: "logging", Name: "shipper", ServiceAccount: "shipper", HostNetwork: true}
+	cni := pods.Pod{UID: "uid-cni", Namespace: "kube-system", Name: "aws-node", ServiceAccount: "aws-node", HostNetwork: true}
+	byAddress := pods.Pod{UID: "uid-by-address", Namespace: "ns", Name: "by-address", ServiceAccount: "app"}
+	for _, c := range []struct {
+		name    string
+		caller  hostCaller
+		wantPod string
+		wantErr error
+	}{
+		{"traced to a hostNetwork pod", hostCaller{uid: "uid-shipper"}, "shipper", nil},
+		{"traced to no live hostNetwork pod", hostCaller{uid: "uid-gone"}, "", metadata.ErrUnknownCaller},
+		{"not traced", hostCaller{err: errors.New("sock_diag: no such socket")}, "", metadata.ErrUnknownCaller},
+		{"a node-trusted pod not yet exempted", hostCaller{uid: "uid-cni"}, "", metadata.ErrUnavailable},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			log, _ := logBuffer()
+			cache := &stubCache{creds: served, outcome: creds.Hit}
+			p := &provider{pods: stubPods{pod: byAddress, host: map[types.UID]pods.Pod{"uid-shipper": shipper, "uid-cni": cni}},
+				roles: stubRoles{role: testRole}, cache: cache, metrics: newMetrics(prometheus.NewRegistry()), log: log,
+				trusted: trustList{"kube-system/aws-node"}.trusts}
+			ctx := context.WithValue(context.Background(), hostCallerKey{}, c.caller)
+			_, err := p.Credentials(ctx, testCaller)
+			if c.wantErr != nil {
+				if !errors.Is(err, c.wantErr) {
+					t.Fatalf("error = %v, want %v", err, c.wantErr)
+				}
+				if len(cache.reqs) != 0 {
+					t.Errorf("a refused caller reached the cache: %+v", cache.reqs)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(cache.reqs) != 1 || cache.reqs[0].Pod != c.wantPod {
+				t.Errorf("credentials asked for %+v, want pod %s (never the pod at the node's address)", cache.reqs, c.wantPod)
+			}
+		})
+	}
+}
+
+// TestParseTrustList: node-trusted pods are namespace/serviceaccount pairs.
+func TestParseTrustList(t *testing.T) {
+	got, err := parseTrustList(" kube-system/aws-node, ,monitoring/node-exporter")
+	if err != nil || len(got) != 2 || !got.trusts(pods.Pod{Namespace: "kube-system", ServiceAccount: "aws-node"}) ||
+		got.trusts(pods.Pod{Namespace: "kube-system", ServiceAccount: "kube-proxy"}) {
+		t.Errorf("parseTrustList = %v, %v", got, err)
+	}
+	for _, bad := range []string{"aws-node", "kube-system/", "/aws-node", "a/b/c"} {
+		if _, err := parseTrustList(bad); err == nil {
+			t.Errorf("parseTrustList(%q) accepted", bad)
+		}
 	}
 }

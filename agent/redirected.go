@@ -35,10 +35,16 @@ func (l *redirectedOnly) Accept() (net.Conn, error) {
 		}
 		if tc, ok := c.(*net.TCPConn); ok {
 			if dst, err := iptables.OriginalDestination(tc); err == nil && dst.Port() == 80 && l.faces[dst.Addr()] {
-				return c, nil
+				return &redirectedConn{Conn: c, dst: dst}, nil
 			}
 		}
 		l.refused.Inc()
 		_ = c.Close()
 	}
+}
+
+// redirectedConn is a connection the rules redirected, with the destination its client asked for.
+type redirectedConn struct {
+	net.Conn
+	dst netip.AddrPort
 }

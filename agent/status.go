@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/iamlet/iamlet/agent/creds"
 	"github.com/iamlet/iamlet/agent/pods"
@@ -19,11 +20,14 @@ import (
 // Status is what `iamlet status` shows: the node's pods, their roles and credential state, and the
 // interception state. It carries no secret.
 type Status struct {
-	Ready        bool        `json:"ready"`
-	Reason       string      `json:"reason"`
-	Interception string      `json:"interception"`
-	Minting      string      `json:"minting"` // node-confined minting, or cluster-wide minting
-	Pods         []PodStatus `json:"pods"`
+	Ready        bool   `json:"ready"`
+	Reason       string `json:"reason"`
+	Interception string `json:"interception"`
+	Minting      string `json:"minting"` // node-confined minting, or cluster-wide minting
+	// HostNetwork says whether hostNetwork pods are intercepted: covered, off, or not covered and why.
+	HostNetwork string      `json:"hostNetwork"`
+	NodeTrusted []string    `json:"nodeTrusted,omitempty"` // namespace/serviceaccount pairs left on the node's IMDS
+	Pods        []PodStatus `json:"pods"`
 }
 
 // PodStatus is one pod's line in Status.
@@ -32,39 +36,50 @@ type PodStatus struct {
 	Pod            string     `json:"pod"`
 	ServiceAccount string     `json:"serviceAccount"`
 	IPs            []string   `json:"ips"`
+	HostNetwork    bool       `json:"hostNetwork,omitempty"`
 	RoleARN        string     `json:"roleARN,omitempty"`
-	State          string     `json:"state"` // no_role, not_allowed, pending, valid, expired, error
+	State          string     `json:"state"` // no_role, not_allowed, pending, valid, expired, error, node_trusted
 	Expiration     *time.Time `json:"expiration,omitempty"`
 	LastRefresh    *time.Time `json:"lastRefresh,omitempty"`
 	Detail         string     `json:"detail,omitempty"`
 }
 
-func statusHandler(index *pods.Index, mapper *roles.Mapper, cache *creds.Cache, st *state) http.Handler {
+func statusHandler(index *pods.Index, mapper *roles.Mapper, cache *creds.Cache, st *state, trusted trustList, own types.UID) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(buildStatus(index.Live(), mapper, cache.Snapshot(), st, time.Now()))
+		live := index.Live()
+		if st.hostNetwork() == "covered" {
+			for _, p := range index.LiveHost() {
+				if p.UID != own { // the agent's own pod
+					live = append(live, p)
+				}
+			}
+		}
+		_ = json.NewEncoder(w).Encode(buildStatus(live, mapper, cache.Snapshot(), st, trusted, time.Now()))
 	})
 	return mux
 }
 
-func buildStatus(live []pods.Pod, mapper *roles.Mapper, entries []creds.Entry, st *state, now time.Time) Status {
+func buildStatus(live []pods.Pod, mapper *roles.Mapper, entries []creds.Entry, st *state, trusted trustList, now time.Time) Status {
 	byKey := make(map[creds.Key]creds.Entry, len(entries))
 	for _, e := range entries {
 		byKey[e.Request.Key()] = e
 	}
-	s := Status{Interception: "in place", Minting: st.minting.Describe()}
+	s := Status{Interception: "in place", Minting: st.minting.Describe(), HostNetwork: st.hostNetwork(), NodeTrusted: trusted}
 	s.Ready, s.Reason = st.ready()
 	if !st.rulesOK.Load() {
 		s.Interception = "missing"
 	}
 	for _, p := range live {
-		ps := PodStatus{Namespace: p.Namespace, Pod: p.Name, ServiceAccount: p.ServiceAccount}
+		ps := PodStatus{Namespace: p.Namespace, Pod: p.Name, ServiceAccount: p.ServiceAccount, HostNetwork: p.HostNetwork}
 		for _, ip := range p.IPs {
 			ps.IPs = append(ps.IPs, ip.String())
 		}
 		role, err := mapper.RoleFor(p.Namespace, p.ServiceAccount)
 		switch {
+		case p.HostNetwork && trusted.trusts(p):
+			ps.State, ps.Detail = "node_trusted", "not intercepted: reaches the node's IMDS"
 		case errors.Is(err, roles.ErrNoRole):
 			ps.State = "no_role"
 		case err != nil:

@@ -130,43 +130,52 @@ func checkStaticELF(t *testing.T, bin string, machine elf.Machine) {
 	}
 }
 
-// TestDaemonSetArgsAreAgentFlags checks the agent's command line in every kustomization against the flags
-// `iamlet run` defines (an unknown flag crash-loops the agent on every node), that each $(VAR) in it is set in
-// the container's env (Kubernetes leaves an unset one as literal text), and that the token key file lies on a
-// mounted volume (the root filesystem is read-only). Helm renders the same objects: e2e/deploy_test.go compares them.
+// TestDaemonSetArgsAreAgentFlags checks each container's command line in every kustomization against the flags its
+// iamlet command (run, host-rules) defines (an unknown flag crash-loops the agent on every node), that each $(VAR)
+// in it is set in the container's env (Kubernetes leaves an unset one as literal text), and that the token key file
+// lies on a mounted volume (the root filesystem is read-only). Helm renders the same objects: e2e/deploy_test.go
+// compares them.
 func TestDaemonSetArgsAreAgentFlags(t *testing.T) {
-	flags := runFlags(t)
+	bin := buildIamlet(t)
+	flags := map[string]map[string]bool{"run": commandFlags(t, bin, "run"), "host-rules": commandFlags(t, bin, "host-rules")}
 	for _, dir := range kustomizations {
-		t.Run(dir, func(t *testing.T) {
-			ds := daemonSet(t, kustomize(t, dir))
-			c := ds.Spec.Template.Spec.Containers[0]
-			if len(c.Args) == 0 || c.Args[0] != "run" {
-				t.Fatalf("args = %q, want the run command first", c.Args)
-			}
-			env := map[string]bool{}
-			for _, e := range c.Env {
-				env[e.Name] = true
-			}
-			for _, a := range c.Args[1:] {
-				name, value, _ := strings.Cut(strings.TrimLeft(a, "-"), "=")
-				if !strings.HasPrefix(a, "--") || !flags[name] {
-					t.Errorf("arg %q: iamlet run has no flag %q", a, name)
-				}
-				for _, m := range regexp.MustCompile(`\$\((\w+)\)`).FindAllStringSubmatch(value, -1) {
-					if !env[m[1]] {
-						t.Errorf("arg %q uses $(%s), which the container's env does not set", a, m[1])
-					}
-				}
-				if name == "token-key-file" && !mounted(c.VolumeMounts, value) {
-					t.Errorf("token key file %s is not on a mounted volume: the root filesystem is read-only", value)
-				}
-			}
-		})
+		ds := daemonSet(t, kustomize(t, dir))
+		for i, c := range ds.Spec.Template.Spec.Containers {
+			t.Run(dir+"/"+c.Name, func(t *testing.T) {
+				checkContainerArgs(t, c, flags, i == 0)
+			})
+		}
 	}
 }
 
-// runFlags builds cmd/iamlet and returns the flag names `iamlet run -h` lists.
-func runFlags(t *testing.T) map[string]bool {
+func checkContainerArgs(t *testing.T, c corev1.Container, commands map[string]map[string]bool, agent bool) {
+	t.Helper()
+	if len(c.Args) == 0 || commands[c.Args[0]] == nil || agent != (c.Args[0] == "run") {
+		t.Fatalf("args = %q, want the run command first in the first container, host-rules in another", c.Args)
+	}
+	flags := commands[c.Args[0]]
+	env := map[string]bool{}
+	for _, e := range c.Env {
+		env[e.Name] = true
+	}
+	for _, a := range c.Args[1:] {
+		name, value, _ := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if !strings.HasPrefix(a, "--") || !flags[name] {
+			t.Errorf("arg %q: iamlet %s has no flag %q", a, c.Args[0], name)
+		}
+		for _, m := range regexp.MustCompile(`\$\((\w+)\)`).FindAllStringSubmatch(value, -1) {
+			if !env[m[1]] {
+				t.Errorf("arg %q uses $(%s), which the container's env does not set", a, m[1])
+			}
+		}
+		if name == "token-key-file" && !mounted(c.VolumeMounts, value) {
+			t.Errorf("token key file %s is not on a mounted volume: the root filesystem is read-only", value)
+		}
+	}
+}
+
+// buildIamlet builds cmd/iamlet.
+func buildIamlet(t *testing.T) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "iamlet")
 	build := exec.Command("go", "build", "-o", bin, "./cmd/iamlet")
@@ -174,9 +183,15 @@ func runFlags(t *testing.T) map[string]bool {
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("go build ./cmd/iamlet: %v\n%s", err, out)
 	}
-	out, err := exec.Command(bin, "run", "-h").CombinedOutput()
+	return bin
+}
+
+// commandFlags returns the flag names `iamlet COMMAND -h` lists.
+func commandFlags(t *testing.T, bin, command string) map[string]bool {
+	t.Helper()
+	out, err := exec.Command(bin, command, "-h").CombinedOutput()
 	if err != nil {
-		t.Fatalf("iamlet run -h: %v\n%s", err, out)
+		t.Fatalf("iamlet %s -h: %v\n%s", command, err, out)
 	}
 	flags := map[string]bool{}
 	sc := bufio.NewScanner(bytes.NewReader(out))
@@ -186,7 +201,7 @@ func runFlags(t *testing.T) map[string]bool {
 		}
 	}
 	if !flags["metadata-addr"] {
-		t.Fatalf("could not read the flags from iamlet run -h:\n%s", out)
+		t.Fatalf("could not read the flags from iamlet %s -h:\n%s", command, out)
 	}
 	return flags
 }
@@ -234,8 +249,8 @@ func daemonSet(t *testing.T, stream []byte) *appsv1.DaemonSet {
 		}
 		found = append(found, &ds)
 	}
-	if len(found) != 1 || len(found[0].Spec.Template.Spec.Containers) != 1 {
-		t.Fatalf("want one DaemonSet with one container, got %d DaemonSets", len(found))
+	if len(found) != 1 || len(found[0].Spec.Template.Spec.Containers) == 0 {
+		t.Fatalf("want one DaemonSet with containers, got %d DaemonSets", len(found))
 	}
 	return found[0]
 }

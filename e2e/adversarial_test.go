@@ -419,7 +419,7 @@ func memory(t *testing.T, pid int) (peak, anon int64) {
 const (
 	shippedRequestsPerPod = 200
 	shippedBurstPerPod    = 1000
-	shippedMaxConns       = 1024
+	shippedMaxConns       = 512
 )
 
 // floodResult reads what the abuse client's flood mode prints: the number of 200 answers and the time it took.

@@ -26,7 +26,7 @@ import (
 
 // The agent's container-credentials listeners in these tests, and the addresses pods call.
 const (
-	containerAddrs = stack.NodeIP + ":8182,[" + stack.NodeIPv6 + "]:8182"
+	containerAddrs = stack.NodeIP + ":8183,[" + stack.NodeIPv6 + "]:8183"
 	containerURI   = "http://169.254.170.23/v1/credentials"
 	imdsV6         = "fd00:ec2::254"
 	containerV6    = "fd00:ec2::23"
@@ -49,7 +49,13 @@ type sdk struct {
 	imdsSource, containerSource string
 	// noContainer says why this SDK version cannot use the container endpoint ("" = it can).
 	noContainer string
-	run         func(ctx context.Context, p *stack.Pod, env []string) sdkResult
+	run         func(ctx context.Context, p execer, env []string) sdkResult
+}
+
+// execer runs a program as one of a pod's processes: *stack.Pod in its own network namespace, *stack.HostPod in
+// the node's, in its cgroup.
+type execer interface {
+	Exec(ctx context.Context, env []string, argv ...string) stack.Result
 }
 
 // The aws-sdk-go v1 program and the JavaScript client, built or put in place on first use.
@@ -92,8 +98,8 @@ func sdks(t *testing.T) []sdk {
 }
 
 // programRun runs a client that speaks the gov2 protocol.
-func programRun(argv []string) func(context.Context, *stack.Pod, []string) sdkResult {
-	return func(ctx context.Context, p *stack.Pod, env []string) sdkResult {
+func programRun(argv []string) func(context.Context, execer, []string) sdkResult {
+	return func(ctx context.Context, p execer, env []string) sdkResult {
 		r := p.Exec(ctx, env, argv...)
 		res := sdkResult{out: r.Output(), err: r.Err}
 		for _, l := range strings.Split(r.Stdout, "\n") {
@@ -119,7 +125,7 @@ var (
 // cliRun runs the AWS CLI twice, get-object and put-object, side by side: its cold start is most of the
 // suite's time. get-object runs with --debug: botocore's log names the provider that answered and the
 // signature shows the key id.
-func cliRun(ctx context.Context, p *stack.Pod, env []string) sdkResult {
+func cliRun(ctx context.Context, p execer, env []string) sdkResult {
 	putDone := make(chan stack.Result, 1)
 	go func() {
 		putDone <- p.Exec(ctx, env, stack.AWSCLI, "--endpoint-url", stack.MinIOFromPods,

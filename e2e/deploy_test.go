@@ -507,49 +507,60 @@ func containsAll(have, want []string) bool {
 	return true
 }
 
-// TestAgentRunsWithTheShippedArguments: the agents of this suite run with the arguments the chart's DaemonSet
-// gives, not friendlier ones. Each DaemonSet argument, with the downward API's values for this node substituted,
-// is either one the harness passes with the same value or, where the harness passes none, the flag's default;
-// the only difference allowed is where the IMDSv2 key file lives. (The harness adds what only a test needs: the
-// local STS endpoint and region, the node IMDS mock, loopback metrics addresses, debug logging.)
+// TestAgentRunsWithTheShippedArguments: the agents of this suite, and the host-rules container beside them, run
+// with the arguments the chart's DaemonSet gives, not friendlier ones. Each DaemonSet argument, with the downward
+// API's values for this node substituted, is either one the harness passes with the same value or, where the harness
+// passes none, the flag's default; the only differences allowed are where the IMDSv2 key file and the node's cgroup
+// hierarchy are found. (The harness adds what only a test needs: the local STS endpoint and region, the node IMDS
+// mock, the loopback debug address, debug logging, this run's own pods cgroup and scratch directory.) The variables
+// substituted must come from where the substitution assumes.
 func TestAgentRunsWithTheShippedArguments(t *testing.T) {
-	container := shippedContainer(t)
-	shipped, _, _ := unstructured.NestedStringSlice(container, "args")
-	envs, _, _ := unstructured.NestedSlice(container, "env")
-	from := map[string]string{}
-	for _, e := range envs {
-		e := e.(map[string]any)
-		field, _, _ := unstructured.NestedString(e, "valueFrom", "fieldRef", "fieldPath")
-		res, _, _ := unstructured.NestedString(e, "valueFrom", "resourceFieldRef", "resource")
-		from[e["name"].(string)] = field + res
-	}
-	for name, want := range map[string]string{"HOST_IPS": "status.hostIPs", "NODE_NAME": "spec.nodeName", "POD_IP": "status.podIP", "MEMORY_LIMIT": "limits.memory"} {
-		if from[name] != want {
-			t.Errorf("the DaemonSet's %s comes from %q, want %q", name, from[name], want)
-		}
-	}
-	if len(shipped) < 2 || shipped[0] != "run" {
-		t.Fatalf("DaemonSet args = %q, want `run` and its flags", shipped)
-	}
 	env := strings.NewReplacer("$(HOST_IPS)", stack.NodeIP+","+stack.NodeIPv6, "$(NODE_NAME)", stack.NodeName,
-		"$(POD_IP)", stack.NodeIP, "$(MEMORY_LIMIT)", strconv.FormatInt(shippedMemoryLimit(t), 10))
-	harness := map[string]string{}
-	for _, a := range suite.AgentArgs() {
-		k, v, _ := strings.Cut(a, "=")
-		harness[k] = v
-	}
-	help, _ := exec.Command(suite.agentBin, "run", "--help").CombinedOutput()
-	for _, a := range shipped[1:] {
-		k, v, _ := strings.Cut(env.Replace(a), "=")
-		got, passed := harness[k]
-		switch {
-		case k == "--token-key-file":
-			// A path of the pod's filesystem; the harness keeps the key in its scratch directory.
-		case passed && got != v:
-			t.Errorf("the DaemonSet passes %s=%s, the harness %s=%s", k, v, k, got)
-		case !passed && !isFlagDefault(string(help), strings.TrimPrefix(k, "--"), v):
-			t.Errorf("the DaemonSet passes %s=%s, which is not the default the harness runs with:\n%s", k, v, help)
-		}
+		"$(POD_IP)", stack.NodeIP, "$(MEMORY_LIMIT)", strconv.FormatInt(shippedMemoryLimit(t), 10), "$(POD_UID)", suite.AgentPodUID)
+	sources := map[string]string{"HOST_IPS": "status.hostIPs", "NODE_NAME": "spec.nodeName", "POD_IP": "status.podIP",
+		"MEMORY_LIMIT": "limits.memory", "POD_UID": "metadata.uid"}
+	for _, c := range []struct {
+		container, command string
+		harness            []string
+	}{
+		{"iamlet", "run", append([]string{"run"}, suite.AgentArgs()...)},
+		{"host-rules", "host-rules", suite.HostRulesArgs()},
+	} {
+		t.Run(c.container, func(t *testing.T) {
+			container := shippedContainer(t, c.container)
+			shipped, _, _ := unstructured.NestedStringSlice(container, "args")
+			envs, _, _ := unstructured.NestedSlice(container, "env")
+			for _, e := range envs {
+				e := e.(map[string]any)
+				field, _, _ := unstructured.NestedString(e, "valueFrom", "fieldRef", "fieldPath")
+				res, _, _ := unstructured.NestedString(e, "valueFrom", "resourceFieldRef", "resource")
+				if want := sources[e["name"].(string)]; field+res != want {
+					t.Errorf("the DaemonSet's %s comes from %q, want %q", e["name"], field+res, want)
+				}
+			}
+			if len(shipped) < 2 || shipped[0] != c.command || c.harness[0] != c.command {
+				t.Fatalf("DaemonSet args = %q, want %s and its flags", shipped, c.command)
+			}
+			harness := map[string]string{}
+			for _, a := range c.harness[1:] {
+				k, v, _ := strings.Cut(a, "=")
+				harness[k] = v
+			}
+			help, _ := exec.Command(suite.agentBin, c.command, "--help").CombinedOutput()
+			for _, a := range shipped[1:] {
+				k, v, _ := strings.Cut(env.Replace(a), "=")
+				got, passed := harness[k]
+				switch {
+				case k == "--token-key-file", k == "--cgroup-root":
+					// Paths of the pod's filesystem: the harness keeps the key in its scratch directory, and reads
+					// the machine's cgroup hierarchy where it is mounted rather than through a hostPath mount of it.
+				case passed && got != v:
+					t.Errorf("the DaemonSet passes %s=%s, the harness %s=%s", k, v, k, got)
+				case !passed && !isFlagDefault(string(help), strings.TrimPrefix(k, "--"), v):
+					t.Errorf("the DaemonSet passes %s=%s, which is not the default the harness runs with:\n%s", k, v, help)
+				}
+			}
+		})
 	}
 }
 
@@ -573,8 +584,8 @@ func isFlagDefault(help, flag, value string) bool {
 	return value == "" || value == "false" || value == "0"
 }
 
-// shippedContainer is the agent container of the chart's DaemonSet, rendered with its default values.
-func shippedContainer(t *testing.T) map[string]any {
+// shippedContainer is a container of the chart's DaemonSet, rendered with its default values.
+func shippedContainer(t *testing.T, name string) map[string]any {
 	t.Helper()
 	rendered, err := stack.HelmTemplate("iamlet", agentNamespace)
 	if err != nil {
@@ -583,19 +594,21 @@ func shippedContainer(t *testing.T) map[string]any {
 	for key, o := range parseObjects(t, rendered) {
 		if strings.HasPrefix(key, "DaemonSet ") {
 			containers, _, _ := unstructured.NestedSlice(o, "spec", "template", "spec", "containers")
-			if len(containers) > 0 {
-				return containers[0].(map[string]any)
+			for _, c := range containers {
+				if c := c.(map[string]any); c["name"] == name {
+					return c
+				}
 			}
 		}
 	}
-	t.Fatal("the chart renders no DaemonSet with a container")
+	t.Fatalf("the chart renders no DaemonSet with a container %s", name)
 	return nil
 }
 
 // shippedMemoryLimit is the memory limit, in bytes, the chart's DaemonSet gives the agent.
 func shippedMemoryLimit(t *testing.T) int64 {
 	t.Helper()
-	v, _, _ := unstructured.NestedString(shippedContainer(t), "resources", "limits", "memory")
+	v, _, _ := unstructured.NestedString(shippedContainer(t, "iamlet"), "resources", "limits", "memory")
 	q, err := resource.ParseQuantity(v)
 	if err != nil {
 		t.Fatalf("the DaemonSet's memory limit %q: %v", v, err)

@@ -307,12 +307,10 @@ func testUninstall(t *testing.T, backend string) {
 	}
 }
 
-// TestInterceptionHostNetwork makes the hostNetwork policy explicit. A hostNetwork pod shares the node's address, so a
-// request from it cannot be told apart from the node's own. Its calls to 169.254.169.254 are the node's own traffic
-// (NAT for locally generated connections is decided in OUTPUT, never by the PREROUTING redirect): they reach the node's
-// IMDS, as on any node without iamlet. A connection from the node to the agent's listener directly was not redirected
-// by the rules, so it is closed before any work, whether or not a hostNetwork pod with a role claims the address: no
-// role is ever served to it.
+// TestInterceptionHostNetwork: a connection from the node to the agent's listener directly was not redirected by the
+// rules, so it is closed before any work, whether or not a hostNetwork pod with a role claims the address: no role is
+// ever served to it. The node's own processes (outside the pods cgroup) keep the node's IMDS. hostNetwork pods
+// themselves are intercepted by cgroup (hostnetwork_test.go).
 func TestInterceptionHostNetwork(t *testing.T) {
 	sharedAgent(t)
 	direct := stack.NodeIP + ":" + stack.AgentPort

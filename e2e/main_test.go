@@ -51,7 +51,9 @@ func setup(s *stack.Stack) error {
 func sharedAgent(t *testing.T) *stack.Proc {
 	t.Helper()
 	if suite.agent == nil || suite.agent.Exited() {
-		p, err := stack.StartProc(suite.Dir, "iamlet-shared", nil, suite.agentBin, suite.AgentArgs()...)
+		suite.EnsureHostRules(t, suite.agentBin)
+		argv0, pre := suite.AgentCommand(suite.agentBin)
+		p, err := stack.StartProc(suite.Dir, "iamlet-shared", nil, argv0, append(pre, suite.AgentArgs()...)...)
 		if err != nil {
 			t.Fatal(err)
 		}

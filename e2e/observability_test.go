@@ -57,7 +57,7 @@ func TestMetricsAndStatusShowEachPod(t *testing.T) {
 	if err != nil {
 		t.Fatalf("iamlet status: %v\n%s", err, out)
 	}
-	for _, want := range []string{"ready: true (ok: node-confined minting)", "interception: in place", "minting: node-confined minting", "obs-a", "obs-b", stack.RoleARN(stack.AudienceA), stack.RoleARN(stack.AudienceB)} {
+	for _, want := range []string{"ready: true (ok: node-confined minting; hostNetwork pods covered)", "interception: in place", "minting: node-confined minting", "hostNetwork pods: covered", "obs-a", "obs-b", stack.RoleARN(stack.AudienceA), stack.RoleARN(stack.AudienceB)} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("iamlet status lacks %q:\n%s", want, out)
 		}

@@ -38,7 +38,10 @@ var (
 	ErrHostNetwork = errors.New("address belongs to a hostNetwork pod, which cannot be told apart from the node")
 )
 
-const byIP = "ip"
+const (
+	byIP  = "ip"
+	byUID = "host-uid" // live hostNetwork pods only: they are told apart by their cgroup, not their address
+)
 
 // Index is a node-scoped pod informer with an index by pod IP.
 type Index struct {
@@ -66,7 +69,7 @@ func New(client kubernetes.Interface, nodeName string, wait time.Duration) *Inde
 	// Wrapped as generated informers are, so that the reflector learns when client cannot stream lists
 	// (client-go's fake) instead of waiting forever for the end of a stream that never comes.
 	inf := cache.NewSharedIndexInformer(cache.ToListWatcherWithWatchListSemantics(lw, client), &corev1.Pod{}, 0,
-		cache.Indexers{byIP: ipKeys})
+		cache.Indexers{byIP: ipKeys, byUID: hostUIDKeys})
 	// Keep only what identification needs: memory follows the node's pods, and a pod spec can be large.
 	_ = inf.SetTransform(slim)
 	ix := &Index{informer: inf, wait: wait, changed: make(chan struct{})}
@@ -106,16 +109,48 @@ func (ix *Index) changes() <-chan struct{} {
 	return ix.changed
 }
 
+// HostPod returns the live hostNetwork pod of this node with this UID, the identity of a caller traced from its
+// socket's cgroup. Like Lookup it waits, up to the configured bound, for a pod not yet indexed.
+func (ix *Index) HostPod(ctx context.Context, uid types.UID) (Pod, error) {
+	return ix.waitFor(ctx, "hostNetwork pod "+string(uid), func() (Pod, error) {
+		objs, err := ix.informer.GetIndexer().ByIndex(byUID, string(uid))
+		switch {
+		case err != nil:
+			return Pod{}, fmt.Errorf("index lookup of pod %s: %w", uid, err)
+		case len(objs) != 1:
+			return Pod{}, fmt.Errorf("hostNetwork pod %s: %w", uid, ErrNotFound)
+		}
+		return toPod(objs[0].(*corev1.Pod)), nil
+	})
+}
+
+// LiveHost lists the live hostNetwork pods of the node.
+func (ix *Index) LiveHost() []Pod {
+	var out []Pod
+	for _, o := range ix.informer.GetStore().List() {
+		if p, ok := o.(*corev1.Pod); ok && live(p) && p.Spec.HostNetwork {
+			out = append(out, toPod(p))
+		}
+	}
+	return out
+}
+
 // Lookup returns the one live pod holding ip. An address not yet indexed is waited for, up to the
 // configured bound, because pods often call the metadata service before their IP reaches the API.
 func (ix *Index) Lookup(ctx context.Context, ip netip.Addr) (Pod, error) {
 	// Pods' addresses are indexed bare: an IPv4-mapped caller is its IPv4 address, and a link-local
 	// caller's zone names our interface, not the pod.
 	ip = ip.Unmap().WithZone("")
+	return ix.waitFor(ctx, ip.String(), func() (Pod, error) { return ix.lookup(ip) })
+}
+
+// waitFor runs lookup until it finds a pod or fails otherwise than ErrNotFound, again after each event, for up to
+// the configured bound.
+func (ix *Index) waitFor(ctx context.Context, what string, lookup func() (Pod, error)) (Pod, error) {
 	var timer *time.Timer
 	for {
 		changed := ix.changes() // taken before the read, so no event can slip between them
-		p, err := ix.lookup(ip)
+		p, err := lookup()
 		if !errors.Is(err, ErrNotFound) || ix.wait <= 0 {
 			return p, err
 		}
@@ -128,7 +163,7 @@ func (ix *Index) Lookup(ctx context.Context, ip netip.Addr) (Pod, error) {
 		case <-timer.C:
 			return Pod{}, err
 		case <-ctx.Done():
-			return Pod{}, fmt.Errorf("waiting for %s to appear: %w", ip, ctx.Err())
+			return Pod{}, fmt.Errorf("waiting for %s to appear: %w", what, ctx.Err())
 		}
 	}
 }
@@ -183,6 +218,14 @@ func ipKeys(obj any) ([]string, error) {
 		return nil, nil
 	}
 	return podIPs(p), nil
+}
+
+func hostUIDKeys(obj any) ([]string, error) {
+	p, ok := obj.(*corev1.Pod)
+	if !ok || !live(p) || !p.Spec.HostNetwork {
+		return nil, nil
+	}
+	return []string{string(p.UID)}, nil
 }
 
 func podIPs(p *corev1.Pod) []string {

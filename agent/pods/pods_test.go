@@ -268,3 +268,38 @@ func TestLive(t *testing.T) {
 		}
 	})
 }
+
+// TestHostPod: a caller traced to a pod UID by its cgroup is a live hostNetwork pod of this node or nobody: not an
+// ordinary pod with that UID, not a terminating or finished one; a pod not yet indexed is waited for, boundedly.
+func TestHostPod(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ix, client := start(t, time.Second,
+			pod("shipper", []string{"192.168.1.10"}, hostNetwork),
+			pod("leaving", []string{"192.168.1.10"}, hostNetwork, terminating),
+			pod("done", []string{"192.168.1.10"}, hostNetwork, phase(corev1.PodSucceeded)),
+			pod("web", []string{"10.0.0.5"}),
+		)
+		ctx := context.Background()
+		if p, err := ix.HostPod(ctx, "uid-shipper"); err != nil || p.Name != "shipper" || p.ServiceAccount != "sa-shipper" {
+			t.Errorf("HostPod(shipper) = %+v, %v", p, err)
+		}
+		for _, uid := range []types.UID{"uid-leaving", "uid-done", "uid-web", "uid-nobody"} {
+			if p, err := ix.HostPod(ctx, uid); !errors.Is(err, pods.ErrNotFound) {
+				t.Errorf("HostPod(%s) = %+v, %v; want %v", uid, p, err, pods.ErrNotFound)
+			}
+		}
+		if got := ix.LiveHost(); len(got) != 1 || got[0].Name != "shipper" {
+			t.Errorf("LiveHost() = %+v, want only shipper", got)
+		}
+		// A pod created while its caller waits is found.
+		found := make(chan error, 1)
+		go func() { _, err := ix.HostPod(ctx, "uid-late"); found <- err }()
+		time.Sleep(100 * time.Millisecond)
+		if _, err := client.CoreV1().Pods("ns").Create(ctx, pod("late", []string{"192.168.1.10"}, hostNetwork), metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-found; err != nil {
+			t.Errorf("HostPod of a pod indexed during the wait: %v", err)
+		}
+	})
+}

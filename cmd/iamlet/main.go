@@ -4,6 +4,7 @@
 //	iamlet [run] [flags]      run the agent (the DaemonSet's command)
 //	iamlet status [-o json]   show the node's pods, their roles and credential state
 //	iamlet uninstall          remove the interception rules (a real uninstall; pods then reach the node's IMDS)
+//	iamlet host-rules         write the hostNetwork pods' rules (the pod's privileged container; see agent/hostrules.go)
 package main
 
 import (
@@ -45,8 +46,10 @@ func main() {
 		err = status(ctx, args, os.Stdout)
 	case "uninstall":
 		err = uninstall(ctx, args)
+	case "host-rules":
+		err = hostRules(ctx, args)
 	default:
-		err = fmt.Errorf("unknown command %q (want run, status or uninstall)", cmd)
+		err = fmt.Errorf("unknown command %q (want run, status, uninstall or host-rules)", cmd)
 	}
 	if err != nil && !errors.Is(err, flag.ErrHelp) {
 		fmt.Fprintln(os.Stderr, "iamlet:", err)
@@ -57,7 +60,7 @@ func main() {
 func run(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("iamlet run", flag.ContinueOnError)
 	var cfg agent.Config
-	var metadataAddrs, containerAddrs, metricsAddr, interfaces, logFormat, logLevel, minting string
+	var metadataAddrs, containerAddrs, metricsAddr, interfaces, logFormat, logLevel, minting, trusted string
 	fs.StringVar(&cfg.NodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name (default $NODE_NAME, from the downward API)")
 	fs.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "kubeconfig file; empty for in-cluster config")
 	fs.StringVar(&minting, "token-minting", string(token.AsNode), "whose identity pod tokens are minted with: node (constrained impersonation of this node, Kubernetes 1.35+: only this node's pods) or cluster (the agent's ServiceAccount, cluster-wide, narrowed by the admission policy)")
@@ -82,10 +85,17 @@ func run(ctx context.Context, args []string) error {
 	fs.StringVar(&cfg.STSEndpoint, "sts-endpoint", "", "STS endpoint override (a VPC endpoint, or a test STS)")
 	fs.Float64Var(&cfg.RefreshQPS, "refresh-qps", 10, "background credential fetches per second (prefetch and refresh)")
 	fs.IntVar(&cfg.Limits.ConnsPerPod, "max-conns-per-pod", 64, "concurrent connections one pod may hold to the metadata faces; 0 = unlimited")
-	fs.IntVar(&cfg.Limits.Conns, "max-conns", 1024, "concurrent connections all pods together may hold to the metadata faces (bounds the agent's memory); at the bound a pod holding fewer than the heaviest still gets in, the heaviest's oldest connection is closed; 0 = unlimited")
+	fs.IntVar(&cfg.Limits.Conns, "max-conns", 512, "concurrent connections all pods together may hold to the metadata faces (bounds the agent's memory); at the bound a pod holding fewer than the heaviest still gets in, the heaviest's oldest connection is closed; 0 = unlimited")
 	fs.Float64Var(&cfg.Limits.RequestsPerPod, "requests-per-pod", 200, "sustained requests per second one pod may make; 0 = unlimited")
 	fs.IntVar(&cfg.Limits.BurstPerPod, "request-burst-per-pod", 1000, "requests one pod may make at once above --requests-per-pod")
 	fs.DurationVar(&cfg.Limits.MaxWait, "request-max-wait", 250*time.Millisecond, "how long a request over the pod's rate waits for its turn before it is answered 429 (SDKs time out after 1 s)")
+	fs.BoolVar(&cfg.HostNetworkPods, "host-network-pods", true, "intercept hostNetwork pods by their sockets' cgroup (cgroup v2, nf_tables) and serve each its own role; when the node cannot, the agent says so and they keep the node's IMDS")
+	hostNetworkPort := fs.Uint("host-network-port", 8182, "port of the hostNetwork pods' listeners on the --metadata-addr addresses (apart from the pods', so a connection is never identified the wrong way)")
+	fs.StringVar(&cfg.HostRulesDir, "host-rules-dir", "/run/iamlet", "directory shared with the host-rules container: the agent names the node-trusted pods' cgroups there and reads back the rules' state")
+	fs.StringVar(&cfg.CgroupRoot, "cgroup-root", "/sys/fs/cgroup", "where the node's cgroup hierarchy is mounted in the agent's container (a hostPath mount of the host's /sys/fs/cgroup)")
+	fs.StringVar(&cfg.PodsCgroup, "pods-cgroup", "", "the kubelet's pods cgroup below --cgroup-root; empty = detect kubepods.slice or kubepods")
+	fs.StringVar(&cfg.PodUID, "pod-uid", os.Getenv("POD_UID"), "the agent's own pod UID (default $POD_UID, from metadata.uid): its requests keep the node's IMDS")
+	fs.StringVar(&trusted, "node-trusted", "", "comma-separated namespace/serviceaccount of hostNetwork pods left on the node's IMDS and its role (e.g. kube-system/aws-node, which manages the node's network interfaces)")
 	fs.StringVar(&cfg.StartupTaint, "startup-taint", "iamlet.dev/agent-not-ready", "taint key the agent removes from its own node once it is ready (register nodes with it so no pod starts before the agent serves); empty = none")
 	fs.BoolVar(&cfg.RequireIMDSv2, "require-imdsv2", false, "refuse IMDSv1 requests (like EC2's HttpTokens=required)")
 	fs.StringVar(&cfg.TokenKeyFile, "token-key-file", "", "file holding the IMDSv2 token key, created if absent; empty = a per-process key")
@@ -99,11 +109,12 @@ func run(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	for name, p := range map[string]uint{"--metadata-port": *metadataPort, "--metrics-port": *metricsPort} {
+	for name, p := range map[string]uint{"--metadata-port": *metadataPort, "--metrics-port": *metricsPort, "--host-network-port": *hostNetworkPort} {
 		if p == 0 || p > 65535 {
 			return fmt.Errorf("%s %d: want 1..65535", name, p)
 		}
 	}
+	cfg.HostNetworkPort = uint16(*hostNetworkPort)
 	if metricsAddr != "" {
 		a, err := parseAddrs(metricsAddr, uint16(*metricsPort))
 		if err != nil || len(a) != 1 {
@@ -123,6 +134,12 @@ func run(ctx context.Context, args []string) error {
 	}
 	if interfaces != "" {
 		log.Warn("--interfaces is deprecated and ignored: interception covers every pod interface", "interfaces", interfaces)
+	}
+	if cfg.NodeTrusted, err = agent.ParseNodeTrusted(trusted); err != nil {
+		return fmt.Errorf("--node-trusted: %w", err)
+	}
+	if cfg.HostNetworkPods && cfg.ManageIptables && cfg.PodUID == "" {
+		return errors.New("--pod-uid (or POD_UID from metadata.uid) is required to intercept hostNetwork pods: the agent's own requests must keep the node's IMDS")
 	}
 	if cfg.TokenMinting, err = token.ParseMode(minting); err != nil {
 		return fmt.Errorf("--token-minting: %w", err)
@@ -153,7 +170,14 @@ func uninstall(ctx context.Context, args []string) error {
 	if rules == nil {
 		return err
 	}
-	if err := errors.Join(err, rules.Remove(ctx)); err != nil {
+	err = errors.Join(err, rules.Remove(ctx))
+	// The hostNetwork table is found by its name; the config only has to be valid.
+	if host, herr := iptables.NewHostRules(iptables.HostConfig{Pods: iptables.CgroupRef{Level: 1, ID: 1}}, log); herr == nil {
+		err = errors.Join(err, host.Remove())
+	} else {
+		log.Warn("no nf_tables here, so no hostNetwork rules to remove", "error", herr.Error())
+	}
+	if err != nil {
 		return fmt.Errorf("removing interception rules: %w", err)
 	}
 	fmt.Fprintln(os.Stderr, "iamlet: interception rules removed; pods on this node can now reach the node's own IMDS")

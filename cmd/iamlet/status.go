@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -51,7 +52,11 @@ func status(ctx context.Context, args []string, out io.Writer) error {
 }
 
 func printStatus(out io.Writer, st agent.Status, now time.Time) error {
-	fmt.Fprintf(out, "ready: %v (%s)\ninterception: %s\nminting: %s\n\n", st.Ready, st.Reason, st.Interception, st.Minting)
+	fmt.Fprintf(out, "ready: %v (%s)\ninterception: %s\nminting: %s\nhostNetwork pods: %s\n", st.Ready, st.Reason, st.Interception, st.Minting, st.HostNetwork)
+	if len(st.NodeTrusted) > 0 {
+		fmt.Fprintf(out, "node-trusted (keep the node's IMDS): %s\n", strings.Join(st.NodeTrusted, ", "))
+	}
+	fmt.Fprintln(out)
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NAMESPACE\tPOD\tSERVICE ACCOUNT\tROLE\tSTATE\tEXPIRES IN\tDETAIL")
 	for _, p := range st.Pods {
@@ -63,7 +68,11 @@ func printStatus(out io.Writer, st agent.Status, now time.Time) error {
 		if role == "" {
 			role = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Namespace, p.Pod, p.ServiceAccount, role, p.State, exp, p.Detail)
+		name := p.Pod
+		if p.HostNetwork {
+			name += " (hostNetwork)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Namespace, name, p.ServiceAccount, role, p.State, exp, p.Detail)
 	}
 	return tw.Flush()
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -45,14 +46,65 @@ func (s *Stack) AgentArgs() []string {
 		"--node-imds=http://" + IMDSv4,
 		"--token-key-file=" + filepath.Join(s.Dir, "imds-token.key"),
 		"--log-level=debug",
+		// As the manifests pass them, but the pods cgroup is this run's (runs share the machine's hierarchy) and the
+		// hierarchy is the machine's own rather than a hostPath mount of it.
+		"--pod-uid=" + s.AgentPodUID, "--cgroup-root=/sys/fs/cgroup", "--pods-cgroup=" + s.PodsCgroup(),
+		"--host-rules-dir=" + s.hostRulesDir(),
 	}
+}
+
+// HostRulesArgs are the arguments of the agent pod's host-rules container, pointed at this stack.
+func (s *Stack) HostRulesArgs() []string {
+	return []string{"host-rules", "--metadata-addr=" + NodeIP + "," + NodeIPv6, "--pod-uid=" + s.AgentPodUID,
+		"--cgroup-root=/sys/fs/cgroup", "--pods-cgroup=" + s.PodsCgroup(), "--dir=" + s.hostRulesDir()}
+}
+
+// hostRulesDir is the directory the agent and host-rules share (the pod's emptyDir /run/iamlet).
+func (s *Stack) hostRulesDir() string { return filepath.Join(s.Dir, "run") }
+
+// EnsureHostRules runs the agent pod's host-rules container, once per stack: it outlives the agents tests start and
+// stop, as the container outlives the agent container's restarts.
+func (s *Stack) EnsureHostRules(t TB, bin string) {
+	t.Helper()
+	if s.hostRules != nil && !s.hostRules.Exited() {
+		return
+	}
+	if err := os.MkdirAll(s.hostRulesDir(), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	argv0, pre := s.AgentCommand(bin)
+	p, err := StartProc(s.Dir, "host-rules", nil, argv0, append(pre, s.HostRulesArgs()...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.hostRules = p
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if b, err := os.ReadFile(filepath.Join(s.hostRulesDir(), "host-rules.json")); err == nil && !strings.Contains(string(b), `"error"`) {
+			return
+		}
+		if p.Exited() || time.Now().After(deadline) {
+			log, _ := os.ReadFile(p.Log)
+			t.Fatalf("host-rules did not report a good pass:\n%s", log)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// AgentCommand is how the kubelet would run the agent binary: in its pod's cgroup.
+func (s *Stack) AgentCommand(bin string) (string, []string) {
+	cg, _ := s.PodCgroup(s.AgentPodUID, QoSBestEffort)
+	argv := InCgroup(cg, bin)
+	return argv[0], argv[1:]
 }
 
 // StartAgent runs the iamlet binary with the stack's flags plus extra, waits until /readyz answers 200,
 // and stops it (SIGTERM) when the test ends.
 func (s *Stack) StartAgent(t TB, bin string, extra ...string) *Proc {
 	t.Helper()
-	p, err := StartProc(s.Dir, "iamlet", nil, bin, append(s.AgentArgs(), extra...)...)
+	s.EnsureHostRules(t, bin)
+	argv0, pre := s.AgentCommand(bin)
+	p, err := StartProc(s.Dir, "iamlet", nil, argv0, append(append(pre, s.AgentArgs()...), extra...)...)
 	if err != nil {
 		t.Fatal(err)
 	}

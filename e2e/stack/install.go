@@ -75,6 +75,15 @@ func (s *Stack) installAgent() error {
 	if err != nil {
 		return fmt.Errorf("the agent's pod: %w", err)
 	}
+	s.AgentPodUID = string(pod.UID)
+	// The kubelet would run the agent in its pod's cgroup; hostNetwork interception exempts that cgroup.
+	cg, err := s.PodCgroup(s.AgentPodUID, QoSBestEffort)
+	if err != nil {
+		return err
+	}
+	if _, err := makeCgroup(cg); err != nil {
+		return fmt.Errorf("the agent's pod cgroup: %w", err)
+	}
 	// The kubelet asks for an hour and refreshes it; the suite outlives an hour only when something is wrong.
 	secs := int64((6 * time.Hour).Seconds())
 	tr, err := s.Kube.CoreV1().ServiceAccounts(AgentNamespace).CreateToken(ctx, AgentServiceAccount, &authv1.TokenRequest{

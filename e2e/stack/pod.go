@@ -3,9 +3,14 @@ package stack
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"net"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -20,14 +25,16 @@ type Pod struct {
 	IP, IPv6                        string
 	NetNS                           string
 	veth                            string
+	n                               int // the address index, 10.200.0.n
 	s                               *Stack
+	removeNet                       sync.Once
 }
 
 // PodOptions shape NewPod.
 type PodOptions struct {
 	Namespace      string // default "default"
 	ServiceAccount string
-	// IP reuses an address (the index n of 10.200.0.n); 0 allocates a new one.
+	// IP reuses an address (the index n of 10.200.0.n) that no live pod holds; 0 allocates one.
 	IP int
 	// NoStatus leaves the pod without a status IP, so the agent does not know its address.
 	NoStatus bool
@@ -36,28 +43,140 @@ type PodOptions struct {
 }
 
 // NewPod creates the pod's network namespace and the Pod object (Running, with its IPs), and removes
-// both when the test ends.
+// both when the test ends. It may be called from several goroutines at once.
 func (s *Stack) NewPod(t TB, name string, o PodOptions) *Pod {
 	t.Helper()
 	if o.Namespace == "" {
 		o.Namespace = "default"
 	}
-	n := o.IP
-	if n == 0 {
-		n = s.nextPod
-		s.nextPod++
+	n, err := s.addrs.get(o.IP)
+	if err != nil {
+		t.Fatalf("pod %s: %v", name, err)
 	}
 	p := &Pod{
 		Name: name, Namespace: o.Namespace, ServiceAccount: o.ServiceAccount,
 		IP: fmt.Sprintf("10.200.0.%d", n), IPv6: fmt.Sprintf("fd00:200::%x", n),
-		NetNS: fmt.Sprintf("iamlet-%s-p%d", s.Run, n), veth: fmt.Sprintf("ia%sp%d", s.Run, n), s: s,
+		NetNS: podNetNS(s.Run, n), veth: podVeth(s.Run, n), n: n, s: s,
 	}
+	t.Cleanup(p.deleteNetwork)
 	if err := p.network(); err != nil {
 		t.Fatalf("pod %s network: %v", name, err)
 	}
-	t.Cleanup(func() { p.deleteNetwork() })
 	p.create(t, o)
 	return p
+}
+
+// The names of pod n's namespace and of the node side of its link (at most 15 bytes: ia + 4 + p + 3).
+func podNetNS(run string, n int) string { return fmt.Sprintf("iamlet-%s-p%d", run, n) }
+func podVeth(run string, n int) string  { return fmt.Sprintf("ia%sp%d", run, n) }
+
+// Pod address indexes: 10.200.0.1 is the node, .255 the pods' /24 broadcast.
+const (
+	firstPodAddr = 2
+	lastPodAddr  = 254
+)
+
+// podAddrs hands out pod address indexes. Never-used ones go first, in order, so a test run sees the addresses it
+// always saw; after that, the one released longest ago, so whatever still remembers its last pod (conntrack, the
+// agent's index) has had the most time to forget it. An address comes back only once its pod's namespace, link
+// and routes are gone: the next pod recreates them under the same names.
+type podAddrs struct {
+	mu     sync.Mutex
+	next   int          // lowest index never handed out (0: firstPodAddr)
+	free   []int        // released and checked gone, oldest first
+	inUse  map[int]bool // held by a pod whose network has not been deleted
+	stuck  map[int]bool // released but something of the old pod remained: never handed out
+	reused int
+}
+
+// AddressStats is how the pod addresses have been used.
+type AddressStats struct {
+	InUse  int // held by pods now
+	Reused int // handed to a pod after an earlier pod released them
+	Stuck  int // released with leftovers of the old pod's network, so never handed out again
+}
+
+// PodAddressStats reports how the pod addresses have been used so far.
+func (s *Stack) PodAddressStats() AddressStats {
+	a := &s.addrs
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return AddressStats{InUse: len(a.inUse), Reused: a.reused, Stuck: len(a.stuck)}
+}
+
+// get takes address want, or the next one by the order above when want is 0.
+func (a *podAddrs) get(want int) (int, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.inUse == nil {
+		a.inUse, a.stuck = map[int]bool{}, map[int]bool{}
+		a.next = max(a.next, firstPodAddr)
+	}
+	if want != 0 {
+		return want, a.claim(want)
+	}
+	for a.next <= lastPodAddr && a.known(a.next) { // taken by an explicit request before its turn
+		a.next++
+	}
+	if a.next <= lastPodAddr {
+		a.next++
+		a.inUse[a.next-1] = true
+		return a.next - 1, nil
+	}
+	if len(a.free) == 0 {
+		return 0, fmt.Errorf("all pod addresses 10.200.0.%d-%d are in use (%d) or stuck (%d)", firstPodAddr, lastPodAddr, len(a.inUse), len(a.stuck))
+	}
+	n := a.free[0]
+	a.free = a.free[1:]
+	a.inUse[n] = true
+	a.reused++
+	return n, nil
+}
+
+// claim takes address n on a test's explicit request, as long as no pod holds it (a test gives two pods one
+// address through SetStatus, never through the network). Called with mu held.
+func (a *podAddrs) claim(n int) error {
+	if n < firstPodAddr || n > lastPodAddr {
+		return fmt.Errorf("pod address 10.200.0.%d is outside 10.200.0.%d-%d", n, firstPodAddr, lastPodAddr)
+	}
+	if a.inUse[n] {
+		return fmt.Errorf("pod address 10.200.0.%d is still held by a pod; remove that pod first", n)
+	}
+	if a.stuck[n] {
+		return fmt.Errorf("pod address 10.200.0.%d still has leftovers of an earlier pod's network", n)
+	}
+	if i := indexOf(a.free, n); i >= 0 {
+		a.free = append(a.free[:i], a.free[i+1:]...)
+		a.reused++
+	}
+	a.inUse[n] = true
+	return nil
+}
+
+// known reports whether n has been handed out before (it is held, free or stuck). Called with mu held.
+func (a *podAddrs) known(n int) bool { return a.inUse[n] || a.stuck[n] || indexOf(a.free, n) >= 0 }
+
+// release gives n back when nothing of its pod's network is left over; otherwise n is never handed out again, so
+// no pod gets an address whose namespace, link or routes still exist.
+func (a *podAddrs) release(n int, leftover error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	delete(a.inUse, n)
+	if leftover != nil {
+		fmt.Fprintf(os.Stderr, "e2e: pod address 10.200.0.%d is not reused: %v\n", n, leftover)
+		a.stuck[n] = true
+		return
+	}
+	a.free = append(a.free, n)
+}
+
+func indexOf(s []int, v int) int {
+	for i, x := range s {
+		if x == v {
+			return i
+		}
+	}
+	return -1
 }
 
 func (p *Pod) network() error {
@@ -79,9 +198,47 @@ func (p *Pod) network() error {
 	})
 }
 
+// deleteNetwork removes the pod's namespace and link, once (Remove and the test's cleanup both call it), and then
+// gives its address back.
 func (p *Pod) deleteNetwork() {
-	_ = exec.Command("ip", "link", "del", p.veth).Run()
-	_ = exec.Command("ip", "netns", "delete", p.NetNS).Run()
+	p.removeNet.Do(func() {
+		_ = exec.Command("ip", "link", "del", p.veth).Run()
+		_ = exec.Command("ip", "netns", "delete", p.NetNS).Run()
+		p.s.addrs.release(p.n, p.waitNetworkGone(10*time.Second))
+	})
+}
+
+// waitNetworkGone waits until nothing the next pod at this address would collide with remains: the namespace's
+// name, the node side's link (by its current name and the one the next pod will use) and the routes to both
+// addresses. Deleting the link removes its routes at once; the deadline only bounds a failure.
+func (p *Pod) waitNetworkGone(timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		err := p.networkLeftover()
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// networkLeftover names the first part of the pod's network that still exists.
+func (p *Pod) networkLeftover() error {
+	if _, err := os.Stat(filepath.Join("/run/netns", p.NetNS)); !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("namespace %s still exists (%v)", p.NetNS, err)
+	}
+	for _, link := range []string{p.veth, podVeth(p.s.Run, p.n)} {
+		if _, err := net.InterfaceByName(link); err == nil {
+			return fmt.Errorf("link %s still exists", link)
+		}
+	}
+	for _, r := range [][]string{{"-4", p.IP + "/32"}, {"-6", p.IPv6 + "/128"}} {
+		out, err := exec.Command("ip", r[0], "route", "show", "exact", r[1]).CombinedOutput()
+		if err != nil || len(bytes.TrimSpace(out)) > 0 {
+			return fmt.Errorf("route to %s still exists or cannot be listed (%v): %s", r[1], err, out)
+		}
+	}
+	return nil
 }
 
 func (p *Pod) create(t TB, o PodOptions) {

@@ -129,6 +129,7 @@ func outer() int {
 
 // cleanupRun kills whatever still runs in this run's namespaces and deletes them.
 func cleanupRun(run string) {
+	defer RemoveRunCgroups(run) // after the namespaces' processes are killed
 	out, _ := exec.Command("ip", "netns", "list").Output()
 	for _, line := range strings.Split(string(out), "\n") {
 		name, _, _ := strings.Cut(strings.TrimSpace(line), " ")
@@ -181,9 +182,12 @@ type Stack struct {
 	Kubeconfig string // the admin's
 	// AgentKubeconfig holds the agent's pod-bound ServiceAccount token (installAgent).
 	AgentKubeconfig string
-	Kube            kubernetes.Interface
-	procs           []*Proc
-	nextPod         int
+	// AgentPodUID is the agent's Pod object's UID (installAgent): its --pod-uid, and where its cgroup is.
+	AgentPodUID string
+	hostRules   *Proc // the agent pod's host-rules container (EnsureHostRules)
+	Kube        kubernetes.Interface
+	procs       []*Proc
+	addrs       podAddrs // pod addresses, reused once a pod's network is gone
 }
 
 // Component returns the running process of a stack component ("etcd", "kube-apiserver", "minio",
@@ -235,7 +239,7 @@ func start(nodeNS, run string) (*Stack, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Stack{Run: run, NodeNS: nodeNS, Dir: dir, nextPod: 2}
+	s := &Stack{Run: run, NodeNS: nodeNS, Dir: dir}
 	t0 := time.Now()
 	steps := []struct {
 		name string
@@ -306,6 +310,8 @@ func (s *Stack) startAPIServer() error {
 		"--service-account-issuer="+APIServerURL, "--service-account-jwks-uri="+APIServerURL+"/openid/v1/jwks",
 		"--service-account-key-file="+filepath.Join(d, "sa.pub"), "--service-account-signing-key-file="+filepath.Join(d, "sa.key"),
 		"--api-audiences="+APIServerURL, "--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",
+		// As EKS and kops run it: CNI agents, kube-proxy and iamlet's host-rules container are privileged.
+		"--allow-privileged=true",
 		"--anonymous-auth=true",
 		"--service-cluster-ip-range=10.96.0.0/16", "--cert-dir="+filepath.Join(d, "apiserver-certs"),
 		"--enable-priority-and-fairness=false")

@@ -1,0 +1,174 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"time"
+
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/iamlet/iamlet/agent/hostnet"
+	"github.com/iamlet/iamlet/iptables"
+)
+
+// The kernel reads a hostNetwork rule's cgroup level in the cgroup namespace of whoever writes the rule, and
+// containerd gives unprivileged containers a namespace of their own on cgroup v2 nodes, from which the pods cgroup
+// cannot be named. So the rules are written by `iamlet host-rules`, a container of the agent's pod that is privileged
+// for that reason alone (it has the node's cgroup namespace) and does nothing else: no listener, no Kubernetes or AWS
+// access. The agent, unprivileged and facing the pods, tells it which pods are node-trusted through a file in their
+// shared directory, and reads back how the last pass went.
+
+const (
+	exemptFile     = "host-exempt.json" // written by the agent: the node-trusted pods' cgroups
+	hostStatusFile = "host-rules.json"  // written by host-rules after every pass
+)
+
+// hostRulesStatus is what host-rules reports after each pass.
+type hostRulesStatus struct {
+	Time  time.Time `json:"time"`
+	Error string    `json:"error,omitempty"`
+}
+
+// HostRulesConfig configures `iamlet host-rules`.
+type HostRulesConfig struct {
+	MetadataAddrs   []netip.AddrPort // the agent's --metadata-addr
+	HostNetworkPort uint16
+	CgroupRoot      string
+	PodsCgroup      string
+	PodUID          string // the pod's own UID: its cgroup (the agent's and this container's) keeps the node's IMDS
+	Dir             string // shared with the agent
+	Interval        time.Duration
+}
+
+// RunHostRules writes and keeps the hostNetwork rules until ctx is done; the rules stay when it returns. It fails at
+// once when it cannot write rules that match (no cgroup v2 hierarchy, a private cgroup namespace, no nf_tables).
+func RunHostRules(ctx context.Context, cfg HostRulesConfig, log *slog.Logger) error {
+	hierarchy := cgroupHierarchy(cfg.CgroupRoot)
+	cg, err := hostnet.NewCgroups(hierarchy, cfg.PodsCgroup)
+	if err != nil {
+		return fmt.Errorf("no cgroup v2 pods hierarchy: %w", err)
+	}
+	self, err := traceSelf()
+	if err != nil {
+		return err
+	}
+	if err := sameCgroupNamespace(hierarchy, self); err != nil {
+		return err
+	}
+	hc := iptables.HostConfig{}
+	_, hc.Pods.Level, hc.Pods.ID = cg.Pods()
+	for _, a := range cfg.MetadataAddrs {
+		if a.Addr().Is4() {
+			hc.MetadataV4 = netip.AddrPortFrom(a.Addr(), cfg.HostNetworkPort)
+		} else {
+			hc.MetadataV6 = netip.AddrPortFrom(a.Addr(), cfg.HostNetworkPort)
+		}
+	}
+	rules, err := iptables.NewHostRules(hc, log)
+	if err != nil {
+		return err
+	}
+	level, id, err := cg.PodCgroup(cfg.PodUID)
+	if err != nil {
+		return fmt.Errorf("this pod's own cgroup (--pod-uid from metadata.uid): %w", err)
+	}
+	own := iptables.CgroupRef{Level: level, ID: id}
+	// Until the agent has said which pods are trusted, those a previous run exempted stay exempted.
+	previous, err := rules.Exempted()
+	if err != nil {
+		log.Warn("could not read the previous exemptions", "error", err.Error())
+	}
+	log.Info("writing the hostNetwork rules", "pods_cgroup", hc.Pods.String(), "targets", fmt.Sprint(hc.MetadataV4, " ", hc.MetadataV6))
+	t := time.NewTicker(cfg.Interval)
+	defer t.Stop()
+	for {
+		exempt, err := readExemptions(cfg.Dir)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			exempt = previous
+		case err != nil:
+			log.Error("reading the agent's exemptions; keeping the previous ones", "error", err.Error())
+			exempt = previous
+		}
+		changed, err := rules.Ensure(ctx, append(exempt, own))
+		if err == nil {
+			previous = exempt
+		}
+		if changed > 0 && err == nil {
+			log.Info("hostNetwork rules written", "changed", changed, "exempt", len(exempt))
+		}
+		st := hostRulesStatus{Time: time.Now()}
+		if err != nil {
+			st.Error = err.Error()
+			log.Error("writing the hostNetwork rules", "error", st.Error)
+		}
+		if err := writeJSON(filepath.Join(cfg.Dir, hostStatusFile), st); err != nil {
+			log.Error("reporting to the agent", "error", err.Error())
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+func readExemptions(dir string) ([]iptables.CgroupRef, error) {
+	b, err := os.ReadFile(filepath.Join(dir, exemptFile))
+	if err != nil {
+		return nil, err
+	}
+	var refs []iptables.CgroupRef
+	if err := json.Unmarshal(b, &refs); err != nil {
+		return nil, fmt.Errorf("%s: %w", exemptFile, err)
+	}
+	return refs, nil
+}
+
+// writeJSON replaces path atomically, so a reader never sees half a file.
+func writeJSON(path string, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// readHostStatus says whether host-rules reported a good pass recently enough ("" = covered) or what is wrong.
+func readHostStatus(dir string, within time.Duration, now time.Time) string {
+	b, err := os.ReadFile(filepath.Join(dir, hostStatusFile))
+	if err != nil {
+		return "no report from the host-rules container (is it running?)"
+	}
+	var st hostRulesStatus
+	if err := json.Unmarshal(b, &st); err != nil {
+		return "host-rules report unreadable: " + err.Error()
+	}
+	switch {
+	case st.Error != "":
+		return "host-rules: " + st.Error
+	case now.Sub(st.Time) > within:
+		return fmt.Sprintf("the host-rules container last reported %s ago", now.Sub(st.Time).Round(time.Second))
+	}
+	return ""
+}
+
+// exemptionsFor is the file the agent writes: the cgroups of the trusted pods it found.
+func writeExemptions(dir string, refs map[types.UID]iptables.CgroupRef) error {
+	list := make([]iptables.CgroupRef, 0, len(refs))
+	for _, r := range refs {
+		list = append(list, r)
+	}
+	return writeJSON(filepath.Join(dir, exemptFile), list)
+}
