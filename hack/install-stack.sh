@@ -17,7 +17,7 @@ mkdir -p "$bin"
 step() { printf '[install-stack %s] %s\n' "$(date +%T)" "$*"; }
 
 # Debian packages: networking, etcd, kubectl and the non-Go clients.
-pkgs=(iptables iproute2 conntrack etcd-server awscli python3-boto3 ca-certificates openssl jq)
+pkgs=(iptables nftables iproute2 conntrack etcd-server awscli python3-boto3 ca-certificates openssl jq util-linux)
 missing=()
 # Some images ship kubectl from another package that owns /usr/bin/kubectl; Debian's would clash with it.
 command -v kubectl >/dev/null || pkgs+=(kubernetes-client)

@@ -150,7 +150,7 @@ func Prerequisites() error {
 		return fmt.Errorf("the end-to-end tests need root (network namespaces, iptables); run them as root via make test")
 	}
 	var missing []string
-	for _, tool := range []string{"ip", "iptables", "iptables-nft", "iptables-legacy", "ip6tables", "conntrack", "etcd"} {
+	for _, tool := range []string{"ip", "iptables", "iptables-nft", "iptables-legacy", "ip6tables", "conntrack", "etcd", "nft", "unshare", "mount"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			missing = append(missing, tool)
 		}
