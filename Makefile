@@ -42,7 +42,8 @@ fuzz:
 		$(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) ./metadata/ || exit 1; \
 	done
 
-# Not in CI: steady load, pod churn, STS and apiserver restarts (SOAK_DURATION, default 10m).
+# Not in CI: steady load over IPv4 and IPv6, pod churn with address reuse, agent restarts under load (the gap a
+# rolling update leaves), pods started before the agent, STS and apiserver restarts (SOAK_DURATION, default 10m).
 soak: install-stack
 	$(GO) run ./e2e/soak
 
