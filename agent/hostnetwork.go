@@ -211,8 +211,8 @@ func sameCgroupNamespace(hierarchy string, self uint64) error {
 	return errors.New("no cgroup v2 membership in /proc/self/cgroup")
 }
 
-// reconcile writes the live node-trusted hostNetwork pods' cgroups for host-rules, when they change, and reads back
-// how its last pass went. A trusted pod whose cgroup the kubelet has not created yet is retried on the next pass.
+// reconcile writes the cgroups of the live node-trusted hostNetwork pods and of the static pods for host-rules, when
+// they change, and reads back how its last pass went. A trusted pod whose cgroup the kubelet has not created yet is retried on the next pass.
 func (h *hostInterception) reconcile(hostPods []pods.Pod, now time.Time) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -231,6 +231,15 @@ func (h *hostInterception) reconcile(hostPods []pods.Pod, now time.Time) {
 			ref = iptables.CgroupRef{Level: level, ID: id}
 		}
 		want[p.UID] = ref
+	}
+	// Static pods run from files on the node: whoever writes those is the node, so they keep the node's IMDS
+	// (kops runs etcd-manager, the API server and kube-proxy so; the first two use the node role).
+	levels, ids, err := h.cgroups.StaticPods()
+	if err != nil {
+		h.log.Warn("listing static pods' cgroups", "error", err.Error())
+	}
+	for i, id := range ids {
+		want[types.UID(fmt.Sprintf("static-%d", id))] = iptables.CgroupRef{Level: levels[i], ID: id}
 	}
 	if !h.wrote || !maps.Equal(want, h.exempt) {
 		if err := writeExemptions(h.dir, want); err != nil {

@@ -208,8 +208,8 @@ func TestHostNetworkPodDeletedWhileItsProcessLingers(t *testing.T) {
 }
 
 // TestHostNetworkOutsideThePodsKeepsTheNode: what is not a pod keeps the node's IMDS: the node's own processes, the
-// agent itself (its node facts are fetched from the node's IMDS), and a hostNetwork pod the operator lists as
-// node-trusted (here with the agent's --node-trusted, as the EKS values do for the VPC CNI).
+// agent itself (its node facts are fetched from the node's IMDS), a hostNetwork pod the operator lists as
+// node-trusted (here with the agent's --node-trusted, as the EKS values do for the VPC CNI), and static pods.
 func TestHostNetworkOutsideThePodsKeepsTheNode(t *testing.T) {
 	ctx := context.Background()
 	ns := newNamespace(t, "host-trusted", nil)
@@ -242,6 +242,24 @@ func TestHostNetworkOutsideThePodsKeepsTheNode(t *testing.T) {
 	// The node fact comes from the node's IMDS through the agent, so the agent's own requests were not intercepted.
 	if !strings.Contains(r.Stdout, "\n200\n"+instanceID) {
 		t.Errorf("a hostNetwork pod's node fact: want the node's instance id through the agent, got:\n%s", r.Output())
+	}
+	// A static pod (its cgroup named after a manifest hash, as kops runs etcd-manager and the API server) is the
+	// node's own, like the files it comes from.
+	static, err := suite.PodCgroup("0123456789abcdef0123456789abcdef", stack.QoSBurstable)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(static, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.Remove(static); _ = os.Remove(filepath.Dir(static)) })
+	if !eventually(machineDeadline, func() bool {
+		out, _ := nodeExec(nil, stack.InCgroup(static, probe, "-addr", stack.IMDSv4+":80", nodeRolePath)[0],
+			stack.InCgroup(static, probe, "-addr", stack.IMDSv4+":80", nodeRolePath)[1:]...)
+		r.Stdout = out
+		return strings.Contains(out, stack.NodeAccessKey)
+	}) {
+		t.Errorf("a static pod: want the node's IMDS, got:\n%s", r.Stdout)
 	}
 	st := agentStatus(t)
 	if len(st.NodeTrusted) != 1 || st.NodeTrusted[0] != ns+"/"+sa {

@@ -190,6 +190,33 @@ func (c *Cgroups) scan() (map[uint64]string, error) {
 // cgroup (guaranteed pods) or directly below one of its QoS children. A pod-like name anywhere else, say one a
 // container made below its own cgroup, is no pod.
 func (c *Cgroups) eachPod(fn func(dir string, level uint32, uid string) error) error {
+	return c.eachPodDir(c.layout.pod, fn)
+}
+
+// StaticPods returns the pod cgroups of static pods (level and id each), which the kubelet runs from files on the
+// node: whoever can write those is the node, so their pods are trusted as the node is.
+func (c *Cgroups) StaticPods() (levels []uint32, ids []uint64, err error) {
+	static := func(name, qos string) (string, bool) { return "", c.layout.staticPod(name, qos) }
+	err = c.eachPodDir(static, func(dir string, level uint32, _ string) error {
+		fi, err := os.Stat(dir)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("static pod cgroup: %w", err)
+		}
+		id, err := inode(fi)
+		if err != nil {
+			return err
+		}
+		levels, ids = append(levels, level), append(ids, id)
+		return nil
+	})
+	return levels, ids, err
+}
+
+// eachPodDir calls fn with each cgroup match names, at the kubelet's pod positions.
+func (c *Cgroups) eachPodDir(match func(name, qos string) (string, bool), fn func(dir string, level uint32, uid string) error) error {
 	top := filepath.Join(c.root, c.pods)
 	children, err := os.ReadDir(top)
 	if err != nil {
@@ -199,7 +226,7 @@ func (c *Cgroups) eachPod(fn func(dir string, level uint32, uid string) error) e
 		if !child.IsDir() {
 			continue
 		}
-		if uid, ok := c.layout.pod(child.Name(), ""); ok {
+		if uid, ok := match(child.Name(), ""); ok {
 			if err := fn(filepath.Join(top, child.Name()), c.level+1, uid); err != nil {
 				return err
 			}
@@ -221,7 +248,7 @@ func (c *Cgroups) eachPod(fn func(dir string, level uint32, uid string) error) e
 			if !p.IsDir() {
 				continue
 			}
-			if uid, ok := c.layout.pod(p.Name(), qos); ok {
+			if uid, ok := match(p.Name(), qos); ok {
 				if err := fn(filepath.Join(dir, p.Name()), c.level+2, uid); err != nil {
 					return err
 				}
@@ -304,25 +331,44 @@ func (l layout) qos(name string) (string, bool) {
 // pod returns the UID of the pod a cgroup named name is for, when it sits below the QoS cgroup for qos ("" for
 // directly below the pods cgroup): pod<uid> (cgroupfs), or kubepods[-<qos>]-pod<uid with _ for ->.slice (systemd).
 func (l layout) pod(name, qos string) (string, bool) {
-	if l.slice == "" {
-		uid, ok := strings.CutPrefix(name, "pod")
-		if !ok {
-			return "", false
+	raw, sep, ok := l.podPart(name, qos)
+	if !ok {
+		return "", false
+	}
+	return parseUID(raw, sep)
+}
+
+// staticPod reports whether a cgroup named name, below the QoS cgroup for qos, is a static pod's: the kubelet
+// names those after a hash of their manifest (32 hex digits), which no API pod's UID can be.
+func (l layout) staticPod(name, qos string) bool {
+	raw, _, ok := l.podPart(name, qos)
+	if !ok || len(raw) != 32 {
+		return false
+	}
+	for i := 0; i < len(raw); i++ {
+		if c := raw[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
 		}
-		return parseUID(uid, '-')
+	}
+	return true
+}
+
+// podPart is what stands for the pod in a pod cgroup's name, and the separator the driver puts in a UID.
+func (l layout) podPart(name, qos string) (string, byte, bool) {
+	if l.slice == "" {
+		raw, ok := strings.CutPrefix(name, "pod")
+		return raw, '-', ok
 	}
 	prefix := l.slice + "-"
 	if qos != "" {
 		prefix += qos + "-"
 	}
-	uid, ok := strings.CutPrefix(name, prefix+"pod")
+	raw, ok := strings.CutPrefix(name, prefix+"pod")
 	if !ok {
-		return "", false
+		return "", 0, false
 	}
-	if uid, ok = strings.CutSuffix(uid, ".slice"); !ok {
-		return "", false
-	}
-	return parseUID(uid, '_')
+	raw, ok = strings.CutSuffix(raw, ".slice")
+	return raw, '_', ok
 }
 
 // parseUID accepts a pod UID in the form the API server makes them, a lowercase canonical UUID, with sep between

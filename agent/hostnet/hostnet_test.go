@@ -332,3 +332,50 @@ func TestParseUID(t *testing.T) {
 		}
 	}
 }
+
+// TestStaticPods: static pods' cgroups, named after a 32-hex-digit manifest hash, are found at the kubelet's
+// positions under both drivers; API pods and lookalikes deeper down are not static pods.
+func TestStaticPods(t *testing.T) {
+	const hash = "0123456789abcdef0123456789abcdef"
+	for _, c := range []struct {
+		pods   string
+		static []string // pod cgroups of static pods, relative to pods
+		others []string
+	}{
+		{"kubepods.slice",
+			[]string{"kubepods-pod" + hash + ".slice", "kubepods-burstable.slice/kubepods-burstable-pod" + hash + ".slice"},
+			[]string{"kubepods-besteffort.slice/kubepods-besteffort-pod" + uidSystemd + ".slice",
+				"kubepods-besteffort.slice/kubepods-besteffort-pod" + uidSystemd + ".slice/kubepods-pod" + hash + ".slice",
+				"kubepods-burstable.slice/kubepods-burstable-pod" + strings.ToUpper(hash) + ".slice"}},
+		{"kubepods",
+			[]string{"burstable/pod" + hash},
+			[]string{"besteffort/pod" + uid, "burstable/pod" + hash + "0"}},
+	} {
+		t.Run(c.pods, func(t *testing.T) {
+			root := t.TempDir()
+			for _, d := range append(append([]string{}, c.static...), c.others...) {
+				mkdirs(t, root, filepath.Join(c.pods, d))
+			}
+			cg, err := newCgroups(root, c.pods)
+			if err != nil {
+				t.Fatal(err)
+			}
+			levels, ids, err := cg.StaticPods()
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := map[uint64]uint32{}
+			for _, d := range c.static {
+				want[inodeOf(t, filepath.Join(root, c.pods, d))] = uint32(1 + strings.Count(d, "/") + 1)
+			}
+			if len(ids) != len(want) {
+				t.Fatalf("StaticPods() = %v %v, want %d static pods", levels, ids, len(want))
+			}
+			for i, id := range ids {
+				if l, ok := want[id]; !ok || l != levels[i] {
+					t.Errorf("StaticPods() returned level %d id %d; want one of %v (id: level)", levels[i], id, want)
+				}
+			}
+		})
+	}
+}
