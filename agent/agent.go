@@ -148,7 +148,7 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 		RequireNamespaceAllowlist: cfg.RequireNamespaceAllowlist})
 	st := &state{minting: cfg.TokenMinting, hostNetwork: hostState}
 	if host != nil {
-		host.reconcile(nil, time.Now()) // until the informers sync: no trusted pods yet, and host-rules' state
+		host.reconcile(nil, false, time.Now()) // host-rules' state only: which pods are trusted waits for the informers
 	}
 	st.rulesOK.Store(true) // installed above, or not ours to manage
 	tokens := token.New(minter, token.MinTTL)
@@ -166,7 +166,7 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 			func() float64 { return float64(cache.Len()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "iamlet_host_network_intercepted",
 			Help: "1 when hostNetwork pods are intercepted by cgroup; 0 when they are not (off, or the node cannot: see the log and /readyz)."},
-			func() float64 { return b2f(hostState() == "covered") }),
+			func() float64 { return b2f(hostState() == hostCovered) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "iamlet_token_minting_confined",
 			Help: "1 while the last confinement check saw the apiserver refuse what it must; 0 before the first check or after one that failed."},
 			func() float64 { return b2f(st.confinedErr() == nil) }),
@@ -222,6 +222,9 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 		return fmt.Errorf("informers did not sync: %w", err)
 	}
 	st.synced.Store(true)
+	if host != nil {
+		goRun(func() { host.run(ctx, cfg.ReconcileInterval, index, hostChanged) })
+	}
 	self, err := ownServiceAccount(ctx, kube, cfg.TokenMinting, cfg.NodeName)
 	if err != nil {
 		return err
@@ -323,17 +326,16 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 		})
 	}
 
-	if host != nil {
-		goRun(func() { host.run(ctx, cfg.ReconcileInterval, index, hostChanged) })
-	}
-
 	if cfg.StartupTaint != "" {
 		tainted := prometheus.NewGauge(prometheus.GaugeOpts{Name: "iamlet_node_startup_taint",
 			Help: "1 while this node carries the start-up taint the agent removes once ready (--startup-taint)."})
 		reg.MustRegister(tainted)
 		t := startupTaint{kube: kube, node: cfg.NodeName, key: cfg.StartupTaint, log: log,
 			present: func(p bool) { tainted.Set(b2f(p)) }}
-		goRun(func() { t.run(ctx, func() bool { ok, _ := st.ready(); return ok }) })
+		// Not before hostNetwork pods are covered too, where they can be: the taint is what keeps them off meanwhile.
+		goRun(func() {
+			t.run(ctx, func() bool { ok, _ := st.ready(); return ok && (host == nil || host.status() == hostCovered) })
+		})
 	}
 
 	if cfg.DebugAddr != "" {

@@ -63,18 +63,42 @@ func (t cgroupTracer) PodOf(client, server netip.AddrPort) (types.UID, error) {
 
 // identifyHostCallers is the hostNetwork listeners' ConnContext: every connection carries its hostCaller, the pod
 // traced from its socket or why none was. A failure is the caller's error: refused, never guessed from its address.
+// The tracing happens on the connection's first request, in its own goroutine, not in the server's accept loop.
 func identifyHostCallers(tr socketTracer) func(context.Context, net.Conn) context.Context {
 	return func(ctx context.Context, c net.Conn) context.Context {
-		hc := hostCaller{err: errors.New("not redirected from the metadata address")}
-		if rc := redirectedOf(c); rc != nil {
-			if client, err := netip.ParseAddrPort(c.RemoteAddr().String()); err != nil {
-				hc.err = fmt.Errorf("client address %q: %w", c.RemoteAddr(), err)
+		return context.WithValue(ctx, hostCallerKey{}, &lazyHostCaller{tr: tr, conn: c})
+	}
+}
+
+// lazyHostCaller traces its connection once, when first asked.
+type lazyHostCaller struct {
+	tr   socketTracer
+	conn net.Conn
+	once sync.Once
+	hc   hostCaller
+}
+
+func (l *lazyHostCaller) get() hostCaller {
+	l.once.Do(func() {
+		l.hc = hostCaller{err: errors.New("not redirected from the metadata address")}
+		if rc := redirectedOf(l.conn); rc != nil {
+			if client, err := netip.ParseAddrPort(l.conn.RemoteAddr().String()); err != nil {
+				l.hc.err = fmt.Errorf("client address %q: %w", l.conn.RemoteAddr(), err)
 			} else {
-				hc.uid, hc.err = tr.PodOf(netip.AddrPortFrom(client.Addr().Unmap(), client.Port()), rc.dst)
+				l.hc.uid, l.hc.err = l.tr.PodOf(netip.AddrPortFrom(client.Addr().Unmap(), client.Port()), rc.dst)
 			}
 		}
-		return context.WithValue(ctx, hostCallerKey{}, hc)
+	})
+	return l.hc
+}
+
+// hostCallerOf is the traced caller of a hostNetwork listener's connection, if ctx is one's.
+func hostCallerOf(ctx context.Context) (hostCaller, bool) {
+	l, ok := ctx.Value(hostCallerKey{}).(*lazyHostCaller)
+	if !ok {
+		return hostCaller{}, false
 	}
+	return l.get(), true
 }
 
 // redirectedOf finds the redirectedConn under the listeners' wrappers.
@@ -211,9 +235,10 @@ func sameCgroupNamespace(hierarchy string, self uint64) error {
 	return errors.New("no cgroup v2 membership in /proc/self/cgroup")
 }
 
-// reconcile writes the cgroups of the live node-trusted hostNetwork pods and of the static pods for host-rules, when
-// they change, and reads back how its last pass went. A trusted pod whose cgroup the kubelet has not created yet is retried on the next pass.
-func (h *hostInterception) reconcile(hostPods []pods.Pod, now time.Time) {
+// reconcile writes the cgroups of the live node-trusted hostNetwork pods for host-rules, when they change, and reads
+// back how its last pass went. Before the informers have synced (synced false) it only reads: an empty list then
+// would take the exemptions of the trusted pods away until they had. A trusted pod whose cgroup the kubelet has not created yet is retried on the next pass.
+func (h *hostInterception) reconcile(hostPods []pods.Pod, synced bool, now time.Time) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	want := map[types.UID]iptables.CgroupRef{}
@@ -232,16 +257,7 @@ func (h *hostInterception) reconcile(hostPods []pods.Pod, now time.Time) {
 		}
 		want[p.UID] = ref
 	}
-	// Static pods run from files on the node: whoever writes those is the node, so they keep the node's IMDS
-	// (kops runs etcd-manager, the API server and kube-proxy so; the first two use the node role).
-	levels, ids, err := h.cgroups.StaticPods()
-	if err != nil {
-		h.log.Warn("listing static pods' cgroups", "error", err.Error())
-	}
-	for i, id := range ids {
-		want[types.UID(fmt.Sprintf("static-%d", id))] = iptables.CgroupRef{Level: levels[i], ID: id}
-	}
-	if !h.wrote || !maps.Equal(want, h.exempt) {
+	if synced && (!h.wrote || !maps.Equal(want, h.exempt)) {
 		if err := writeExemptions(h.dir, want); err != nil {
 			h.log.Error("telling host-rules the node-trusted pods", "error", err.Error())
 		} else {
@@ -258,22 +274,25 @@ func (h *hostInterception) reconcile(hostPods []pods.Pod, now time.Time) {
 	}
 }
 
-// status is "covered", or why not.
+// hostCovered is the hostNetwork state when their rules are in place.
+const hostCovered = "covered"
+
+// status is hostCovered, or why not.
 func (h *hostInterception) status() string {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.state == "" {
-		return "covered"
+		return hostCovered
 	}
 	return "not covered: " + h.state
 }
 
-// run reconciles every interval and whenever hostNetwork pods change.
+// run reconciles every interval and whenever hostNetwork pods change; call it once the informers have synced.
 func (h *hostInterception) run(ctx context.Context, every time.Duration, index *pods.Index, changed <-chan struct{}) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
-		h.reconcile(index.LiveHost(), time.Now())
+		h.reconcile(index.LiveHost(), true, time.Now())
 		select {
 		case <-ctx.Done():
 			return

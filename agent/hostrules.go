@@ -97,12 +97,20 @@ func RunHostRules(ctx context.Context, cfg HostRulesConfig, log *slog.Logger) er
 			log.Error("reading the agent's exemptions; keeping the previous ones", "error", err.Error())
 			exempt = previous
 		}
-		changed, err := rules.Ensure(ctx, append(exempt, own))
+		// The agent names node-trusted pods; this container, which holds the privilege, accepts only pod-level
+		// cgroups of API pods from it (never a QoS or the pods cgroup), and adds its own pod and the static pods.
+		exempt, err = podCgroupsOnly(cg, exempt, log)
 		if err == nil {
-			previous = exempt
-		}
-		if changed > 0 && err == nil {
-			log.Info("hostNetwork rules written", "changed", changed, "exempt", len(exempt))
+			var static []iptables.CgroupRef
+			if static, err = staticPods(cg); err == nil {
+				var changed int
+				if changed, err = rules.Ensure(ctx, append(append(exempt, static...), own)); err == nil {
+					previous = exempt
+					if changed > 0 {
+						log.Info("hostNetwork rules written", "changed", changed, "trusted", len(exempt), "static", len(static))
+					}
+				}
+			}
 		}
 		st := hostRulesStatus{Time: time.Now()}
 		if err != nil {
@@ -118,6 +126,33 @@ func RunHostRules(ctx context.Context, cfg HostRulesConfig, log *slog.Logger) er
 		case <-t.C:
 		}
 	}
+}
+
+// podCgroupsOnly keeps the exemptions that name a pod-level cgroup of an API pod at its level.
+func podCgroupsOnly(cg *hostnet.Cgroups, refs []iptables.CgroupRef, log *slog.Logger) ([]iptables.CgroupRef, error) {
+	pods, err := cg.APIPods()
+	if err != nil {
+		return nil, err
+	}
+	var out []iptables.CgroupRef
+	for _, r := range refs {
+		if level, ok := pods[r.ID]; ok && level == r.Level {
+			out = append(out, r)
+		} else {
+			log.Warn("ignoring an exemption that names no pod cgroup", "cgroup", r.String())
+		}
+	}
+	return out, nil
+}
+
+// staticPods are the static pods' cgroups: they run from files on the node, so they are the node's own.
+func staticPods(cg *hostnet.Cgroups) ([]iptables.CgroupRef, error) {
+	levels, ids, err := cg.StaticPods()
+	refs := make([]iptables.CgroupRef, len(ids))
+	for i := range ids {
+		refs[i] = iptables.CgroupRef{Level: levels[i], ID: ids[i]}
+	}
+	return refs, err
 }
 
 func readExemptions(dir string) ([]iptables.CgroupRef, error) {

@@ -208,7 +208,7 @@ type rateLimiter struct {
 	metrics *limitMetrics
 
 	mu       sync.Mutex
-	limiters map[netip.Addr]*rate.Limiter
+	limiters map[string]*rate.Limiter // by source address, or by pod for hostNetwork callers
 }
 
 func limitRate(next http.Handler, lim Limits, m *limitMetrics) http.Handler {
@@ -220,16 +220,12 @@ func limitRate(next http.Handler, lim Limits, m *limitMetrics) http.Handler {
 		burst = int(2 * lim.RequestsPerPod)
 	}
 	return &rateLimiter{next: next, limit: rate.Limit(lim.RequestsPerPod), burst: burst, maxWait: lim.MaxWait,
-		metrics: m, limiters: make(map[netip.Addr]*rate.Limiter)}
+		metrics: m, limiters: make(map[string]*rate.Limiter)}
 }
 
 func (h *rateLimiter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	ip := netip.Addr{}
-	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
-		ip = ap.Addr().Unmap()
-	}
 	now := time.Now()
-	res := h.reserve(ip, now)
+	res := h.reserve(rateKey(r), now)
 	if wait := res.DelayFrom(now); wait > 0 {
 		if wait > h.maxWait {
 			res.CancelAt(now)
@@ -256,10 +252,22 @@ func (h *rateLimiter) tooMany(w http.ResponseWriter) {
 	http.Error(w, "iamlet: too many requests from this pod", http.StatusTooManyRequests)
 }
 
-func (h *rateLimiter) reserve(ip netip.Addr, now time.Time) *rate.Reservation {
+// rateKey is whose turn a request takes: its source address's, or, for a hostNetwork caller (all of which share the
+// node's address), its pod's.
+func rateKey(r *http.Request) string {
+	if hc, ok := hostCallerOf(r.Context()); ok && hc.err == nil {
+		return "pod/" + string(hc.uid)
+	}
+	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+		return ap.Addr().Unmap().String()
+	}
+	return ""
+}
+
+func (h *rateLimiter) reserve(key string, now time.Time) *rate.Reservation {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	l, ok := h.limiters[ip]
+	l, ok := h.limiters[key]
 	if !ok {
 		// Forget addresses whose buckets have refilled, so the map follows the active pods.
 		if len(h.limiters) >= 4096 {
@@ -270,7 +278,7 @@ func (h *rateLimiter) reserve(ip netip.Addr, now time.Time) *rate.Reservation {
 			}
 		}
 		l = rate.NewLimiter(h.limit, h.burst)
-		h.limiters[ip] = l
+		h.limiters[key] = l
 	}
 	return l.ReserveN(now, 1)
 }

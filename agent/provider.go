@@ -50,7 +50,7 @@ type provider struct {
 // identify finds the one live pod calling: by its socket's cgroup for a caller in the node's own network namespace
 // (a hostNetwork pod, whose address is the node's), otherwise by its address.
 func (p *provider) identify(ctx context.Context, caller netip.Addr) (pods.Pod, error) {
-	hc, host := ctx.Value(hostCallerKey{}).(hostCaller)
+	hc, host := hostCallerOf(ctx)
 	switch {
 	case !host:
 		return p.pods.Lookup(ctx, caller)
@@ -70,9 +70,17 @@ var errTrustedNotExempt = errors.New("node-trusted")
 func (p *provider) Credentials(ctx context.Context, caller netip.Addr) (metadata.Credentials, error) {
 	pod, err := p.identify(ctx, caller)
 	if err != nil {
-		p.log.LogAttrs(ctx, slog.LevelWarn, "refused", slog.Bool("audit", true), slog.String("caller", caller.String()),
-			slog.String("outcome", "refused"), slog.String("reason", "unknown_pod"), slog.String("error", err.Error()))
+		reason := "unknown_pod"
 		if errors.Is(err, errTrustedNotExempt) {
+			reason = "not_exempt"
+		}
+		attrs := []slog.Attr{slog.Bool("audit", true), slog.String("caller", caller.String()),
+			slog.String("outcome", "refused"), slog.String("reason", reason), slog.String("error", err.Error())}
+		if hc, host := hostCallerOf(ctx); host {
+			attrs = append(attrs, slog.Bool("host_network", true), slog.String("pod_uid", string(hc.uid)))
+		}
+		p.log.LogAttrs(ctx, slog.LevelWarn, "refused", attrs...)
+		if reason == "not_exempt" {
 			return metadata.Credentials{}, fmt.Errorf("%w: %w", metadata.ErrUnavailable, err)
 		}
 		return metadata.Credentials{}, fmt.Errorf("%w: %s: %w", metadata.ErrUnknownCaller, caller, err)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -323,7 +324,7 @@ func TestProviderIdentifiesHostCallersByCgroupOnly(t *testing.T) {
 			p := &provider{pods: stubPods{pod: byAddress, host: map[types.UID]pods.Pod{"uid-shipper": shipper, "uid-cni": cni}},
 				roles: stubRoles{role: testRole}, cache: cache, metrics: newMetrics(prometheus.NewRegistry()), log: log,
 				trusted: trustList{"kube-system/aws-node"}.trusts}
-			ctx := context.WithValue(context.Background(), hostCallerKey{}, c.caller)
+			ctx := identifyHostCallers(stubTracer(c.caller))(context.Background(), &redirectedConn{Conn: stubConn{}, dst: netip.MustParseAddrPort("169.254.169.254:80")})
 			_, err := p.Credentials(ctx, testCaller)
 			if c.wantErr != nil {
 				if !errors.Is(err, c.wantErr) {
@@ -355,5 +356,41 @@ func TestParseTrustList(t *testing.T) {
 		if _, err := parseTrustList(bad); err == nil {
 			t.Errorf("parseTrustList(%q) accepted", bad)
 		}
+	}
+}
+
+// stubTracer answers every trace with one hostCaller.
+type stubTracer hostCaller
+
+func (s stubTracer) PodOf(netip.AddrPort, netip.AddrPort) (types.UID, error) { return s.uid, s.err }
+
+// stubConn is a connection from the node's address.
+type stubConn struct{ net.Conn }
+
+func (stubConn) RemoteAddr() net.Addr { return &net.TCPAddr{IP: net.ParseIP("10.0.0.1"), Port: 40000} }
+
+// TestHostCallersAreTracedThroughTheListeners: the trace reaches the redirected connection under the listeners'
+// wrappers; a connection that was not redirected is refused, never traced; hostNetwork callers take turns in the rate
+// limiter by pod, not by the node's address they all share.
+func TestHostCallersAreTracedThroughTheListeners(t *testing.T) {
+	identify := identifyHostCallers(stubTracer{uid: "uid-shipper"})
+	table := newConnTable(8, 0, newLimitMetrics(prometheus.NewRegistry()))
+	wrapped := table.admit(&redirectedConn{Conn: stubConn{}, dst: netip.MustParseAddrPort("169.254.169.254:80")})
+	hc, ok := hostCallerOf(identify(context.Background(), wrapped))
+	if !ok || hc.err != nil || hc.uid != "uid-shipper" {
+		t.Errorf("traced through the limiter: %+v, %v; want uid-shipper", hc, ok)
+	}
+	if hc, _ := hostCallerOf(identify(context.Background(), stubConn{})); hc.err == nil {
+		t.Errorf("a connection that was not redirected was traced to %q", hc.uid)
+	}
+	r := httptest.NewRequestWithContext(identify(context.Background(), wrapped), http.MethodGet, "/", nil)
+	r.RemoteAddr = "10.0.0.1:40000"
+	if got := rateKey(r); got != "pod/uid-shipper" {
+		t.Errorf("rate key of a hostNetwork caller = %q, want its pod's", got)
+	}
+	r = httptest.NewRequest(http.MethodGet, "/", nil)
+	r.RemoteAddr = "10.0.0.5:40000"
+	if got := rateKey(r); got != "10.0.0.5" {
+		t.Errorf("rate key of a pod = %q, want its address", got)
 	}
 }

@@ -49,7 +49,7 @@ func statusHandler(index *pods.Index, mapper *roles.Mapper, cache *creds.Cache, 
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		live := index.Live()
-		if st.hostNetwork() == "covered" {
+		if st.hostNetwork() == hostCovered {
 			for _, p := range index.LiveHost() {
 				if p.UID != own { // the agent's own pod
 					live = append(live, p)

@@ -193,6 +193,27 @@ func (c *Cgroups) eachPod(fn func(dir string, level uint32, uid string) error) e
 	return c.eachPodDir(c.layout.pod, fn)
 }
 
+// APIPods returns the pod-level cgroups of API pods (UUID-named), id to level: what an exemption may name.
+func (c *Cgroups) APIPods() (map[uint64]uint32, error) {
+	out := map[uint64]uint32{}
+	err := c.eachPod(func(dir string, level uint32, _ string) error {
+		fi, err := os.Stat(dir)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("pod cgroup: %w", err)
+		}
+		id, err := inode(fi)
+		if err != nil {
+			return err
+		}
+		out[id] = level
+		return nil
+	})
+	return out, err
+}
+
 // StaticPods returns the pod cgroups of static pods (level and id each), which the kubelet runs from files on the
 // node: whoever can write those is the node, so their pods are trusted as the node is.
 func (c *Cgroups) StaticPods() (levels []uint32, ids []uint64, err error) {

@@ -1,0 +1,73 @@
+package agent
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/iamlet/iamlet/iptables"
+)
+
+// TestHostRulesReport: the agent calls hostNetwork pods covered only on a recent report without an error from the
+// host-rules container; a missing, unreadable, failed or stale one says why not.
+func TestHostRulesReport(t *testing.T) {
+	dir := t.TempDir()
+	now := time.Date(2026, 11, 30, 6, 0, 0, 0, time.UTC)
+	write := func(v any) {
+		t.Helper()
+		if err := writeJSON(filepath.Join(dir, hostStatusFile), v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := readHostStatus(dir, 20*time.Second, now); !strings.Contains(got, "no report") {
+		t.Errorf("no report: %q", got)
+	}
+	write(hostRulesStatus{Time: now.Add(-5 * time.Second)})
+	if got := readHostStatus(dir, 20*time.Second, now); got != "" {
+		t.Errorf("a fresh good report: %q, want covered", got)
+	}
+	if got := readHostStatus(dir, 20*time.Second, now.Add(time.Minute)); !strings.Contains(got, "last reported") {
+		t.Errorf("a stale report: %q", got)
+	}
+	write(hostRulesStatus{Time: now, Error: "nf_tables cannot hold the hostNetwork rules"})
+	if got := readHostStatus(dir, 20*time.Second, now); !strings.Contains(got, "nf_tables") {
+		t.Errorf("a failed pass: %q", got)
+	}
+	if err := os.WriteFile(filepath.Join(dir, hostStatusFile), []byte("{"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if got := readHostStatus(dir, 20*time.Second, now); !strings.Contains(got, "unreadable") {
+		t.Errorf("a torn report: %q", got)
+	}
+}
+
+// TestExemptionsRoundTrip: what the agent writes is what host-rules reads, and the file is replaced whole.
+func TestExemptionsRoundTrip(t *testing.T) {
+	dir := t.TempDir()
+	want := map[types.UID]iptables.CgroupRef{"a": {Level: 3, ID: 101}, "b": {Level: 2, ID: 202}}
+	if err := writeExemptions(dir, want); err != nil {
+		t.Fatal(err)
+	}
+	got, err := readExemptions(dir)
+	if err != nil || len(got) != 2 {
+		t.Fatalf("readExemptions = %v, %v", got, err)
+	}
+	for _, r := range got {
+		if r != want["a"] && r != want["b"] {
+			t.Errorf("read %v, not written", r)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, exemptFile+".tmp")); !os.IsNotExist(err) {
+		t.Errorf("the temporary file was left behind: %v", err)
+	}
+	var raw []map[string]any
+	b, _ := os.ReadFile(filepath.Join(dir, exemptFile))
+	if err := json.Unmarshal(b, &raw); err != nil || len(raw) != 2 {
+		t.Errorf("the file is not a JSON list of two: %s", b)
+	}
+}
