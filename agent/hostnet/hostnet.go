@@ -196,7 +196,21 @@ func (c *Cgroups) eachPod(fn func(dir string, level uint32, uid string) error) e
 // APIPods returns the pod-level cgroups of API pods (UUID-named), id to level: what an exemption may name.
 func (c *Cgroups) APIPods() (map[uint64]uint32, error) {
 	out := map[uint64]uint32{}
-	err := c.eachPod(func(dir string, level uint32, _ string) error {
+	err := c.eachPodID(c.layout.pod, func(level uint32, id uint64) { out[id] = level })
+	return out, err
+}
+
+// StaticPods returns the pod cgroups of static pods (level and id each), which the kubelet runs from files on the
+// node: whoever can write those is the node, so their pods are trusted as the node is.
+func (c *Cgroups) StaticPods() (levels []uint32, ids []uint64, err error) {
+	static := func(name, qos string) (string, bool) { return "", c.layout.staticPod(name, qos) }
+	err = c.eachPodID(static, func(level uint32, id uint64) { levels, ids = append(levels, level), append(ids, id) })
+	return levels, ids, err
+}
+
+// eachPodID calls fn with the level and id of each pod cgroup match names; one that vanishes meanwhile is skipped.
+func (c *Cgroups) eachPodID(match func(name, qos string) (string, bool), fn func(level uint32, id uint64)) error {
+	return c.eachPodDir(match, func(dir string, level uint32, _ string) error {
 		fi, err := os.Stat(dir)
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil
@@ -208,32 +222,9 @@ func (c *Cgroups) APIPods() (map[uint64]uint32, error) {
 		if err != nil {
 			return err
 		}
-		out[id] = level
+		fn(level, id)
 		return nil
 	})
-	return out, err
-}
-
-// StaticPods returns the pod cgroups of static pods (level and id each), which the kubelet runs from files on the
-// node: whoever can write those is the node, so their pods are trusted as the node is.
-func (c *Cgroups) StaticPods() (levels []uint32, ids []uint64, err error) {
-	static := func(name, qos string) (string, bool) { return "", c.layout.staticPod(name, qos) }
-	err = c.eachPodDir(static, func(dir string, level uint32, _ string) error {
-		fi, err := os.Stat(dir)
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("static pod cgroup: %w", err)
-		}
-		id, err := inode(fi)
-		if err != nil {
-			return err
-		}
-		levels, ids = append(levels, level), append(ids, id)
-		return nil
-	})
-	return levels, ids, err
 }
 
 // eachPodDir calls fn with each cgroup match names, at the kubelet's pod positions.
