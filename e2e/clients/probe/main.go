@@ -30,7 +30,7 @@ func main() {
 	repeatFor := flag.Duration("for", 0, "repeat the requests until this much time has passed (0: once)")
 	every := flag.Duration("every", 10*time.Millisecond, "with -for, the pause between rounds")
 	until := flag.String("until", "", "with -for, stop once this file exists")
-	timeout := flag.Duration("timeout", 5*time.Second, "deadline of each request, from the dial to the last byte")
+	timeout := flag.Duration("timeout", 8*time.Second, "deadline of each request, from the dial to the last byte")
 	timed := flag.Bool("timed", false, "print \"took MILLISECONDS\" after each request's outcome")
 	var hs headers
 	flag.Var(&hs, "H", "header 'Name: value' (repeatable)")
