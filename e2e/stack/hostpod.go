@@ -123,7 +123,16 @@ func RemoveRunCgroups(run string) {
 	})
 	for i := len(dirs) - 1; i >= 0; i-- {
 		killCgroup(dirs[i])
-		_ = os.Remove(dirs[i])
+	}
+	// A killed process leaves its cgroup only once it is reaped, so each removal is retried for a while.
+	for i := len(dirs) - 1; i >= 0; i-- {
+		deadline := time.Now().Add(10 * time.Second)
+		for os.Remove(dirs[i]) != nil && time.Now().Before(deadline) {
+			if _, err := os.Stat(dirs[i]); err != nil {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
 	}
 }
 
