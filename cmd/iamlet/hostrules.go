@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"time"
 
@@ -13,8 +14,9 @@ import (
 
 // hostRules is `iamlet host-rules`: the pod's privileged container that writes the hostNetwork pods' rules from the
 // node's cgroup namespace (agent/hostrules.go says why), and nothing else.
-func hostRules(ctx context.Context, args []string) error {
+func hostRules(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("iamlet host-rules", flag.ContinueOnError)
+	fs.SetOutput(stderr)
 	var cfg agent.HostRulesConfig
 	var metadataAddrs, logFormat, logLevel string
 	fs.StringVar(&metadataAddrs, "metadata-addr", envOr("METADATA_ADDR", ""), "the agent's --metadata-addr: its hostNetwork listeners are these addresses on --host-network-port")
@@ -26,10 +28,10 @@ func hostRules(ctx context.Context, args []string) error {
 	fs.DurationVar(&cfg.Interval, "interval", 5*time.Second, "how often the rules are checked and restored")
 	fs.StringVar(&logFormat, "log-format", "json", "json or text")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
-	if err := fs.Parse(args); err != nil {
+	if err := parse(fs, args); err != nil {
 		return err
 	}
-	log, err := newLogger(os.Stderr, logFormat, logLevel)
+	log, err := newLogger(stderr, logFormat, logLevel)
 	if err != nil {
 		return err
 	}

@@ -17,6 +17,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/debug"
 	"strings"
 	"syscall"
@@ -30,35 +31,104 @@ import (
 	"github.com/iamlet/iamlet/iptables"
 )
 
+// version is set at build time (-ldflags "-X main.version=v1.2.3"); the commit and Go version come from the
+// build information the Go toolchain embeds.
+var version = "dev"
+
+const usage = `iamlet serves each pod its own IAM role's credentials on the instance metadata address.
+
+Usage:
+  iamlet [run] [flags]       run the agent (the DaemonSet's iamlet container)
+  iamlet host-rules [flags]  write the hostNetwork pods' rules (the DaemonSet's privileged host-rules container)
+  iamlet status [flags]      show the node's pods, their roles and credential state
+  iamlet uninstall [flags]   remove the interception rules (pods then reach the node's IMDS)
+  iamlet version             print the version, commit and Go version
+
+"iamlet COMMAND -h" lists a command's flags.
+`
+
 func main() {
-	args := os.Args[1:]
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	code := cli(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// cli runs one command and returns the exit code: 0, 1 for a failure, 2 for a command line that cannot be used.
+func cli(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 1 && (args[0] == "-h" || args[0] == "-help" || args[0] == "--help") {
+		fmt.Fprint(stdout, usage)
+		return 0
+	}
 	cmd := "run"
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
 		cmd, args = args[0], args[1:]
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
 	var err error
 	switch cmd {
 	case "run":
-		err = run(ctx, args)
+		err = run(ctx, args, stderr)
 	case "status":
-		err = status(ctx, args, os.Stdout)
+		err = status(ctx, args, stdout, stderr)
 	case "uninstall":
-		err = uninstall(ctx, args)
+		err = uninstall(ctx, args, stderr)
 	case "host-rules":
-		err = hostRules(ctx, args)
+		err = hostRules(ctx, args, stderr)
+	case "version":
+		fmt.Fprintln(stdout, versionLine())
+	case "help":
+		fmt.Fprint(stdout, usage)
 	default:
-		err = fmt.Errorf("unknown command %q (want run, status, uninstall or host-rules)", cmd)
+		fmt.Fprintf(stderr, "iamlet: unknown command %q\n\n%s", cmd, usage)
+		return 2
 	}
-	if err != nil && !errors.Is(err, flag.ErrHelp) {
-		fmt.Fprintln(os.Stderr, "iamlet:", err)
-		os.Exit(1)
+	var bad *badFlags
+	switch {
+	case err == nil, errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.As(err, &bad):
+		return 2 // the flag package has printed the error and the command's flags
 	}
+	fmt.Fprintln(stderr, "iamlet:", err)
+	return 1
 }
 
-func run(ctx context.Context, args []string) error {
+// badFlags is a command line the flag package refused.
+type badFlags struct{ err error }
+
+func (e *badFlags) Error() string { return e.err.Error() }
+func (e *badFlags) Unwrap() error { return e.err }
+
+// parse parses args with fs, telling a refused command line from -h.
+func parse(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil && !errors.Is(err, flag.ErrHelp) {
+		return &badFlags{err}
+	} else if err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(fs.Output(), "unexpected arguments: %q\n", fs.Args())
+		fs.Usage()
+		return &badFlags{fmt.Errorf("unexpected arguments %q", fs.Args())}
+	}
+	return nil
+}
+
+func versionLine() string {
+	commit, goVersion := "unknown", runtime.Version()
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, st := range bi.Settings {
+			if st.Key == "vcs.revision" {
+				commit = st.Value
+			}
+		}
+	}
+	return fmt.Sprintf("iamlet %s (commit %s, %s)", version, commit, goVersion)
+}
+
+func run(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("iamlet run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
 	var cfg agent.Config
 	var metadataAddrs, containerAddrs, metricsAddr, interfaces, logFormat, logLevel, minting, trusted string
 	fs.StringVar(&cfg.NodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name (default $NODE_NAME, from the downward API)")
@@ -71,7 +141,7 @@ func run(ctx context.Context, args []string) error {
 	fs.StringVar(&metricsAddr, "metrics-addr", "127.0.0.1", "listen address for /metrics, /healthz and /readyz: address:port, or a bare address with --metrics-port (the manifests pass $(POD_IP), the node's primary address); empty = off")
 	metricsPort := fs.Uint("metrics-port", 9180, "port for a bare address in --metrics-addr")
 	memoryLimit := fs.Int64("memory-limit", 0, "the container's memory limit in bytes (the manifests pass limits.memory from the downward API): the Go runtime collects garbage harder as it nears 3/4 of it; GOMEMLIMIT, when set, wins; 0 = none")
-	fs.StringVar(&cfg.DebugAddr, "debug-addr", "127.0.0.1:9181", "loopback listen address of the read-only /status endpoint used by `iamlet status`")
+	fs.StringVar(&cfg.DebugAddr, "debug-addr", "127.0.0.1:9181", "loopback listen address of the read-only /status endpoint that iamlet status reads")
 	fs.BoolVar(&cfg.ManageIptables, "iptables", true, "install and reconcile the interception rules")
 	fs.StringVar(&interfaces, "interfaces", "", "deprecated and ignored: interception covers every pod interface (rules name none)")
 	fs.StringVar(&cfg.IptablesBackend, "iptables-backend", "auto", "auto, nft or legacy")
@@ -102,10 +172,10 @@ func run(ctx context.Context, args []string) error {
 	fs.StringVar(&cfg.NodeIMDS, "node-imds", "http://169.254.169.254", "the node's own IMDS, for allow-listed node facts and the region; empty = synthesise")
 	fs.StringVar(&logFormat, "log-format", "json", "json or text")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
-	if err := fs.Parse(args); err != nil {
+	if err := parse(fs, args); err != nil {
 		return err
 	}
-	log, err := newLogger(os.Stderr, logFormat, logLevel)
+	log, err := newLogger(stderr, logFormat, logLevel)
 	if err != nil {
 		return err
 	}
@@ -153,10 +223,11 @@ func run(ctx context.Context, args []string) error {
 	return agent.Run(ctx, cfg, reg, reg, log)
 }
 
-func uninstall(ctx context.Context, args []string) error {
+func uninstall(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("iamlet uninstall", flag.ContinueOnError)
+	fs.SetOutput(stderr)
 	backend := fs.String("iptables-backend", "auto", "auto, nft or legacy")
-	if err := fs.Parse(args); err != nil {
+	if err := parse(fs, args); err != nil {
 		return err
 	}
 	log, _ := newLogger(os.Stderr, "text", "info")

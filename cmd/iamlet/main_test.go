@@ -1,7 +1,10 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -34,6 +37,32 @@ func TestParseAddrs(t *testing.T) {
 		}
 		if !slices.Equal(s, c.want) {
 			t.Errorf("parseAddrs(%q, %d) = %v, want %v", c.in, c.port, s, c.want)
+		}
+	}
+}
+
+// TestCLI: help lists every command, version says what was built, and a command line that cannot be used exits 2
+// with the reason, apart from failures (1).
+func TestCLI(t *testing.T) {
+	for _, c := range []struct {
+		args        []string
+		code        int
+		out, errOut string
+	}{
+		{[]string{"--help"}, 0, "iamlet host-rules [flags]", ""},
+		{[]string{"help"}, 0, "iamlet version", ""},
+		{[]string{"version"}, 0, "iamlet dev (commit ", ""},
+		{[]string{"frobnicate"}, 2, "", `unknown command "frobnicate"`},
+		{[]string{"run", "--no-such-flag"}, 2, "", "flag provided but not defined: -no-such-flag"},
+		{[]string{"status", "extra"}, 2, "", "unexpected arguments"},
+		{[]string{"uninstall", "-h"}, 0, "", "-iptables-backend"},
+		{[]string{"run", "--metadata-addr=10.0.0.1", "--metadata-port=0"}, 1, "", "--metadata-port 0"},
+	} {
+		var out, errOut bytes.Buffer
+		code := cli(context.Background(), c.args, &out, &errOut)
+		if code != c.code || !strings.Contains(out.String(), c.out) || !strings.Contains(errOut.String(), c.errOut) {
+			t.Errorf("iamlet %q: exit %d, stdout %q, stderr %q; want exit %d, %q in stdout, %q in stderr",
+				c.args, code, out.String(), errOut.String(), c.code, c.out, c.errOut)
 		}
 	}
 }

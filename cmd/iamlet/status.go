@@ -15,11 +15,12 @@ import (
 )
 
 // status reads the agent's loopback /status endpoint and prints it as a table or JSON.
-func status(ctx context.Context, args []string, out io.Writer) error {
+func status(ctx context.Context, args []string, out, stderr io.Writer) error {
 	fs := flag.NewFlagSet("iamlet status", flag.ContinueOnError)
+	fs.SetOutput(stderr)
 	addr := fs.String("debug-addr", "127.0.0.1:9181", "the agent's --debug-addr")
 	format := fs.String("o", "table", "table or json")
-	if err := fs.Parse(args); err != nil {
+	if err := parse(fs, args); err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
