@@ -99,6 +99,21 @@ type badFlags struct{ err error }
 func (e *badFlags) Error() string { return e.err.Error() }
 func (e *badFlags) Unwrap() error { return e.err }
 
+// fromEnv sets each flag of fs from IAMLET_<NAME> (upper case, dashes as underscores) when that is set, so a
+// DaemonSet can configure through env; the command line, parsed afterwards, wins.
+func fromEnv(fs *flag.FlagSet, lookup func(string) (string, bool)) error {
+	var errs []error
+	fs.VisitAll(func(f *flag.Flag) {
+		name := "IAMLET_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v, ok := lookup(name); ok {
+			if err := fs.Set(f.Name, v); err != nil {
+				errs = append(errs, fmt.Errorf("%s=%q: %w", name, v, err))
+			}
+		}
+	})
+	return errors.Join(errs...)
+}
+
 // parse parses args with fs, telling a refused command line from -h.
 func parse(fs *flag.FlagSet, args []string) error {
 	if err := fs.Parse(args); err != nil && !errors.Is(err, flag.ErrHelp) {
@@ -172,6 +187,9 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&cfg.NodeIMDS, "node-imds", "http://169.254.169.254", "the node's own IMDS, for allow-listed node facts and the region; empty = synthesise")
 	fs.StringVar(&logFormat, "log-format", "json", "json or text")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	if err := fromEnv(fs, os.LookupEnv); err != nil {
+		return &badFlags{err}
+	}
 	if err := parse(fs, args); err != nil {
 		return err
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"flag"
 	"slices"
 	"strings"
 	"testing"
@@ -64,5 +65,27 @@ func TestCLI(t *testing.T) {
 			t.Errorf("iamlet %q: exit %d, stdout %q, stderr %q; want exit %d, %q in stdout, %q in stderr",
 				c.args, code, out.String(), errOut.String(), c.code, c.out, c.errOut)
 		}
+	}
+}
+
+// TestFromEnv: every flag can come from IAMLET_<NAME>; the command line wins; a bad value names the variable.
+func TestFromEnv(t *testing.T) {
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	port := fs.Uint("metadata-port", 8181, "")
+	dry := fs.Bool("dry-run", false, "")
+	env := map[string]string{"IAMLET_METADATA_PORT": "9000", "IAMLET_DRY_RUN": "true"}
+	lookup := func(k string) (string, bool) { v, ok := env[k]; return v, ok }
+	if err := fromEnv(fs, lookup); err != nil {
+		t.Fatal(err)
+	}
+	if err := fs.Parse([]string{"--metadata-port=9100"}); err != nil {
+		t.Fatal(err)
+	}
+	if *port != 9100 || !*dry {
+		t.Errorf("metadata-port %d (want the command line's 9100), dry-run %v (want true from the env)", *port, *dry)
+	}
+	env["IAMLET_DRY_RUN"] = "maybe"
+	if err := fromEnv(fs, lookup); err == nil || !strings.Contains(err.Error(), "IAMLET_DRY_RUN") {
+		t.Errorf("a bad value: %v, want an error naming IAMLET_DRY_RUN", err)
 	}
 }
