@@ -7,6 +7,9 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/iamlet/iamlet/agent"
 )
 
 // TestParseAddrs: --metadata-addr takes what the downward API's status.hostIPs gives (bare addresses, IPv6
@@ -56,6 +59,7 @@ func TestCLI(t *testing.T) {
 		{[]string{"frobnicate"}, 2, "", `unknown command "frobnicate"`},
 		{[]string{"run", "--no-such-flag"}, 2, "", "flag provided but not defined: -no-such-flag"},
 		{[]string{"status", "extra"}, 2, "", "unexpected arguments"},
+		{[]string{"status", "-o", "xml"}, 2, "", `-o "xml": want table, wide, json or yaml`},
 		{[]string{"uninstall", "-h"}, 0, "", "-iptables-backend"},
 		{[]string{"run", "--metadata-addr=10.0.0.1", "--metadata-port=0"}, 1, "", "--metadata-port 0"},
 	} {
@@ -87,5 +91,29 @@ func TestFromEnv(t *testing.T) {
 	env["IAMLET_DRY_RUN"] = "maybe"
 	if err := fromEnv(fs, lookup); err == nil || !strings.Contains(err.Error(), "IAMLET_DRY_RUN") {
 		t.Errorf("a bad value: %v, want an error naming IAMLET_DRY_RUN", err)
+	}
+}
+
+// TestPrintStatusWide: -o wide adds each pod's addresses and when its credentials were last refreshed.
+func TestPrintStatusWide(t *testing.T) {
+	now := time.Date(2026, 11, 30, 7, 0, 0, 0, time.UTC)
+	issued, exp := now.Add(-90*time.Second), now.Add(time.Hour)
+	st := agent.Status{Ready: true, Reason: "ok", Interception: "in place", Minting: "node-confined minting", HostNetwork: "covered",
+		Pods: []agent.PodStatus{{Namespace: "default", Pod: "web", ServiceAccount: "app", IPs: []string{"10.0.0.5", "fd00::5"},
+			RoleARN: "arn:aws:iam::123456789012:role/web", State: "valid", Expiration: &exp, LastRefresh: &issued}}}
+	var table, wide bytes.Buffer
+	if err := printStatus(&table, st, false, now); err != nil {
+		t.Fatal(err)
+	}
+	if err := printStatus(&wide, st, true, now); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(table.String(), "10.0.0.5") {
+		t.Errorf("the table shows addresses:\n%s", table.String())
+	}
+	for _, want := range []string{"IPS", "LAST REFRESH", "10.0.0.5,fd00::5", "1m30s ago", "hostNetwork pods: covered"} {
+		if !strings.Contains(wide.String(), want) {
+			t.Errorf("-o wide lacks %q:\n%s", want, wide.String())
+		}
 	}
 }

@@ -11,6 +11,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"sigs.k8s.io/yaml"
+
 	"github.com/iamlet/iamlet/agent"
 )
 
@@ -19,9 +21,16 @@ func status(ctx context.Context, args []string, out, stderr io.Writer) error {
 	fs := flag.NewFlagSet("iamlet status", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	addr := fs.String("debug-addr", "127.0.0.1:9181", "the agent's --debug-addr")
-	format := fs.String("o", "table", "table or json")
+	format := fs.String("o", "table", "table, wide (with addresses and last refresh), json or yaml")
 	if err := parse(fs, args); err != nil {
 		return err
+	}
+	switch *format {
+	case "table", "wide", "json", "yaml":
+	default:
+		err := fmt.Errorf("-o %q: want table, wide, json or yaml", *format)
+		fmt.Fprintln(stderr, "iamlet status:", err)
+		return &badFlags{err}
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
@@ -46,20 +55,29 @@ func status(ctx context.Context, args []string, out, stderr io.Writer) error {
 		enc := json.NewEncoder(out)
 		enc.SetIndent("", "  ")
 		return enc.Encode(st)
-	case "table":
-		return printStatus(out, st, time.Now())
+	case "yaml":
+		b, err := yaml.Marshal(st)
+		if err != nil {
+			return err
+		}
+		_, err = out.Write(b)
+		return err
 	}
-	return fmt.Errorf("-o %q: want table or json", *format)
+	return printStatus(out, st, *format == "wide", time.Now())
 }
 
-func printStatus(out io.Writer, st agent.Status, now time.Time) error {
+func printStatus(out io.Writer, st agent.Status, wide bool, now time.Time) error {
 	fmt.Fprintf(out, "ready: %v (%s)\ninterception: %s\nminting: %s\nhostNetwork pods: %s\n", st.Ready, st.Reason, st.Interception, st.Minting, st.HostNetwork)
 	if len(st.NodeTrusted) > 0 {
 		fmt.Fprintf(out, "node-trusted (keep the node's IMDS): %s\n", strings.Join(st.NodeTrusted, ", "))
 	}
 	fmt.Fprintln(out)
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAMESPACE\tPOD\tSERVICE ACCOUNT\tROLE\tSTATE\tEXPIRES IN\tDETAIL")
+	head := "NAMESPACE\tPOD\tSERVICE ACCOUNT\tROLE\tSTATE\tEXPIRES IN"
+	if wide {
+		head += "\tIPS\tLAST REFRESH"
+	}
+	fmt.Fprintln(tw, head+"\tDETAIL")
 	for _, p := range st.Pods {
 		exp := "-"
 		if p.Expiration != nil {
@@ -73,7 +91,19 @@ func printStatus(out io.Writer, st agent.Status, now time.Time) error {
 		if p.HostNetwork {
 			name += " (hostNetwork)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Namespace, name, p.ServiceAccount, role, p.State, exp, p.Detail)
+		row := fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s", p.Namespace, name, p.ServiceAccount, role, p.State, exp)
+		if wide {
+			refreshed := "-"
+			if p.LastRefresh != nil {
+				refreshed = now.Sub(*p.LastRefresh).Round(time.Second).String() + " ago"
+			}
+			ips := strings.Join(p.IPs, ",")
+			if ips == "" {
+				ips = "-"
+			}
+			row += "\t" + ips + "\t" + refreshed
+		}
+		fmt.Fprintln(tw, row+"\t"+p.Detail)
 	}
 	return tw.Flush()
 }
