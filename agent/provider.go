@@ -114,7 +114,14 @@ func (p *provider) Credentials(ctx context.Context, caller netip.Addr) (metadata
 	if err != nil {
 		p.metrics.request(req, "error")
 		sentinel, reason := metadata.ErrUnavailable, "unavailable"
-		if !creds.Retryable(err) {
+		var kube *kubeError
+		switch {
+		case creds.Retryable(err):
+		case errors.As(err, &kube):
+			// The apiserver refused the pod's token (an audience the admission policy or the nodes' RBAC does not
+			// allow, a pod already gone): STS was never asked.
+			sentinel, reason = metadata.ErrForbidden, "token_refused"
+		default:
 			sentinel, reason = metadata.ErrForbidden, "sts_refused"
 		}
 		p.log.LogAttrs(ctx, slog.LevelWarn, "refused", attrs(roleAttr, slog.String("outcome", "refused"),

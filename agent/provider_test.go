@@ -19,7 +19,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	authv1 "k8s.io/api/authentication/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
@@ -392,5 +394,28 @@ func TestHostCallersAreTracedThroughTheListeners(t *testing.T) {
 	r.RemoteAddr = "10.0.0.5:40000"
 	if got := rateKey(r); got != "10.0.0.5" {
 		t.Errorf("rate key of a pod = %q, want its address", got)
+	}
+}
+
+// TestProviderNamesWhoRefused: a token the apiserver refuses is reported as token_refused, not as STS's refusal.
+func TestProviderNamesWhoRefused(t *testing.T) {
+	forbidden := apierrors.NewForbidden(schema.GroupResource{Resource: "serviceaccounts/token"}, "app",
+		errors.New("ValidatingAdmissionPolicy 'iamlet-token-requests' denied request: iamlet may only request tokens for the audiences sts.amazonaws.com"))
+	for _, c := range []struct {
+		err    error
+		reason string
+	}{
+		{&kubeError{err: forbidden}, `"reason":"token_refused"`},
+		{classified{msg: "AccessDenied: Not authorized to perform sts:AssumeRoleWithWebIdentity"}, `"reason":"sts_refused"`},
+	} {
+		log, buf := logBuffer()
+		p := &provider{pods: stubPods{pod: testPod}, roles: stubRoles{role: testRole}, cache: &stubCache{err: c.err},
+			metrics: newMetrics(prometheus.NewRegistry()), log: log}
+		if _, err := p.Credentials(context.Background(), testCaller); !errors.Is(err, metadata.ErrForbidden) {
+			t.Errorf("%v: error %v, want forbidden", c.err, err)
+		}
+		if !strings.Contains(buf.String(), c.reason) {
+			t.Errorf("%v: log lacks %s:\n%s", c.err, c.reason, buf.String())
+		}
 	}
 }
