@@ -83,15 +83,27 @@ func cli(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	var bad *badFlags
+	var usage *usageError
 	switch {
 	case err == nil, errors.Is(err, flag.ErrHelp):
 		return 0
 	case errors.As(err, &bad):
 		return 2 // the flag package has printed the error and the command's flags
+	case errors.As(err, &usage):
+		fmt.Fprintln(stderr, "iamlet:", err)
+		return 2
 	}
 	fmt.Fprintln(stderr, "iamlet:", err)
 	return 1
 }
+
+// usageError is a command line whose values cannot be used; cli prints it and exits 2.
+type usageError struct{ err error }
+
+func (e *usageError) Error() string { return e.err.Error() }
+func (e *usageError) Unwrap() error { return e.err }
+
+func badValue(err error) error { return &usageError{err} }
 
 // badFlags is a command line the flag package refused.
 type badFlags struct{ err error }
@@ -193,47 +205,54 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	log, err := newLogger(stderr, logFormat, logLevel)
+	// Everything up to the agent's start is the command line's fault: exit 2, with the reason.
+	log, err := func() (*slog.Logger, error) {
+		log, err := newLogger(stderr, logFormat, logLevel)
+		if err != nil {
+			return nil, badValue(err)
+		}
+		for name, p := range map[string]uint{"--metadata-port": *metadataPort, "--metrics-port": *metricsPort, "--host-network-port": *hostNetworkPort} {
+			if p == 0 || p > 65535 {
+				return nil, badValue(fmt.Errorf("%s %d: want 1..65535", name, p))
+			}
+		}
+		cfg.HostNetworkPort = uint16(*hostNetworkPort)
+		if metricsAddr != "" {
+			a, err := parseAddrs(metricsAddr, uint16(*metricsPort))
+			if err != nil || len(a) != 1 {
+				return nil, badValue(fmt.Errorf("--metrics-addr %q: want one address, with or without a port: %v", metricsAddr, err))
+			}
+			cfg.MetricsAddr = a[0].String()
+		}
+		if *memoryLimit > 0 && os.Getenv("GOMEMLIMIT") == "" {
+			// The rest of the container's limit is the binary's own pages and the kernel's socket buffers.
+			debug.SetMemoryLimit(*memoryLimit / 4 * 3)
+		}
+		if cfg.MetadataAddrs, err = parseAddrs(metadataAddrs, uint16(*metadataPort)); err != nil {
+			return nil, badValue(fmt.Errorf("--metadata-addr: %w", err))
+		}
+		if cfg.ContainerAddrs, err = parseAddrs(containerAddrs, 0); err != nil {
+			return nil, badValue(fmt.Errorf("--container-addr: %w", err))
+		}
+		if interfaces != "" {
+			log.Warn("--interfaces is deprecated and ignored: interception covers every pod interface", "interfaces", interfaces)
+		}
+		if cfg.NodeTrusted, err = agent.ParseNodeTrusted(trusted); err != nil {
+			return nil, badValue(fmt.Errorf("--node-trusted: %w", err))
+		}
+		if cfg.HostNetworkPods && cfg.ManageIptables && cfg.PodUID == "" {
+			return nil, badValue(errors.New("--pod-uid (or POD_UID from metadata.uid) is required to intercept hostNetwork pods: the agent's own requests must keep the node's IMDS"))
+		}
+		if cfg.TokenMinting, err = token.ParseMode(minting); err != nil {
+			return nil, badValue(fmt.Errorf("--token-minting: %w", err))
+		}
+		if cfg.ConfinementCheckInterval <= 0 {
+			return nil, badValue(errors.New("--confinement-check-interval must be positive"))
+		}
+		return log, nil
+	}()
 	if err != nil {
 		return err
-	}
-	for name, p := range map[string]uint{"--metadata-port": *metadataPort, "--metrics-port": *metricsPort, "--host-network-port": *hostNetworkPort} {
-		if p == 0 || p > 65535 {
-			return fmt.Errorf("%s %d: want 1..65535", name, p)
-		}
-	}
-	cfg.HostNetworkPort = uint16(*hostNetworkPort)
-	if metricsAddr != "" {
-		a, err := parseAddrs(metricsAddr, uint16(*metricsPort))
-		if err != nil || len(a) != 1 {
-			return fmt.Errorf("--metrics-addr %q: want one address, with or without a port: %v", metricsAddr, err)
-		}
-		cfg.MetricsAddr = a[0].String()
-	}
-	if *memoryLimit > 0 && os.Getenv("GOMEMLIMIT") == "" {
-		// The rest of the container's limit is the binary's own pages and the kernel's socket buffers.
-		debug.SetMemoryLimit(*memoryLimit / 4 * 3)
-	}
-	if cfg.MetadataAddrs, err = parseAddrs(metadataAddrs, uint16(*metadataPort)); err != nil {
-		return fmt.Errorf("--metadata-addr: %w", err)
-	}
-	if cfg.ContainerAddrs, err = parseAddrs(containerAddrs, 0); err != nil {
-		return fmt.Errorf("--container-addr: %w", err)
-	}
-	if interfaces != "" {
-		log.Warn("--interfaces is deprecated and ignored: interception covers every pod interface", "interfaces", interfaces)
-	}
-	if cfg.NodeTrusted, err = agent.ParseNodeTrusted(trusted); err != nil {
-		return fmt.Errorf("--node-trusted: %w", err)
-	}
-	if cfg.HostNetworkPods && cfg.ManageIptables && cfg.PodUID == "" {
-		return errors.New("--pod-uid (or POD_UID from metadata.uid) is required to intercept hostNetwork pods: the agent's own requests must keep the node's IMDS")
-	}
-	if cfg.TokenMinting, err = token.ParseMode(minting); err != nil {
-		return fmt.Errorf("--token-minting: %w", err)
-	}
-	if cfg.ConfinementCheckInterval <= 0 {
-		return errors.New("--confinement-check-interval must be positive")
 	}
 
 	reg := prometheus.NewRegistry()

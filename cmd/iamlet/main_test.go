@@ -61,7 +61,9 @@ func TestCLI(t *testing.T) {
 		{[]string{"status", "extra"}, 2, "", "unexpected arguments"},
 		{[]string{"status", "-o", "xml"}, 2, "", `-o "xml": want table, wide, json or yaml`},
 		{[]string{"uninstall", "-h"}, 0, "", "-iptables-backend"},
-		{[]string{"run", "--metadata-addr=10.0.0.1", "--metadata-port=0"}, 1, "", "--metadata-port 0"},
+		{[]string{"run", "--metadata-addr=10.0.0.1", "--metadata-port=0"}, 2, "", "--metadata-port 0"},
+		{[]string{"run", "--metadata-addr=10.0.0.1", "--pod-uid=u", "--token-minting=maybe"}, 2, "", "--token-minting"},
+		{[]string{"run", "--metadata-addr=10.0.0.1"}, 2, "", "--pod-uid"},
 	} {
 		var out, errOut bytes.Buffer
 		code := cli(context.Background(), c.args, &out, &errOut)
