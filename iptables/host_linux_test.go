@@ -111,23 +111,8 @@ func testHostFromOutside(t *testing.T) {
 	} {
 		runCmd(t, "ip", args...)
 	}
-	outer, err := netnsID("/proc/self/ns/net")
-	if err != nil {
-		t.Fatalf("identify this network namespace: %v", err)
-	}
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatalf("os.Executable() = %v", err)
-	}
-	cmd := exec.Command("ip", "netns", "exec", ns, exe, "-test.run=^TestHostRules$", "-test.v", "-test.count=1")
-	cmd.Env = append(os.Environ(), hostNetnsTestEnv+"="+ns, outerNetnsEnv+"="+outer,
-		hostLevelTestEnv+"="+strconv.FormatUint(uint64(mountLevel+1), 10))
-	cmd.ExtraFiles = []*os.File{root} // becomes hostCgroupFD
-	out, err := cmd.CombinedOutput()
-	t.Logf("inside network namespace %s:\n%s", ns, out)
-	if err != nil {
-		t.Fatalf("test inside network namespace %s: %v", ns, err)
-	}
+	runInNetns(t, ns, "TestHostRules", []string{hostNetnsTestEnv + "=" + ns,
+		hostLevelTestEnv + "=" + strconv.FormatUint(uint64(mountLevel+1), 10)}, []*os.File{root}) // root becomes hostCgroupFD
 }
 
 // cgroup2Mount finds where the cgroup v2 hierarchy is mounted, and the level of the mount's root. Levels count from

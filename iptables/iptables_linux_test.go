@@ -84,6 +84,13 @@ func testFromOutside(t *testing.T) {
 		runCmd(t, "ip", args...)
 	}
 
+	runInNetns(t, host, "TestRealIptables", []string{hostNetnsEnv + "=" + host, podNetnsEnv + "=" + pod}, nil)
+}
+
+// runInNetns runs the test named test again, in a child process inside network namespace ns, with env added and
+// files passed from fd 3 on, and fails if it fails. The child learns this namespace through outerNetnsEnv.
+func runInNetns(t *testing.T, ns, test string, env []string, files []*os.File) {
+	t.Helper()
 	outer, err := netnsID("/proc/self/ns/net")
 	if err != nil {
 		t.Fatalf("identify this network namespace: %v", err)
@@ -92,12 +99,13 @@ func testFromOutside(t *testing.T) {
 	if err != nil {
 		t.Fatalf("os.Executable() = %v", err)
 	}
-	cmd := exec.Command("ip", "netns", "exec", host, exe, "-test.run=^TestRealIptables$", "-test.v", "-test.count=1")
-	cmd.Env = append(os.Environ(), hostNetnsEnv+"="+host, podNetnsEnv+"="+pod, outerNetnsEnv+"="+outer)
+	cmd := exec.Command("ip", "netns", "exec", ns, exe, "-test.run=^"+test+"$", "-test.v", "-test.count=1")
+	cmd.Env = append(append(os.Environ(), env...), outerNetnsEnv+"="+outer)
+	cmd.ExtraFiles = files
 	out, err := cmd.CombinedOutput()
-	t.Logf("inside network namespace %s:\n%s", host, out)
+	t.Logf("inside network namespace %s:\n%s", ns, out)
 	if err != nil {
-		t.Fatalf("test inside network namespace %s: %v", host, err)
+		t.Fatalf("test inside network namespace %s: %v", ns, err)
 	}
 }
 
