@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -644,26 +643,13 @@ func udpResult(err error) string {
 // listener tells them (by conntrack's original destination), and says what it saw to any other.
 func serveIamlet(t *testing.T, ap netip.AddrPort) {
 	t.Helper()
-	ln, err := net.Listen("tcp", ap.String())
-	if err != nil {
-		t.Fatalf("listen on %s: %v", ap, err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			answer := "iamlet"
-			dst, err := OriginalDestination(conn.(*net.TCPConn))
-			if err != nil || dst.Port() != 80 || dst.Addr() != IMDSv4 && dst.Addr() != IMDSv6 {
-				answer = fmt.Sprintf("iamlet, not redirected (original destination %v, %v)", dst, err)
-			}
-			_, _ = io.WriteString(conn, answer)
-			conn.Close()
+	serveAnswers(t, ap.String(), func(conn net.Conn) string {
+		dst, err := OriginalDestination(conn.(*net.TCPConn))
+		if err != nil || dst.Port() != 80 || dst.Addr() != IMDSv4 && dst.Addr() != IMDSv6 {
+			return fmt.Sprintf("iamlet, not redirected (original destination %v, %v)", dst, err)
 		}
-	}()
+		return "iamlet"
+	})
 }
 
 // serveTarget answers on "tcp addr" or "udp addr" with banner.

@@ -448,6 +448,12 @@ func dial(addr string) string {
 // serveBanner answers every connection on addr with banner, so a dial can tell which listener it reached.
 func serveBanner(t *testing.T, addr, banner string) {
 	t.Helper()
+	serveAnswers(t, addr, func(net.Conn) string { return banner })
+}
+
+// serveAnswers writes answer(conn) to every connection on "tcp addr" and closes it, until the test ends.
+func serveAnswers(t *testing.T, addr string, answer func(net.Conn) string) {
+	t.Helper()
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatalf("listen on %s: %v", addr, err)
@@ -459,7 +465,7 @@ func serveBanner(t *testing.T, addr, banner string) {
 			if err != nil {
 				return
 			}
-			_, _ = io.WriteString(conn, banner)
+			_, _ = io.WriteString(conn, answer(conn))
 			conn.Close()
 		}
 	}()
