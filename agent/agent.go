@@ -130,7 +130,7 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 		return err
 	}
 	if cfg.Region == "" && cfg.STSEndpoint == "" {
-		if cfg.Region, err = nodeRegion(ctx, cfg.NodeIMDS, cfg.NodeFacts.Region); err != nil {
+		if cfg.Region, err = nodeRegion(ctx, cfg.NodeIMDS, cfg.NodeFacts.Region, log); err != nil {
 			return err
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"sort"
 	"time"
@@ -113,19 +114,31 @@ func buildStatus(live []pods.Pod, mapper *roles.Mapper, entries []creds.Entry, s
 	return s
 }
 
-// nodeRegion asks the node's IMDS for the region (the agent's own traffic is not intercepted).
-func nodeRegion(ctx context.Context, endpoint, fallback string) (string, error) {
+// nodeRegion asks the node's IMDS for the region. The agent's own requests reach the node's IMDS once host-rules has
+// exempted this pod's cgroup; after a rollout the table still names the old pod's, so for a moment the request is
+// refused: it is asked again, with backoff, for up to regionWait rather than crash-looping the agent.
+func nodeRegion(ctx context.Context, endpoint, fallback string, log *slog.Logger) (string, error) {
 	if fallback != "" {
 		return fallback, nil
 	}
 	if endpoint == "" {
 		return "", errors.New("no region: set --region, or --node-imds so the agent can ask the node")
 	}
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, regionWait)
 	defer cancel()
-	out, err := imds.New(imds.Options{Endpoint: endpoint}).GetRegion(ctx, &imds.GetRegionInput{})
-	if err != nil {
-		return "", fmt.Errorf("asking the node's IMDS for the region (set --region to skip): %w", err)
+	client := imds.New(imds.Options{Endpoint: endpoint})
+	for backoff := 250 * time.Millisecond; ; backoff = min(2*backoff, 5*time.Second) {
+		out, err := client.GetRegion(ctx, &imds.GetRegionInput{})
+		if err == nil {
+			return out.Region, nil
+		}
+		log.Warn("asking the node's IMDS for the region; asking again", "error", err.Error())
+		select {
+		case <-ctx.Done():
+			return "", fmt.Errorf("asking the node's IMDS for the region for %s (set --region to skip): %w", regionWait, err)
+		case <-time.After(backoff):
+		}
 	}
-	return out.Region, nil
 }
+
+const regionWait = 30 * time.Second
