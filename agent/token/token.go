@@ -25,11 +25,22 @@ const MinTTL = 10 * time.Minute
 const graphLag = 1600 * time.Millisecond
 
 // Lagging reports whether err is the apiserver not yet knowing a pod the agent knows: the Node authorizer's "no
-// relationship found" (its graph has no edge from the ServiceAccount through the pod to this node yet) or
-// NodeRestriction not finding the pod. Both clear on their own, within moments; neither is a verdict.
+// relationship found" (its graph has no edge from the ServiceAccount through the pod to this node yet), or
+// NodeRestriction, which reads pods from the apiserver's own cache, not finding the pod, still holding it unbound
+// ("scheduled on a different node": a pod's node is set once, by its binding, and the agent only asks for pods it has
+// seen bound to its node) or holding an earlier pod of the same name ("does not match the UID in record"). Each clears
+// on its own within moments; none is a verdict. The apiserver still decides every retry.
 func Lagging(err error) bool {
-	return apierrors.IsForbidden(err) && strings.Contains(err.Error(), "no relationship found between node") ||
-		apierrors.IsNotFound(err)
+	if apierrors.IsNotFound(err) {
+		return true
+	}
+	if !apierrors.IsForbidden(err) {
+		return false
+	}
+	msg := err.Error()
+	return strings.Contains(msg, "no relationship found between node") ||
+		strings.Contains(msg, "node requested token bound to a pod scheduled on a different node") ||
+		strings.Contains(msg, "does not match the UID in record")
 }
 
 // Pod names the pod a token is bound to.
