@@ -28,52 +28,6 @@ import (
 // The adversarial and fault suite (issue 9). docs/security.md lists every case with the test that
 // proves it; TestSecurityTableMatchesTests keeps the two in step.
 
-// probeAnswer is one request's answer as the probe client printed it.
-type probeAnswer struct {
-	request string
-	status  string
-	body    string
-}
-
-func parseProbe(out string) []probeAnswer {
-	var res []probeAnswer
-	for _, block := range strings.Split(out, "=== ")[1:] {
-		lines := strings.SplitN(block, "\n", 3)
-		a := probeAnswer{request: lines[0]}
-		if len(lines) > 1 {
-			a.status = lines[1]
-		}
-		if len(lines) > 2 {
-			a.body = lines[2]
-		}
-		res = append(res, a)
-	}
-	return res
-}
-
-// attackPaths aim at the node's role credentials, instance profile, user-data and signed identity.
-var attackPaths = []string{
-	"/latest/user-data", "/latest/user-data/", "/latest//user-data", "//latest/user-data", "/latest/./user-data",
-	"/latest/meta-data/../user-data", "/latest/meta-data/%2e%2e/user-data", "/latest/%2e%2e/latest/user-data",
-	"/latest/%75ser-data", "/latest/user%2ddata", "/latest/user-data%2f", "/latest/user-data%00", "/latest/%252e%252e/user-data",
-	"/LATEST/USER-DATA", "/Latest/User-Data", "/2009-04-04/user-data", "/1.0/user-data", "/latest/user-data?x=1",
-	"/latest/user-data#frag", "/latest/user-data;x", "/latest/user-data\\",
-	"/latest/meta-data/iam/security-credentials/" + stack.NodeRoleName,
-	"/latest/meta-data/iam/security-credentials/" + strings.ToUpper(stack.NodeRoleName),
-	"/latest/meta-data/iam/security-credentials//" + stack.NodeRoleName,
-	"/latest/meta-data/iam/security-credentials/./" + stack.NodeRoleName,
-	"/latest/meta-data/iam/security-credentials/" + stack.NodeRoleName + "/",
-	"/latest/meta-data/iam/security-credentials/%6eode-role",
-	"/latest/meta-data/iam/security-credentials-extended/" + stack.NodeRoleName,
-	"/latest/meta-data/iam/info", "/latest/meta-data/iam/info/", "/latest/meta-data/IAM/INFO", "/latest/meta-data/iam/./info",
-	"/latest/meta-data/identity-credentials/ec2/security-credentials/ec2-instance",
-	"/latest/dynamic/instance-identity/pkcs7", "/latest/dynamic/instance-identity/signature", "/latest/dynamic/instance-identity/rsa2048",
-	"/latest/meta-data/public-keys/0/openssh-key", "/latest/meta-data/network/interfaces/macs/",
-	"PUT /latest/user-data", "POST /latest/meta-data/iam/security-credentials/" + stack.NodeRoleName,
-	"HEAD /latest/user-data", "DELETE /latest/meta-data/iam/info", "PATCH /latest/user-data",
-	"http://169.254.169.254/latest/user-data",
-}
-
 // TestAttackPathsAreRefused: every spelling, over IPv4 and IPv6, with and without a token, is refused
 // and no node marker comes back.
 func TestAttackPathsAreRefused(t *testing.T) {
@@ -86,15 +40,15 @@ func TestAttackPathsAreRefused(t *testing.T) {
 				if token {
 					args = append(args, "-token")
 				}
-				r := p.Exec(context.Background(), nil, append(args, attackPaths...)...)
+				r := p.Exec(context.Background(), nil, append(args, stack.AttackPaths...)...)
 				assertNoNodeSecrets(t, "probe", r.Output())
-				answers := parseProbe(r.Stdout)
-				if len(answers) != len(attackPaths) {
-					t.Fatalf("probe answered %d of %d requests:\n%s", len(answers), len(attackPaths), r.Output())
+				answers := stack.ParseProbe(r.Stdout)
+				if len(answers) != len(stack.AttackPaths) {
+					t.Fatalf("probe answered %d of %d requests:\n%s", len(answers), len(stack.AttackPaths), r.Output())
 				}
 				for _, a := range answers {
-					if a.status == "200" || strings.HasPrefix(a.status, "error") {
-						t.Errorf("%s: got %s, want a refusal from the agent:\n%s", a.request, a.status, a.body)
+					if a.Status == "200" || strings.HasPrefix(a.Status, "error") {
+						t.Errorf("%s: got %s, want a refusal from the agent:\n%s", a.Request, a.Status, a.Body)
 					}
 				}
 			})
@@ -112,24 +66,24 @@ func TestTokenReplayAndForgery(t *testing.T) {
 	mint := func(p *stack.Pod, ttl int) string {
 		t.Helper()
 		r := p.Exec(ctx, nil, clientBin(t, "probe"), "-H", fmt.Sprintf("X-aws-ec2-metadata-token-ttl-seconds: %d", ttl), "PUT /latest/api/token")
-		ans := parseProbe(r.Stdout)
-		if len(ans) != 1 || ans[0].status != "200" {
+		ans := stack.ParseProbe(r.Stdout)
+		if len(ans) != 1 || ans[0].Status != "200" {
 			t.Fatalf("token PUT from %s: %s", p.Name, r.Output())
 		}
-		return strings.TrimSpace(ans[0].body)
+		return strings.TrimSpace(ans[0].Body)
 	}
-	credsWith := func(p *stack.Pod, token string) probeAnswer {
+	credsWith := func(p *stack.Pod, token string) stack.ProbeAnswer {
 		t.Helper()
 		r := p.Exec(ctx, nil, clientBin(t, "probe"), "-H", "X-aws-ec2-metadata-token: "+token, "/latest/meta-data/iam/security-credentials/")
-		ans := parseProbe(r.Stdout)
+		ans := stack.ParseProbe(r.Stdout)
 		if len(ans) != 1 {
 			t.Fatalf("probe from %s: %s", p.Name, r.Output())
 		}
 		return ans[0]
 	}
 	tokA := mint(a, 300)
-	if got := credsWith(a, tokA); got.status != "200" {
-		t.Fatalf("pod A with its own token: %s %s", got.status, got.body)
+	if got := credsWith(a, tokA); got.Status != "200" {
+		t.Fatalf("pod A with its own token: %s %s", got.Status, got.Body)
 	}
 	raw, _ := base64.RawURLEncoding.DecodeString(tokA)
 	tampered := []byte(tokA)
@@ -143,13 +97,13 @@ func TestTokenReplayAndForgery(t *testing.T) {
 		{"garbage", "not-a-token"},
 	}
 	for _, c := range cases {
-		if got := credsWith(b, c.token); got.status != "401" {
-			t.Errorf("%s: %s, want 401:\n%s", c.name, got.status, got.body)
+		if got := credsWith(b, c.token); got.Status != "401" {
+			t.Errorf("%s: %s, want 401:\n%s", c.name, got.Status, got.Body)
 		}
 	}
 	short := mint(a, 1)
 	deadline := time.Now().Add(machineDeadline)
-	for credsWith(a, short).status != "401" {
+	for credsWith(a, short).Status != "401" {
 		if time.Now().After(deadline) {
 			t.Fatalf("a token with a 1 s TTL still works after %s", machineDeadline)
 		}
@@ -194,11 +148,11 @@ func TestIPReuseRace(t *testing.T) {
 	wg.Wait()
 	served := 0
 	for _, out := range outs {
-		for _, ans := range parseProbe(out) {
-			if ans.status == "200" && strings.Contains(ans.body, roleA) || strings.HasSuffix(ans.request, roleA) && ans.status == "200" {
-				t.Errorf("pod B was answered with pod A's role: %s -> %s %s", ans.request, ans.status, ans.body)
+		for _, ans := range stack.ParseProbe(out) {
+			if ans.Status == "200" && strings.Contains(ans.Body, roleA) || strings.HasSuffix(ans.Request, roleA) && ans.Status == "200" {
+				t.Errorf("pod B was answered with pod A's role: %s -> %s %s", ans.Request, ans.Status, ans.Body)
 			}
-			if ans.status == "200" {
+			if ans.Status == "200" {
 				served++
 			}
 		}
@@ -217,8 +171,8 @@ func TestTwoPodsOneAddress(t *testing.T) {
 	deadline := time.Now().Add(machineDeadline)
 	for {
 		r := c.Exec(context.Background(), nil, clientBin(t, "probe"), "-token", "/latest/meta-data/iam/security-credentials/")
-		ans := parseProbe(r.Stdout)
-		if len(ans) == 1 && ans[0].status == "403" {
+		ans := stack.ParseProbe(r.Stdout)
+		if len(ans) == 1 && ans[0].Status == "403" {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -247,7 +201,7 @@ func TestRoleOfAnotherNamespace(t *testing.T) {
 	}
 	for _, p := range []*stack.Pod{pThief, pUnlisted} {
 		r := p.Exec(ctx, nil, clientBin(t, "probe"), "-token", "/latest/meta-data/iam/security-credentials/")
-		if ans := parseProbe(r.Stdout); len(ans) != 1 || ans[0].status != "403" {
+		if ans := stack.ParseProbe(r.Stdout); len(ans) != 1 || ans[0].Status != "403" {
 			t.Errorf("%s/%s: want 403, got:\n%s", p.Namespace, p.Name, r.Output())
 		}
 	}
@@ -362,13 +316,13 @@ func TestConnectionFloodFromManySources(t *testing.T) {
 	assertNoNodeSecrets(t, "the bystander", r.Output())
 
 	var tookMS []float64
-	for _, a := range parseProbe(r.Stdout) {
-		if want := map[bool]string{true: role, false: `"Code":"Success"`}[strings.HasSuffix(a.request, credPath)]; a.status != "200" || !strings.Contains(a.body, want) {
-			t.Errorf("bystander during the flood: %s -> %s %.80s", a.request, a.status, a.body)
+	for _, a := range stack.ParseProbe(r.Stdout) {
+		if want := map[bool]string{true: role, false: `"Code":"Success"`}[strings.HasSuffix(a.Request, credPath)]; a.Status != "200" || !strings.Contains(a.Body, want) {
+			t.Errorf("bystander during the flood: %s -> %s %.80s", a.Request, a.Status, a.Body)
 		}
-		if i := strings.Index(a.body, "took "); i >= 0 {
+		if i := strings.Index(a.Body, "took "); i >= 0 {
 			var ms float64
-			if _, err := fmt.Sscanf(a.body[i:], "took %f", &ms); err == nil {
+			if _, err := fmt.Sscanf(a.Body[i:], "took %f", &ms); err == nil {
 				tookMS = append(tookMS, ms)
 			}
 		}
@@ -478,9 +432,9 @@ func TestSDKBurstFromOnePod(t *testing.T) {
 			answers++
 			continue
 		}
-		for _, ans := range parseProbe(r.Stdout) {
-			if ans.status != "200" {
-				t.Errorf("a request of the burst was answered %s: %s", ans.status, ans.body)
+		for _, ans := range stack.ParseProbe(r.Stdout) {
+			if ans.Status != "200" {
+				t.Errorf("a request of the burst was answered %s: %s", ans.Status, ans.Body)
 			} else {
 				answers++
 			}
@@ -612,9 +566,9 @@ func TestSTSFaultsForOneRole(t *testing.T) {
 			start := time.Now()
 			r := b.Exec(ctx, nil, append([]string{probe, "-token"}, reqs...)...)
 			elapsed := time.Since(start)
-			for _, ans := range parseProbe(r.Stdout) {
-				if ans.status != c.status || !strings.Contains(ans.body, "iamlet: ") {
-					t.Errorf("role B with STS answering %s: %s %q, want %s", c.code, ans.status, ans.body, c.status)
+			for _, ans := range stack.ParseProbe(r.Stdout) {
+				if ans.Status != c.status || !strings.Contains(ans.Body, "iamlet: ") {
+					t.Errorf("role B with STS answering %s: %s %q, want %s", c.code, ans.Status, ans.Body, c.status)
 					break
 				}
 			}
@@ -660,7 +614,7 @@ func TestAPIServerOutage(t *testing.T) {
 		t.Errorf("known pod during the apiserver outage: %v\n%s", r.Err, r.Output())
 	}
 	r := late.Exec(ctx, nil, clientBin(t, "probe"), "-token", "/latest/meta-data/iam/security-credentials/")
-	if ans := parseProbe(r.Stdout); len(ans) != 1 || ans[0].status != "403" {
+	if ans := stack.ParseProbe(r.Stdout); len(ans) != 1 || ans[0].Status != "403" {
 		t.Errorf("unknown address during the outage: want 403, got:\n%s", r.Output())
 	}
 

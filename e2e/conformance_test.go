@@ -403,9 +403,9 @@ type credentialDocument struct {
 
 // probeBlock is one answer printed by e2e/clients/probe.
 type probeBlock struct {
-	request string
-	status  int
-	body    string
+	Request string
+	Status  int
+	Body    string
 }
 
 // probe runs the probe in p and returns its answers, one per request; addr "" is 169.254.169.254:80.
@@ -441,13 +441,13 @@ func servedDoc(t *testing.T, p *stack.Pod, token bool) credentialDocument {
 		flags = []string{"-token"}
 	}
 	list := probe(t, p, "", append(flags, "/latest/meta-data/iam/security-credentials/")...)[0]
-	if list.status != 200 {
-		t.Fatalf("role listing from %s: %d %s", p.Name, list.status, list.body)
+	if list.Status != 200 {
+		t.Fatalf("role listing from %s: %d %s", p.Name, list.Status, list.Body)
 	}
-	doc := probe(t, p, "", append(flags, "/latest/meta-data/iam/security-credentials/"+list.body)...)[0]
+	doc := probe(t, p, "", append(flags, "/latest/meta-data/iam/security-credentials/"+list.Body)...)[0]
 	var d credentialDocument
-	if err := json.Unmarshal([]byte(doc.body), &d); doc.status != 200 || err != nil {
-		t.Fatalf("credential document from %s: %d %v\n%s", p.Name, doc.status, err, doc.body)
+	if err := json.Unmarshal([]byte(doc.Body), &d); doc.Status != 200 || err != nil {
+		t.Fatalf("credential document from %s: %d %v\n%s", p.Name, doc.Status, err, doc.Body)
 	}
 	return d
 }
@@ -531,17 +531,17 @@ func TestConformanceRegion(t *testing.T) {
 	b := probe(t, p, "", "-token", "/latest/meta-data/placement/region", "/latest/meta-data/placement/availability-zone/",
 		"/latest/dynamic/instance-identity/document")
 	for _, x := range b {
-		if x.status != 200 {
-			t.Fatalf("%s: %d %s", x.request, x.status, x.body)
+		if x.Status != 200 {
+			t.Fatalf("%s: %d %s", x.Request, x.Status, x.Body)
 		}
 	}
-	region, az := b[0].body, b[1].body
+	region, az := b[0].Body, b[1].Body
 	if region == "" || !strings.HasPrefix(az, region) || len(az) != len(region)+1 {
 		t.Errorf("placement: region %q, availability zone %q: want the zone to be the region plus a letter", region, az)
 	}
 	var doc imds.InstanceIdentityDocument
-	if err := json.Unmarshal([]byte(b[2].body), &doc); err != nil {
-		t.Errorf("the identity document does not parse as aws-sdk-go-v2 parses it: %v\n%s", err, b[2].body)
+	if err := json.Unmarshal([]byte(b[2].Body), &doc); err != nil {
+		t.Errorf("the identity document does not parse as aws-sdk-go-v2 parses it: %v\n%s", err, b[2].Body)
 	}
 	if doc.Region != region {
 		t.Errorf("identity document region %q, placement/region %q", doc.Region, region)
@@ -607,16 +607,16 @@ func TestConformanceWireFormat(t *testing.T) {
 	for _, fam := range []struct{ name, addr string }{{"IPv4", stack.IMDSv4 + ":80"}, {"IPv6", "[" + imdsV6 + "]:80"}} {
 		t.Run(fam.name, func(t *testing.T) {
 			put := probe(t, p, fam.addr, "-H", "x-AWS-ec2-metadata-TOKEN-ttl-SECONDS: 21600", "PUT /latest/api/token")[0]
-			if put.status != 200 || put.body == "" || strings.TrimSpace(put.body) != put.body {
-				t.Fatalf("token PUT with a mixed-case TTL header: %d %q", put.status, put.body)
+			if put.Status != 200 || put.Body == "" || strings.TrimSpace(put.Body) != put.Body {
+				t.Fatalf("token PUT with a mixed-case TTL header: %d %q", put.Status, put.Body)
 			}
-			tokens[fam.name] = put.body
-			auth := []string{"-H", "x-AWS-EC2-metadata-Token: " + put.body}
+			tokens[fam.name] = put.Body
+			auth := []string{"-H", "x-AWS-EC2-metadata-Token: " + put.Body}
 			b := probe(t, p, fam.addr, append(auth, list, strings.TrimSuffix(list, "/"), extList, strings.TrimSuffix(extList, "/"))...)
-			role := b[0].body
+			role := b[0].Body
 			for _, x := range b {
-				if x.status != 200 || x.body != role {
-					t.Errorf("%s: %d %q, want 200 %q", x.request, x.status, x.body, role)
+				if x.Status != 200 || x.Body != role {
+					t.Errorf("%s: %d %q, want 200 %q", x.Request, x.Status, x.Body, role)
 				}
 			}
 			if role == "" || strings.ContainsAny(role, "/\r\n \t") {
@@ -625,8 +625,8 @@ func TestConformanceWireFormat(t *testing.T) {
 			b = probe(t, p, fam.addr, append(auth, list+role, extList+role)...)
 			var doc, ext credentialDocument
 			for i, d := range []*credentialDocument{&doc, &ext} {
-				if err := json.Unmarshal([]byte(b[i].body), d); b[i].status != 200 || err != nil {
-					t.Fatalf("%s: %d %v", b[i].request, b[i].status, err)
+				if err := json.Unmarshal([]byte(b[i].Body), d); b[i].Status != 200 || err != nil {
+					t.Fatalf("%s: %d %v", b[i].Request, b[i].Status, err)
 				}
 			}
 			checkCredentialDocument(t, doc)
@@ -643,15 +643,15 @@ func TestConformanceWireFormat(t *testing.T) {
 			if legacy != doc {
 				t.Errorf("the extended document differs from the legacy one beyond AccountId:\n%+v\n%+v", ext, doc)
 			}
-			if r := probe(t, p, fam.addr, list)[0]; r.status != 401 {
-				t.Errorf("%s without a token from an IMDSv2-only agent: %d, want 401", list, r.status)
+			if r := probe(t, p, fam.addr, list)[0]; r.Status != 401 {
+				t.Errorf("%s without a token from an IMDSv2-only agent: %d, want 401", list, r.Status)
 			}
 		})
 	}
 	// Tokens are bound to the caller's address, and a pod's IPv4 and IPv6 addresses are two callers.
 	if v4 := tokens["IPv4"]; v4 != "" {
-		if r := probe(t, p, "["+imdsV6+"]:80", "-H", "X-aws-ec2-metadata-token: "+v4, list)[0]; r.status != 401 {
-			t.Errorf("a token minted over IPv4 used over IPv6: %d, want 401", r.status)
+		if r := probe(t, p, "["+imdsV6+"]:80", "-H", "X-aws-ec2-metadata-token: "+v4, list)[0]; r.Status != 401 {
+			t.Errorf("a token minted over IPv4 used over IPv6: %d, want 401", r.Status)
 		}
 	}
 }

@@ -154,10 +154,10 @@ func TestHostNetworkPodsNeverGetTheNode(t *testing.T) {
 				if token {
 					args = append(args, "-token")
 				}
-				r := p.Exec(ctx, nil, append(args, attackPaths...)...)
+				r := p.Exec(ctx, nil, append(args, stack.AttackPaths...)...)
 				assertNoNodeSecrets(t, p.Name+" "+addr, r.Output())
-				if len(parseProbe(r.Stdout)) != len(attackPaths) {
-					t.Errorf("%s over %s (token %v): %d answers to %d requests:\n%s", p, addr, token, len(parseProbe(r.Stdout)), len(attackPaths), r.Output())
+				if len(stack.ParseProbe(r.Stdout)) != len(stack.AttackPaths) {
+					t.Errorf("%s over %s (token %v): %d answers to %d requests:\n%s", p, addr, token, len(stack.ParseProbe(r.Stdout)), len(stack.AttackPaths), r.Output())
 				}
 			}
 		}
@@ -200,9 +200,9 @@ func TestHostNetworkPodDeletedWhileItsProcessLingers(t *testing.T) {
 	}
 	_ = lingering.Wait()
 	assertNoNodeSecrets(t, "the lingering process", out.String()+after.Output())
-	for _, a := range parseProbe(after.Stdout) {
-		if a.status == "200" {
-			t.Errorf("a process of the deleted %s was served: %s -> %s %.80s", p, a.request, a.status, a.body)
+	for _, a := range stack.ParseProbe(after.Stdout) {
+		if a.Status == "200" {
+			t.Errorf("a process of the deleted %s was served: %s -> %s %.80s", p, a.Request, a.Status, a.Body)
 		}
 	}
 }
@@ -223,11 +223,11 @@ func TestHostNetworkOutsideThePodsKeepsTheNode(t *testing.T) {
 	if err != nil || !strings.Contains(out, stack.NodeAccessKey) {
 		t.Errorf("a node process: want the node's IMDS, got (err=%v):\n%s", err, out)
 	}
-	answers := parseProbe(out)
-	if len(answers) != 2 || answers[1].status != "200" {
+	answers := stack.ParseProbe(out)
+	if len(answers) != 2 || answers[1].Status != "200" {
 		t.Fatalf("a node process asking the node's instance id:\n%s", out)
 	}
-	instanceID := strings.TrimSpace(answers[1].body)
+	instanceID := strings.TrimSpace(answers[1].Body)
 	// The exemption follows the pod's appearance; until then the agent answers it 503 (retry), never the node's role
 	// through itself.
 	var r stack.Result

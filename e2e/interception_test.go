@@ -327,8 +327,8 @@ func TestInterceptionHostNetwork(t *testing.T) {
 		before := scrapeSum(t, "iamlet_listener_unredirected_connections_total")
 		out, _ := nodeExec(nil, clientBin(t, "probe"), "-addr", direct, roleListPath, roleListPath+roles.RoleName(stack.RoleARN(stack.AudienceA)))
 		assertNoNodeSecrets(t, "probe from the node", out)
-		for _, ans := range parseProbe(out) {
-			if !strings.HasPrefix(ans.status, "error ") {
+		for _, ans := range stack.ParseProbe(out) {
+			if !strings.HasPrefix(ans.Status, "error ") {
 				t.Errorf("from the node's address: want the connection closed, got:\n%s", out)
 				break
 			}

@@ -115,7 +115,7 @@ func TestDirectConnectionsToTheListenerAreRefused(t *testing.T) {
 	for _, addr := range []string{stack.NodeIP + ":" + stack.AgentPort, "[" + stack.NodeIPv6 + "]:" + stack.AgentPort} {
 		r := p.Exec(context.Background(), nil, clientBin(t, "probe"), "-addr", addr, roleListPath)
 		assertNoNodeSecrets(t, "probe "+addr, r.Output())
-		if ans := parseProbe(r.Stdout); len(ans) != 1 || !strings.HasPrefix(ans[0].status, "error ") {
+		if ans := stack.ParseProbe(r.Stdout); len(ans) != 1 || !strings.HasPrefix(ans[0].Status, "error ") {
 			t.Errorf("%s directly: want the connection closed without an answer, got:\n%s", addr, r.Output())
 		}
 	}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real components the end-to-end tests run on: Debian packages, then pinned builds of
-# kube-apiserver, MinIO, the EC2 metadata mock and helm, cached by version outside the repo
+# Kubernetes (apiserver and a real node's components), MinIO, the EC2 metadata mock and helm, and the real node's base
+# images, cached by version outside the repo
 # (IAMLET_STACK_DIR, default /var/cache/iamlet-stack) so a second run takes seconds.
 set -euo pipefail
 
@@ -16,8 +17,10 @@ mkdir -p "$bin"
 
 step() { printf '[install-stack %s] %s\n' "$(date +%T)" "$*"; }
 
-# Debian packages: networking, etcd, kubectl and the non-Go clients.
+# Debian packages: networking, etcd, kubectl, the non-Go clients, the real node's runtime.
 pkgs=(iptables nftables iproute2 conntrack etcd-server awscli python3-boto3 ca-certificates openssl jq util-linux)
+# The real node (issue 15): a container runtime, CNI plugins, and the tools that build images without a registry.
+pkgs+=(containerd runc containernetworking-plugins buildah mmdebstrap)
 missing=()
 # Some images ship kubectl from another package that owns /usr/bin/kubectl; Debian's would clash with it.
 command -v kubectl >/dev/null || pkgs+=(kubernetes-client)
@@ -44,27 +47,35 @@ gobuild() {
   [ -x "$out" ] || { step "building $name produced no $out"; return 1; }
 }
 
-# kube-apiserver: k8s.io/kubernetes needs a replace line for every staging module its own go.mod replaces.
-out=$bin/kube-apiserver-$KUBE_VERSION
-if [ ! -x "$out" ]; then
-  step "building kube-apiserver $KUBE_VERSION (about 5 minutes cold)"
+# Kubernetes: the apiserver for every test, and what a real node runs (issue 15: kubelet, the controller manager
+# that creates DaemonSet pods, the scheduler that binds them, kube-proxy for the `kubernetes` Service). One
+# throwaway module builds them all, so they share the build cache. k8s.io/kubernetes needs a replace line for
+# every staging module its own go.mod replaces.
+kube_bins=(kube-apiserver kubelet kube-controller-manager kube-scheduler kube-proxy)
+kube_missing=()
+for b in "${kube_bins[@]}"; do [ -x "$bin/$b-$KUBE_VERSION" ] || kube_missing+=("$b"); done
+if [ ${#kube_missing[@]} -gt 0 ]; then
+  step "building ${kube_missing[*]} $KUBE_VERSION (about 5 minutes each cold; they share the build cache)"
   work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
   modfile=$(cd "$work" && go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
   staging_ver=v0.${KUBE_VERSION#v1.}
   {
-    echo "module kubeapiserverbuild"
+    echo "module kubebuild"
     echo "go 1.26"
     echo "require k8s.io/kubernetes $KUBE_VERSION"
     sed -n '/^replace (/,/^)/p' "$modfile" | awk '/=> \.\/staging/ {print $1}' | grep -v sample-cli-plugin |
       while read -r m; do echo "replace $m => $m $staging_ver"; done
   } > "$work/go.mod"
-  printf 'package tools\n\nimport _ "k8s.io/kubernetes/cmd/kube-apiserver"\n' > "$work/tools.go"
+  { echo "package tools"; echo; for b in "${kube_bins[@]}"; do echo "import _ \"k8s.io/kubernetes/cmd/$b\""; done; } > "$work/tools.go"
   (cd "$work" && go mod tidy >/dev/null 2>&1 || go mod tidy)
   v=k8s.io/component-base/version
-  gobuild kube-apiserver "$work/kube-apiserver" go build -o "$work/kube-apiserver" \
-    -ldflags "-s -w -X $v.gitVersion=$KUBE_VERSION -X $v.gitMajor=1 -X $v.gitMinor=${staging_ver#v0.}" \
-    k8s.io/kubernetes/cmd/kube-apiserver
-  mv "$work/kube-apiserver" "$out"
+  for b in "${kube_missing[@]}"; do
+    step "  go build $b"
+    gobuild "$b" "$work/$b" env CGO_ENABLED=0 go build -o "$work/$b" \
+      -ldflags "-s -w -X $v.gitVersion=$KUBE_VERSION -X $v.gitMajor=1 -X $v.gitMinor=${staging_ver#v0.}" \
+      "k8s.io/kubernetes/cmd/$b"
+    mv "$work/$b" "$bin/$b-$KUBE_VERSION"
+  done
   rm -rf "$work"; trap - EXIT
 fi
 
@@ -115,8 +126,58 @@ if [ ! -x "$out" ]; then
   mv "$work/helm" "$out"; rm -rf "$work"
 fi
 
+# Images for the real node (issue 15), built without a registry into buildah storage of the stack's own. The base
+# images the Dockerfile names are made here under those names: Debian by mmdebstrap from the machine's own apt
+# sources, the Go image as that Debian with this machine's Go toolchain. Then the Dockerfile is built once, so its
+# apt-get layer is cached and the tests' builds need no network; and a Debian client base with the AWS CLI and boto3.
+B=(buildah --root "$dir/buildah/root" --runroot "$dir/buildah/run" --storage-driver overlay)
+has_image() { "${B[@]}" inspect --type image "$1" >/dev/null 2>&1; }
+apt_sources() {
+  if ls /etc/apt/sources.list.d/*.sources >/dev/null 2>&1; then cat /etc/apt/sources.list.d/*.sources
+  else grep -h '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null; fi
+}
+# rootfs_image NAME SUITE [PACKAGES]: a minbase Debian SUITE with PACKAGES (comma-separated) as image NAME.
+rootfs_image() {
+  local name=$1 suite=$2 include=${3:-} tar c
+  has_image "$name" && return 0
+  step "mmdebstrap $suite${include:+ with $include} as $name"
+  tar=$(mktemp --suffix=.tar)
+  apt_sources | mmdebstrap --quiet --variant=minbase ${include:+--include="$include"} "$suite" "$tar" -
+  c=$("${B[@]}" from scratch)
+  "${B[@]}" add "$c" "$tar" / >/dev/null
+  "${B[@]}" config --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin --cmd bash "$c"
+  "${B[@]}" commit --quiet "$c" "$name" >/dev/null
+  "${B[@]}" rm "$c" >/dev/null; rm -f "$tar"
+}
+for ref in $(awk 'toupper($1) == "FROM" { for (i = 2; i <= NF; i++) if ($i !~ /^--/) { print $i; break } }' "$repo/Dockerfile"); do
+  case $ref in
+    debian:*) rootfs_image "docker.io/library/$ref" "${ref#debian:}"; ;;
+    golang:*-*)
+      name=docker.io/library/$ref; suite=${ref##*-}; want=${ref#golang:}; want=go${want%-*}
+      has_image "$name" && continue
+      goroot=$(go env GOROOT); have=$(go env GOVERSION)
+      case $have in "$want"|"$want".*) ;; *) step "the Dockerfile wants $ref but this machine's Go is $have"; exit 1 ;; esac
+      rootfs_image "docker.io/library/debian:$suite-slim" "$suite"
+      step "$name from debian:$suite-slim and this machine's $have"
+      c=$("${B[@]}" from --pull=never "docker.io/library/debian:$suite-slim")
+      "${B[@]}" copy "$c" "$goroot" /usr/local/go >/dev/null
+      "${B[@]}" config --env PATH=/go/bin:/usr/local/go/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+        --env GOPATH=/go --env GOTOOLCHAIN=local --workingdir /go "$c"
+      "${B[@]}" commit --quiet "$c" "$name" >/dev/null; "${B[@]}" rm "$c" >/dev/null ;;
+    *) step "no local recipe for the Dockerfile's base image $ref"; exit 1 ;;
+  esac
+done
+rootfs_image localhost/iamlet-client-base:bookworm bookworm awscli,python3-boto3,ca-certificates
+stamp=$dir/buildah/dockerfile-$(sha256sum "$repo/Dockerfile" | cut -c1-16)
+if [ ! -f "$stamp" ]; then
+  step "building the Dockerfile once, to cache its package layer"
+  "${B[@]}" bud --pull=never --layers --isolation=chroot --quiet -v "$(go env GOMODCACHE):/go/pkg/mod" \
+    -v "$(go env GOCACHE):/root/.cache/go-build" -f "$repo/Dockerfile" -t localhost/iamlet:install-stack "$repo" >/dev/null
+  touch "$stamp"
+fi
+
 # Stable names the harness uses.
-ln -sf "kube-apiserver-$KUBE_VERSION" "$bin/kube-apiserver"
+for b in "${kube_bins[@]}"; do ln -sf "$b-$KUBE_VERSION" "$bin/$b"; done
 ln -sf "minio-$MINIO_VERSION" "$bin/minio"
 ln -sf "ec2-metadata-mock-$AEMM_VERSION" "$bin/ec2-metadata-mock"
 ln -sf "helm-$HELM_VERSION" "$bin/helm"

@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"fmt"
 	"math/big"
 	"net"
 	"os"
@@ -53,6 +54,7 @@ func writePKI(dir string) error {
 	}
 	files := map[string][]byte{
 		"ca.crt":        pemBlock("CERTIFICATE", caDER),
+		"ca.key":        mustPKCS8(caKey),
 		"apiserver.crt": pemBlock("CERTIFICATE", srvDER),
 		"apiserver.key": mustPKCS8(srvKey),
 		"sa.key":        mustPKCS8(saKey),
@@ -84,4 +86,57 @@ func mustPKIX(k any) []byte {
 		panic(err)
 	}
 	return pemBlock("PUBLIC KEY", der)
+}
+
+// writeClientCert issues a client certificate for user cn in groups (the apiserver reads them from CN and O) with
+// the CA in dir, as NAME.crt and NAME.key: the real node's kubelet, controllers and kube-proxy each get their own.
+func writeClientCert(dir, name, cn string, groups ...string) error {
+	caCert, caKey, err := loadCA(dir)
+	if err != nil {
+		return err
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber: serial, Subject: pkix.Name{CommonName: cn, Organization: groups},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(48 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, name+".crt"), pemBlock("CERTIFICATE", der), 0o600); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, name+".key"), mustPKCS8(key), 0o600)
+}
+
+func loadCA(dir string) (*x509.Certificate, any, error) {
+	certPEM, err := os.ReadFile(filepath.Join(dir, "ca.crt"))
+	if err != nil {
+		return nil, nil, err
+	}
+	keyPEM, err := os.ReadFile(filepath.Join(dir, "ca.key"))
+	if err != nil {
+		return nil, nil, err
+	}
+	cb, _ := pem.Decode(certPEM)
+	kb, _ := pem.Decode(keyPEM)
+	if cb == nil || kb == nil {
+		return nil, nil, fmt.Errorf("%s: no PEM CA certificate or key", dir)
+	}
+	cert, err := x509.ParseCertificate(cb.Bytes)
+	if err != nil {
+		return nil, nil, err
+	}
+	key, err := x509.ParsePKCS8PrivateKey(kb.Bytes)
+	return cert, key, err
 }

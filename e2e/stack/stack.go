@@ -80,11 +80,28 @@ const (
 // Main runs body inside a node network namespace on a running stack with its fixtures, and tears
 // everything down afterwards, even when body crashes. From TestMain:
 // os.Exit(stack.Main(func(s *stack.Stack) int { ...; return m.Run() })).
-func Main(body func(*Stack) int) int {
+func Main(body func(*Stack) int) int { return mainOf(simulated, body) }
+
+// MainRealNode is Main on a real node: a kubelet, containerd, the controllers and kube-proxy (realnode.go). Pods are
+// created as Pod objects and run by the kubelet; the agent is installed by the test, as a user installs it.
+func MainRealNode(body func(*Stack) int) int { return mainOf(realNode, body) }
+
+// kind is what plays the node: the harness itself, pods being network namespaces whose Pod objects it patches, or a
+// real kubelet.
+type kind string
+
+const (
+	simulated kind = "simulated"
+	realNode  kind = "real"
+)
+
+const envKind = "IAMLET_E2E_KIND"
+
+func mainOf(k kind, body func(*Stack) int) int {
 	if os.Getenv(envInside) == "" {
-		return outer()
+		return outer(k)
 	}
-	s, err := start(os.Getenv(envInside), os.Getenv(envRun))
+	s, err := start(k, os.Getenv(envInside), os.Getenv(envRun), os.Getenv(envDir))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "e2e: starting the stack:", err)
 		if s != nil {
@@ -100,10 +117,12 @@ func Main(body func(*Stack) int) int {
 	return body(s)
 }
 
-// outer checks what the stack needs, makes the node namespace, re-runs this test binary inside it and
-// cleans up after it. Missing prerequisites fail loudly: these tests are part of the suite.
-func outer() int {
-	if err := Prerequisites(); err != nil {
+const envDir = "IAMLET_E2E_DIR"
+
+// outer checks what the stack needs, makes the node namespace and the scratch directory, re-runs this test binary
+// inside the namespace and cleans up after it. Missing prerequisites fail loudly: these tests are part of the suite.
+func outer(k kind) int {
+	if err := Prerequisites(k); err != nil {
 		fmt.Fprintln(os.Stderr, "e2e: FAIL:", err)
 		return 1
 	}
@@ -113,9 +132,32 @@ func outer() int {
 		fmt.Fprintf(os.Stderr, "e2e: FAIL: ip netns add %s: %v: %s\n", node, err, out)
 		return 1
 	}
-	defer cleanupRun(run)
-	cmd := exec.Command("ip", append([]string{"netns", "exec", node, os.Args[0]}, os.Args[1:]...)...)
-	cmd.Env = append(os.Environ(), envInside+"="+node, envRun+"="+run)
+	dir, err := os.MkdirTemp("", "iamlet-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e: FAIL:", err)
+		return 1
+	}
+	var before realNodeSnapshot
+	if k == realNode {
+		before = snapshotRealNode()
+	}
+	defer func() {
+		if k == realNode {
+			cleanupRealNode(node, dir, before)
+		}
+		cleanupRun(run)
+		if os.Getenv("IAMLET_E2E_KEEP") == "" {
+			_ = os.RemoveAll(dir)
+		}
+	}()
+	// `ip netns exec` also unshares the mount namespace and remounts /sys; a real node's kubelet and containerd must
+	// share the machine's mounts, so it enters only the network namespace.
+	argv := append([]string{"ip", "netns", "exec", node, os.Args[0]}, os.Args[1:]...)
+	if k == realNode {
+		argv = append([]string{"nsenter", "--net=/var/run/netns/" + node, "--", os.Args[0]}, os.Args[1:]...)
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = append(os.Environ(), envInside+"="+node, envRun+"="+run, envDir+"="+dir, envKind+"="+string(k))
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = nil, os.Stdout, os.Stderr
 	if err := cmd.Run(); err != nil {
 		if ee, ok := err.(*exec.ExitError); ok {
@@ -144,8 +186,8 @@ func cleanupRun(run string) {
 	}
 }
 
-// Prerequisites reports what is missing for the stack to run.
-func Prerequisites() error {
+// Prerequisites reports what is missing for a stack of kind k to run.
+func Prerequisites(k kind) error {
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("the end-to-end tests need root (network namespaces, iptables); run them as root via make test")
 	}
@@ -155,7 +197,16 @@ func Prerequisites() error {
 			missing = append(missing, tool)
 		}
 	}
-	for _, b := range []string{"kube-apiserver", "minio", "ec2-metadata-mock"} {
+	bins := []string{"kube-apiserver", "minio", "ec2-metadata-mock"}
+	if k == realNode {
+		for _, tool := range []string{"nsenter", "containerd", "runc", "ctr", "buildah", "/usr/lib/cni/bridge", "/usr/lib/cni/host-local"} {
+			if _, err := exec.LookPath(tool); err != nil {
+				missing = append(missing, tool)
+			}
+		}
+		bins = append(bins, "kubelet", "kube-controller-manager", "kube-scheduler", "kube-proxy", "helm")
+	}
+	for _, b := range bins {
 		if _, err := os.Stat(filepath.Join(BinDir(), b)); err != nil {
 			missing = append(missing, filepath.Join(BinDir(), b))
 		}
@@ -187,7 +238,8 @@ type Stack struct {
 	hostRules   *Proc // the agent pod's host-rules container (EnsureHostRules)
 	Kube        kubernetes.Interface
 	procs       []*Proc
-	addrs       podAddrs // pod addresses, reused once a pod's network is gone
+	addrs       podAddrs
+	kind        kind // pod addresses, reused once a pod's network is gone
 }
 
 // Component returns the running process of a stack component ("etcd", "kube-apiserver", "minio",
@@ -234,47 +286,50 @@ func (s *Stack) StartComponent(name string) error {
 	return nil
 }
 
-func start(nodeNS, run string) (*Stack, error) {
-	dir, err := os.MkdirTemp("", "iamlet-e2e-")
-	if err != nil {
-		return nil, err
-	}
-	s := &Stack{Run: run, NodeNS: nodeNS, Dir: dir}
+func start(k kind, nodeNS, run, dir string) (*Stack, error) {
+	s := &Stack{Run: run, NodeNS: nodeNS, Dir: dir, kind: k}
 	t0 := time.Now()
-	steps := []struct {
-		name string
-		f    func() error
-	}{
+	steps := []step{
 		{"node network", s.nodeNetwork},
 		{"certificates", func() error { return writePKI(dir) }},
+	}
+	if k == realNode {
+		steps = append(steps, step{"node certificates", s.nodeCerts})
+	}
+	steps = append(steps, []step{
 		{"etcd", s.startEtcd},
 		{"kube-apiserver", s.startAPIServer},
 		{"cluster objects", s.clusterObjects},
-		{"agent install", s.installAgent},
-		{"minio", s.startMinIO},
-		{"metadata mock", s.startMock},
+	}...)
+	if k == simulated {
+		steps = append(steps, step{"agent install", s.installAgent})
+	}
+	steps = append(steps, step{"minio", s.startMinIO}, step{"metadata mock", s.startMock})
+	if k == realNode {
+		steps = append(steps, s.realNodeSteps()...)
 	}
 	for _, st := range steps {
+		t := time.Now()
 		if err := st.f(); err != nil {
 			return s, fmt.Errorf("%s: %w", st.name, err)
 		}
+		if k == realNode {
+			fmt.Fprintf(os.Stderr, "e2e: %s in %s\n", st.name, time.Since(t).Round(time.Millisecond))
+		}
 	}
-	fmt.Fprintf(os.Stderr, "e2e: stack up in %s (scratch %s)\n", time.Since(t0).Round(time.Millisecond), dir)
+	fmt.Fprintf(os.Stderr, "e2e: %s node up in %s (scratch %s)\n", k, time.Since(t0).Round(time.Millisecond), dir)
 	return s, nil
 }
 
-// Stop stops every process and removes the scratch directory unless IAMLET_E2E_KEEP is set.
+// Stop stops every process; the outer process removes the rest (outer).
 func (s *Stack) Stop() {
 	for i := len(s.procs) - 1; i >= 0; i-- {
 		s.procs[i].Stop()
 	}
-	if os.Getenv("IAMLET_E2E_KEEP") == "" {
-		_ = os.RemoveAll(s.Dir)
-	}
 }
 
 func (s *Stack) nodeNetwork() error {
-	return runAll([][]string{
+	cmds := [][]string{
 		{"ip", "link", "set", "lo", "up"},
 		{"ip", "addr", "add", IMDSv4 + "/32", "dev", "lo"},
 		// Nitro instances answer IMDS on fd00:ec2::254 too: the node's IMDS is reachable over IPv6 here as well.
@@ -283,7 +338,12 @@ func (s *Stack) nodeNetwork() error {
 		{"ip", "-6", "addr", "add", NodeIPv6 + "/128", "dev", "lo"},
 		{"sysctl", "-qw", "net.ipv4.ip_forward=1"},
 		{"sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"},
-	})
+	}
+	if s.kind == realNode {
+		// The node has no uplink: Service addresses need a route for kube-proxy's DNAT to rewrite them to the node's.
+		cmds = append(cmds, []string{"ip", "route", "add", "10.96.0.0/16", "dev", "lo"})
+	}
+	return runAll(cmds)
 }
 
 func (s *Stack) startEtcd() error {
@@ -302,8 +362,17 @@ func (s *Stack) startAPIServer() error {
 	if err := os.WriteFile(filepath.Join(d, "tokens.csv"), []byte(adminToken+",admin,admin,system:masters\n"), 0o600); err != nil {
 		return err
 	}
-	p, err := s.Start("kube-apiserver", nil, filepath.Join(BinDir(), "kube-apiserver"),
-		"--etcd-servers=http://127.0.0.1:2379", "--bind-address=127.0.0.1", "--secure-port=6443",
+	args := []string{"--bind-address=127.0.0.1"}
+	if s.kind == realNode {
+		// The agent's in-cluster config reaches it through the kubernetes Service (kube-proxy), at the node's
+		// address; exec and logs reach the kubelet with a client certificate.
+		args = []string{"--bind-address=0.0.0.0",
+			"--kubelet-client-certificate=" + filepath.Join(d, "apiserver-kubelet-client.crt"),
+			"--kubelet-client-key=" + filepath.Join(d, "apiserver-kubelet-client.key"),
+			"--kubelet-preferred-address-types=InternalIP"}
+	}
+	p, err := s.Start("kube-apiserver", nil, filepath.Join(BinDir(), "kube-apiserver"), append(args,
+		"--etcd-servers=http://127.0.0.1:2379", "--secure-port=6443",
 		"--advertise-address="+NodeIP,
 		"--tls-cert-file="+filepath.Join(d, "apiserver.crt"), "--tls-private-key-file="+filepath.Join(d, "apiserver.key"),
 		"--client-ca-file="+filepath.Join(d, "ca.crt"), "--token-auth-file="+filepath.Join(d, "tokens.csv"),
@@ -314,7 +383,7 @@ func (s *Stack) startAPIServer() error {
 		"--allow-privileged=true",
 		"--anonymous-auth=true",
 		"--service-cluster-ip-range=10.96.0.0/16", "--cert-dir="+filepath.Join(d, "apiserver-certs"),
-		"--enable-priority-and-fairness=false")
+		"--enable-priority-and-fairness=false")...)
 	if err != nil {
 		return err
 	}
@@ -364,8 +433,13 @@ func (s *Stack) clusterObjects() error {
 	if err != nil {
 		return err
 	}
-	// The Node objects let bound tokens carry the node claim.
-	for _, n := range []string{NodeName, NodeName2} {
+	// The Node objects let bound tokens carry the node claim. A real node's kubelet registers NodeName itself, with
+	// its start-up taint.
+	nodes := []string{NodeName, NodeName2}
+	if s.kind == realNode {
+		nodes = nodes[1:]
+	}
+	for _, n := range nodes {
 		if _, err := s.Kube.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n}}, metav1.CreateOptions{}); err != nil {
 			return err
 		}

@@ -1,0 +1,228 @@
+package realnode
+
+import (
+	"context"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	authv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	"github.com/iamlet/iamlet/e2e/stack"
+)
+
+// kubeletTokenMinting: with the token the kubelet projected into the agent's container, read from inside it as root
+// on the node could, the apiserver lets the agent mint only as its own node, only for that node's pods.
+func kubeletTokenMinting(t *testing.T, agent *corev1.Pod) {
+	ctx := context.Background()
+	token, err := node.Kubectl(nil, "-n", stack.AgentNamespace, "exec", agent.Name, "-c", "iamlet", "--",
+		"cat", "/var/run/secrets/kubernetes.io/serviceaccount/token")
+	if err != nil || strings.Count(token, ".") != 2 {
+		t.Fatalf("reading the agent's projected token: %v: %.80s", err, token)
+	}
+	client := func(asNode string) kubernetes.Interface {
+		rc := &rest.Config{Host: stack.APIServerURL, BearerToken: token,
+			TLSClientConfig: rest.TLSClientConfig{CAFile: filepath.Join(node.Dir, "ca.crt")}}
+		if asNode != "" {
+			rc.Impersonate = rest.ImpersonationConfig{UserName: "system:node:" + asNode}
+		}
+		c, err := kubernetes.NewForConfig(rc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	here := stack.ClientPod("mint-here", stack.SAA, stack.GoClientsImage, "/pause")
+	herePod, err := node.Kube.CoreV1().Pods("default").Create(ctx, here, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { node.DeletePod("default", here.Name) })
+	there, err := node.Kube.CoreV1().Pods("default").Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "mint-there"},
+		Spec: corev1.PodSpec{NodeName: stack.NodeName2, ServiceAccountName: stack.SAA,
+			Containers: []corev1.Container{{Name: "app", Image: "example.invalid/app"}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { node.DeletePod("default", there.Name) })
+	request := func(c kubernetes.Interface, pod *corev1.Pod) error {
+		secs := int64(600)
+		_, err := c.CoreV1().ServiceAccounts("default").CreateToken(ctx, stack.SAA, &authv1.TokenRequest{Spec: authv1.TokenRequestSpec{
+			Audiences: []string{stack.AudienceA}, ExpirationSeconds: &secs,
+			BoundObjectRef: &authv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID},
+		}}, metav1.CreateOptions{})
+		return err
+	}
+	asNode := client(stack.NodeName)
+	var last error
+	end := time.Now().Add(deadline)
+	// The scheduler binds the pod, then the Node authorizer's graph learns of it.
+	for last = request(asNode, herePod); last != nil && time.Now().Before(end); last = request(asNode, herePod) {
+		time.Sleep(200 * time.Millisecond)
+	}
+	if last != nil {
+		t.Fatalf("as its node, a token for a pod on the node: %v", last)
+	}
+	for _, c := range []struct {
+		name   string
+		client kubernetes.Interface
+		pod    *corev1.Pod
+		reason string
+	}{
+		{"a pod on another node", asNode, there, "node requested token bound to a pod scheduled on a different node"},
+		{"as the agent itself, not the node", client(""), herePod, `cannot create resource "serviceaccounts/token"`},
+		{"as another node", client(stack.NodeName2), there, "cannot impersonate-on:arbitrary-node:create"},
+	} {
+		err := request(c.client, c.pod)
+		if !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), c.reason) {
+			t.Errorf("%s: want a refusal because %q, got: %v", c.name, c.reason, err)
+		}
+	}
+}
+
+// round is one line of a load pod's log: its start (ms since the pod's process started) and outcome.
+type round struct {
+	at   float64
+	ok   bool
+	role string
+	line string
+}
+
+func parseRounds(out string) []round {
+	var rs []round
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) < 4 || f[0] != "round" {
+			continue
+		}
+		at, _ := strconv.ParseFloat(f[1], 64)
+		r := round{at: at, ok: f[2] == "ok", line: line}
+		if r.ok {
+			r.role = f[3]
+		}
+		rs = append(rs, r)
+	}
+	return rs
+}
+
+// rollingUpdate: under steady load from pods with each role and without one, `helm upgrade` to a new image tag
+// replaces the agent. No request reaches the node's IMDS; every round either gets the pod's own role or fails; the
+// longest time a pod went without its credentials is reported.
+func rollingUpdate(t *testing.T) {
+	ctx := context.Background()
+	const loadFor = 40 * time.Second
+	load := map[string]string{"load-a": stack.SAA, "load-b": stack.SAB, "load-none": stack.SANoRole}
+	want := map[string]string{"load-a": roleName(stack.AudienceA), "load-b": roleName(stack.AudienceB)}
+	for name, sa := range load {
+		loadPod(t, name, sa, loadFor)
+	}
+	// The load runs before the upgrade starts: each pod has answered at least once.
+	for name := range load {
+		end := time.Now().Add(deadline)
+		for len(parseRounds(node.PodLog(ctx, "default", name))) == 0 {
+			if time.Now().After(end) {
+				t.Fatalf("load pod %s made no round within %s", name, deadline)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	t0 := time.Now()
+	out, err := node.Helm("upgrade", "iamlet", stack.RepoPath("deploy/helm/iamlet"), "--namespace", stack.AgentNamespace,
+		"--values", writeValues(t, stack.AgentImageTag2))
+	if err != nil {
+		t.Fatalf("helm upgrade: %v\n%s", err, out)
+	}
+	agentPod(t, stack.AgentImageTag2)
+	t.Logf("new agent pod Ready %s after helm upgrade", time.Since(t0).Round(time.Millisecond))
+	var wg sync.WaitGroup
+	for name := range load {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := node.WaitPodEnded(ctx, "default", name, loadFor+deadline); err != nil {
+				t.Error(err)
+				return
+			}
+			log := node.PodLog(ctx, "default", name)
+			assertNoNodeSecrets(t, name, log)
+			rs := parseRounds(log)
+			var oks, fails int
+			var gap, lastOK float64
+			for _, r := range rs {
+				switch {
+				case r.ok && r.role != want[name]:
+					t.Errorf("%s got role %s, want %q: %s", name, r.role, want[name], r.line)
+				case r.ok:
+					oks++
+					if lastOK > 0 && r.at-lastOK > gap {
+						gap = r.at - lastOK
+					}
+					lastOK = r.at
+				default:
+					fails++
+				}
+			}
+			if want[name] != "" && (len(rs) == 0 || !rs[len(rs)-1].ok) {
+				t.Errorf("%s: the load did not get its credentials again after the update:\n%s", name, log)
+			}
+			t.Logf("%s: %d rounds, %d served, %d refused or unanswered; longest time without credentials %.0f ms", name, len(rs), oks, fails, gap)
+		}()
+	}
+	wg.Wait()
+}
+
+// uninstall: `helm uninstall` removes the agent but leaves its rules, so pods are refused rather than handed the
+// node's role; the documented clean-up (docs/interception.md#uninstall: `iamlet uninstall` in the node's network
+// namespace, from the agent's image) removes every rule of iamlet's, after which pods reach the node's IMDS again, as
+// that page says.
+func uninstall(t *testing.T) {
+	ctx := context.Background()
+	if out, err := node.Helm("uninstall", "iamlet", "--namespace", stack.AgentNamespace, "--wait"); err != nil {
+		t.Fatalf("helm uninstall: %v\n%s", err, out)
+	}
+	end := time.Now().Add(deadline)
+	for {
+		pods, err := node.Kube.CoreV1().Pods(stack.AgentNamespace).List(ctx, metav1.ListOptions{})
+		if err == nil && len(pods.Items) == 0 {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatalf("agent pods still there %s after helm uninstall", deadline)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	phase, out := node.RunPod(t, stack.ClientPod("after-uninstall", stack.SAA, stack.GoClientsImage, "/firstcreds"), deadline)
+	assertNoNodeSecrets(t, "a pod after helm uninstall", out)
+	if phase != corev1.PodFailed || !strings.Contains(out, "firstcreds fail token") {
+		t.Errorf("a pod after helm uninstall, before the clean-up: %s, want refused:\n%s", phase, out)
+	}
+
+	cleanup := stack.ClientPod("iamlet-uninstall", "default", stack.AgentImageRepo+":"+stack.AgentImageTag2, "iamlet", "uninstall", "--iptables-backend=nft")
+	cleanup.Spec.HostNetwork = true
+	cleanup.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{Capabilities: &corev1.Capabilities{
+		Drop: []corev1.Capability{"ALL"}, Add: []corev1.Capability{"NET_ADMIN", "NET_RAW"}}}
+	if phase, out := node.RunPod(t, cleanup, deadline); phase != corev1.PodSucceeded {
+		t.Fatalf("iamlet uninstall: %s\n%s", phase, out)
+	}
+	for _, c := range [][]string{{"iptables-nft-save"}, {"ip6tables-nft-save"}, {"nft", "list", "tables"}} {
+		out, err := exec.Command(c[0], c[1:]...).CombinedOutput()
+		if err != nil || strings.Contains(strings.ToLower(string(out)), "iamlet") {
+			t.Errorf("%s after the clean-up: %v\n%s", c[0], err, out)
+		}
+	}
+	phase, out = node.RunPod(t, stack.ClientPod("after-cleanup", stack.SAA, stack.GoClientsImage, "/firstcreds"), deadline)
+	if f := strings.Fields(out); phase != corev1.PodSucceeded || len(f) < 3 || f[2] != stack.NodeRoleName {
+		t.Errorf("after the clean-up a pod reaches the node's IMDS, as documented: got %s:\n%s", phase, out)
+	}
+}

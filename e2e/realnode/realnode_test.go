@@ -1,0 +1,169 @@
+package realnode
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/iamlet/iamlet/e2e/stack"
+)
+
+// deadline bounds every wait: generous, because the machine may be loaded; what is measured is reported, not bounded.
+const deadline = 2 * time.Minute
+
+// values are what a user on this cluster sets: the image, the two STS audiences its ServiceAccounts use, and (as on
+// any cluster whose STS is not AWS's) the STS endpoint. Nothing else differs from the chart's defaults.
+func values(tag string) string {
+	return fmt.Sprintf(`image:
+  repository: %s
+  tag: %s
+admissionPolicy:
+  audiences: [%s, %s]
+extraArgs:
+  - --sts-endpoint=%s
+`, stack.AgentImageRepo, tag, stack.AudienceA, stack.AudienceB, stack.STSEndpoint)
+}
+
+func writeValues(t *testing.T, tag string) string {
+	t.Helper()
+	p := filepath.Join(node.Dir, "values-"+tag+".yaml")
+	if err := os.WriteFile(p, []byte(values(tag)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// agentPod waits for the DaemonSet's pod on the node to run the image tag and be Ready, and returns it.
+func agentPod(t *testing.T, tag string) *corev1.Pod {
+	t.Helper()
+	ctx := context.Background()
+	var last *corev1.Pod
+	end := time.Now().Add(deadline)
+	for time.Now().Before(end) {
+		pods, err := node.Kube.CoreV1().Pods(stack.AgentNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=iamlet"})
+		if err == nil {
+			for i := range pods.Items {
+				p := &pods.Items[i]
+				if p.DeletionTimestamp != nil || p.Spec.Containers[0].Image != stack.AgentImageRepo+":"+tag {
+					continue
+				}
+				last = p
+				if isReady(p) {
+					return p
+				}
+			}
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Fatalf("no Ready agent pod with tag %s within %s: %s\n%s", tag, deadline, describe(last), agentLogs(last))
+	return nil
+}
+
+// agentLogs are the tails of the agent pod's two containers' logs, for a failure's message.
+func agentLogs(p *corev1.Pod) string {
+	if p == nil {
+		return node.ComponentLog("kubelet", 30)
+	}
+	var b strings.Builder
+	for _, c := range []string{"iamlet", "host-rules"} {
+		out, _ := node.Kubectl(nil, "-n", stack.AgentNamespace, "logs", p.Name, "-c", c, "--tail=25")
+		fmt.Fprintf(&b, "--- %s:\n%s\n", c, out)
+	}
+	return b.String()
+}
+
+func isReady(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue {
+			return true
+		}
+	}
+	return false
+}
+
+func describe(p *corev1.Pod) string {
+	if p == nil {
+		return "no pod"
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s phase %s", p.Name, p.Status.Phase)
+	for _, c := range p.Status.ContainerStatuses {
+		fmt.Fprintf(&b, "; %s ready=%v restarts=%d", c.Name, c.Ready, c.RestartCount)
+		if w := c.State.Waiting; w != nil {
+			fmt.Fprintf(&b, " waiting %s: %s", w.Reason, w.Message)
+		}
+		if x := c.LastTerminationState.Terminated; x != nil {
+			fmt.Fprintf(&b, " last exit %d %s", x.ExitCode, x.Reason)
+		}
+	}
+	return b.String()
+}
+
+func hasStartupTaint(t *testing.T) bool {
+	t.Helper()
+	n, err := node.Kube.CoreV1().Nodes().Get(context.Background(), stack.NodeName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, taint := range n.Spec.Taints {
+		if taint.Key == "iamlet.dev/agent-not-ready" {
+			return true
+		}
+	}
+	return false
+}
+
+// TestRealNode runs in order what a platform team does: install, check, use, upgrade, uninstall.
+func TestRealNode(t *testing.T) {
+	ctx := context.Background()
+	if !hasStartupTaint(t) {
+		t.Fatal("the kubelet registered the node without the start-up taint")
+	}
+	var agent *corev1.Pod
+	t.Run("helm install", func(t *testing.T) {
+		t0 := time.Now()
+		out, err := node.Helm("install", "iamlet", stack.RepoPath("deploy/helm/iamlet"), "--namespace", stack.AgentNamespace,
+			"--create-namespace", "--values", writeValues(t, stack.AgentImageTag))
+		if err != nil {
+			t.Fatalf("helm install: %v\n%s", err, out)
+		}
+		agent = agentPod(t, stack.AgentImageTag)
+		t.Logf("agent pod %s Ready %s after helm install", agent.Name, time.Since(t0).Round(time.Millisecond))
+		end := time.Now().Add(deadline)
+		for hasStartupTaint(t) {
+			if time.Now().After(end) {
+				t.Fatalf("the start-up taint is still on the node %s after the agent became Ready", deadline)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		t.Logf("start-up taint removed %s after helm install", time.Since(t0).Round(time.Millisecond))
+	})
+	if agent == nil {
+		t.FailNow()
+	}
+	t.Run("kubectl logs and iamlet status", func(t *testing.T) {
+		out, err := node.Kubectl(nil, "-n", stack.AgentNamespace, "logs", agent.Name, "-c", "iamlet")
+		if err != nil || !strings.Contains(out, `"msg":"iamlet ready"`) {
+			t.Errorf("kubectl logs: %v\n%s", err, out)
+		}
+		out, err = node.Kubectl(nil, "-n", stack.AgentNamespace, "exec", agent.Name, "-c", "iamlet", "--", "iamlet", "status")
+		t.Logf("iamlet status:\n%s", out)
+		if err != nil || !strings.Contains(out, "ready: true") || !strings.Contains(out, "hostNetwork pods: covered") {
+			t.Errorf("kubectl exec iamlet status: %v, want ready with hostNetwork pods covered", err)
+		}
+	})
+	t.Run("real pods get their own roles", func(t *testing.T) { ownRoles(t) })
+	t.Run("attack spellings from a container", func(t *testing.T) { attackSpellings(t) })
+	t.Run("first request at container start", func(t *testing.T) { firstRequests(t, 30) })
+	t.Run("minting with the kubelet's token", func(t *testing.T) { kubeletTokenMinting(t, agent) })
+	t.Run("rolling update under load", func(t *testing.T) { rollingUpdate(t) })
+	t.Run("helm uninstall and clean-up", func(t *testing.T) { uninstall(t) })
+	_ = ctx
+}
