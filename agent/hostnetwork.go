@@ -153,8 +153,16 @@ type hostInterception struct {
 	mu     sync.Mutex
 	exempt map[types.UID]iptables.CgroupRef // by pod, as last written
 	wrote  bool
-	state  string // "" = covered, else why not
+	state  string    // "" = covered, else why not
+	first  time.Time // the first reconcile
 }
+
+// The host-rules container starts beside the agent's: until it has had the time a report may take, its missing report
+// is a wait, not an error to log at every start.
+const (
+	hostWaiting  = "waiting for the host-rules container's first report"
+	hostNoReport = "no report from the host-rules container (is it running?)"
+)
 
 // cgroupHierarchy finds the cgroup v2 hierarchy under root: root itself on unified hosts, root/unified on hybrid
 // ones (cgroup v1 controllers with the v2 hierarchy beside them).
@@ -178,7 +186,7 @@ func startHostInterception(cfg Config, log *slog.Logger) (*hostInterception, err
 	}
 	return &hostInterception{cgroups: cg, dir: cfg.HostRulesDir, trusted: cfg.NodeTrusted, log: log,
 		within: 3*cfg.ReconcileInterval + 10*time.Second, exempt: map[types.UID]iptables.CgroupRef{},
-		state: "waiting for the host-rules container's first report"}, nil
+		state: hostWaiting}, nil
 }
 
 // hostListeners are the hostNetwork faces: the metadata addresses on --host-network-port.
@@ -264,7 +272,14 @@ func (h *hostInterception) reconcile(hostPods []pods.Pod, synced bool, now time.
 			h.exempt, h.wrote = want, true
 		}
 	}
-	if state := readHostStatus(h.dir, h.within, now); state != h.state {
+	if h.first.IsZero() {
+		h.first = now
+	}
+	state := readHostStatus(h.dir, h.within, now)
+	if state == hostNoReport && h.state == hostWaiting && now.Sub(h.first) < h.within {
+		state = hostWaiting
+	}
+	if state != h.state {
 		if state == "" {
 			h.log.Info("hostNetwork pods intercepted by cgroup")
 		} else {

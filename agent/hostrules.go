@@ -184,7 +184,7 @@ func writeJSON(path string, v any) error {
 func readHostStatus(dir string, within time.Duration, now time.Time) string {
 	b, err := os.ReadFile(filepath.Join(dir, hostStatusFile))
 	if err != nil {
-		return "no report from the host-rules container (is it running?)"
+		return hostNoReport
 	}
 	var st hostRulesStatus
 	if err := json.Unmarshal(b, &st); err != nil {

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"encoding/json"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -43,6 +44,40 @@ func TestHostRulesReport(t *testing.T) {
 	}
 	if got := readHostStatus(dir, 20*time.Second, now); !strings.Contains(got, "unreadable") {
 		t.Errorf("a torn report: %q", got)
+	}
+}
+
+// TestHostRulesFirstReportIsAWait: the two containers start together, so a missing first report is a wait (not
+// covered, nothing logged) for as long as a report may take; after that it is an error, logged once. Seen on a real
+// kubelet, where the agent otherwise logged an error at every start, 50 ms before host-rules' first report.
+func TestHostRulesFirstReportIsAWait(t *testing.T) {
+	var logs strings.Builder
+	h := &hostInterception{dir: t.TempDir(), within: 20 * time.Second, state: hostWaiting,
+		log: slog.New(slog.NewTextHandler(&logs, nil))}
+	now := time.Date(2026, 11, 30, 6, 0, 0, 0, time.UTC)
+	for _, d := range []time.Duration{0, time.Second, 19 * time.Second} {
+		h.reconcile(nil, false, now.Add(d))
+		if got := h.status(); got != "not covered: "+hostWaiting {
+			t.Errorf("%v after start: %q, want %q", d, got, hostWaiting)
+		}
+	}
+	if logs.Len() != 0 {
+		t.Errorf("logged while waiting for the first report:\n%s", logs.String())
+	}
+	h.reconcile(nil, false, now.Add(20*time.Second))
+	h.reconcile(nil, false, now.Add(21*time.Second))
+	if got := h.status(); got != "not covered: "+hostNoReport {
+		t.Errorf("after the wait: %q, want %q", got, hostNoReport)
+	}
+	if n := strings.Count(logs.String(), "level=ERROR"); n != 1 {
+		t.Errorf("%d errors logged after the wait, want 1:\n%s", n, logs.String())
+	}
+	if err := writeJSON(filepath.Join(h.dir, hostStatusFile), hostRulesStatus{Time: now.Add(22 * time.Second)}); err != nil {
+		t.Fatal(err)
+	}
+	h.reconcile(nil, false, now.Add(22*time.Second))
+	if got := h.status(); got != hostCovered {
+		t.Errorf("after a good report: %q, want covered", got)
 	}
 }
 
