@@ -2,6 +2,7 @@ package realnode
 
 import (
 	"context"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -224,5 +225,50 @@ func uninstall(t *testing.T) {
 	phase, out = node.RunPod(t, stack.ClientPod("after-cleanup", stack.SAA, stack.GoClientsImage, "/firstcreds"), deadline)
 	if f := strings.Fields(out); phase != corev1.PodSucceeded || len(f) < 3 || f[2] != stack.NodeRoleName {
 		t.Errorf("after the clean-up a pod reaches the node's IMDS, as documented: got %s:\n%s", phase, out)
+	}
+}
+
+// kustomizeInstall: the kustomize base, as a user's overlay takes it (their image, their STS endpoint), installs an
+// agent that serves the role of a ServiceAccount with the base's one audience, and refuses a ServiceAccount whose
+// audience the base does not allow.
+func kustomizeInstall(t *testing.T) {
+	dir := filepath.Join(node.Dir, "overlay")
+	base, err := filepath.Rel(dir, stack.RepoPath("deploy/kustomize/base"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	overlay := `apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - ` + base + `
+images:
+  - name: ghcr.io/iamlet/iamlet
+    newName: ` + stack.AgentImageRepo + `
+    newTag: ` + stack.AgentImageTag + `
+patches:
+  - target: {kind: DaemonSet, name: iamlet}
+    patch: |-
+      - op: add
+        path: /spec/template/spec/containers/0/args/-
+        value: --sts-endpoint=` + stack.STSEndpoint + `
+`
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(overlay), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := node.Kubectl(nil, "apply", "-k", dir); err != nil {
+		t.Fatalf("kubectl apply -k: %v\n%s", err, out)
+	}
+	agentPod(t, stack.AgentImageTag)
+	phase, out := node.RunPod(t, stack.ClientPod("kustomize-a", stack.SAA, stack.GoClientsImage, "/firstcreds"), deadline)
+	if f := strings.Fields(out); phase != corev1.PodSucceeded || len(f) < 3 || f[1] != "ok" || f[2] != roleName(stack.AudienceA) {
+		t.Errorf("a pod of %s under the kustomize install: %s, want its role:\n%s", stack.SAA, phase, out)
+	}
+	phase, out = node.RunPod(t, stack.ClientPod("kustomize-b", stack.SAB, stack.GoClientsImage, "/firstcreds"), deadline)
+	assertNoNodeSecrets(t, "kustomize-b", out)
+	if phase != corev1.PodFailed || !strings.Contains(out, "firstcreds fail role 403") {
+		t.Errorf("a pod whose audience %s the base does not allow: %s, want 403:\n%s", stack.AudienceB, phase, out)
 	}
 }

@@ -124,6 +124,10 @@ func firstRequests(t *testing.T, n int) {
 	var mu sync.Mutex
 	var inPod, total []float64
 	want := roleName(stack.AudienceA)
+	before, err := stack.Scrape()
+	if err != nil {
+		t.Fatal(err)
+	}
 	for batch := 0; batch < n; batch += 10 {
 		var wg sync.WaitGroup
 		for i := batch; i < batch+10 && i < n; i++ {
@@ -153,6 +157,20 @@ func firstRequests(t *testing.T, n int) {
 	if t.Failed() {
 		t.Logf("the agent's refusals:\n%s", agentRefusals(t))
 	}
+	// Each pod's credentials were fetched when the pod was bound to the node, before its container started: its
+	// request waited, if at all, for the kubelet's status update that tells the agent its address, never for STS.
+	after, err := stack.Scrape()
+	if err != nil {
+		t.Fatal(err)
+	}
+	delta := func(m map[string]string) float64 {
+		return after.Sum("iamlet_credentials_fetches_total", m) - before.Sum("iamlet_credentials_fetches_total", m)
+	}
+	prefetched, missed := delta(map[string]string{"reason": "prefetch", "result": "success"}), delta(map[string]string{"reason": "miss"})
+	if prefetched < float64(n) || missed != 0 {
+		t.Errorf("fetches during %d pod starts: %.0f prefetched, %.0f on a miss; want every pod prefetched and none missed", n, prefetched, missed)
+	}
+	t.Logf("fetches: %.0f prefetched, %.0f on a request's miss", prefetched, missed)
 	t.Logf("first request, process start to credentials, %d pods: %s", len(inPod), summary(inPod))
 	t.Logf("pod created to pod ended (includes the sandbox, CNI and the container's start): %s", summary(total))
 }
