@@ -316,6 +316,25 @@ func cleanupRealNode(nodeNS, dir string, before realNodeSnapshot) {
 	}
 }
 
+// realNodeLeftovers lists what cleanupRealNode could not remove: a teardown that leaves pods' cgroups, mounts, network
+// namespaces or files behind would make the next run's node start dirty, so the run fails on it.
+func realNodeLeftovers(dir string, before realNodeSnapshot) []string {
+	left := podCgroupDirs()
+	b, _ := os.ReadFile("/proc/self/mountinfo")
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 5 && (unescapeMount(f[4]) == dir || strings.HasPrefix(unescapeMount(f[4]), dir+"/")) {
+			left = append(left, "mount "+unescapeMount(f[4]))
+		}
+	}
+	for p := range snapshotRealNode() {
+		if !before[p] {
+			left = append(left, p)
+		}
+	}
+	sort.Strings(left)
+	return left
+}
+
 // podCgroupDirs are the kubelet's pods cgroups (cgroupfs driver, cgroup root "/") in every mounted hierarchy.
 func podCgroupDirs() []string {
 	var dirs []string

@@ -121,7 +121,7 @@ const envDir = "IAMLET_E2E_DIR"
 
 // outer checks what the stack needs, makes the node namespace and the scratch directory, re-runs this test binary
 // inside the namespace and cleans up after it. Missing prerequisites fail loudly: these tests are part of the suite.
-func outer(k kind) int {
+func outer(k kind) (code int) {
 	if err := Prerequisites(k); err != nil {
 		fmt.Fprintln(os.Stderr, "e2e: FAIL:", err)
 		return 1
@@ -144,6 +144,10 @@ func outer(k kind) int {
 	defer func() {
 		if k == realNode {
 			cleanupRealNode(node, dir, before)
+			if left := realNodeLeftovers(dir, before); len(left) > 0 {
+				fmt.Fprintf(os.Stderr, "e2e: FAIL: the real node's teardown left %s\n", strings.Join(left, ", "))
+				code = 1
+			}
 		}
 		cleanupRun(run)
 		if os.Getenv("IAMLET_E2E_KEEP") == "" {
@@ -166,7 +170,7 @@ func outer(k kind) int {
 		fmt.Fprintln(os.Stderr, "e2e:", err)
 		return 1
 	}
-	return 0
+	return code
 }
 
 // cleanupRun kills whatever still runs in this run's namespaces and deletes them.
