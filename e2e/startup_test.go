@@ -2,9 +2,13 @@ package e2e
 
 import (
 	"context"
+	"net"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -127,4 +131,82 @@ func taintKeys(t *testing.T, node string) []string {
 func startupPolicyDenied(err error) bool {
 	return apierrors.IsForbidden(err) && strings.Contains(err.Error(), "ValidatingAdmissionPolicy '"+startupPolicy+"'") &&
 		strings.Contains(err.Error(), "denied request: iamlet may")
+}
+
+// TestFatalStartupErrorsExit: each error the agent cannot run past ends the process with a non-zero code and the
+// reason in its log, at once, rather than leaving it up (healthz 200) with the error seen only at SIGTERM. How long
+// each took is logged; a process still running after the deadline is the hang this guards against.
+func TestFatalStartupErrorsExit(t *testing.T) {
+	stopSharedAgent()
+	// A copy of the binary that any user may run, for the unprivileged case.
+	pub := t.TempDir()
+	if err := os.Chmod(pub, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(pub, "iamlet")
+	if b, err := os.ReadFile(suite.agentBin); err != nil || os.WriteFile(bin, b, 0o755) != nil {
+		t.Fatalf("copying the agent: %v", err)
+	}
+	hold := func(addr string) func() {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return func() { ln.Close() }
+	}
+	for _, c := range []struct {
+		name  string
+		setup func() func()
+		env   []string
+		pre   []string // before the binary: how it is run
+		extra []string
+		want  []string // in the log
+	}{
+		{name: "metadata port taken", setup: func() func() { return hold(stack.NodeIP + ":" + stack.AgentPort) },
+			want: []string{stack.NodeIP + ":" + stack.AgentPort, "address already in use"}},
+		{name: "metrics port taken", setup: func() func() { return hold(stack.AgentMetricsAddr) },
+			want: []string{stack.AgentMetricsAddr, "address already in use"}},
+		{name: "no iptables", env: []string{"PATH=/nonexistent"}, want: []string{"iptables"}},
+		{name: "not root", pre: []string{"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"},
+			want: []string{"iptables"}},
+		{name: "unreadable kubeconfig", extra: []string{"--kubeconfig=/nonexistent/kubeconfig"}, want: []string{"/nonexistent/kubeconfig"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if c.setup != nil {
+				defer c.setup()()
+			}
+			// As the kubelet runs it (in its pod's cgroup), c.pre (setpriv) between that wrapper and the binary.
+			argv0, pre := suite.AgentCommand(bin)
+			args := append(slices.Clone(pre[:len(pre)-1]), c.pre...)
+			args = append(append(append(args, bin), suite.AgentArgs()...), c.extra...)
+			start := time.Now()
+			p, err := stack.StartProc(suite.Dir, "iamlet-fatal-"+strings.ReplaceAll(c.name, " ", "-"), c.env, argv0, args...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer p.Kill()
+			if err := p.Wait(machineDeadline, func() bool { return false }); err == nil || !p.Exited() {
+				t.Fatalf("still running after %s: a start-up error must end the process (%v)", machineDeadline, err)
+			}
+			took := time.Since(start)
+			log, _ := os.ReadFile(p.Log)
+			code := p.ExitCode()
+			if code == 0 {
+				t.Errorf("exit code 0, want non-zero:\n%s", log)
+			}
+			// The reason is the process's last word: one line, "iamlet: ...", after whatever it logged.
+			var reason string
+			for _, line := range strings.Split(string(log), "\n") {
+				if strings.HasPrefix(line, "iamlet: ") {
+					reason = line
+				}
+			}
+			for _, w := range c.want {
+				if !strings.Contains(reason, w) {
+					t.Errorf("the final error %q does not say %q; log:\n%s", reason, w, log)
+				}
+			}
+			t.Logf("exit %d after %s: %s", code, took.Round(time.Millisecond), reason)
+		})
+	}
 }

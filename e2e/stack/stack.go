@@ -583,6 +583,14 @@ func StartProc(dir, name string, env []string, argv0 string, args ...string) (*P
 // Pid is the process id.
 func (p *Proc) Pid() int { return p.cmd.Process.Pid }
 
+// ExitCode is the process's exit code once it has ended (-1 before, or when a signal ended it).
+func (p *Proc) ExitCode() int {
+	if !p.Exited() {
+		return -1
+	}
+	return p.cmd.ProcessState.ExitCode()
+}
+
 // Exited reports whether the process has ended.
 func (p *Proc) Exited() bool {
 	select {
