@@ -261,3 +261,49 @@ func stderr(err error) string {
 	}
 	return ""
 }
+
+// TestChartREADMEListsEveryValue: every value in the chart's values.yaml has its row in the chart's README, and the
+// README names no value that does not exist.
+func TestChartREADMEListsEveryValue(t *testing.T) {
+	raw, err := os.ReadFile("helm/iamlet/values.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var values map[string]any
+	if err := yaml.Unmarshal(raw, &values); err != nil {
+		t.Fatal(err)
+	}
+	readme, err := os.ReadFile("helm/iamlet/README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := map[string]bool{}
+	for _, m := range regexp.MustCompile("(?m)^\\| `([A-Za-z.]+)` \\|").FindAllStringSubmatch(string(readme), -1) {
+		rows[m[1]] = true
+	}
+	var keys []string
+	var walk func(prefix string, m map[string]any)
+	walk = func(prefix string, m map[string]any) {
+		for k, v := range m {
+			// A map of settings is walked; one whose content is the user's (affinity, resources, ...) is one value.
+			if sub, ok := v.(map[string]any); ok && len(sub) > 0 && !opaqueValues[prefix+k] {
+				walk(prefix+k+".", sub)
+				continue
+			}
+			keys = append(keys, prefix+k)
+		}
+	}
+	walk("", values)
+	for _, k := range keys {
+		if !rows[k] {
+			t.Errorf("values.yaml has %s; the chart's README has no row for it", k)
+		}
+		delete(rows, k)
+	}
+	for k := range rows {
+		t.Errorf("the chart's README describes %s, which values.yaml does not have", k)
+	}
+}
+
+// opaqueValues are values whose content is Kubernetes' own structure, described as one.
+var opaqueValues = map[string]bool{"affinity": true, "resources": true, "updateStrategy": true}

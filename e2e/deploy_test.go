@@ -168,19 +168,24 @@ func TestAdmissionPolicyLimitsAgentTokens(t *testing.T) {
 		return out
 	}
 	installs := []struct {
-		name, namespace string
-		rendered        []byte
+		name, namespace, serviceAccount string
+		rendered                        []byte
 	}{
-		{"chart as installed", agentNamespace, chart("iamlet", agentNamespace)},
-		{"kustomize in another namespace", "iamlet-alt", kustomizeWith(t, "iamlet-alt", "deploy/kustomize/base", "deploy/kustomize/components/cluster-wide-minting")},
-		{"chart under another release and namespace", "team-iamlet", chart("other", "team-iamlet")},
+		{"chart as installed", agentNamespace, "iamlet", chart("iamlet", agentNamespace)},
+		{"kustomize in another namespace", "iamlet-alt", "iamlet", kustomizeWith(t, "iamlet-alt", "deploy/kustomize/base", "deploy/kustomize/components/cluster-wide-minting")},
+		// The chart names its objects, the ServiceAccount too, after the release.
+		{"chart under another release and namespace", "team-iamlet", "other-iamlet", chart("other", "team-iamlet")},
 	}
 	for _, in := range installs {
 		t.Run(in.name, func(t *testing.T) {
 			if out, err := kubectl(in.rendered, "apply", "-f", "-"); err != nil {
 				t.Fatalf("kubectl apply: %v\n%s", err, out)
 			}
-			agent := impersonate(t, "system:serviceaccount:"+in.namespace+":iamlet")
+			if in.serviceAccount != stack.AgentServiceAccount {
+				// Its cluster-scoped objects have names of their own, which restoreStackInstall does not overwrite.
+				t.Cleanup(func() { _, _ = kubectl(in.rendered, "delete", "--ignore-not-found", "-f", "-") })
+			}
+			agent := impersonate(t, "system:serviceaccount:"+in.namespace+":"+in.serviceAccount)
 			// RBAC and the policy take effect once the apiserver's caches have them.
 			var last error
 			if !eventually(machineDeadline, func() bool { last = request(agent, []string{stack.AudienceA}, nil, 600); return policyDenied(last) }) {
@@ -614,4 +619,58 @@ func shippedMemoryLimit(t *testing.T) int64 {
 		t.Fatalf("the DaemonSet's memory limit %q: %v", v, err)
 	}
 	return q.Value()
+}
+
+// TestChartReleasesDoNotCollide: two releases under different names in two namespaces render no cluster-scoped
+// object of the same kind and name, so neither install overwrites or deletes the other's.
+func TestChartReleasesDoNotCollide(t *testing.T) {
+	render := func(release, ns string) map[string]bool {
+		out, err := exec.Command(helmBin(t), "template", release, repoPath(t, "deploy/helm/iamlet"), "--namespace", ns,
+			"--set", "namespace.create=true", "--set", "tokenMinting=cluster", "--set", "serviceMonitor.enabled=true").Output()
+		if err != nil {
+			t.Fatalf("helm template %s: %v\n%s", release, err, exitStderr(err))
+		}
+		names := map[string]bool{}
+		dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(out), 4096)
+		for {
+			var o struct {
+				Kind     string `json:"kind"`
+				Metadata struct{ Name, Namespace string }
+			}
+			if err := dec.Decode(&o); errors.Is(err, io.EOF) {
+				return names
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			if o.Kind != "" && o.Metadata.Namespace == "" && o.Kind != "Namespace" {
+				names[o.Kind+"/"+o.Metadata.Name] = true
+			}
+		}
+	}
+	a, b := render("iamlet", "iamlet-system"), render("canary", "iamlet-canary")
+	if len(a) < 6 || len(b) != len(a) {
+		t.Fatalf("cluster-scoped objects: %d and %d, want the same six or more in each: %v %v", len(a), len(b), a, b)
+	}
+	for name := range a {
+		if b[name] {
+			t.Errorf("both releases render the cluster-scoped %s", name)
+		}
+	}
+}
+
+// TestChartSchemaRejectsBadValues: a wrong type, a misspelt key or a value outside its set is refused before
+// anything renders, with a message that names it.
+func TestChartSchemaRejectsBadValues(t *testing.T) {
+	for _, c := range []struct{ set, want string }{
+		{"ports.metrics=abc", "/ports/metrics': got string, want integer"},
+		{"tokenMinting=nodes", "/tokenMinting': value must be one of 'node', 'cluster'"},
+		{"imagee.tag=1", "additional properties 'imagee' not allowed"},
+		{"hostNetworkPods.enabled=yes", "/hostNetworkPods/enabled': got string, want boolean"},
+		{"admissionPolicy.maxExpirationSeconds=60", "/admissionPolicy/maxExpirationSeconds"},
+	} {
+		out, err := exec.Command(helmBin(t), "template", "iamlet", repoPath(t, "deploy/helm/iamlet"), "--set", c.set).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), c.want) {
+			t.Errorf("--set %s: %v, want a refusal saying %q:\n%s", c.set, err, c.want, out)
+		}
+	}
 }

@@ -168,6 +168,9 @@ func TestRealNode(t *testing.T) {
 		if err != nil {
 			t.Fatalf("helm install: %v\n%s", err, out)
 		}
+		if !strings.Contains(out, "Check it works:") || !strings.Contains(out, "exec daemonset/iamlet -c iamlet -- iamlet status") {
+			t.Errorf("helm install printed no NOTES telling how to check it works:\n%s", out)
+		}
 		agent = agentPod(t, stack.AgentImageTag)
 		t.Logf("agent pod %s Ready %s after helm install; %s; %s", agent.Name, time.Since(t0).Round(time.Millisecond), startTimes(agent, t0), readyLogged(agent, t0))
 		end := time.Now().Add(deadline)
