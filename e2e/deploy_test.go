@@ -674,3 +674,29 @@ func TestChartSchemaRejectsBadValues(t *testing.T) {
 		}
 	}
 }
+
+// TestChartPortsMoveTogether: moving a port moves everything that depends on it: the agent's and host-rules'
+// flags, the container port the probes name, the Service.
+func TestChartPortsMoveTogether(t *testing.T) {
+	out := helmTemplate(t, "", "--set", "ports.metrics=19180", "--set", "ports.metadata=18181", "--set", "ports.hostNetwork=18182")
+	objs := parseObjects(t, out)
+	ds, svc := objs["DaemonSet "+agentNamespace+"/iamlet"], objs["Service "+agentNamespace+"/iamlet"]
+	if ds == nil || svc == nil {
+		t.Fatalf("no DaemonSet or Service in the rendering")
+	}
+	text := func(o map[string]any) string { b, _ := json.Marshal(o); return string(b) }
+	for _, want := range []string{`"--metrics-port=19180"`, `"--metadata-port=18181"`, `"containerPort":19180`} {
+		if !strings.Contains(text(ds), want) {
+			t.Errorf("the DaemonSet has no %s", want)
+		}
+	}
+	if n := strings.Count(text(ds), `"--host-network-port=18182"`); n != 2 {
+		t.Errorf("--host-network-port=18182 in %d containers, want the agent and host-rules", n)
+	}
+	if n := strings.Count(text(ds), `"port":"metrics"`); n != 3 {
+		t.Errorf("%d probes name the metrics port, want startup, liveness and readiness", n)
+	}
+	if !strings.Contains(text(svc), `"port":19180`) {
+		t.Errorf("the Service does not follow ports.metrics: %s", text(svc))
+	}
+}
