@@ -157,9 +157,10 @@ for ref in $(awk 'toupper($1) == "FROM" { for (i = 2; i <= NF; i++) if ($i !~ /^
       has_image "$name" && continue
       goroot=$(go env GOROOT); have=$(go env GOVERSION)
       case $have in "$want"|"$want".*) ;; *) step "the Dockerfile wants $ref but this machine's Go is $have"; exit 1 ;; esac
-      rootfs_image "docker.io/library/debian:$suite-slim" "$suite"
-      step "$name from debian:$suite-slim and this machine's $have"
-      c=$("${B[@]}" from --pull=never "docker.io/library/debian:$suite-slim")
+      # As the official image: Debian with ca-certificates, and Go.
+      rootfs_image "localhost/iamlet-go-base:$suite" "$suite" ca-certificates
+      step "$name from Debian $suite and this machine's $have"
+      c=$("${B[@]}" from --pull=never "localhost/iamlet-go-base:$suite")
       "${B[@]}" copy "$c" "$goroot" /usr/local/go >/dev/null
       "${B[@]}" config --env PATH=/go/bin:/usr/local/go/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
         --env GOPATH=/go --env GOTOOLCHAIN=local --workingdir /go "$c"
@@ -169,6 +170,10 @@ for ref in $(awk 'toupper($1) == "FROM" { for (i = 2; i <= NF; i++) if ($i !~ /^
 done
 rootfs_image localhost/iamlet-client-base:bookworm bookworm awscli,python3-boto3,ca-certificates
 stamp=$dir/buildah/dockerfile-$(sha256sum "$repo/Dockerfile" | cut -c1-16)
+# The Dockerfile's `go mod download` finds every module in the machine's module cache, mounted into the build: the
+# tests' builds run where there is no network.
+step "go mod download (the project's modules, for the image builds)"
+(cd "$repo" && go mod download)
 if [ ! -f "$stamp" ]; then
   step "building the Dockerfile once, to cache its package layer"
   "${B[@]}" bud --pull=never --layers --isolation=chroot --quiet -v "$(go env GOMODCACHE):/go/pkg/mod" \

@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -119,24 +118,19 @@ func parseRounds(out string) []round {
 
 // rollingUpdate: under steady load from pods with each role and without one, `helm upgrade` to a new image tag
 // replaces the agent. No request reaches the node's IMDS; every round either gets the pod's own role or fails; the
-// longest time a pod went without its credentials is reported.
+// longest time a pod went without its credentials is reported. The load runs until each pod with a role has been
+// served again after the new agent became Ready, however long the rollout took on a loaded machine.
 func rollingUpdate(t *testing.T) {
 	ctx := context.Background()
-	const loadFor = 40 * time.Second
 	load := map[string]string{"load-a": stack.SAA, "load-b": stack.SAB, "load-none": stack.SANoRole}
 	want := map[string]string{"load-a": roleName(stack.AudienceA), "load-b": roleName(stack.AudienceB)}
 	for name, sa := range load {
-		loadPod(t, name, sa, loadFor)
+		loadPod(t, name, sa, 10*time.Minute)
 	}
-	// The load runs before the upgrade starts: each pod has answered at least once.
+	rounds := func(name string) []round { return parseRounds(node.PodLog(ctx, "default", name)) }
+	// The load runs before the upgrade starts: each pod has made a round.
 	for name := range load {
-		end := time.Now().Add(deadline)
-		for len(parseRounds(node.PodLog(ctx, "default", name))) == 0 {
-			if time.Now().After(end) {
-				t.Fatalf("load pod %s made no round within %s", name, deadline)
-			}
-			time.Sleep(200 * time.Millisecond)
-		}
+		waitRounds(t, name, func(rs []round) bool { return len(rs) > 0 }, rounds)
 	}
 	t0 := time.Now()
 	out, err := node.Helm("upgrade", "iamlet", stack.RepoPath("deploy/helm/iamlet"), "--namespace", stack.AgentNamespace,
@@ -146,41 +140,52 @@ func rollingUpdate(t *testing.T) {
 	}
 	agentPod(t, stack.AgentImageTag2)
 	t.Logf("new agent pod Ready %s after helm upgrade", time.Since(t0).Round(time.Millisecond))
-	var wg sync.WaitGroup
 	for name := range load {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if _, err := node.WaitPodEnded(ctx, "default", name, loadFor+deadline); err != nil {
-				t.Error(err)
-				return
-			}
-			log := node.PodLog(ctx, "default", name)
-			assertNoNodeSecrets(t, name, log)
-			rs := parseRounds(log)
-			var oks, fails int
-			var gap, lastOK float64
-			for _, r := range rs {
-				switch {
-				case r.ok && r.role != want[name]:
-					t.Errorf("%s got role %s, want %q: %s", name, r.role, want[name], r.line)
-				case r.ok:
-					oks++
-					if lastOK > 0 && r.at-lastOK > gap {
-						gap = r.at - lastOK
-					}
-					lastOK = r.at
-				default:
-					fails++
-				}
-			}
-			if want[name] != "" && (len(rs) == 0 || !rs[len(rs)-1].ok) {
-				t.Errorf("%s: the load did not get its credentials again after the update:\n%s", name, log)
-			}
-			t.Logf("%s: %d rounds, %d served, %d refused or unanswered; longest time without credentials %.0f ms", name, len(rs), oks, fails, gap)
-		}()
+		seen := len(rounds(name))
+		// Twenty more rounds (about two seconds), the last of them served where the pod has a role.
+		waitRounds(t, name, func(rs []round) bool {
+			return len(rs) >= seen+20 && (want[name] == "" || rs[len(rs)-1].ok)
+		}, rounds)
 	}
-	wg.Wait()
+	for name := range load {
+		log := node.PodLog(ctx, "default", name)
+		assertNoNodeSecrets(t, name, log)
+		rs := parseRounds(log)
+		var oks, fails int
+		var gap, lastOK float64
+		for _, r := range rs {
+			switch {
+			case r.ok && r.role != want[name]:
+				t.Errorf("%s got role %s, want %q: %s", name, r.role, want[name], r.line)
+			case r.ok:
+				oks++
+				if lastOK > 0 && r.at-lastOK > gap {
+					gap = r.at - lastOK
+				}
+				lastOK = r.at
+			default:
+				fails++
+			}
+		}
+		t.Logf("%s: %d rounds, %d served, %d refused or unanswered; longest time without credentials %.0f ms", name, len(rs), oks, fails, gap)
+	}
+}
+
+// waitRounds waits until a load pod's rounds satisfy cond.
+func waitRounds(t *testing.T, name string, cond func([]round) bool, rounds func(string) []round) {
+	t.Helper()
+	end := time.Now().Add(deadline)
+	for !cond(rounds(name)) {
+		if time.Now().After(end) {
+			rs := rounds(name)
+			last := "none"
+			if len(rs) > 0 {
+				last = rs[len(rs)-1].line
+			}
+			t.Fatalf("load pod %s: %d rounds after %s, the last %s", name, len(rs), deadline, last)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
 
 // uninstall: `helm uninstall` removes the agent but leaves its rules, so pods are refused rather than handed the
