@@ -306,4 +306,62 @@ func TestChartREADMEListsEveryValue(t *testing.T) {
 }
 
 // opaqueValues are values whose content is Kubernetes' own structure, described as one.
-var opaqueValues = map[string]bool{"affinity": true, "resources": true, "updateStrategy": true}
+var opaqueValues = map[string]bool{"affinity": true, "resources": true, "updateStrategy": true, "dashboard.labels": true}
+
+// TestAlertRules: the chart's alert file is a valid rule file, and promtool's unit tests of each alert
+// (monitoring/alerts_test.yaml) pass: quiet before the lead time, then one alert for the node that is wrong.
+func TestAlertRules(t *testing.T) {
+	promtool, err := exec.LookPath("promtool")
+	if err != nil {
+		t.Fatalf("promtool (Debian's prometheus package) is missing: run hack/install-stack.sh (make test does)")
+	}
+	for _, args := range [][]string{{"check", "rules", "helm/iamlet/files/alerts.yaml"}, {"test", "rules", "monitoring/alerts_test.yaml"}} {
+		out, err := exec.Command(promtool, args...).CombinedOutput()
+		if err != nil {
+			t.Errorf("promtool %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+}
+
+// TestEveryAlertHasARunbook: each alert links a section of docs/troubleshooting.md that exists, and is unit-tested.
+func TestEveryAlertHasARunbook(t *testing.T) {
+	rules, err := os.ReadFile("helm/iamlet/files/alerts.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, err := os.ReadFile("../docs/troubleshooting.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests, err := os.ReadFile("monitoring/alerts_test.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var f struct {
+		Groups []struct {
+			Rules []struct {
+				Alert       string
+				Annotations map[string]string
+			}
+		}
+	}
+	if err := yaml.Unmarshal(rules, &f); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, g := range f.Groups {
+		for _, r := range g.Rules {
+			n++
+			_, anchor, _ := strings.Cut(r.Annotations["runbook_url"], "docs/troubleshooting.md#")
+			if anchor != strings.ToLower(r.Alert) || !strings.Contains(string(doc), "\n### "+r.Alert+"\n") {
+				t.Errorf("%s: runbook_url %q, want docs/troubleshooting.md#%s and a \"### %s\" section there", r.Alert, r.Annotations["runbook_url"], strings.ToLower(r.Alert), r.Alert)
+			}
+			if !strings.Contains(string(tests), "alertname: "+r.Alert+"\n") {
+				t.Errorf("%s has no promtool unit test in monitoring/alerts_test.yaml", r.Alert)
+			}
+		}
+	}
+	if n < 8 {
+		t.Errorf("%d alerts read; the parser is probably wrong", n)
+	}
+}

@@ -128,7 +128,7 @@ func TestMonitoringQueriesNameExportedMetrics(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dashboard, err := os.ReadFile("../deploy/monitoring/iamlet-dashboard.json")
+	dashboard, err := os.ReadFile("../deploy/helm/iamlet/files/dashboard.json")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,7 +150,7 @@ func TestMonitoringQueriesNameExportedMetrics(t *testing.T) {
 			exprs = append(exprs, tg.Expr)
 		}
 	}
-	rules, err := os.ReadFile("../deploy/monitoring/iamlet-alerts.yaml")
+	rules, err := os.ReadFile("../deploy/helm/iamlet/files/alerts.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}

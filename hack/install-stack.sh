@@ -21,6 +21,8 @@ step() { printf '[install-stack %s] %s\n' "$(date +%T)" "$*"; }
 pkgs=(iptables nftables iproute2 conntrack etcd-server awscli python3-boto3 ca-certificates openssl jq util-linux)
 # The real node (issue 15): a container runtime, CNI plugins, and the tools that build images without a registry.
 pkgs+=(containerd runc containernetworking-plugins buildah mmdebstrap)
+# promtool for the alert rules' unit tests, and a real Prometheus to scrape the agent.
+pkgs+=(prometheus)
 missing=()
 # Some images ship kubectl from another package that owns /usr/bin/kubectl; Debian's would clash with it.
 command -v kubectl >/dev/null || pkgs+=(kubernetes-client)
@@ -151,7 +153,7 @@ rootfs_image() {
 }
 for ref in $(awk 'toupper($1) == "FROM" { for (i = 2; i <= NF; i++) if ($i !~ /^--/) { print $i; break } }' "$repo/Dockerfile"); do
   case $ref in
-    debian:*) rootfs_image "docker.io/library/$ref" "${ref#debian:}"; ;;
+    debian:*) tag=${ref#debian:}; rootfs_image "docker.io/library/$ref" "${tag%-slim}" ;;
     golang:*-*)
       name=docker.io/library/$ref; suite=${ref##*-}; want=${ref#golang:}; want=go${want%-*}
       has_image "$name" && continue
