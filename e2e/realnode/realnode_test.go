@@ -204,6 +204,7 @@ func TestRealNode(t *testing.T) {
 	t.Run("attack spellings from a container", func(t *testing.T) { attackSpellings(t) })
 	t.Run("first request at container start", func(t *testing.T) { firstRequests(t, 30) })
 	t.Run("minting with the kubelet's token", func(t *testing.T) { kubeletTokenMinting(t, agent) })
+	t.Run("prometheus scrapes as the ServiceMonitor says", func(t *testing.T) { prometheusScrapes(t) })
 	t.Run("rolling update under load", func(t *testing.T) { rollingUpdate(t) })
 	t.Run("helm uninstall and clean-up", func(t *testing.T) { uninstall(t) })
 	t.Run("kustomize install", func(t *testing.T) { kustomizeInstall(t) })

@@ -125,3 +125,6 @@ func (s *Stack) ComponentLog(name string, lines int) string {
 	}
 	return ""
 }
+
+// AdminToken is the stack admin's bearer token, for clients configured by hand (Prometheus's Kubernetes discovery).
+func (s *Stack) AdminToken() string { return adminToken }
