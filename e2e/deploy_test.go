@@ -182,8 +182,9 @@ func TestAdmissionPolicyLimitsAgentTokens(t *testing.T) {
 				t.Fatalf("kubectl apply: %v\n%s", err, out)
 			}
 			if in.serviceAccount != stack.AgentServiceAccount {
-				// Its cluster-scoped objects have names of their own, which restoreStackInstall does not overwrite.
-				t.Cleanup(func() { _, _ = kubectl(in.rendered, "delete", "--ignore-not-found", "-f", "-") })
+				// Its cluster-scoped objects have names of their own, which restoreStackInstall does not overwrite. Not
+				// waited for: no controller manager runs here to finish deleting its Namespace.
+				t.Cleanup(func() { _, _ = kubectl(in.rendered, "delete", "--ignore-not-found", "--wait=false", "-f", "-") })
 			}
 			agent := impersonate(t, "system:serviceaccount:"+in.namespace+":"+in.serviceAccount)
 			// RBAC and the policy take effect once the apiserver's caches have them.

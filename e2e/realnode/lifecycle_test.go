@@ -119,13 +119,19 @@ func parseRounds(out string) []round {
 // rollingUpdate: under steady load from pods with each role and without one, `helm upgrade` to a new image tag
 // replaces the agent. No request reaches the node's IMDS; every round either gets the pod's own role or fails; the
 // longest time a pod went without its credentials is reported. The load runs until each pod with a role has been
-// served again after the new agent became Ready, however long the rollout took on a loaded machine.
+// served again after the new agent became Ready, however long the rollout took on a loaded machine; a pod that kept
+// its IMDSv2 token from before the update is served with it after.
 func rollingUpdate(t *testing.T) {
 	ctx := context.Background()
-	load := map[string]string{"load-a": stack.SAA, "load-b": stack.SAB, "load-none": stack.SANoRole}
-	want := map[string]string{"load-a": roleName(stack.AudienceA), "load-b": roleName(stack.AudienceB)}
+	load := map[string]string{"load-a": stack.SAA, "load-b": stack.SAB, "load-none": stack.SANoRole, "load-a-kept": stack.SAA}
+	want := map[string]string{"load-a": roleName(stack.AudienceA), "load-b": roleName(stack.AudienceB), "load-a-kept": roleName(stack.AudienceA)}
 	for name, sa := range load {
-		loadPod(t, name, sa, 10*time.Minute)
+		// load-a-kept keeps its first IMDSv2 token, as SDKs do: the new agent must accept it (the key is the node's).
+		var more []string
+		if name == "load-a-kept" {
+			more = []string{"-keep-token"}
+		}
+		loadPod(t, name, sa, 10*time.Minute, more...)
 	}
 	rounds := func(name string) []round { return parseRounds(node.PodLog(ctx, "default", name)) }
 	// The load runs before the upgrade starts: each pod has made a round.

@@ -185,10 +185,11 @@ func summary(ms []float64) string {
 	return fmt.Sprintf("min %.1f ms, median %.1f ms, p90 %.1f ms, max %.1f ms", s[0], q(0.5), q(0.9), s[len(s)-1])
 }
 
-// loadPod starts a pod that makes the credential exchange every 50 ms for d, printing each round.
-func loadPod(t *testing.T, name, sa string, d time.Duration) {
+// loadPod starts a pod that makes the credential exchange every 50 ms for d, printing each round; more are firstcreds
+// flags.
+func loadPod(t *testing.T, name, sa string, d time.Duration, more ...string) {
 	t.Helper()
-	pod := stack.ClientPod(name, sa, stack.GoClientsImage, "/firstcreds", "-for", d.String(), "-every", "50ms")
+	pod := stack.ClientPod(name, sa, stack.GoClientsImage, append([]string{"/firstcreds", "-for", d.String(), "-every", "50ms"}, more...)...)
 	if _, err := node.Kube.CoreV1().Pods("default").Create(context.Background(), pod, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}

@@ -264,6 +264,8 @@ var realNodeStrays = []string{
 	"/var/run/netns", "/run/containerd/s", "/run/containerd/runc", "/var/log/containers", "/var/log/pods",
 	"/var/lib/cni/results", "/var/lib/kubelet", "/var/lib/kubelet/device-plugins", "/var/lib/kubelet/plugins_registry",
 	"/var/lib/kubelet/pod-resources", "/var/lib/kubelet/plugins", "/run/containerd", "/var/lib/cni",
+	// The chart's hostPath for the agent's IMDSv2 token key.
+	"/var/lib/iamlet",
 }
 
 func snapshotRealNode() realNodeSnapshot {

@@ -7,6 +7,7 @@
 //
 // With -for it repeats the exchange (every -every) for that long, as steady load, printing one line per round with
 // the round's start in milliseconds since the process started: "round T ok ROLE KEY MS" or "round T fail STEP WHAT MS".
+// With -keep-token it keeps the first IMDSv2 token for every round, as SDKs keep theirs for its lifetime.
 package main
 
 import (
@@ -25,32 +26,49 @@ func main() {
 	base := flag.String("imds", "http://169.254.169.254", "the instance metadata endpoint")
 	repeatFor := flag.Duration("for", 0, "repeat for this long (0: once)")
 	every := flag.Duration("every", 50*time.Millisecond, "with -for, the pause between rounds")
+	keep := flag.Bool("keep-token", false, "with -for, fetch the IMDSv2 token once and use it in every round")
 	flag.Parse()
 	// A connection per request, as a fresh SDK process makes, and no keep-alive across a rollout.
 	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	if *repeatFor == 0 {
-		res, ok := exchange(c, *base)
+		res, ok := exchange(c, *base, nil)
 		fmt.Printf("firstcreds %s %.1f\n", res, ms(start))
 		if !ok {
 			os.Exit(1)
 		}
 		return
 	}
+	var kept *string
+	if *keep {
+		kept = new(string)
+	}
 	for time.Since(start) < *repeatFor {
 		t := time.Now()
-		res, _ := exchange(c, *base)
+		res, _ := exchange(c, *base, kept)
 		fmt.Printf("round %.0f %s %.1f\n", float64(t.Sub(start).Milliseconds()), res, ms(t))
 		time.Sleep(*every)
 	}
 }
 
-// exchange is one IMDSv2 credential exchange: "ok ROLE KEY" or "fail STEP WHAT".
-func exchange(c *http.Client, base string) (string, bool) {
-	req, _ := http.NewRequest(http.MethodPut, base+"/latest/api/token", nil)
-	req.Header.Set("X-aws-ec2-metadata-token-ttl-seconds", "21600")
-	token, status, err := do(c, req)
-	if err != nil || status != http.StatusOK {
-		return fmt.Sprintf("fail token %v", orStatus(err, status)), false
+// exchange is one IMDSv2 credential exchange: "ok ROLE KEY" or "fail STEP WHAT". With kept, a token it holds is
+// used rather than a new one, and a new one is kept.
+func exchange(c *http.Client, base string, kept *string) (string, bool) {
+	var token string
+	if kept != nil {
+		token = *kept
+	}
+	if token == "" {
+		req, _ := http.NewRequest(http.MethodPut, base+"/latest/api/token", nil)
+		req.Header.Set("X-aws-ec2-metadata-token-ttl-seconds", "21600")
+		var status int
+		var err error
+		token, status, err = do(c, req)
+		if err != nil || status != http.StatusOK {
+			return fmt.Sprintf("fail token %v", orStatus(err, status)), false
+		}
+		if kept != nil {
+			*kept = token
+		}
 	}
 	get := func(path string) (string, int, error) {
 		req, _ := http.NewRequest(http.MethodGet, base+path, nil)
