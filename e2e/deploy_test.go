@@ -447,7 +447,8 @@ func kustomize(t *testing.T, dir string) []byte {
 // the kustomize base has it), a values file relative to the repo ("" for none) and more helm flags.
 func helmTemplate(t *testing.T, values string, flags ...string) []byte {
 	t.Helper()
-	args := []string{"template", "iamlet", repoPath(t, "deploy/helm/iamlet"), "--namespace", agentNamespace, "--set", "namespace.create=true"}
+	// No hooks: the kustomize base has no uninstall clean-up (docs/interception.md#uninstall is its way).
+	args := []string{"template", "iamlet", repoPath(t, "deploy/helm/iamlet"), "--namespace", agentNamespace, "--set", "namespace.create=true", "--no-hooks"}
 	if values != "" {
 		args = append(args, "-f", repoPath(t, values))
 	}

@@ -270,18 +270,28 @@ func TestHostNetworkOutsideThePodsKeepsTheNode(t *testing.T) {
 // TestHostNetworkNotCoveredIsSaid: where hostNetwork pods cannot be intercepted the agent says so in /readyz, its
 // status, a metric and its log: when their callers cannot be traced (here the pods cgroup does not exist, as on a
 // node without a cgroup v2 hierarchy), and when the host-rules container does not report (here the agent is given a
-// directory it never writes to).
+// directory it never writes to): first that it waits for the report, then, once a report is overdue (three reconcile
+// intervals and 10 s; the interval is 1 s here), that there is none.
 func TestHostNetworkNotCoveredIsSaid(t *testing.T) {
 	for _, c := range []struct {
-		name, arg, why string
+		name       string
+		args       []string
+		first, why string
 	}{
-		{"no pods cgroup", "--pods-cgroup=iamlet-nonexistent/kubepods.slice", "no cgroup v2 pods hierarchy"},
-		{"no host-rules", "--host-rules-dir=" + t.TempDir(), "no report from the host-rules container"},
+		{"no pods cgroup", []string{"--pods-cgroup=iamlet-nonexistent/kubepods.slice"}, "no cgroup v2 pods hierarchy", "no cgroup v2 pods hierarchy"},
+		{"no host-rules", []string{"--host-rules-dir=" + t.TempDir(), "--reconcile-interval=1s"},
+			"waiting for the host-rules container's first report", "no report from the host-rules container"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			p := dedicatedAgent(t, c.arg)
+			p := dedicatedAgent(t, c.args...)
 			code, body, err := stack.Get("http://" + stack.AgentMetricsAddr + "/readyz")
-			if err != nil || code != 200 || !strings.Contains(body, "hostNetwork pods not covered: ") || !strings.Contains(body, c.why) {
+			if err != nil || code != 200 || !strings.Contains(body, "hostNetwork pods not covered: ") || !strings.Contains(body, c.first) {
+				t.Errorf("/readyz: %d %q %v, want ready and saying hostNetwork pods are not covered: %s", code, body, err, c.first)
+			}
+			if !eventually(machineDeadline, func() bool {
+				code, body, err = stack.Get("http://" + stack.AgentMetricsAddr + "/readyz")
+				return err == nil && code == 200 && strings.Contains(body, "hostNetwork pods not covered: "+c.why)
+			}) {
 				t.Errorf("/readyz: %d %q %v, want ready and saying hostNetwork pods are not covered: %s", code, body, err, c.why)
 			}
 			if st := agentStatus(t); !strings.HasPrefix(st.HostNetwork, "not covered: ") {

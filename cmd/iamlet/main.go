@@ -38,11 +38,12 @@ var version = "dev"
 const usage = `iamlet serves each pod its own IAM role's credentials on the instance metadata address.
 
 Usage:
-  iamlet [run] [flags]       run the agent (the DaemonSet's iamlet container)
-  iamlet host-rules [flags]  write the hostNetwork pods' rules (the DaemonSet's privileged host-rules container)
-  iamlet status [flags]      show the node's pods, their roles and credential state
-  iamlet uninstall [flags]   remove the interception rules (pods then reach the node's IMDS)
-  iamlet version             print the version, commit and Go version
+  iamlet [run] [flags]         run the agent (the DaemonSet's iamlet container)
+  iamlet host-rules [flags]    write the hostNetwork pods' rules (the DaemonSet's privileged host-rules container)
+  iamlet status [flags]        show the node's pods, their roles and credential state
+  iamlet uninstall [flags]     remove the interception rules (pods then reach the node's IMDS)
+  iamlet cleanup-hook [flags]  the chart's uninstall hook: wait for the clean-up DaemonSet, then delete it
+  iamlet version               print the version, commit and Go version
 
 "iamlet COMMAND -h" lists a command's flags.
 `
@@ -74,6 +75,8 @@ func cli(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = uninstall(ctx, args, stderr)
 	case "host-rules":
 		err = hostRules(ctx, args, stderr)
+	case "cleanup-hook":
+		err = cleanupHook(ctx, args, stderr)
 	case "version":
 		fmt.Fprintln(stdout, versionLine())
 	case "help":
@@ -264,8 +267,22 @@ func uninstall(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("iamlet uninstall", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	backend := fs.String("iptables-backend", "auto", "auto, nft or legacy")
+	wait := fs.Duration("wait-for-agent", 0, "first wait up to this long until no agent listens on this node (--metadata-port, --host-network-port), so a terminating agent cannot restore the rules")
+	metadataPort := fs.Uint("metadata-port", 8181, "the agent's --metadata-port")
+	hostPort := fs.Uint("host-network-port", 8182, "the agent's --host-network-port")
+	agentDS := fs.String("after-daemonset-deleted", "", "NAMESPACE/NAME of the agent's DaemonSet: remove nothing while it exists (the chart's uninstall hook; in-cluster credentials)")
 	if err := parse(fs, args); err != nil {
 		return err
+	}
+	if *agentDS != "" {
+		if err := waitDaemonSetGone(ctx, *agentDS, *wait); err != nil {
+			return err
+		}
+	}
+	if *wait > 0 {
+		if err := waitAgentGone(ctx, []uint{*metadataPort, *hostPort}, *wait); err != nil {
+			return err
+		}
 	}
 	log, _ := newLogger(os.Stderr, "text", "info")
 	// Remove works from the chains' names, so any listener address satisfies the config.

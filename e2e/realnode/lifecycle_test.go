@@ -2,6 +2,7 @@ package realnode
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -194,45 +195,86 @@ func waitRounds(t *testing.T, name string, cond func([]round) bool, rounds func(
 	}
 }
 
-// uninstall: `helm uninstall` removes the agent but leaves its rules, so pods are refused rather than handed the
-// node's role; the documented clean-up (docs/interception.md#uninstall: `iamlet uninstall` in the node's network
-// namespace, from the agent's image) removes every rule of iamlet's, after which pods reach the node's IMDS again, as
-// that page says.
+// uninstall: `helm uninstall` removes the agent, and its post-delete hooks (templates/cleanup.yaml) remove its rules
+// from the node once the agent there has gone, then themselves; afterwards pods reach the node's IMDS, as documented.
 func uninstall(t *testing.T) {
-	ctx := context.Background()
-	if out, err := node.Helm("uninstall", "iamlet", "--namespace", stack.AgentNamespace, "--wait"); err != nil {
-		t.Fatalf("helm uninstall: %v\n%s", err, out)
+	t0 := time.Now()
+	if out, err := node.Helm("uninstall", "iamlet", "--namespace", stack.AgentNamespace, "--wait", "--timeout", "5m"); err != nil {
+		t.Fatalf("helm uninstall: %v\n%s\n%s", err, out, hookLogs())
 	}
+	t.Logf("helm uninstall with its clean-up hooks took %s", time.Since(t0).Round(time.Millisecond))
+	assertNoRules(t, "after helm uninstall")
+	// The hooks remove themselves: their objects at once, their pods once terminated.
+	for _, kind := range []string{"daemonset", "job", "serviceaccount", "role", "rolebinding"} {
+		if out, err := node.Kubectl(nil, "-n", stack.AgentNamespace, "get", kind+"/iamlet-cleanup"); err == nil {
+			t.Errorf("the clean-up hook's %s is still there after helm uninstall:\n%s", kind, out)
+		}
+	}
+	waitNoPods(t, "after helm uninstall")
+	phase, out := node.RunPod(t, stack.ClientPod("after-uninstall", stack.SAA, stack.GoClientsImage, "/firstcreds"), deadline)
+	if f := strings.Fields(out); phase != corev1.PodSucceeded || len(f) < 3 || f[2] != stack.NodeRoleName {
+		t.Errorf("after helm uninstall a pod reaches the node's IMDS, as documented: got %s:\n%s", phase, out)
+	}
+}
+
+// waitNoPods waits until no pod is left in the agent's namespace.
+func waitNoPods(t *testing.T, when string) {
+	t.Helper()
 	end := time.Now().Add(deadline)
 	for {
-		pods, err := node.Kube.CoreV1().Pods(stack.AgentNamespace).List(ctx, metav1.ListOptions{})
+		pods, err := node.Kube.CoreV1().Pods(stack.AgentNamespace).List(context.Background(), metav1.ListOptions{})
 		if err == nil && len(pods.Items) == 0 {
-			break
+			return
 		}
 		if time.Now().After(end) {
-			t.Fatalf("agent pods still there %s after helm uninstall", deadline)
+			t.Fatalf("pods still in %s %s %s: %v", stack.AgentNamespace, deadline, when, err)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	phase, out := node.RunPod(t, stack.ClientPod("after-uninstall", stack.SAA, stack.GoClientsImage, "/firstcreds"), deadline)
-	assertNoNodeSecrets(t, "a pod after helm uninstall", out)
-	if phase != corev1.PodFailed || !strings.Contains(out, "firstcreds fail token") {
-		t.Errorf("a pod after helm uninstall, before the clean-up: %s, want refused:\n%s", phase, out)
-	}
+}
 
-	cleanup := stack.ClientPod("iamlet-uninstall", "default", stack.AgentImageRepo+":"+stack.AgentImageTag2, "iamlet", "uninstall", "--iptables-backend=nft")
+// hookLogs are the clean-up hooks' pods' logs, for a failure's message.
+func hookLogs() string {
+	var b strings.Builder
+	for _, sel := range []string{"app.kubernetes.io/name=iamlet-cleanup", "job-name=iamlet-cleanup"} {
+		out, _ := node.Kubectl(nil, "-n", stack.AgentNamespace, "logs", "-l", sel, "--all-containers", "--tail=20")
+		fmt.Fprintf(&b, "--- %s:\n%s\n", sel, out)
+	}
+	return b.String()
+}
+
+// assertNoRules fails if anything of iamlet's is in the node's iptables (both families) or nftables.
+func assertNoRules(t *testing.T, when string) {
+	t.Helper()
+	for _, c := range [][]string{{"iptables-nft-save"}, {"ip6tables-nft-save"}, {"nft", "list", "tables"}} {
+		out, err := exec.Command(c[0], c[1:]...).CombinedOutput()
+		if err != nil || strings.Contains(strings.ToLower(string(out)), "iamlet") {
+			t.Errorf("%s %s: %v\n%s", c[0], when, err, out)
+		}
+	}
+}
+
+// manualCleanup: an installation removed without Helm's hooks (here `kubectl delete -k`) leaves its rules, so pods
+// are refused rather than handed the node's role; the documented clean-up (docs/interception.md#uninstall:
+// `iamlet uninstall` in the node's network namespace, from the agent's image) removes them.
+func manualCleanup(t *testing.T, kustomization string) {
+	if out, err := node.Kubectl(nil, "delete", "-k", kustomization, "--wait=false"); err != nil {
+		t.Fatalf("kubectl delete -k: %v\n%s", err, out)
+	}
+	waitNoPods(t, "after kubectl delete")
+	phase, out := node.RunPod(t, stack.ClientPod("after-delete", stack.SAA, stack.GoClientsImage, "/firstcreds"), deadline)
+	assertNoNodeSecrets(t, "a pod after kubectl delete", out)
+	if phase != corev1.PodFailed || !strings.Contains(out, "firstcreds fail token") {
+		t.Errorf("a pod after kubectl delete, before the clean-up: %s, want refused:\n%s", phase, out)
+	}
+	cleanup := stack.ClientPod("iamlet-uninstall", "default", stack.AgentImageRepo+":"+stack.AgentImageTag, "iamlet", "uninstall", "--iptables-backend=nft")
 	cleanup.Spec.HostNetwork = true
 	cleanup.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{Capabilities: &corev1.Capabilities{
 		Drop: []corev1.Capability{"ALL"}, Add: []corev1.Capability{"NET_ADMIN", "NET_RAW"}}}
 	if phase, out := node.RunPod(t, cleanup, deadline); phase != corev1.PodSucceeded {
 		t.Fatalf("iamlet uninstall: %s\n%s", phase, out)
 	}
-	for _, c := range [][]string{{"iptables-nft-save"}, {"ip6tables-nft-save"}, {"nft", "list", "tables"}} {
-		out, err := exec.Command(c[0], c[1:]...).CombinedOutput()
-		if err != nil || strings.Contains(strings.ToLower(string(out)), "iamlet") {
-			t.Errorf("%s after the clean-up: %v\n%s", c[0], err, out)
-		}
-	}
+	assertNoRules(t, "after the documented clean-up")
 	phase, out = node.RunPod(t, stack.ClientPod("after-cleanup", stack.SAA, stack.GoClientsImage, "/firstcreds"), deadline)
 	if f := strings.Fields(out); phase != corev1.PodSucceeded || len(f) < 3 || f[2] != stack.NodeRoleName {
 		t.Errorf("after the clean-up a pod reaches the node's IMDS, as documented: got %s:\n%s", phase, out)
@@ -282,4 +324,5 @@ patches:
 	if phase != corev1.PodFailed || !strings.Contains(out, "firstcreds fail role 403") {
 		t.Errorf("a pod whose audience %s the base does not allow: %s, want 403:\n%s", stack.AudienceB, phase, out)
 	}
+	manualCleanup(t, dir)
 }

@@ -206,7 +206,7 @@ func TestRealNode(t *testing.T) {
 	t.Run("minting with the kubelet's token", func(t *testing.T) { kubeletTokenMinting(t, agent) })
 	t.Run("prometheus scrapes as the ServiceMonitor says", func(t *testing.T) { prometheusScrapes(t) })
 	t.Run("rolling update under load", func(t *testing.T) { rollingUpdate(t) })
-	t.Run("helm uninstall and clean-up", func(t *testing.T) { uninstall(t) })
-	t.Run("kustomize install", func(t *testing.T) { kustomizeInstall(t) })
+	t.Run("helm uninstall removes the rules", func(t *testing.T) { uninstall(t) })
+	t.Run("kustomize install, delete and the documented clean-up", func(t *testing.T) { kustomizeInstall(t) })
 	_ = ctx
 }

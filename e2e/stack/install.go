@@ -33,7 +33,8 @@ var ChartValues = []string{"--set", "namespace.create=true", "--set", "admission
 
 // HelmTemplate renders deploy/helm/iamlet as release name in namespace ns with ChartValues and more flags.
 func HelmTemplate(name, ns string, flags ...string) ([]byte, error) {
-	args := append([]string{"template", name, RepoPath("deploy/helm/iamlet"), "--namespace", ns}, ChartValues...)
+	// No hooks: the uninstall clean-up runs only under `helm uninstall`, and the simulated node runs no controllers.
+	args := append([]string{"template", name, RepoPath("deploy/helm/iamlet"), "--namespace", ns, "--no-hooks"}, ChartValues...)
 	cmd := exec.Command(filepath.Join(BinDir(), "helm"), append(args, flags...)...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
