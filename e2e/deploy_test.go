@@ -702,3 +702,40 @@ func TestChartPortsMoveTogether(t *testing.T) {
 		t.Errorf("the Service does not follow ports.metrics: %s", text(svc))
 	}
 }
+
+// TestChartPackages: the chart packages (as the release pipeline does before pushing it as an OCI artifact), and the
+// package carries its schema, NOTES and README, lints, and renders the same objects as the source tree.
+func TestChartPackages(t *testing.T) {
+	dir := t.TempDir()
+	out, err := exec.Command(helmBin(t), "package", repoPath(t, "deploy/helm/iamlet"), "-d", dir).CombinedOutput()
+	if err != nil {
+		t.Fatalf("helm package: %v\n%s", err, out)
+	}
+	pkgs, _ := filepath.Glob(filepath.Join(dir, "iamlet-*.tgz"))
+	if len(pkgs) != 1 {
+		t.Fatalf("helm package made %v", pkgs)
+	}
+	list, err := exec.Command("tar", "-tzf", pkgs[0]).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"iamlet/values.schema.json", "iamlet/templates/NOTES.txt", "iamlet/README.md", "iamlet/files/alerts.yaml", "iamlet/files/dashboard.json"} {
+		if !strings.Contains(string(list), f+"\n") {
+			t.Errorf("the package has no %s:\n%s", f, list)
+		}
+	}
+	if out, err := exec.Command(helmBin(t), "lint", "--strict", pkgs[0]).CombinedOutput(); err != nil {
+		t.Errorf("helm lint of the package: %v\n%s", err, out)
+	}
+	render := func(chart string) []byte {
+		out, err := exec.Command(helmBin(t), "template", "iamlet", chart, "--namespace", agentNamespace,
+			"--set", "prometheusRule.enabled=true", "--set", "dashboard.enabled=true", "--set", "serviceMonitor.enabled=true").Output()
+		if err != nil {
+			t.Fatalf("helm template %s: %v\n%s", chart, err, exitStderr(err))
+		}
+		return out
+	}
+	if a, b := render(repoPath(t, "deploy/helm/iamlet")), render(pkgs[0]); !bytes.Equal(a, b) {
+		t.Errorf("the package renders differently from the source tree")
+	}
+}
