@@ -73,6 +73,9 @@ type Config struct {
 	// where the node's cgroup hierarchy is mounted, PodsCgroup the kubelet's pods cgroup below it ("" = detect),
 	// PodUID the agent's own pod (exempted), NodeTrusted the namespace/serviceaccount pairs left on the node's IMDS.
 	HostNetworkPods bool
+	// PerPodMetrics exports the per-pod series (namespace, pod, service_account, role_arn labels); off, only the
+	// node's aggregates.
+	PerPodMetrics   bool
 	HostNetworkPort uint16 // the hostNetwork faces listen on the metadata addresses at this port
 	HostRulesDir    string // shared with the host-rules container (hostrules.go)
 	CgroupRoot      string
@@ -142,7 +145,7 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 		return err
 	}
 
-	m := newMetrics(reg)
+	m := newMetrics(reg, cfg.PerPodMetrics)
 	index := pods.New(kube, cfg.NodeName, cfg.UnknownPodWait)
 	mapper := roles.New(kube, roles.Config{DefaultAudience: cfg.DefaultAudience, DefaultDuration: cfg.SessionDuration,
 		RequireNamespaceAllowlist: cfg.RequireNamespaceAllowlist})

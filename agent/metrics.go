@@ -9,11 +9,15 @@ import (
 )
 
 // metrics are the agent's own series. Per-pod series carry namespace, pod, service_account and role_arn
-// and are deleted when the pod or its role leaves the node, so cardinality follows the node's pods.
+// and are deleted when the pod or its role leaves the node, so cardinality follows the node's pods; with perPod off
+// (--per-pod-metrics=false) there are none, and the per-node aggregates (earliest expiry, requests by outcome), which
+// are always there, keep the alerts and the dashboard's node view working.
 type metrics struct {
+	perPod      bool
 	expiry      *prometheus.GaugeVec
 	lastRefresh *prometheus.GaugeVec
 	podRequests *prometheus.CounterVec
+	requests    *prometheus.CounterVec // by outcome only
 	fetches     *prometheus.CounterVec
 	stale       prometheus.Counter
 	sts         *prometheus.CounterVec
@@ -24,14 +28,20 @@ type metrics struct {
 	reconciles  prometheus.Counter
 	repairs     prometheus.Counter
 
-	mu      sync.Mutex
-	podKeys map[creds.Key][]string // label values of each entry's per-pod series, for deletion
+	mu       sync.Mutex
+	podKeys  map[creds.Key][]string // label values of each entry's per-pod series, for deletion
+	expiries map[creds.Key]int64    // each entry's expiry (Unix seconds), for the earliest
 }
 
 var podLabels = []string{"namespace", "pod", "service_account", "role_arn"}
 
-func newMetrics(reg prometheus.Registerer) *metrics {
+func newMetrics(reg prometheus.Registerer, perPod bool) *metrics {
 	m := &metrics{
+		perPod: perPod,
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "iamlet_credential_requests_total",
+			Help: "Credential requests from identified pods, by outcome (hit, miss, stale, error): the node's sum of iamlet_pod_credential_requests_total.",
+		}, []string{"outcome"}),
 		expiry: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "iamlet_credentials_expiry_timestamp_seconds",
 			Help: "When the credentials held for a pod's role expire, as a Unix time.",
@@ -82,11 +92,30 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "iamlet_iptables_drift_repairs_total",
 			Help: "Interception rules found missing or out of place and restored.",
 		}),
-		podKeys: make(map[creds.Key][]string),
+		podKeys:  make(map[creds.Key][]string),
+		expiries: make(map[creds.Key]int64),
 	}
-	reg.MustRegister(m.expiry, m.lastRefresh, m.podRequests, m.fetches, m.stale, m.sts, m.stsLatency,
-		m.tokens, m.tokenLat, m.rules, m.reconciles, m.repairs)
+	reg.MustRegister(m.requests, m.fetches, m.stale, m.sts, m.stsLatency, m.tokens, m.tokenLat, m.rules, m.reconciles, m.repairs,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "iamlet_credentials_earliest_expiry_timestamp_seconds",
+			Help: "When the first of the credentials held for the node's pods expires, as a Unix time (0 when none are held).",
+		}, m.earliestExpiry))
+	if perPod {
+		reg.MustRegister(m.expiry, m.lastRefresh, m.podRequests)
+	}
 	return m
+}
+
+func (m *metrics) earliestExpiry() float64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var first int64
+	for _, e := range m.expiries {
+		if first == 0 || e < first {
+			first = e
+		}
+	}
+	return float64(first)
 }
 
 func labelsOf(r creds.Request) []string {
@@ -97,7 +126,11 @@ func (m *metrics) stored(r creds.Request, c creds.Credentials) {
 	l := labelsOf(r)
 	m.mu.Lock()
 	m.podKeys[r.Key()] = l
+	m.expiries[r.Key()] = c.Expiration.Unix()
 	m.mu.Unlock()
+	if !m.perPod {
+		return
+	}
 	m.expiry.WithLabelValues(l...).Set(float64(c.Expiration.Unix()))
 	m.lastRefresh.WithLabelValues(l...).Set(float64(c.Issued.Unix()))
 }
@@ -108,7 +141,10 @@ func (m *metrics) request(r creds.Request, outcome string) {
 		m.podKeys[r.Key()] = labelsOf(r)
 	}
 	m.mu.Unlock()
-	m.podRequests.WithLabelValues(append(labelsOf(r), outcome)...).Inc()
+	m.requests.WithLabelValues(outcome).Inc()
+	if m.perPod {
+		m.podRequests.WithLabelValues(append(labelsOf(r), outcome)...).Inc()
+	}
 }
 
 // forget deletes every per-pod series of the entry.
@@ -116,7 +152,11 @@ func (m *metrics) forget(r creds.Request) {
 	m.mu.Lock()
 	l, ok := m.podKeys[r.Key()]
 	delete(m.podKeys, r.Key())
+	delete(m.expiries, r.Key())
 	m.mu.Unlock()
+	if !m.perPod {
+		return
+	}
 	if !ok {
 		l = labelsOf(r)
 	}

@@ -13,7 +13,7 @@ import (
 
 func TestMetricsLint(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	m := newMetrics(reg)
+	m := newMetrics(reg, true)
 	// Touch every vector so the linter sees each family.
 	r := creds.Request{PodUID: "u1", Namespace: "ns", Pod: "p", ServiceAccount: "sa", RoleARN: "arn:aws:iam::123456789012:role/r"}
 	m.stored(r, creds.Credentials{Expiration: time.Unix(2000, 0), Issued: time.Unix(1000, 0)})
@@ -35,7 +35,7 @@ func TestMetricsLint(t *testing.T) {
 // does and are deleted with it, so the node's pods bound the cardinality.
 func TestPerPodSeriesFollowThePod(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	m := newMetrics(reg)
+	m := newMetrics(reg, true)
 	a := creds.Request{PodUID: "ua", Namespace: "team", Pod: "a", ServiceAccount: "sa-a", RoleARN: "arn:aws:iam::123456789012:role/a"}
 	b := creds.Request{PodUID: "ub", Namespace: "team", Pod: "b", ServiceAccount: "sa-b", RoleARN: "arn:aws:iam::123456789012:role/b"}
 	m.stored(a, creds.Credentials{Expiration: time.Unix(7200, 0), Issued: time.Unix(3600, 0)})
@@ -73,5 +73,44 @@ iamlet_pod_credential_requests_total{namespace="team",outcome="miss",pod="b",rol
 	}
 	if n := testutil.CollectAndCount(m.lastRefresh); n != 1 {
 		t.Errorf("last refresh series after deletion = %d, want 1", n)
+	}
+}
+
+// TestPerPodSeriesOff: with per-pod series off the agent exports none, however many pods it serves, and the node's
+// aggregates (earliest expiry, requests by outcome) say what the alerts and the node view need.
+func TestPerPodSeriesOff(t *testing.T) {
+	for _, perPod := range []bool{false, true} {
+		reg := prometheus.NewRegistry()
+		m := newMetrics(reg, perPod)
+		a := creds.Request{PodUID: "ua", Namespace: "team", Pod: "a", ServiceAccount: "sa-a", RoleARN: "arn:aws:iam::123456789012:role/a"}
+		b := creds.Request{PodUID: "ub", Namespace: "team", Pod: "b", ServiceAccount: "sa-b", RoleARN: "arn:aws:iam::123456789012:role/b"}
+		m.stored(a, creds.Credentials{Expiration: time.Unix(7200, 0), Issued: time.Unix(3600, 0)})
+		m.stored(b, creds.Credentials{Expiration: time.Unix(9000, 0), Issued: time.Unix(5400, 0)})
+		m.request(a, "hit")
+		m.request(b, "hit")
+		m.request(b, "miss")
+		want := `
+# HELP iamlet_credential_requests_total Credential requests from identified pods, by outcome (hit, miss, stale, error): the node's sum of iamlet_pod_credential_requests_total.
+# TYPE iamlet_credential_requests_total counter
+iamlet_credential_requests_total{outcome="hit"} 2
+iamlet_credential_requests_total{outcome="miss"} 1
+# HELP iamlet_credentials_earliest_expiry_timestamp_seconds When the first of the credentials held for the node's pods expires, as a Unix time (0 when none are held).
+# TYPE iamlet_credentials_earliest_expiry_timestamp_seconds gauge
+iamlet_credentials_earliest_expiry_timestamp_seconds 7200
+`
+		if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "iamlet_credential_requests_total", "iamlet_credentials_earliest_expiry_timestamp_seconds"); err != nil {
+			t.Errorf("perPod=%v: %v", perPod, err)
+		}
+		perPodSeries, err := testutil.GatherAndCount(reg, "iamlet_credentials_expiry_timestamp_seconds", "iamlet_credentials_last_refresh_timestamp_seconds", "iamlet_pod_credential_requests_total")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := map[bool]int{false: 0, true: 7}[perPod]; perPodSeries != want {
+			t.Errorf("perPod=%v: %d per-pod series, want %d", perPod, perPodSeries, want)
+		}
+		m.forget(a)
+		if got := testutil.ToFloat64(prometheus.Collector(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "x", Help: "x"}, m.earliestExpiry))); got != 9000 {
+			t.Errorf("perPod=%v: earliest expiry after the first pod left = %v, want 9000", perPod, got)
+		}
 	}
 }

@@ -179,7 +179,7 @@ func TestProviderCredentials(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			log, logs := logBuffer()
-			m := newMetrics(prometheus.NewRegistry())
+			m := newMetrics(prometheus.NewRegistry(), true)
 			p := &provider{pods: tt.pods, roles: tt.roles, cache: tt.cache, metrics: m, log: log, dryRun: tt.dryRun}
 			got, err := p.Credentials(context.Background(), testCaller)
 			defer func() {
@@ -276,7 +276,7 @@ func TestCredentialPathLogsNoSecrets(t *testing.T) {
 			})
 
 			log, logs := logBuffer()
-			m := newMetrics(prometheus.NewRegistry())
+			m := newMetrics(prometheus.NewRegistry(), true)
 			cache := creds.New(&fetcher{tokens: token.New(kube, token.MinTTL), confined: func() error { return nil }, sts: stsClient, metrics: m},
 				creds.Config{Observer: observer{metrics: m, log: log}})
 			p := &provider{pods: stubPods{pod: testPod}, roles: stubRoles{role: testRole}, cache: cache, metrics: m, log: log}
@@ -324,7 +324,7 @@ func TestProviderIdentifiesHostCallersByCgroupOnly(t *testing.T) {
 			log, _ := logBuffer()
 			cache := &stubCache{creds: served, outcome: creds.Hit}
 			p := &provider{pods: stubPods{pod: byAddress, host: map[types.UID]pods.Pod{"uid-shipper": shipper, "uid-cni": cni}},
-				roles: stubRoles{role: testRole}, cache: cache, metrics: newMetrics(prometheus.NewRegistry()), log: log,
+				roles: stubRoles{role: testRole}, cache: cache, metrics: newMetrics(prometheus.NewRegistry(), true), log: log,
 				trusted: trustList{"kube-system/aws-node"}.trusts}
 			ctx := identifyHostCallers(stubTracer(c.caller))(context.Background(), &redirectedConn{Conn: stubConn{}, dst: netip.MustParseAddrPort("169.254.169.254:80")})
 			_, err := p.Credentials(ctx, testCaller)
@@ -410,7 +410,7 @@ func TestProviderNamesWhoRefused(t *testing.T) {
 	} {
 		log, buf := logBuffer()
 		p := &provider{pods: stubPods{pod: testPod}, roles: stubRoles{role: testRole}, cache: &stubCache{err: c.err},
-			metrics: newMetrics(prometheus.NewRegistry()), log: log}
+			metrics: newMetrics(prometheus.NewRegistry(), true), log: log}
 		if _, err := p.Credentials(context.Background(), testCaller); !errors.Is(err, metadata.ErrForbidden) {
 			t.Errorf("%v: error %v, want forbidden", c.err, err)
 		}

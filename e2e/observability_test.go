@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"os"
 	"os/exec"
@@ -222,3 +223,61 @@ func TestLogsCarryNoSecrets(t *testing.T) {
 }
 
 func roleName(arn string) string { return arn[strings.LastIndex(arn, "/")+1:] }
+
+// TestPerPodSeriesSwitch measures the agent's series on one node with n pods, with per-pod series on (the default)
+// and off (--per-pod-metrics=false): off, no series names a pod and the count does not grow with pods; on, each pod
+// adds its expiry, last-refresh and request series. The counts are logged for docs/troubleshooting.md#metrics.
+func TestPerPodSeriesSwitch(t *testing.T) {
+	const n = 10
+	var pods []*stack.Pod
+	for i := range n {
+		pods = append(pods, suite.NewPod(t, fmt.Sprintf("series-%d", i), stack.PodOptions{ServiceAccount: saA}))
+	}
+	probe := clientBin(t, "probe")
+	count := func(m stack.Metrics) (all, perPod int) {
+		for name, mf := range m {
+			// As Prometheus stores them: a histogram is its buckets, its sum and its count.
+			for _, s := range mf.Metric {
+				if strings.HasPrefix(name, "iamlet_") {
+					all++
+					if h := s.GetHistogram(); h != nil {
+						all += len(h.GetBucket()) + 1
+					}
+				}
+			}
+			for _, s := range mf.Metric {
+				for _, l := range s.Label {
+					if l.GetName() == "pod" {
+						perPod++
+						break
+					}
+				}
+			}
+		}
+		return all, perPod
+	}
+	measure := func(extra ...string) (all, perPod int) {
+		agent := dedicatedAgent(t, extra...)
+		defer agent.Stop()
+		for _, p := range pods {
+			if r := p.Exec(context.Background(), nil, probe, "-token", "/latest/meta-data/iam/security-credentials/"); r.Err != nil {
+				t.Fatalf("probe in %s: %v\n%s", p.Name, r.Err, r.Output())
+			}
+		}
+		// Every pod's credentials held (the node's earliest expiry is set) and every request counted.
+		m := waitMetric(t, "the pods' requests counted", machineDeadline, func(m stack.Metrics) bool {
+			return m.Sum("iamlet_credential_requests_total", nil) >= n && m.Sum("iamlet_credentials_cache_entries", nil) >= n
+		})
+		return count(m)
+	}
+	offAll, offPerPod := measure("--per-pod-metrics=false")
+	onAll, onPerPod := measure()
+	stopSharedAgent()
+	if offPerPod != 0 {
+		t.Errorf("with per-pod series off, %d series carry a pod label", offPerPod)
+	}
+	if onPerPod < 3*n || onAll-offAll < 3*n {
+		t.Errorf("with per-pod series on: %d series with a pod label, %d more than off; want at least 3 per pod (%d pods)", onPerPod, onAll-offAll, n)
+	}
+	t.Logf("iamlet_* series on one node with %d pods: per-pod on %d (%d with a pod label), off %d; %.1f per pod", n, onAll, onPerPod, offAll, float64(onAll-offAll)/n)
+}

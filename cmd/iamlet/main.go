@@ -175,6 +175,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.BoolVar(&cfg.ManageIptables, "iptables", true, "install and reconcile the interception rules")
 	fs.StringVar(&interfaces, "interfaces", "", "deprecated and ignored: interception covers every pod interface (rules name none)")
 	fs.StringVar(&cfg.IptablesBackend, "iptables-backend", "auto", "auto, nft or legacy")
+	fs.BoolVar(&cfg.PerPodMetrics, "per-pod-metrics", true, "export per-pod series (namespace, pod, service_account, role_arn); false keeps only the node's aggregates, a fixed number of series")
 	fs.DurationVar(&cfg.ReconcileInterval, "reconcile-interval", 5*time.Second, "how often interception rules are checked and restored")
 	fs.DurationVar(&cfg.UnknownPodWait, "unknown-pod-wait", time.Second, "how long a request from an address not yet known waits for its pod to appear")
 	fs.BoolVar(&cfg.RequireNamespaceAllowlist, "require-namespace-allowlist", false, "deny roles in namespaces without the iamlet.dev/allowed-roles annotation")
