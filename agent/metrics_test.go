@@ -36,10 +36,7 @@ func TestMetricsLint(t *testing.T) {
 func TestPerPodSeriesFollowThePod(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	m := newMetrics(reg, true)
-	a := creds.Request{PodUID: "ua", Namespace: "team", Pod: "a", ServiceAccount: "sa-a", RoleARN: "arn:aws:iam::123456789012:role/a"}
-	b := creds.Request{PodUID: "ub", Namespace: "team", Pod: "b", ServiceAccount: "sa-b", RoleARN: "arn:aws:iam::123456789012:role/b"}
-	m.stored(a, creds.Credentials{Expiration: time.Unix(7200, 0), Issued: time.Unix(3600, 0)})
-	m.stored(b, creds.Credentials{Expiration: time.Unix(9000, 0), Issued: time.Unix(5400, 0)})
+	a, b := twoPods(m)
 	m.request(a, "hit")
 	m.request(a, "hit")
 	m.request(b, "miss")
@@ -82,10 +79,7 @@ func TestPerPodSeriesOff(t *testing.T) {
 	for _, perPod := range []bool{false, true} {
 		reg := prometheus.NewRegistry()
 		m := newMetrics(reg, perPod)
-		a := creds.Request{PodUID: "ua", Namespace: "team", Pod: "a", ServiceAccount: "sa-a", RoleARN: "arn:aws:iam::123456789012:role/a"}
-		b := creds.Request{PodUID: "ub", Namespace: "team", Pod: "b", ServiceAccount: "sa-b", RoleARN: "arn:aws:iam::123456789012:role/b"}
-		m.stored(a, creds.Credentials{Expiration: time.Unix(7200, 0), Issued: time.Unix(3600, 0)})
-		m.stored(b, creds.Credentials{Expiration: time.Unix(9000, 0), Issued: time.Unix(5400, 0)})
+		a, b := twoPods(m)
 		m.request(a, "hit")
 		m.request(b, "hit")
 		m.request(b, "miss")
@@ -113,4 +107,13 @@ iamlet_credentials_earliest_expiry_timestamp_seconds 7200
 			t.Errorf("perPod=%v: earliest expiry after the first pod left = %v, want 9000", perPod, got)
 		}
 	}
+}
+
+// twoPods stores credentials for two pods: a's expire at 7200, b's at 9000.
+func twoPods(m *metrics) (a, b creds.Request) {
+	a = creds.Request{PodUID: "ua", Namespace: "team", Pod: "a", ServiceAccount: "sa-a", RoleARN: "arn:aws:iam::123456789012:role/a"}
+	b = creds.Request{PodUID: "ub", Namespace: "team", Pod: "b", ServiceAccount: "sa-b", RoleARN: "arn:aws:iam::123456789012:role/b"}
+	m.stored(a, creds.Credentials{Expiration: time.Unix(7200, 0), Issued: time.Unix(3600, 0)})
+	m.stored(b, creds.Credentials{Expiration: time.Unix(9000, 0), Issued: time.Unix(5400, 0)})
+	return a, b
 }
