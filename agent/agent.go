@@ -366,8 +366,32 @@ func installRules(ctx context.Context, ic iptables.Config, log *slog.Logger) (*i
 	}
 	log.Info("interception rules in place", "backend", rules.Backend(), "created", len(repaired),
 		"redirected", fmt.Sprint(ic.MetadataV4, " ", ic.MetadataV6))
+	removeOtherBackend(ctx, ic, rules.Backend(), log)
 	cutFlows(ctx, log, iptables.FlushConntrack)
 	return rules, nil
+}
+
+// removeOtherBackend removes iamlet's chains from the backend the agent does not use: left by an earlier
+// configuration (a changed iptablesBackend, or auto detecting the other one), the kernel would still apply them
+// beside the current ones. Only after the current rules are in place, so the node is never unguarded.
+func removeOtherBackend(ctx context.Context, ic iptables.Config, current string, log *slog.Logger) {
+	ic.Backend = "legacy"
+	if current == "legacy" {
+		ic.Backend = "nft"
+	}
+	if !iptables.HasChains(ctx, ic.Backend) {
+		return
+	}
+	log.Info("removing old interception rules from the iptables backend the agent no longer uses", "backend", ic.Backend)
+	old, err := iptables.New(ic, log)
+	if old == nil {
+		// Expected where the other backend cannot be opened (legacy without NET_RAW, with iptablesBackend: nft).
+		log.Debug("the other iptables backend cannot be checked for old rules", "backend", ic.Backend, "error", err.Error())
+		return
+	}
+	if err := old.Remove(ctx); err != nil {
+		log.Warn("could not remove old interception rules from the other iptables backend", "backend", ic.Backend, "error", err.Error())
+	}
 }
 
 // cutFlows deletes conntrack entries to the node's metadata addresses: a flow opened while the rules

@@ -757,3 +757,31 @@ func nodeExec(env []string, argv0 string, args ...string) (string, error) {
 	out, err := cmd.CombinedOutput()
 	return string(out), err
 }
+
+// TestBackendChangeRemovesOldRules: an agent started with the other iptables backend (a changed iptablesBackend, or
+// auto detecting the other one) removes the rules an earlier agent left in the backend it no longer uses, once its
+// own are in place: the kernel would apply both.
+func TestBackendChangeRemovesOldRules(t *testing.T) {
+	for _, c := range []struct{ from, to string }{{"legacy", "nft"}, {"nft", "legacy"}} {
+		t.Run(c.from+" to "+c.to, func(t *testing.T) {
+			old := interceptionAgent(t, c.from)
+			old.Stop()
+			if err := interceptionInPlace(c.from, stack.AgentPort); err != nil {
+				t.Fatalf("the %s rules after the agent stopped: %v", c.from, err)
+			}
+			agent := dedicatedAgent(t, "--iptables-backend="+c.to)
+			if err := interceptionInPlace(c.to, stack.AgentPort); err != nil {
+				t.Fatalf("the new agent's %s rules: %v", c.to, err)
+			}
+			for _, v6 := range []bool{false, true} {
+				if out := iptablesSave(t, c.from, v6); strings.Contains(out, "IAMLET") {
+					t.Errorf("%s still holds the old agent's rules:\n%s", saveBin(c.from, v6), out)
+				}
+			}
+			if log := logText(t, agent.Log); !strings.Contains(log, "removing old interception rules") {
+				t.Errorf("the agent did not say it removed the old rules:\n%s", log)
+			}
+			expectServed(t, suite.NewPod(t, "backend-"+c.to, stack.PodOptions{ServiceAccount: saA}))
+		})
+	}
+}

@@ -110,3 +110,15 @@ func countRules(save []byte) int {
 	}
 	return n
 }
+
+// HasChains reports whether backend's tables, in either family, hold one of iamlet's chains. It reads them with the
+// save commands, which change nothing: listing a chain would make iptables-nft create the table it lists.
+func HasChains(ctx context.Context, backend string) bool {
+	for _, fam := range []string{"iptables", "ip6tables"} {
+		out, err := exec.CommandContext(ctx, fam+"-"+backend+"-save").Output()
+		if err == nil && (bytes.Contains(out, []byte(":"+natChain+" ")) || bytes.Contains(out, []byte(":"+guardChain+" "))) {
+			return true
+		}
+	}
+	return false
+}
