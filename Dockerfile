@@ -4,12 +4,14 @@
 FROM --platform=$BUILDPLATFORM golang:1.26-bookworm AS build
 ARG TARGETOS=linux
 ARG TARGETARCH=amd64
+# The release's version, for `iamlet version` (docs/release.md: --build-arg VERSION=X.Y.Z).
+ARG VERSION=dev
 WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
 RUN CGO_ENABLED=0 GOOS=$TARGETOS GOARCH=$TARGETARCH \
-    go build -trimpath -ldflags "-s -w" -o /out/iamlet ./cmd/iamlet
+    go build -trimpath -ldflags "-s -w -X main.version=${VERSION}" -o /out/iamlet ./cmd/iamlet
 
 FROM debian:bookworm-slim
 RUN apt-get update \

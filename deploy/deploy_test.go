@@ -43,7 +43,7 @@ func TestDockerfileBuildsStaticBinaries(t *testing.T) {
 			out := t.TempDir()
 			cmd := exec.Command("sh", "-c", strings.ReplaceAll(build, "/out/", out+"/"))
 			cmd.Dir = ".."
-			cmd.Env = append(os.Environ(), "TARGETOS=linux", "TARGETARCH="+p.arch)
+			cmd.Env = append(os.Environ(), "TARGETOS=linux", "TARGETARCH="+p.arch, "VERSION=9.9.9-test")
 			if b, err := cmd.CombinedOutput(); err != nil {
 				t.Fatalf("%s: %v\n%s", build, err, b)
 			}

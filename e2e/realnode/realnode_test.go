@@ -199,6 +199,11 @@ func TestRealNode(t *testing.T) {
 		if err != nil || !strings.Contains(out, "ready: true") || !strings.Contains(out, "hostNetwork pods: covered") {
 			t.Errorf("kubectl exec iamlet status: %v, want ready with hostNetwork pods covered", err)
 		}
+		// The Dockerfile stamps the build's VERSION into the binary.
+		out, err = node.Kubectl(nil, "-n", stack.AgentNamespace, "exec", agent.Name, "-c", "iamlet", "--", "iamlet", "version")
+		if err != nil || !strings.HasPrefix(out, "iamlet "+stack.AgentImageVersion+" ") {
+			t.Errorf("iamlet version in the image: %v %q, want iamlet %s ...", err, out, stack.AgentImageVersion)
+		}
 	})
 	t.Run("real pods get their own roles", func(t *testing.T) { ownRoles(t) })
 	t.Run("attack spellings from a container", func(t *testing.T) { attackSpellings(t) })

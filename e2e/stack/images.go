@@ -19,6 +19,8 @@ const (
 	AgentImageRepo = "localhost/iamlet"
 	AgentImageTag  = "e2e"
 	AgentImageTag2 = "e2e-2"
+	// AgentImageVersion is the VERSION the image is built with, which `iamlet version` in it reports.
+	AgentImageVersion = "0.0.0-e2e"
 	// GoClientsImage holds the static Go clients (aws-sdk-go-v2 and the raw probes) on an empty base.
 	GoClientsImage = "localhost/iamlet-e2e/go-clients:1"
 	// DebianClientsImage is Debian with the AWS CLI and boto3 (hack/install-stack.sh's client base) and the boto3
@@ -58,7 +60,7 @@ func BuildAgentImage(dir string) error {
 	if err != nil {
 		return err
 	}
-	_, err = Buildah("bud", "--pull=never", "--layers", "--isolation=chroot", "--quiet",
+	_, err = Buildah("bud", "--pull=never", "--layers", "--isolation=chroot", "--quiet", "--build-arg", "VERSION="+AgentImageVersion,
 		"-v", gomod+":/go/pkg/mod", "-v", gocache+":/root/.cache/go-build",
 		"-f", RepoPath("Dockerfile"), "-t", AgentImageRepo+":"+AgentImageTag, repoRoot())
 	if err != nil {
