@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 )
@@ -124,4 +126,33 @@ func cleanupHook(ctx context.Context, args []string, stderr io.Writer) error {
 		case <-time.After(time.Second):
 		}
 	}
+}
+
+// namespaceLabel is `iamlet namespace-label`, the chart's pre-install hook: `helm install --create-namespace` cannot
+// label the namespace it creates, and the agent's pod (hostNetwork, NET_ADMIN) needs the privileged Pod Security level.
+func namespaceLabel(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("iamlet namespace-label", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	namespace := fs.String("namespace", "", "the namespace to label")
+	label := fs.String("label", "pod-security.kubernetes.io/enforce=privileged", "KEY=VALUE")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	key, value, ok := strings.Cut(*label, "=")
+	if *namespace == "" || !ok || key == "" {
+		return badValue(errors.New("--namespace and --label KEY=VALUE are required"))
+	}
+	kube, err := inCluster()
+	if err != nil {
+		return err
+	}
+	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"labels": map[string]string{key: value}}})
+	if err != nil {
+		return err
+	}
+	if _, err := kube.CoreV1().Namespaces().Patch(ctx, *namespace, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		return fmt.Errorf("labelling namespace %s: %w", *namespace, err)
+	}
+	fmt.Fprintf(stderr, "iamlet: namespace %s labelled %s\n", *namespace, *label)
+	return nil
 }

@@ -43,6 +43,7 @@ Usage:
   iamlet status [flags]        show the node's pods, their roles and credential state
   iamlet uninstall [flags]     remove the interception rules (pods then reach the node's IMDS)
   iamlet cleanup-hook [flags]  the chart's uninstall hook: wait for the clean-up DaemonSet, then delete it
+  iamlet namespace-label [flags]  the chart's install hook: give its namespace the Pod Security label the agent needs
   iamlet version               print the version, commit and Go version
 
 "iamlet COMMAND -h" lists a command's flags.
@@ -77,6 +78,8 @@ func cli(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = hostRules(ctx, args, stderr)
 	case "cleanup-hook":
 		err = cleanupHook(ctx, args, stderr)
+	case "namespace-label":
+		err = namespaceLabel(ctx, args, stderr)
 	case "version":
 		fmt.Fprintln(stdout, versionLine())
 	case "help":

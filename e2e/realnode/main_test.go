@@ -4,8 +4,13 @@
 package realnode
 
 import (
+	"context"
+	"fmt"
 	"os"
 	"testing"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/iamlet/iamlet/e2e/stack"
 )
@@ -15,6 +20,13 @@ var node *stack.Stack
 func TestMain(m *testing.M) {
 	os.Exit(stack.MainRealNode(func(s *stack.Stack) int {
 		node = s
+		// The apiserver enforces baseline Pod Security by default; the tests' own hostNetwork pods (the documented
+		// manual clean-up) run in default, so it is privileged. The agent's namespace is the chart's to label.
+		patch := []byte(`{"metadata":{"labels":{"pod-security.kubernetes.io/enforce":"privileged"}}}`)
+		if _, err := s.Kube.CoreV1().Namespaces().Patch(context.Background(), "default", types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+			fmt.Fprintln(os.Stderr, "realnode: labelling namespace default:", err)
+			return 1
+		}
 		return m.Run()
 	}))
 }

@@ -171,6 +171,12 @@ func TestRealNode(t *testing.T) {
 		if !strings.Contains(out, "Check it works:") || !strings.Contains(out, "exec daemonset/iamlet -c iamlet -- iamlet status") {
 			t.Errorf("helm install printed no NOTES telling how to check it works:\n%s", out)
 		}
+		// Baseline is enforced by default here: the agent's pod is admitted because the chart's hook labelled the
+		// namespace helm install --create-namespace made.
+		ns, err := node.Kube.CoreV1().Namespaces().Get(context.Background(), stack.AgentNamespace, metav1.GetOptions{})
+		if err != nil || ns.Labels["pod-security.kubernetes.io/enforce"] != "privileged" {
+			t.Errorf("namespace %s after helm install: %v, labels %v; want pod-security.kubernetes.io/enforce=privileged", stack.AgentNamespace, err, ns.GetLabels())
+		}
 		agent = agentPod(t, stack.AgentImageTag)
 		t.Logf("agent pod %s Ready %s after helm install; %s; %s", agent.Name, time.Since(t0).Round(time.Millisecond), startTimes(agent, t0), readyLogged(agent, t0))
 		end := time.Now().Add(deadline)

@@ -368,9 +368,15 @@ func (s *Stack) startAPIServer() error {
 	}
 	args := []string{"--bind-address=127.0.0.1"}
 	if s.kind == realNode {
+		// Pod Security enforcing baseline by default, as many clusters do: the agent's pod (hostNetwork, NET_ADMIN)
+		// is admitted only in a namespace labelled privileged.
+		cfg := filepath.Join(d, "admission.yaml")
+		if err := os.WriteFile(cfg, []byte(podSecurityBaseline), 0o600); err != nil {
+			return err
+		}
 		// The agent's in-cluster config reaches it through the kubernetes Service (kube-proxy), at the node's
 		// address; exec and logs reach the kubelet with a client certificate.
-		args = []string{"--bind-address=0.0.0.0",
+		args = []string{"--bind-address=0.0.0.0", "--admission-control-config-file=" + cfg,
 			"--kubelet-client-certificate=" + filepath.Join(d, "apiserver-kubelet-client.crt"),
 			"--kubelet-client-key=" + filepath.Join(d, "apiserver-kubelet-client.key"),
 			"--kubelet-preferred-address-types=InternalIP"}
@@ -409,6 +415,17 @@ func (s *Stack) startAPIServer() error {
 		return res.Error() == nil
 	})
 }
+
+const podSecurityBaseline = `apiVersion: apiserver.config.k8s.io/v1
+kind: AdmissionConfiguration
+plugins:
+- name: PodSecurity
+  configuration:
+    apiVersion: pod-security.admission.config.k8s.io/v1
+    kind: PodSecurityConfiguration
+    defaults: {enforce: baseline, enforce-version: latest}
+    exemptions: {usernames: [], runtimeClasses: [], namespaces: []}
+`
 
 func kubeconfigFor(caFile, token string) []byte {
 	return []byte(fmt.Sprintf(`apiVersion: v1
