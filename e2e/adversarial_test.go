@@ -41,7 +41,7 @@ func TestAttackPathsAreRefused(t *testing.T) {
 					args = append(args, "-token")
 				}
 				r := p.Exec(context.Background(), nil, append(args, stack.AttackPaths...)...)
-				assertNoNodeSecrets(t, "probe", r.Output())
+				stack.AssertNoNodeSecrets(t, "probe", r.Output())
 				answers := stack.ParseProbe(r.Stdout)
 				if len(answers) != len(stack.AttackPaths) {
 					t.Fatalf("probe answered %d of %d requests:\n%s", len(answers), len(stack.AttackPaths), r.Output())
@@ -223,7 +223,7 @@ func TestProtocolAbuse(t *testing.T) {
 	}
 	for mode, ok := range single {
 		r := bad.Exec(ctx, nil, abuseBin, "-mode", mode)
-		assertNoNodeSecrets(t, mode, r.Output())
+		stack.AssertNoNodeSecrets(t, mode, r.Output())
 		if !ok(r.Stdout) {
 			t.Errorf("%s: unexpected answer:\n%s", mode, r.Output())
 		}
@@ -252,7 +252,7 @@ func TestProtocolAbuse(t *testing.T) {
 	// A flood from as many connections as the pod may hold: whatever the machine's speed, the pod is served no more
 	// than its burst and its rate allow in the time the flood took; the rest waited or was answered 429.
 	r := bad.Exec(ctx, nil, abuseBin, "-mode", "flood", "-n", "4000", "-c", "64")
-	assertNoNodeSecrets(t, "flood", r.Output())
+	stack.AssertNoNodeSecrets(t, "flood", r.Output())
 	served, elapsed := floodResult(t, r.Stdout)
 	if budget := shippedBurstPerPod + int(shippedRequestsPerPod*elapsed.Seconds()) + 64; served > budget {
 		t.Errorf("a flood was served %d answers in %s, more than the pod's burst and rate allow (%d):\n%s", served, elapsed, budget, r.Output())
@@ -312,8 +312,8 @@ func TestConnectionFloodFromManySources(t *testing.T) {
 	after := waitMetric(t, "a scrape", machineDeadline, func(stack.Metrics) bool { return true })
 	stop()
 	flood := <-done
-	assertNoNodeSecrets(t, "the flood", flood.Output())
-	assertNoNodeSecrets(t, "the bystander", r.Output())
+	stack.AssertNoNodeSecrets(t, "the flood", flood.Output())
+	stack.AssertNoNodeSecrets(t, "the bystander", r.Output())
 
 	var tookMS []float64
 	for _, a := range stack.ParseProbe(r.Stdout) {
@@ -423,7 +423,7 @@ func TestSDKBurstFromOnePod(t *testing.T) {
 	close(results)
 	answers := 0
 	for r := range results {
-		assertNoNodeSecrets(t, "burst", r.Output())
+		stack.AssertNoNodeSecrets(t, "burst", r.Output())
 		if r.Err != nil {
 			t.Errorf("a process of the burst failed: %v\n%s", r.Err, r.Output())
 			continue
@@ -478,7 +478,7 @@ func TestSourceAddressSpoofing(t *testing.T) {
 				}
 			}
 			r := spoofer.Exec(ctx, nil, clientBin(t, "spoofdial"), victim.IP, stack.IMDSv4+":80")
-			assertNoNodeSecrets(t, "spoofed", r.Output())
+			stack.AssertNoNodeSecrets(t, "spoofed", r.Output())
 			if strings.Contains(r.Stdout, "connected") {
 				t.Errorf("a connection with the victim's source address completed:\n%s", r.Output())
 			}

@@ -343,7 +343,7 @@ func TestConformance(t *testing.T) {
 							r := c.run(ctx, p, mode.env)
 							took := time.Since(start)
 							d := readCounters(t, p).minus(before)
-							assertNoNodeSecrets(t, c.name, r.out)
+							stack.AssertNoNodeSecrets(t, c.name, r.out)
 							if why := mode.evidence(d); why != "" {
 								t.Errorf("%s in %s (%s): %s; counters moved by %+v", c.name, mode.name, took.Round(time.Millisecond), why, d)
 							}
@@ -415,7 +415,7 @@ func probe(t *testing.T, p *stack.Pod, addr string, args ...string) []probeBlock
 		addr = stack.IMDSv4 + ":80"
 	}
 	r := p.Exec(context.Background(), nil, append([]string{clientBin(t, "probe"), "-addr", addr}, args...)...)
-	assertNoNodeSecrets(t, "probe", r.Output())
+	stack.AssertNoNodeSecrets(t, "probe", r.Output())
 	if r.Err != nil {
 		t.Fatalf("probe %v in %s: %v\n%s", args, p.Name, r.Err, r.Output())
 	}
@@ -468,7 +468,7 @@ func TestConformanceHeldTokens(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() { assertNoNodeSecrets(t, "gov1", sess.Close().Output()) }()
+	defer func() { stack.AssertNoNodeSecrets(t, "gov1", sess.Close().Output()) }()
 	first, err := sess.Next(30 * time.Second)
 	if err != nil || !strings.HasPrefix(first, "creds EC2RoleProvider ") {
 		t.Fatalf("first fetch: %q, %v", first, err)
@@ -580,7 +580,7 @@ func TestConformanceRegion(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			r := p.Exec(context.Background(), nil, append(unset, c.argv...)...)
-			assertNoNodeSecrets(t, c.name, r.Output())
+			stack.AssertNoNodeSecrets(t, c.name, r.Output())
 			if got := c.parse(r.Stdout); r.Err != nil || got != region {
 				t.Errorf("%s: region %q (%v), want %q from IMDS:\n%s", c.name, got, r.Err, region, r.Output())
 			}

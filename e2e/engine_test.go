@@ -129,7 +129,7 @@ func TestIPReuseNeverServesThePreviousPod(t *testing.T) {
 		t.Fatalf("pod B got %s, want A's address %s", b.IP, a.IP)
 	}
 	rb := b.Exec(ctx, nil, suite.gov2Bin, "-endpoint", stack.MinIOFromPods, "-bucket", stack.Bucket)
-	assertNoNodeSecrets(t, "gov2", rb.Output())
+	stack.AssertNoNodeSecrets(t, "gov2", rb.Output())
 	if rb.Err != nil {
 		t.Fatalf("pod B: %v\n%s", rb.Err, rb.Output())
 	}

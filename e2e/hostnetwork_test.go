@@ -77,7 +77,7 @@ func TestHostNetworkPodsGetTheirOwnRole(t *testing.T) {
 	allowed := map[*stack.HostPod][2]bool{a: {true, false}, b: {false, true}} // get, put
 	check := func(t *testing.T, p *stack.HostPod, client string, r sdkResult) {
 		t.Helper()
-		assertNoNodeSecrets(t, client, r.out)
+		stack.AssertNoNodeSecrets(t, client, r.out)
 		if !r.gotCreds() {
 			t.Errorf("%s in %s got no credentials: %v\n%s", client, p, r.err, r.out)
 			return
@@ -155,14 +155,14 @@ func TestHostNetworkPodsNeverGetTheNode(t *testing.T) {
 					args = append(args, "-token")
 				}
 				r := p.Exec(ctx, nil, append(args, stack.AttackPaths...)...)
-				assertNoNodeSecrets(t, p.Name+" "+addr, r.Output())
+				stack.AssertNoNodeSecrets(t, p.Name+" "+addr, r.Output())
 				if len(stack.ParseProbe(r.Stdout)) != len(stack.AttackPaths) {
 					t.Errorf("%s over %s (token %v): %d answers to %d requests:\n%s", p, addr, token, len(stack.ParseProbe(r.Stdout)), len(stack.AttackPaths), r.Output())
 				}
 			}
 		}
 		r := p.Exec(ctx, nil, suite.gov2Bin)
-		assertNoNodeSecrets(t, "gov2", r.Output())
+		stack.AssertNoNodeSecrets(t, "gov2", r.Output())
 		if r.Err == nil || strings.Contains(r.Stdout, "creds ") {
 			t.Errorf("gov2 in %s got credentials, want none:\n%s", p, r.Output())
 		}
@@ -199,7 +199,7 @@ func TestHostNetworkPodDeletedWhileItsProcessLingers(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = lingering.Wait()
-	assertNoNodeSecrets(t, "the lingering process", out.String()+after.Output())
+	stack.AssertNoNodeSecrets(t, "the lingering process", out.String()+after.Output())
 	for _, a := range stack.ParseProbe(after.Stdout) {
 		if a.Status == "200" {
 			t.Errorf("a process of the deleted %s was served: %s -> %s %.80s", p, a.Request, a.Status, a.Body)
@@ -238,7 +238,7 @@ func TestHostNetworkOutsideThePodsKeepsTheNode(t *testing.T) {
 		t.Errorf("a node-trusted hostNetwork pod: want the node's IMDS, got:\n%s", r.Output())
 	}
 	r = other.Exec(ctx, nil, probe, "-addr", stack.IMDSv4+":80", nodeRolePath, instanceIDPath)
-	assertNoNodeSecrets(t, "a hostNetwork pod that is not trusted", r.Output())
+	stack.AssertNoNodeSecrets(t, "a hostNetwork pod that is not trusted", r.Output())
 	// The node fact comes from the node's IMDS through the agent, so the agent's own requests were not intercepted.
 	if !strings.Contains(r.Stdout, "\n200\n"+instanceID) {
 		t.Errorf("a hostNetwork pod's node fact: want the node's instance id through the agent, got:\n%s", r.Output())

@@ -163,7 +163,7 @@ func testDrift(t *testing.T, backend string) {
 			t.Errorf("after the repair, want the held connection's entry as it was, got:\n%s", strings.Join(got, "\n"))
 		}
 		out := h.proceed(t)
-		assertNoNodeSecrets(t, "held connection", out)
+		stack.AssertNoNodeSecrets(t, "held connection", out)
 		if _, second, _ := strings.Cut(out, "=== GET "+roleListPath+"\n"); !strings.HasPrefix(second, "200\n") {
 			t.Errorf("second request on a keep-alive connection to iamlet after a repair: want 200, got:\n%s", out)
 		}
@@ -190,7 +190,7 @@ func testDrift(t *testing.T, backend string) {
 		// next packet is DNATed to a listener that knows no such connection), a stall if a packet of the node's
 		// side re-created the entry first. Neither carries anything of the node; only an answer would.
 		out := h.proceed(t)
-		assertNoNodeSecrets(t, "held connection", out)
+		stack.AssertNoNodeSecrets(t, "held connection", out)
 		if _, second, _ := strings.Cut(out, "=== GET "+nodeRolePath+"\n"); !strings.HasPrefix(second, "error ") {
 			t.Errorf("second request on the un-redirected flow after the repair: want no answer, got:\n%s", out)
 		}
@@ -237,7 +237,7 @@ func testHeldFlow(t *testing.T, backend string) {
 			}
 
 			out := h.proceed(t)
-			assertNoNodeSecrets(t, "held connection", out)
+			stack.AssertNoNodeSecrets(t, "held connection", out)
 			first, second, ok := strings.Cut(out, "=== GET "+nodeRolePath+"\n")
 			if !ok || !strings.Contains(first, "=== GET "+instanceIDPath+"\n200\n") {
 				t.Fatalf("the held connection did not first reach the node's IMDS:\n%s", out)
@@ -326,7 +326,7 @@ func TestInterceptionHostNetwork(t *testing.T) {
 		t.Helper()
 		before := scrapeSum(t, "iamlet_listener_unredirected_connections_total")
 		out, _ := nodeExec(nil, clientBin(t, "probe"), "-addr", direct, roleListPath, roleListPath+roles.RoleName(stack.RoleARN(stack.AudienceA)))
-		assertNoNodeSecrets(t, "probe from the node", out)
+		stack.AssertNoNodeSecrets(t, "probe from the node", out)
 		for _, ans := range stack.ParseProbe(out) {
 			if !strings.HasPrefix(ans.Status, "error ") {
 				t.Errorf("from the node's address: want the connection closed, got:\n%s", out)
@@ -334,7 +334,7 @@ func TestInterceptionHostNetwork(t *testing.T) {
 			}
 		}
 		out, err := nodeExec([]string{"AWS_EC2_METADATA_SERVICE_ENDPOINT=http://" + direct}, suite.gov2Bin)
-		assertNoNodeSecrets(t, "gov2 from the node", out)
+		stack.AssertNoNodeSecrets(t, "gov2 from the node", out)
 		if err == nil || strings.Contains(out, "creds ") {
 			t.Errorf("gov2 from the node's address got credentials, want none (err=%v):\n%s", err, out)
 		}
@@ -421,7 +421,7 @@ func freezeAgent(t *testing.T, p *stack.Proc) (thaw func()) {
 func expectServed(t *testing.T, p *stack.Pod) {
 	t.Helper()
 	r := p.Exec(context.Background(), nil, suite.gov2Bin, "-endpoint", stack.MinIOFromPods, "-bucket", stack.Bucket)
-	assertNoNodeSecrets(t, "gov2", r.Output())
+	stack.AssertNoNodeSecrets(t, "gov2", r.Output())
 	if r.Err != nil || !strings.Contains(r.Stdout, "creds EC2RoleProvider ") || !strings.Contains(r.Stdout, "get ok\n") {
 		t.Fatalf("gov2 in %s: want its role's credentials and get ok, got err=%v:\n%s", p.Name, r.Err, r.Output())
 	}
@@ -431,7 +431,7 @@ func expectServed(t *testing.T, p *stack.Pod) {
 func expectRefused(t *testing.T, p *stack.Pod) {
 	t.Helper()
 	r := p.Exec(context.Background(), nil, suite.gov2Bin, "-endpoint", stack.MinIOFromPods, "-bucket", stack.Bucket)
-	assertNoNodeSecrets(t, "gov2", r.Output())
+	stack.AssertNoNodeSecrets(t, "gov2", r.Output())
 	if r.Err == nil || strings.Contains(r.Stdout, "creds ") || !strings.Contains(r.Stderr, "connection refused") {
 		t.Errorf("gov2 in %s: want no credentials and connection refused, got err=%v:\n%s", p.Name, r.Err, r.Output())
 	} else {
@@ -443,7 +443,7 @@ func expectRefused(t *testing.T, p *stack.Pod) {
 func expectProbeRefused(t *testing.T, p *stack.Pod) {
 	t.Helper()
 	r := p.Exec(context.Background(), nil, clientBin(t, "probe"), "-addr", stack.IMDSv4+":80", nodeRolePath)
-	assertNoNodeSecrets(t, "probe", r.Output())
+	stack.AssertNoNodeSecrets(t, "probe", r.Output())
 	if got, _ := classifyProbe(r.Stdout); got["refused"] != 1 || len(got) != 1 {
 		t.Errorf("probe in %s: want connection refused, got:\n%s", p.Name, r.Output())
 	}
@@ -515,7 +515,7 @@ func (pr *nodeRoleProber) stop(t *testing.T) (counts map[string]int, first map[s
 		t.Fatal(err)
 	}
 	r := <-pr.done
-	assertNoNodeSecrets(t, "prober", r.Output())
+	stack.AssertNoNodeSecrets(t, "prober", r.Output())
 	if r.Err != nil {
 		t.Errorf("prober: %v\n%s", r.Err, r.Stderr)
 	}

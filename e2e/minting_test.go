@@ -162,7 +162,7 @@ func TestMintingNotConfinedIsNotReady(t *testing.T) {
 	}
 	pod := suite.NewPod(t, "unconfined", stack.PodOptions{ServiceAccount: saA})
 	r := pod.Exec(context.Background(), nil, clientBin(t, "probe"), "-token", roleListPath)
-	assertNoNodeSecrets(t, "probe", r.Output())
+	stack.AssertNoNodeSecrets(t, "probe", r.Output())
 	if ans := stack.ParseProbe(r.Stdout); len(ans) != 1 || ans[0].Status == "200" {
 		t.Errorf("a new pod while minting is not confined: want no role, got:\n%s", r.Output())
 	}

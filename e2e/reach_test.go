@@ -20,7 +20,7 @@ const imdsV6Endpoint = "[" + imdsV6 + "]:80"
 func probeNodeRole(t *testing.T, p *stack.Pod, addr string) (map[string]int, map[string]string) {
 	t.Helper()
 	r := p.Exec(context.Background(), nil, clientBin(t, "probe"), "-addr", addr, nodeRolePath, "/latest/user-data")
-	assertNoNodeSecrets(t, "probe "+addr, r.Output())
+	stack.AssertNoNodeSecrets(t, "probe "+addr, r.Output())
 	return classifyProbe(r.Stdout)
 }
 
@@ -44,7 +44,7 @@ func TestOneFamilyNodes(t *testing.T) {
 				t.Errorf("%s, no listener of that family: want both requests refused, got %v %q", c.refusedAddr, got, first)
 			}
 			r := p.Exec(context.Background(), c.servedEnv, suite.gov2Bin, "-endpoint", stack.MinIOFromPods, "-bucket", stack.Bucket)
-			assertNoNodeSecrets(t, "gov2", r.Output())
+			stack.AssertNoNodeSecrets(t, "gov2", r.Output())
 			if !strings.Contains(r.Stdout, "creds EC2RoleProvider ") || !strings.Contains(r.Stdout, "get ok") {
 				t.Errorf("gov2 over %s: want the pod's own role, got %v:\n%s", c.served, r.Err, r.Output())
 			}
@@ -92,7 +92,7 @@ func TestPodInterfaceNamesDoNotMatter(t *testing.T) {
 	}
 	for _, env := range [][]string{nil, {"AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE=IPv6"}} {
 		r := p.Exec(context.Background(), env, suite.gov2Bin, "-endpoint", stack.MinIOFromPods, "-bucket", stack.Bucket)
-		assertNoNodeSecrets(t, "gov2", r.Output())
+		stack.AssertNoNodeSecrets(t, "gov2", r.Output())
 		if !strings.Contains(r.Stdout, "get ok") {
 			t.Errorf("gov2 (%v) behind vlan%s: want the pod's own role, got %v:\n%s", env, suite.Run, r.Err, r.Output())
 		}
@@ -114,7 +114,7 @@ func TestDirectConnectionsToTheListenerAreRefused(t *testing.T) {
 	closed, requests := scrapeSum(t, "iamlet_listener_unredirected_connections_total"), metadataRequests(t)
 	for _, addr := range []string{stack.NodeIP + ":" + stack.AgentPort, "[" + stack.NodeIPv6 + "]:" + stack.AgentPort} {
 		r := p.Exec(context.Background(), nil, clientBin(t, "probe"), "-addr", addr, roleListPath)
-		assertNoNodeSecrets(t, "probe "+addr, r.Output())
+		stack.AssertNoNodeSecrets(t, "probe "+addr, r.Output())
 		if ans := stack.ParseProbe(r.Stdout); len(ans) != 1 || !strings.HasPrefix(ans[0].Status, "error ") {
 			t.Errorf("%s directly: want the connection closed without an answer, got:\n%s", addr, r.Output())
 		}

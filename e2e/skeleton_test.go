@@ -64,7 +64,7 @@ func TestPodsGetTheirOwnRole(t *testing.T) {
 			for p, allowed := range want {
 				t.Run("aws-sdk-go-v2/"+p.ServiceAccount, func(t *testing.T) {
 					r := p.Exec(ctx, nil, suite.gov2Bin, "-endpoint", stack.MinIOFromPods, "-bucket", stack.Bucket)
-					assertNoNodeSecrets(t, "gov2", r.Output())
+					stack.AssertNoNodeSecrets(t, "gov2", r.Output())
 					if r.Err != nil {
 						t.Fatalf("gov2 in %s: %v\n%s", p.Name, r.Err, r.Output())
 					}
@@ -77,7 +77,7 @@ func TestPodsGetTheirOwnRole(t *testing.T) {
 				t.Run("aws-cli/"+p.ServiceAccount, func(t *testing.T) {
 					get := p.Exec(ctx, nil, "/usr/bin/aws", "--endpoint-url", stack.MinIOFromPods, "s3api", "get-object", "--bucket", stack.Bucket, "--key", "seed", "/dev/null")
 					put := p.Exec(ctx, nil, "/usr/bin/aws", "--endpoint-url", stack.MinIOFromPods, "s3api", "put-object", "--bucket", stack.Bucket, "--key", "cli", "--body", "/etc/hostname")
-					assertNoNodeSecrets(t, "aws cli", get.Output()+put.Output())
+					stack.AssertNoNodeSecrets(t, "aws cli", get.Output()+put.Output())
 					cliAccess(t, p.Name, "get-object", get, allowed[0])
 					cliAccess(t, p.Name, "put-object", put, allowed[1])
 				})
@@ -129,12 +129,12 @@ func TestCallersWithoutARoleGetNothing(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			p := suite.NewPod(t, "norole-"+string(rune('a'+i)), c.opts)
 			r := p.Exec(ctx, nil, suite.gov2Bin)
-			assertNoNodeSecrets(t, "gov2", r.Output())
+			stack.AssertNoNodeSecrets(t, "gov2", r.Output())
 			if r.Err == nil || strings.Contains(r.Stdout, "creds ") {
 				t.Errorf("gov2 got credentials, want none:\n%s", r.Output())
 			}
 			cli := p.Exec(ctx, nil, "/usr/bin/aws", "--endpoint-url", stack.MinIOFromPods, "s3api", "list-objects-v2", "--bucket", stack.Bucket)
-			assertNoNodeSecrets(t, "aws cli", cli.Output())
+			stack.AssertNoNodeSecrets(t, "aws cli", cli.Output())
 			if cli.Err == nil || !strings.Contains(cli.Stderr, "Unable to locate credentials") {
 				t.Errorf("aws cli: want 'Unable to locate credentials', got err=%v:\n%s", cli.Err, cli.Output())
 			}
@@ -145,7 +145,7 @@ func TestCallersWithoutARoleGetNothing(t *testing.T) {
 				}
 				args = append(args, "/latest/meta-data/iam/security-credentials/")
 				pr := p.Exec(ctx, nil, append([]string{clientBin(t, "probe")}, args...)...)
-				assertNoNodeSecrets(t, "probe", pr.Output())
+				stack.AssertNoNodeSecrets(t, "probe", pr.Output())
 				if !strings.Contains(pr.Stdout, "\n"+c.wantStatus+"\niamlet: ") {
 					t.Errorf("role listing (token=%v): want %s with an iamlet reason, got:\n%s", token, c.wantStatus, pr.Output())
 				}
@@ -175,7 +175,7 @@ func TestNodeSecretsNeverReachPods(t *testing.T) {
 			args = append(args, "-token")
 		}
 		r := p.Exec(context.Background(), nil, append(append([]string{clientBin(t, "probe")}, args...), paths...)...)
-		assertNoNodeSecrets(t, "probe", r.Output())
+		stack.AssertNoNodeSecrets(t, "probe", r.Output())
 		if got := strings.Count(r.Stdout, "=== "); got != len(paths) {
 			t.Fatalf("probe answered %d of %d requests (token=%v):\n%s", got, len(paths), token, r.Output())
 		}

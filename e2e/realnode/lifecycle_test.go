@@ -156,7 +156,7 @@ func rollingUpdate(t *testing.T) {
 	}
 	for name := range load {
 		log := node.PodLog(ctx, "default", name)
-		assertNoNodeSecrets(t, name, log)
+		stack.AssertNoNodeSecrets(t, name, log)
 		rs := parseRounds(log)
 		var oks, fails int
 		var gap, lastOK float64
@@ -263,7 +263,7 @@ func manualCleanup(t *testing.T, kustomization string) {
 	}
 	waitNoPods(t, "after kubectl delete")
 	phase, out := node.RunPod(t, stack.ClientPod("after-delete", stack.SAA, stack.GoClientsImage, "/firstcreds"), deadline)
-	assertNoNodeSecrets(t, "a pod after kubectl delete", out)
+	stack.AssertNoNodeSecrets(t, "a pod after kubectl delete", out)
 	if phase != corev1.PodFailed || !strings.Contains(out, "firstcreds fail token") {
 		t.Errorf("a pod after kubectl delete, before the clean-up: %s, want refused:\n%s", phase, out)
 	}
@@ -320,7 +320,7 @@ patches:
 		t.Errorf("a pod of %s under the kustomize install: %s, want its role:\n%s", stack.SAA, phase, out)
 	}
 	phase, out = node.RunPod(t, stack.ClientPod("kustomize-b", stack.SAB, stack.GoClientsImage, "/firstcreds"), deadline)
-	assertNoNodeSecrets(t, "kustomize-b", out)
+	stack.AssertNoNodeSecrets(t, "kustomize-b", out)
 	if phase != corev1.PodFailed || !strings.Contains(out, "firstcreds fail role 403") {
 		t.Errorf("a pod whose audience %s the base does not allow: %s, want 403:\n%s", stack.AudienceB, phase, out)
 	}

@@ -13,24 +13,12 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/iamlet/iamlet/agent/roles"
 	"github.com/iamlet/iamlet/e2e/stack"
 )
 
-// assertNoNodeSecrets fails if any of the node's secrets appears in out.
-func assertNoNodeSecrets(t *testing.T, what, out string) {
-	t.Helper()
-	for _, m := range stack.Markers {
-		if strings.Contains(out, m) {
-			t.Errorf("%s got the node's secret %s:\n%s", what, m, out)
-		}
-	}
-}
-
-// roleName is the role name the agent lists for a role ARN: its last path element.
-func roleName(audience string) string {
-	arn := stack.RoleARN(audience)
-	return arn[strings.LastIndex(arn, "/")+1:]
-}
+// roleName is the role name the agent lists for the role of audience.
+func roleName(audience string) string { return roles.RoleName(stack.RoleARN(audience)) }
 
 // ownRoles: containers with annotated ServiceAccounts get their own roles through aws-sdk-go-v2, the AWS CLI and
 // boto3 over IMDSv2 and use them on MinIO (role A reads and may not write, role B writes and may not read); a pod
@@ -62,7 +50,7 @@ func ownRoles(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			phase, out := node.RunPod(t, stack.ClientPod(c.name, c.sa, c.image, c.cmd...), deadline)
-			assertNoNodeSecrets(t, c.name, out)
+			stack.AssertNoNodeSecrets(t, c.name, out)
 			if failed := phase == corev1.PodFailed; failed != c.fails {
 				t.Errorf("%s: pod %s, want failed=%v:\n%s", c.name, phase, c.fails, out)
 			}
@@ -104,7 +92,7 @@ func attackSpellings(t *testing.T) {
 		}
 		name := fmt.Sprintf("attacker-token-%v", token)
 		_, out := node.RunPod(t, stack.ClientPod(name, stack.SAA, stack.GoClientsImage, append(cmd, stack.AttackPaths...)...), deadline)
-		assertNoNodeSecrets(t, name, out)
+		stack.AssertNoNodeSecrets(t, name, out)
 		answers := stack.ParseProbe(out)
 		if len(answers) != len(stack.AttackPaths) {
 			t.Fatalf("%s: %d answers to %d requests:\n%s", name, len(answers), len(stack.AttackPaths), out)

@@ -63,7 +63,7 @@ func agentPod(t *testing.T, tag string) *corev1.Pod {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	t.Fatalf("no Ready agent pod with tag %s within %s: %s\n%s", tag, deadline, describe(last), agentLogs(last))
+	t.Fatalf("no Ready agent pod with tag %s within %s: %s\n%s", tag, deadline, stack.DescribePod(last), agentLogs(last))
 	return nil
 }
 
@@ -120,24 +120,6 @@ func isReady(p *corev1.Pod) bool {
 		}
 	}
 	return false
-}
-
-func describe(p *corev1.Pod) string {
-	if p == nil {
-		return "no pod"
-	}
-	var b strings.Builder
-	fmt.Fprintf(&b, "%s phase %s", p.Name, p.Status.Phase)
-	for _, c := range p.Status.ContainerStatuses {
-		fmt.Fprintf(&b, "; %s ready=%v restarts=%d", c.Name, c.Ready, c.RestartCount)
-		if w := c.State.Waiting; w != nil {
-			fmt.Fprintf(&b, " waiting %s: %s", w.Reason, w.Message)
-		}
-		if x := c.LastTerminationState.Terminated; x != nil {
-			fmt.Fprintf(&b, " last exit %d %s", x.ExitCode, x.Reason)
-		}
-	}
-	return b.String()
 }
 
 func hasStartupTaint(t *testing.T) bool {

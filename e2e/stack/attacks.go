@@ -48,3 +48,13 @@ func ParseProbe(out string) []ProbeAnswer {
 	}
 	return res
 }
+
+// AssertNoNodeSecrets fails t if any of the node's secrets (Markers) appears in out, what a client named what got.
+func AssertNoNodeSecrets(t TB, what, out string) {
+	t.Helper()
+	for _, m := range Markers {
+		if strings.Contains(out, m) {
+			t.Errorf("%s returned the node's secret %s:\n%s", what, m, out)
+		}
+	}
+}

@@ -62,7 +62,7 @@ func (s *Stack) WaitPodEnded(ctx context.Context, ns, name string, timeout time.
 		return p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed
 	})
 	if err != nil {
-		return "", fmt.Errorf("pod %s/%s did not end within %s: %s", ns, name, timeout, describePod(last))
+		return "", fmt.Errorf("pod %s/%s did not end within %s: %s", ns, name, timeout, DescribePod(last))
 	}
 	return last.Status.Phase, nil
 }
@@ -87,21 +87,26 @@ func (s *Stack) DeletePod(ns, name string) {
 	})
 }
 
-func describePod(p *corev1.Pod) string {
+// DescribePod says where a pod is: its phase, conditions and each container's state, restarts and last exit.
+func DescribePod(p *corev1.Pod) string {
 	if p == nil {
 		return "no pod object"
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "phase %s", p.Status.Phase)
+	fmt.Fprintf(&b, "%s phase %s", p.Name, p.Status.Phase)
 	for _, c := range p.Status.Conditions {
 		fmt.Fprintf(&b, "; %s=%s %s", c.Type, c.Status, c.Message)
 	}
 	for _, c := range p.Status.ContainerStatuses {
+		fmt.Fprintf(&b, "; %s ready=%v restarts=%d", c.Name, c.Ready, c.RestartCount)
 		if w := c.State.Waiting; w != nil {
-			fmt.Fprintf(&b, "; %s waiting %s: %s", c.Name, w.Reason, w.Message)
+			fmt.Fprintf(&b, " waiting %s: %s", w.Reason, w.Message)
 		}
 		if x := c.State.Terminated; x != nil {
-			fmt.Fprintf(&b, "; %s terminated %s (%d)", c.Name, x.Reason, x.ExitCode)
+			fmt.Fprintf(&b, " terminated %s (%d)", x.Reason, x.ExitCode)
+		}
+		if x := c.LastTerminationState.Terminated; x != nil {
+			fmt.Fprintf(&b, " last exit %d %s", x.ExitCode, x.Reason)
 		}
 	}
 	return b.String()

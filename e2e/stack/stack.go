@@ -667,11 +667,7 @@ func (p *Proc) WaitHTTP(url string, timeout time.Duration) error {
 
 func tail(path string, n int) string {
 	b, _ := os.ReadFile(path)
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
+	return lastLines(string(b), n)
 }
 
 func poll(timeout time.Duration, cond func() bool) error {
