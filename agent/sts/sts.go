@@ -1,5 +1,6 @@
-// Package sts exchanges a web identity token for role credentials with STS AssumeRoleWithWebIdentity.
-// The call is unsigned: the agent holds no AWS credentials. It talks to AWS and never to Kubernetes.
+// Package sts exchanges a web identity token for role credentials with STS AssumeRoleWithWebIdentity,
+// and chains from those to a role in another account with AssumeRole. The first call is unsigned: the
+// agent holds no AWS credentials of its own. It talks to AWS and never to Kubernetes.
 package sts
 
 import (
@@ -12,7 +13,9 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
 	awssts "github.com/aws/aws-sdk-go-v2/service/sts"
+	"github.com/aws/aws-sdk-go-v2/service/sts/types"
 	"github.com/aws/smithy-go"
 	smithyendpoints "github.com/aws/smithy-go/endpoints"
 	smithyhttp "github.com/aws/smithy-go/transport/http"
@@ -33,7 +36,27 @@ type Request struct {
 	WebIdentityToken string
 	Duration         time.Duration
 	Regional         bool // false: the global endpoint (eks.amazonaws.com/sts-regional-endpoints: "false")
+
+	// Policy is an inline session policy, validated and compacted by the caller; empty: none.
+	Policy string
+	// PolicyARNs are managed session policies; the caller keeps them to STS's 10.
+	PolicyARNs []string
 }
+
+// ChainRequest is one AssumeRole call made with the credentials of an earlier session (role chaining).
+type ChainRequest struct {
+	RoleARN     string
+	SessionName string
+	ExternalID  string // empty: none sent
+	Policy      string // as in Request
+	PolicyARNs  []string
+	Duration    time.Duration // at most MaxChainedDuration; more is clamped
+	Regional    bool
+}
+
+// MaxChainedDuration is AWS's cap on a session assumed by role chaining, whatever the role's
+// MaxSessionDuration: STS refuses a longer DurationSeconds with a ValidationError.
+const MaxChainedDuration = time.Hour
 
 // Credentials are the temporary credentials STS returned.
 type Credentials struct {
@@ -42,6 +65,10 @@ type Credentials struct {
 	SessionToken    string
 	Expiration      time.Time
 	AccountID       string // from the assumed-role ARN; empty when STS does not say (MinIO)
+	AssumedRoleARN  string // arn:PARTITION:sts::ACCOUNT:assumed-role/ROLE/SESSION; empty when STS does not say
+	// PackedPolicySize is how much of the packed session policy limit the session policies used, in
+	// percent, as STS reports it when they were sent; 0 when it does not.
+	PackedPolicySize int32
 }
 
 // Client calls STS.
@@ -106,41 +133,99 @@ func (r globalResolver) ResolveEndpoint(ctx context.Context, p awssts.EndpointPa
 
 // AssumeRole calls AssumeRoleWithWebIdentity. Errors are *Error.
 func (c *Client) AssumeRole(ctx context.Context, r Request) (Credentials, error) {
-	api := c.regional
-	if !r.Regional {
-		api = c.global
-	}
 	in := &awssts.AssumeRoleWithWebIdentityInput{
 		RoleArn:          aws.String(r.RoleARN),
 		RoleSessionName:  aws.String(r.SessionName),
 		WebIdentityToken: aws.String(r.WebIdentityToken),
+		DurationSeconds:  seconds(r.Duration),
+		Policy:           optional(r.Policy),
+		PolicyArns:       descriptors(r.PolicyARNs),
 	}
-	if r.Duration > 0 {
-		in.DurationSeconds = aws.Int32(int32(r.Duration / time.Second))
-	}
-	out, err := api.AssumeRoleWithWebIdentity(ctx, in)
+	out, err := c.api(r.Regional).AssumeRoleWithWebIdentity(ctx, in)
 	if err != nil {
-		e := classify(err)
-		if r.WebIdentityToken != "" {
-			// STS's ValidationError messages quote the values they reject; the token must not reach a log.
-			e.msg = strings.ReplaceAll(e.msg, r.WebIdentityToken, "[web identity token]")
-		}
-		return Credentials{}, e
+		// STS's ValidationError messages quote the values they reject; the token must not reach a log.
+		return Credentials{}, classify(err).redact(secret{r.WebIdentityToken, "[web identity token]"})
 	}
-	if out.Credentials == nil || out.Credentials.Expiration == nil {
+	return credentialsOf(out.Credentials, out.AssumedRoleUser, out.PackedPolicySize, r.RoleARN)
+}
+
+// AssumeRoleChained calls AssumeRole signed with from's credentials, to reach a role (typically in
+// another account) that trusts from's role. Duration is clamped to MaxChainedDuration: AWS caps a
+// role-chained session at one hour and would refuse more. Errors are *Error, with from's secret key
+// and session token redacted should STS quote them.
+func (c *Client) AssumeRoleChained(ctx context.Context, from Credentials, r ChainRequest) (Credentials, error) {
+	if from.AccessKeyID == "" || from.SecretAccessKey == "" {
+		// The SDK would fail to sign too, but as if the network had failed: retryable.
+		return Credentials{}, newError("NoCredentials", false, errors.New("no first session to sign the chained call with"))
+	}
+	in := &awssts.AssumeRoleInput{
+		RoleArn:         aws.String(r.RoleARN),
+		RoleSessionName: aws.String(r.SessionName),
+		ExternalId:      optional(r.ExternalID),
+		DurationSeconds: seconds(min(r.Duration, MaxChainedDuration)),
+		Policy:          optional(r.Policy),
+		PolicyArns:      descriptors(r.PolicyARNs),
+	}
+	signed := credentials.NewStaticCredentialsProvider(from.AccessKeyID, from.SecretAccessKey, from.SessionToken)
+	out, err := c.api(r.Regional).AssumeRole(ctx, in, func(o *awssts.Options) { o.Credentials = signed })
+	if err != nil {
+		// The token first: should the secret key occur inside it, replacing the key first would leave
+		// the rest of the token behind.
+		return Credentials{}, classify(err).redact(
+			secret{from.SessionToken, "[session token]"}, secret{from.SecretAccessKey, "[secret access key]"})
+	}
+	return credentialsOf(out.Credentials, out.AssumedRoleUser, out.PackedPolicySize, r.RoleARN)
+}
+
+func (c *Client) api(regional bool) *awssts.Client {
+	if regional {
+		return c.regional
+	}
+	return c.global
+}
+
+// seconds is DurationSeconds: nil for 0, which leaves the role's default to STS.
+func seconds(d time.Duration) *int32 {
+	if d <= 0 {
+		return nil
+	}
+	return aws.Int32(int32(d / time.Second))
+}
+
+func optional(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return aws.String(s)
+}
+
+func descriptors(arns []string) []types.PolicyDescriptorType {
+	var out []types.PolicyDescriptorType
+	for _, arn := range arns {
+		out = append(out, types.PolicyDescriptorType{Arn: aws.String(arn)})
+	}
+	return out
+}
+
+// credentialsOf reads what both AssumeRole calls return. roleARN supplies the account when STS names
+// no assumed role (IAM-compatible servers such as MinIO).
+func credentialsOf(c *types.Credentials, user *types.AssumedRoleUser, packed *int32, roleARN string) (Credentials, error) {
+	if c == nil || c.Expiration == nil {
 		return Credentials{}, newError("EmptyResponse", false, errors.New("sts returned no credentials"))
 	}
 	creds := Credentials{
-		AccessKeyID:     aws.ToString(out.Credentials.AccessKeyId),
-		SecretAccessKey: aws.ToString(out.Credentials.SecretAccessKey),
-		SessionToken:    aws.ToString(out.Credentials.SessionToken),
-		Expiration:      out.Credentials.Expiration.UTC(),
+		AccessKeyID:      aws.ToString(c.AccessKeyId),
+		SecretAccessKey:  aws.ToString(c.SecretAccessKey),
+		SessionToken:     aws.ToString(c.SessionToken),
+		Expiration:       c.Expiration.UTC(),
+		PackedPolicySize: aws.ToInt32(packed),
 	}
-	if out.AssumedRoleUser != nil {
-		creds.AccountID = accountOf(aws.ToString(out.AssumedRoleUser.Arn))
+	if user != nil {
+		creds.AssumedRoleARN = aws.ToString(user.Arn)
+		creds.AccountID = accountOf(creds.AssumedRoleARN)
 	}
 	if creds.AccountID == "" {
-		creds.AccountID = accountOf(r.RoleARN)
+		creds.AccountID = accountOf(roleARN)
 	}
 	return creds, nil
 }
@@ -154,8 +239,9 @@ func accountOf(arn string) string {
 	return parts[4]
 }
 
-// Error is a classified STS failure. Its message carries the code and STS's own message, with the web
-// identity token, should STS quote it, redacted.
+// Error is a classified STS failure. Its message carries the code and STS's own message (for
+// PackedPolicyTooLarge, the size in percent), with the web identity token and the signing session's
+// secret key and token, should STS quote them, redacted.
 type Error struct {
 	Code  string // STS error code, "HTTP5xx", "Network" or "Canceled"
 	retry bool
@@ -167,12 +253,33 @@ func newError(code string, retry bool, err error) *Error {
 	return &Error{Code: code, retry: retry, err: err, msg: err.Error()}
 }
 
+// secret is a value that must not reach an error message, and what stands in its place.
+type secret struct{ value, label string }
+
+// redact removes the secrets from e's message and, when the wrapped SDK error quotes one too, replaces
+// that with an API error that says the same without it, so that unwrapping does not leak it either.
+func (e *Error) redact(secrets ...secret) *Error {
+	leaked := false
+	for _, s := range secrets {
+		if s.value == "" {
+			continue
+		}
+		e.msg = strings.ReplaceAll(e.msg, s.value, s.label)
+		leaked = leaked || strings.Contains(e.err.Error(), s.value)
+	}
+	if leaked {
+		e.err = &smithy.GenericAPIError{Code: e.Code, Message: e.msg}
+	}
+	return e
+}
+
 func (e *Error) Error() string   { return "sts " + e.Code + ": " + e.msg }
 func (e *Error) Unwrap() error   { return e.err }
 func (e *Error) Retryable() bool { return e.retry }
 
 // retryable error codes; everything else (AccessDenied, InvalidIdentityToken, ExpiredTokenException,
-// IDPRejectedClaim, RegionDisabledException, ValidationError, ...) is terminal for the token that was sent.
+// IDPRejectedClaim, RegionDisabledException, ValidationError, PackedPolicyTooLarge,
+// MalformedPolicyDocument, ExpiredToken, ...) is terminal for the request that was sent.
 var retryableCodes = map[string]bool{
 	"IDPCommunicationError":         true,
 	"Throttling":                    true,

@@ -141,6 +141,7 @@ func TestAssumeRoleSuccess(t *testing.T) {
 				SessionToken:    "FwoGZXIvYXdzEXAMPLESESSIONTOKEN",
 				Expiration:      expiration,
 				AccountID:       tt.wantAccount,
+				AssumedRoleARN:  tt.assumedARN,
 			}
 			if got != want {
 				t.Errorf("AssumeRole() = %+v, want %+v", got, want)
@@ -263,6 +264,11 @@ func TestAssumeRoleErrorRedactsEchoedToken(t *testing.T) {
 	_, err := newClient(t, srv.URL).AssumeRole(context.Background(), request())
 	if err == nil || strings.Contains(err.Error(), webToken) || !strings.Contains(err.Error(), "webIdentityToken") {
 		t.Errorf("AssumeRole() error = %v, want STS's message with the token redacted", err)
+	}
+	for e := errors.Unwrap(err); e != nil; e = errors.Unwrap(e) {
+		if strings.Contains(e.Error(), webToken) {
+			t.Errorf("AssumeRole() error wraps %q (%T), which quotes the web identity token", e, e)
+		}
 	}
 }
 
