@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -95,8 +96,11 @@ func (p *provider) Credentials(ctx context.Context, caller netip.Addr) (metadata
 	role, err := p.roles.RoleFor(pod.Namespace, pod.ServiceAccount)
 	if err != nil {
 		reason, sentinel := "not_allowed", metadata.ErrForbidden
-		if errors.Is(err, roles.ErrNoRole) {
+		switch {
+		case errors.Is(err, roles.ErrNoRole):
 			reason, sentinel = "no_role", metadata.ErrNoRole
+		case errors.Is(err, roles.ErrInvalidPolicy):
+			reason = "bad_session_policy"
 		}
 		p.log.LogAttrs(ctx, slog.LevelWarn, "refused", attrs(slog.String("outcome", "refused"),
 			slog.String("reason", reason), slog.String("error", err.Error()))...)
@@ -134,7 +138,7 @@ func (p *provider) Credentials(ctx context.Context, caller netip.Addr) (metadata
 			slog.String("session_name", c.SessionName), slog.Time("expiration", c.Expiration))...)
 	}
 	return metadata.Credentials{
-		RoleName:        roles.RoleName(role.ARN),
+		RoleName:        roles.RoleName(cmp.Or(role.Narrowing.ChainRoleARN, role.ARN)),
 		AccessKeyID:     c.AccessKeyID,
 		SecretAccessKey: c.SecretAccessKey,
 		SessionToken:    c.SessionToken,
@@ -164,6 +168,12 @@ func requestFor(p pods.Pod, r roles.Role) creds.Request {
 		Audience:       r.Audience,
 		Duration:       r.Duration,
 		Regional:       r.Regional,
+
+		SessionPolicy:     r.Narrowing.Policy,
+		SessionPolicyARNs: r.Narrowing.PolicyARNs,
+		ChainRoleARN:      r.Narrowing.ChainRoleARN,
+		ExternalID:        r.Narrowing.ExternalID,
+		Narrowing:         r.Narrowing.Key,
 	}
 }
 
@@ -191,26 +201,50 @@ func (f *fetcher) Fetch(ctx context.Context, r creds.Request) (creds.Credentials
 
 	name := sts.SessionName(r.Namespace, r.Pod, r.PodUID)
 	start = time.Now()
-	out, err := f.sts.AssumeRole(ctx, sts.Request{RoleARN: r.RoleARN, SessionName: name, WebIdentityToken: tok, Duration: r.Duration, Regional: r.Regional})
+	first := sts.Request{RoleARN: r.RoleARN, SessionName: name, WebIdentityToken: tok, Duration: r.Duration, Regional: r.Regional}
+	if r.ChainRoleARN == "" {
+		first.Policy, first.PolicyARNs = r.SessionPolicy, r.SessionPolicyARNs
+	}
+	out, err := f.sts.AssumeRole(ctx, first)
 	f.metrics.stsLatency.Observe(time.Since(start).Seconds())
 	if err != nil {
-		code := "unknown"
-		var se *sts.Error
-		if errors.As(err, &se) {
-			code = se.Code
-		}
-		f.metrics.sts.WithLabelValues("error", code).Inc()
+		f.stsFailed(err)
 		return creds.Credentials{}, err
 	}
 	f.metrics.sts.WithLabelValues("success", "").Inc()
+	served := r.RoleARN
+	if r.ChainRoleARN != "" {
+		// The session policy narrows the session the pod holds: the chained one. The first is only iamlet's, to chain.
+		start = time.Now()
+		out, err = f.sts.AssumeRoleChained(ctx, out, sts.ChainRequest{RoleARN: r.ChainRoleARN, SessionName: name,
+			ExternalID: r.ExternalID, Policy: r.SessionPolicy, PolicyARNs: r.SessionPolicyARNs, Duration: r.Duration, Regional: r.Regional})
+		f.metrics.stsLatency.Observe(time.Since(start).Seconds())
+		if err != nil {
+			f.stsFailed(err)
+			return creds.Credentials{}, fmt.Errorf("chaining to %s: %w", r.ChainRoleARN, err)
+		}
+		f.metrics.sts.WithLabelValues("success", "").Inc()
+		served = r.ChainRoleARN
+	}
 	return creds.Credentials{
-		AccessKeyID:     out.AccessKeyID,
-		SecretAccessKey: out.SecretAccessKey,
-		SessionToken:    out.SessionToken,
-		Expiration:      out.Expiration,
-		AccountID:       out.AccountID,
-		SessionName:     name,
+		AccessKeyID:      out.AccessKeyID,
+		SecretAccessKey:  out.SecretAccessKey,
+		SessionToken:     out.SessionToken,
+		Expiration:       out.Expiration,
+		AccountID:        out.AccountID,
+		SessionName:      name,
+		ServedRoleARN:    served,
+		PackedPolicySize: out.PackedPolicySize,
 	}, nil
+}
+
+func (f *fetcher) stsFailed(err error) {
+	code := "unknown"
+	var se *sts.Error
+	if errors.As(err, &se) {
+		code = se.Code
+	}
+	f.metrics.sts.WithLabelValues("error", code).Inc()
 }
 
 // kubeError classifies TokenRequest failures: a pod that is gone or a ServiceAccount that may not mint

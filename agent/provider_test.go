@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -227,7 +228,7 @@ func TestProviderCredentials(t *testing.T) {
 			}
 			wantReq := creds.Request{PodUID: "uid-web", Namespace: "ns", Pod: "web", ServiceAccount: "app", RoleARN: testRoleARN,
 				Audience: "sts.amazonaws.com", Duration: time.Hour, Regional: true}
-			if tt.cache.reqs[0] != wantReq {
+			if !reflect.DeepEqual(tt.cache.reqs[0], wantReq) {
 				t.Errorf("cache.Get(%+v), want %+v", tt.cache.reqs[0], wantReq)
 			}
 		})

@@ -33,16 +33,24 @@ type Status struct {
 
 // PodStatus is one pod's line in Status.
 type PodStatus struct {
-	Namespace      string     `json:"namespace"`
-	Pod            string     `json:"pod"`
-	ServiceAccount string     `json:"serviceAccount"`
-	IPs            []string   `json:"ips"`
-	HostNetwork    bool       `json:"hostNetwork,omitempty"`
-	RoleARN        string     `json:"roleARN,omitempty"`
-	State          string     `json:"state"` // no_role, not_allowed, pending, valid, expired, error, node_trusted
-	Expiration     *time.Time `json:"expiration,omitempty"`
-	LastRefresh    *time.Time `json:"lastRefresh,omitempty"`
-	Detail         string     `json:"detail,omitempty"`
+	Namespace      string   `json:"namespace"`
+	Pod            string   `json:"pod"`
+	ServiceAccount string   `json:"serviceAccount"`
+	IPs            []string `json:"ips"`
+	HostNetwork    bool     `json:"hostNetwork,omitempty"`
+	RoleARN        string   `json:"roleARN,omitempty"`
+	// ChainedRoleARN is the role actually served when RoleARN is chained to another (cross-account).
+	ChainedRoleARN string `json:"chainedRoleARN,omitempty"`
+	// SessionPolicySHA256 identifies the session policy the pod's session is narrowed by (see iamlet policy).
+	SessionPolicySHA256 string   `json:"sessionPolicySHA256,omitempty"`
+	SessionPolicyARNs   []string `json:"sessionPolicyARNs,omitempty"`
+	// AccessKeyID is the access key ID of the credentials the pod is served: what CloudTrail names it by.
+	AccessKeyID string `json:"accessKeyID,omitempty"`
+	// State: no_role, not_allowed, bad_session_policy, pending, valid, expired, error, node_trusted.
+	State       string     `json:"state"`
+	Expiration  *time.Time `json:"expiration,omitempty"`
+	LastRefresh *time.Time `json:"lastRefresh,omitempty"`
+	Detail      string     `json:"detail,omitempty"`
 }
 
 func statusHandler(index *pods.Index, mapper *roles.Mapper, cache *creds.Cache, st *state, trusted trustList, own types.UID) http.Handler {
@@ -83,10 +91,13 @@ func buildStatus(live []pods.Pod, mapper *roles.Mapper, entries []creds.Entry, s
 			ps.State, ps.Detail = "node_trusted", "not intercepted: reaches the node's IMDS"
 		case errors.Is(err, roles.ErrNoRole):
 			ps.State = "no_role"
+		case errors.Is(err, roles.ErrInvalidPolicy):
+			ps.State, ps.Detail = "bad_session_policy", err.Error()
 		case err != nil:
 			ps.State, ps.Detail = "not_allowed", err.Error()
 		default:
-			ps.RoleARN = role.ARN
+			ps.RoleARN, ps.ChainedRoleARN = role.ARN, role.Narrowing.ChainRoleARN
+			ps.SessionPolicySHA256, ps.SessionPolicyARNs = role.Narrowing.PolicyHash, role.Narrowing.PolicyARNs
 			e, ok := byKey[requestFor(p, role).Key()]
 			switch {
 			case !ok || (!e.Has && e.LastError == ""):
@@ -96,6 +107,7 @@ func buildStatus(live []pods.Pod, mapper *roles.Mapper, entries []creds.Entry, s
 			default:
 				exp, iss := e.Expiration, e.Issued
 				ps.Expiration, ps.LastRefresh = &exp, &iss
+				ps.AccessKeyID = e.AccessKeyID
 				ps.State = "valid"
 				if !now.Before(exp) {
 					ps.State = "expired"

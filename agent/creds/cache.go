@@ -22,6 +22,9 @@ import (
 type Key struct {
 	PodUID  string
 	RoleARN string
+	// Narrowing is a digest of the session policies and chained role, so that a changed one is a new session at
+	// once rather than at the next rotation; empty for a plain role.
+	Narrowing string
 }
 
 // Request is everything a Fetcher needs for one pod and role.
@@ -34,10 +37,18 @@ type Request struct {
 	Audience       string
 	Duration       time.Duration
 	Regional       bool
+	// SessionPolicy (compact JSON) and SessionPolicyARNs narrow the session to their intersection with the role.
+	SessionPolicy     string
+	SessionPolicyARNs []string
+	// ChainRoleARN is a second role assumed with the first role's credentials (cross-account); ExternalID goes with it.
+	ChainRoleARN string
+	ExternalID   string
+	// Narrowing digests the four fields above (see Key); the role mapper computes it once per annotation change.
+	Narrowing string
 }
 
 // Key returns the request's cache key.
-func (r Request) Key() Key { return Key{PodUID: r.PodUID, RoleARN: r.RoleARN} }
+func (r Request) Key() Key { return Key{PodUID: r.PodUID, RoleARN: r.RoleARN, Narrowing: r.Narrowing} }
 
 // Credentials are one role session's credentials.
 type Credentials struct {
@@ -48,6 +59,10 @@ type Credentials struct {
 	Issued          time.Time // when the cache stored them
 	AccountID       string
 	SessionName     string
+	// ServedRoleARN is the role the credentials are for: the chained role when there is one.
+	ServedRoleARN string
+	// PackedPolicySize is STS's report of how much of the packed session policy limit was used, in percent.
+	PackedPolicySize int32
 }
 
 // Fetcher obtains fresh credentials (a TokenRequest, then STS).
@@ -514,6 +529,9 @@ type Entry struct {
 	Issued     time.Time
 	RefreshAt  time.Time
 	LastError  string
+	// AccessKeyID identifies the credentials served (an identifier CloudTrail logs, not a secret).
+	AccessKeyID   string
+	ServedRoleARN string
 }
 
 // Len is the number of entries.
@@ -529,7 +547,8 @@ func (c *Cache) Snapshot() []Entry {
 	defer c.mu.Unlock()
 	out := make([]Entry, 0, len(c.entries))
 	for _, e := range c.entries {
-		v := Entry{Request: e.req, Has: e.has, Expiration: e.creds.Expiration, Issued: e.creds.Issued, RefreshAt: e.refreshAt}
+		v := Entry{Request: e.req, Has: e.has, Expiration: e.creds.Expiration, Issued: e.creds.Issued, RefreshAt: e.refreshAt,
+			AccessKeyID: e.creds.AccessKeyID, ServedRoleARN: e.creds.ServedRoleARN}
 		if e.lastErr != nil {
 			v.LastError = e.lastErr.Error()
 		}

@@ -50,6 +50,8 @@ type Role struct {
 	Audience string
 	Duration time.Duration
 	Regional bool
+	// Narrowing is the session policies and chained role, from the ServiceAccount's and Namespace's annotations.
+	Narrowing Narrowing
 }
 
 // Config holds the mapper's defaults and policy.
@@ -74,6 +76,7 @@ func (c Config) withDefaults() Config {
 type Mapper struct {
 	cfg        Config
 	arns       arnChecks
+	narrowings narrowings
 	sas        listersv1.ServiceAccountLister
 	namespaces listersv1.NamespaceLister
 	synced     []cache.InformerSynced
@@ -139,15 +142,25 @@ func (m *Mapper) RoleFor(namespace, sa string) (Role, error) {
 		return Role{}, fmt.Errorf("%w: namespace %s not known yet", ErrNotAllowed, namespace)
 	}
 	allowed, has := ns.Annotations[AnnotationAllowedRoles]
-	if !has {
-		if m.cfg.RequireNamespaceAllowlist {
-			return Role{}, fmt.Errorf("%w: namespace %s has no %s annotation", ErrNotAllowed, namespace, AnnotationAllowedRoles)
-		}
-		return role, nil
+	if !has && m.cfg.RequireNamespaceAllowlist {
+		return Role{}, fmt.Errorf("%w: namespace %s has no %s annotation", ErrNotAllowed, namespace, AnnotationAllowedRoles)
 	}
-	if !Allowed(allowed, role.ARN) {
+	if has && !Allowed(allowed, role.ARN) {
 		return Role{}, fmt.Errorf("%w: %s not in namespace %s's %s", ErrNotAllowed, role.ARN, namespace, AnnotationAllowedRoles)
 	}
+	n, err := m.narrowings.get(narrowingInput{
+		saPolicy: acct.Annotations[AnnotationSessionPolicy], saARNs: acct.Annotations[AnnotationSessionPolicyARNs],
+		nsPolicy: ns.Annotations[AnnotationSessionPolicy], nsARNs: ns.Annotations[AnnotationSessionPolicyARNs],
+		chain: acct.Annotations[AnnotationChainRoleARN], externalID: acct.Annotations[AnnotationChainExternalID],
+	})
+	if err != nil {
+		return Role{}, fmt.Errorf("service account %s/%s: %w", namespace, sa, err)
+	}
+	// The chained role is the one the pod ends up holding: the namespace must allow it too.
+	if n.ChainRoleARN != "" && has && !Allowed(allowed, n.ChainRoleARN) {
+		return Role{}, fmt.Errorf("%w: chained role %s not in namespace %s's %s", ErrNotAllowed, n.ChainRoleARN, namespace, AnnotationAllowedRoles)
+	}
+	role.Narrowing = n
 	return role, nil
 }
 

@@ -3,6 +3,7 @@ package roles_test
 import (
 	"context"
 	"errors"
+	"reflect"
 	"strings"
 	"testing"
 	"testing/synctest"
@@ -82,7 +83,7 @@ func TestFromAnnotations(t *testing.T) {
 				}
 				return
 			}
-			if err != nil || got != tt.want {
+			if err != nil || !reflect.DeepEqual(got, tt.want) {
 				t.Errorf("FromAnnotations(%v) = %+v, %v, want %+v", tt.a, got, err, tt.want)
 			}
 		})

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"flag"
@@ -75,7 +76,7 @@ func printStatus(out io.Writer, st agent.Status, wide bool, now time.Time) error
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	head := "NAMESPACE\tPOD\tSERVICE ACCOUNT\tROLE\tSTATE\tEXPIRES IN"
 	if wide {
-		head += "\tIPS\tLAST REFRESH"
+		head += "\tIPS\tLAST REFRESH\tACCESS KEY ID\tSESSION POLICY"
 	}
 	fmt.Fprintln(tw, head+"\tDETAIL")
 	for _, p := range st.Pods {
@@ -83,9 +84,9 @@ func printStatus(out io.Writer, st agent.Status, wide bool, now time.Time) error
 		if p.Expiration != nil {
 			exp = p.Expiration.Sub(now).Round(time.Second).String()
 		}
-		role := p.RoleARN
-		if role == "" {
-			role = "-"
+		role := cmp.Or(p.RoleARN, "-")
+		if p.ChainedRoleARN != "" {
+			role += " -> " + p.ChainedRoleARN
 		}
 		name := p.Pod
 		if p.HostNetwork {
@@ -101,9 +102,25 @@ func printStatus(out io.Writer, st agent.Status, wide bool, now time.Time) error
 			if ips == "" {
 				ips = "-"
 			}
-			row += "\t" + ips + "\t" + refreshed
+			row += "\t" + ips + "\t" + refreshed + "\t" + cmp.Or(p.AccessKeyID, "-") + "\t" + sessionPolicy(p)
 		}
 		fmt.Fprintln(tw, row+"\t"+p.Detail)
 	}
 	return tw.Flush()
+}
+
+// sessionPolicy names what narrows a pod's session: the inline policy's digest (short, as git shows a commit) and
+// the managed policies' names.
+func sessionPolicy(p agent.PodStatus) string {
+	var parts []string
+	if p.SessionPolicySHA256 != "" {
+		parts = append(parts, "sha256:"+p.SessionPolicySHA256[:12])
+	}
+	for _, a := range p.SessionPolicyARNs {
+		parts = append(parts, a[strings.LastIndexByte(a, '/')+1:])
+	}
+	if len(parts) == 0 {
+		return "-"
+	}
+	return strings.Join(parts, ",")
 }
