@@ -63,6 +63,8 @@ type Config struct {
 	Region      string // STS region; asked of the node's IMDS when empty
 	STSEndpoint string
 	RefreshQPS  float64
+	// IssuanceFile, when set, gets a JSON line per credential set issued (see Issuance), for `iamlet policy`.
+	IssuanceFile string
 
 	Limits Limits // per-pod connection and request limits on the metadata faces
 
@@ -155,8 +157,15 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 	}
 	st.rulesOK.Store(true) // installed above, or not ours to manage
 	tokens := token.New(minter, token.MinTTL)
+	obs := observer{metrics: m, log: log}
+	if cfg.IssuanceFile != "" {
+		if obs.issued, err = openIssuanceFile(cfg.IssuanceFile); err != nil {
+			return err
+		}
+		defer obs.issued.Close()
+	}
 	cache := creds.New(&fetcher{tokens: tokens, confined: st.confinedErr, sts: stsClient, metrics: m},
-		creds.Config{RefreshQPS: cfg.RefreshQPS, Observer: observer{metrics: m, log: log}})
+		creds.Config{RefreshQPS: cfg.RefreshQPS, Observer: obs})
 	prov := &provider{pods: index, roles: mapper, cache: cache, metrics: m, log: log, dryRun: cfg.DryRun,
 		trusted: trustList(cfg.NodeTrusted).trusts}
 

@@ -12,6 +12,8 @@ import (
 type observer struct {
 	metrics *metrics
 	log     *slog.Logger
+	// issued, when set, also gets every issuance record (--issuance-file).
+	issued *issuanceFile
 }
 
 func podAttrs(r creds.Request) []slog.Attr {
@@ -22,8 +24,28 @@ func podAttrs(r creds.Request) []slog.Attr {
 func (o observer) Stored(r creds.Request, c creds.Credentials, reason string) {
 	o.metrics.fetches.WithLabelValues(reason, "success").Inc()
 	o.metrics.stored(r, c)
-	o.log.LogAttrs(context.Background(), slog.LevelInfo, "credentials issued", append(podAttrs(r), slog.String("outcome", "issued"),
-		slog.String("reason", reason), slog.String("session_name", c.SessionName), slog.Time("expiration", c.Expiration))...)
+	rec := issuanceOf(r, c)
+	attrs := append(podAttrs(r), slog.String("outcome", "issued"), slog.String("reason", reason),
+		slog.String("session_name", c.SessionName), slog.Time("expiration", c.Expiration), slog.String("access_key_id", c.AccessKeyID))
+	if rec.ChainedRoleARN != "" {
+		attrs = append(attrs, slog.String("chained_role_arn", rec.ChainedRoleARN))
+	}
+	if rec.SessionPolicySHA256 != "" {
+		attrs = append(attrs, slog.String("session_policy_sha256", rec.SessionPolicySHA256))
+	}
+	if len(rec.SessionPolicyARNs) > 0 {
+		attrs = append(attrs, slog.Any("session_policy_arns", rec.SessionPolicyARNs))
+	}
+	if c.PackedPolicySize > 0 {
+		attrs = append(attrs, slog.Int("packed_policy_size_percent", int(c.PackedPolicySize)))
+	}
+	o.log.LogAttrs(context.Background(), slog.LevelInfo, "credentials issued", attrs...)
+	if o.issued != nil {
+		if err := o.issued.write(rec); err != nil {
+			o.log.LogAttrs(context.Background(), slog.LevelError, "issuance record not written", append(podAttrs(r),
+				slog.String("access_key_id", c.AccessKeyID), slog.String("error", err.Error()))...)
+		}
+	}
 }
 
 func (o observer) FetchFailed(r creds.Request, reason string, err error) {

@@ -188,6 +188,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&cfg.Region, "region", os.Getenv("AWS_REGION"), "STS region; asked of the node's IMDS when empty")
 	fs.StringVar(&cfg.STSEndpoint, "sts-endpoint", "", "STS endpoint override (a VPC endpoint, or a test STS)")
 	fs.Float64Var(&cfg.RefreshQPS, "refresh-qps", 10, "background credential fetches per second (prefetch and refresh)")
+	fs.StringVar(&cfg.IssuanceFile, "issuance-file", "", "append a JSON line per credential set issued to this file, for `iamlet policy` (access key IDs, never secrets)")
 	fs.IntVar(&cfg.Limits.ConnsPerPod, "max-conns-per-pod", 64, "concurrent connections one pod may hold to the metadata faces; 0 = unlimited")
 	fs.IntVar(&cfg.Limits.Conns, "max-conns", 512, "concurrent connections all pods together may hold to the metadata faces (bounds the agent's memory); at the bound a pod holding fewer than the heaviest still gets in, the heaviest's oldest connection is closed; 0 = unlimited")
 	fs.Float64Var(&cfg.Limits.RequestsPerPod, "requests-per-pod", 200, "sustained requests per second one pod may make; 0 = unlimited")

@@ -1,0 +1,79 @@
+package agent
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/iamlet/iamlet/agent/creds"
+)
+
+// Issuance is the record of one credential set issued to a pod: what `iamlet policy` joins with CloudTrail
+// to learn which workload made which call. It identifies the credentials (the access key ID, which CloudTrail
+// logs) and never holds a secret.
+type Issuance struct {
+	Time                time.Time `json:"time"`
+	AccessKeyID         string    `json:"access_key_id"`
+	RoleARN             string    `json:"role_arn"`
+	ChainedRoleARN      string    `json:"chained_role_arn,omitempty"`
+	SessionName         string    `json:"session_name"`
+	Namespace           string    `json:"namespace"`
+	Pod                 string    `json:"pod"`
+	PodUID              string    `json:"pod_uid"`
+	ServiceAccount      string    `json:"service_account"`
+	SessionPolicySHA256 string    `json:"session_policy_sha256,omitempty"`
+	SessionPolicyARNs   []string  `json:"session_policy_arns,omitempty"`
+	Expiration          time.Time `json:"expiration"`
+}
+
+func issuanceOf(r creds.Request, c creds.Credentials) Issuance {
+	rec := Issuance{Time: c.Issued.UTC(), AccessKeyID: c.AccessKeyID, RoleARN: r.RoleARN, ChainedRoleARN: r.ChainRoleARN,
+		SessionName: c.SessionName, Namespace: r.Namespace, Pod: r.Pod, PodUID: r.PodUID, ServiceAccount: r.ServiceAccount,
+		SessionPolicyARNs: r.SessionPolicyARNs, Expiration: c.Expiration.UTC()}
+	if r.SessionPolicy != "" {
+		sum := sha256.Sum256([]byte(r.SessionPolicy))
+		rec.SessionPolicySHA256 = hex.EncodeToString(sum[:])
+	}
+	return rec
+}
+
+// issuanceFile appends issuance records to a file as JSON lines, for an operator's log shipper. Writes are
+// synchronous: a record the file lost would be a call `iamlet policy` cannot attribute.
+type issuanceFile struct {
+	mu sync.Mutex
+	w  io.WriteCloser
+}
+
+func openIssuanceFile(path string) (*issuanceFile, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("issuance record: %w", err)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+	if err != nil {
+		return nil, fmt.Errorf("issuance record: %w", err)
+	}
+	return &issuanceFile{w: f}, nil
+}
+
+func (f *issuanceFile) write(rec Issuance) error {
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	_, err = f.w.Write(append(b, '\n'))
+	return err
+}
+
+func (f *issuanceFile) Close() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.w.Close()
+}
