@@ -317,12 +317,12 @@ func conditionValue(v json.RawMessage) bool {
 	return scalar(x)
 }
 
-// wire is the document's JSON form. One-element lists are written as a plain string and a one-statement document
-// as an object: both are what IAM accepts and the shortest.
+// wire is the document's JSON form. One-element lists are written as a plain string, which IAM accepts and is
+// the shortest; statements are always a list, since IAM-compatible servers (MinIO's STS) accept no other form.
 type wire struct {
-	Version   string `json:"Version"`
-	ID        string `json:"Id,omitempty"`
-	Statement any    `json:"Statement"`
+	Version   string          `json:"Version"`
+	ID        string          `json:"Id,omitempty"`
+	Statement []wireStatement `json:"Statement"`
 }
 
 type wireStatement struct {
@@ -359,9 +359,6 @@ func (d *Document) Compact() []byte {
 		}
 	}
 	w.Statement = statements
-	if len(statements) == 1 {
-		w.Statement = statements[0]
-	}
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
 	enc.SetEscapeHTML(false) // \u003c would be six characters where STS counts one

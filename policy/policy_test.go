@@ -27,13 +27,13 @@ func TestParseCompact(t *testing.T) {
 				"Version": "2012-10-17",
 				"Statement": {"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::b/*"}
 			}`,
-			want: `{"Version":"2012-10-17","Statement":{"Effect":"Allow","Action":"s3:GetObject","Resource":"arn:aws:s3:::b/*"}}`,
+			want: `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:GetObject","Resource":"arn:aws:s3:::b/*"}]}`,
 		},
 		{
 			name: "one-element arrays become strings, key order fixed",
 			in: `{"Statement": [{"Resource": ["*"], "Action": ["sts:GetCallerIdentity"], "Effect": "Allow", "Sid": "Who"}],
 				"Id": "p1", "Version": "2008-10-17"}`,
-			want: `{"Version":"2008-10-17","Id":"p1","Statement":{"Sid":"Who","Effect":"Allow","Action":"sts:GetCallerIdentity","Resource":"*"}}`,
+			want: `{"Version":"2008-10-17","Id":"p1","Statement":[{"Sid":"Who","Effect":"Allow","Action":"sts:GetCallerIdentity","Resource":"*"}]}`,
 		},
 		{
 			name: "two statements, NotAction, NotResource, condition sorted and compacted, no HTML escaping",
@@ -71,7 +71,7 @@ func TestHash(t *testing.T) {
 		t.Errorf("Hash() equal for different policies")
 	}
 	// The SHA-256 of the compact text, so an operator can reproduce it with sha256sum.
-	const want = "8a9ed848f261c4a4deecf9e7ad55438216a42545a0f9bbd86753f5b4fa23b61c"
+	const want = "dfd3e01fa93b1a5dd5b5144c96d987c080ba5f7739947b3435cc2673643d569f"
 	if got := a.Hash(); got != want {
 		t.Errorf("Hash() = %q, want %q", got, want)
 	}
@@ -351,7 +351,7 @@ func TestDecisionText(t *testing.T) {
 
 func FuzzParse(f *testing.F) {
 	for _, seed := range []string{
-		`{"Version":"2012-10-17","Statement":{"Effect":"Allow","Action":"s3:GetObject","Resource":"arn:aws:s3:::b/*"}}`,
+		`{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:GetObject","Resource":"arn:aws:s3:::b/*"}]}`,
 		`{"Version":"2008-10-17","Id":"x","Statement":[{"Sid":"a","Effect":"Deny","NotAction":["iam:*"],"NotResource":"*",` +
 			`"Condition":{"StringEquals":{"aws:PrincipalTag/team":["a","b"]},"NumericLessThan":{"s3:max-keys":10}}}]}`,
 		`{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"arn:aws:s3:::b/${aws:username}/\u003c"}]}`,
@@ -373,8 +373,9 @@ func FuzzParse(f *testing.F) {
 		if !bytes.Equal(again.Compact(), compact) {
 			t.Fatalf("Compact() not stable:\n%s\n%s", compact, again.Compact())
 		}
-		if len(compact) > len(data) && utf8.Valid(data) && !bytes.ContainsAny(data, "\u2028\u2029\\") {
-			// Compact output may only grow where encoding/json escapes differently from the input.
+		if len(compact) > len(data)+2 && utf8.Valid(data) && !bytes.ContainsAny(data, "\u2028\u2029\\") {
+			// Compact output may only grow where encoding/json escapes differently from the input, or by the brackets
+			// of a lone statement written as an object.
 			t.Fatalf("Compact() longer than the input: %d > %d\n%s\n%s", len(compact), len(data), data, compact)
 		}
 		for _, s := range d.Statement {

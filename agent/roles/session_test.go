@@ -27,7 +27,7 @@ func TestNarrowing(t *testing.T) {
 	}{
 		{name: "none", in: narrowingInput{}},
 		{name: "service account inline, compacted", in: narrowingInput{saPolicy: "  " + readTeamA + "\n"},
-			wantPolicy: readTeamA},
+			wantPolicy: `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:GetObject","Resource":"arn:aws:s3:::team/a/*"}]}`},
 		{name: "service account managed", in: narrowingInput{saARNs: managedA + ",\n" + managedB + "," + managedA},
 			wantARNs: []string{managedA, managedB}},
 		{name: "namespace is the default", in: narrowingInput{nsPolicy: readBucket, nsARNs: managedB},
