@@ -703,6 +703,42 @@ func TestChartPortsMoveTogether(t *testing.T) {
 	}
 }
 
+// TestChartIssuanceRecords: issuanceRecords.hostPath gives the agent --issuance-file on a volume of that node
+// directory, and the agent accepts the flag; unset, neither is rendered.
+func TestChartIssuanceRecords(t *testing.T) {
+	ds := parseObjects(t, helmTemplate(t, "", "--set", "issuanceRecords.hostPath=/var/log/iamlet-records"))["DaemonSet "+agentNamespace+"/iamlet"]
+	containers, _, _ := unstructured.NestedSlice(ds, "spec", "template", "spec", "containers")
+	volumes, _, _ := unstructured.NestedSlice(ds, "spec", "template", "spec", "volumes")
+	agent := containers[0].(map[string]any)
+	args, _, _ := unstructured.NestedStringSlice(agent, "args")
+	mounts, _, _ := unstructured.NestedSlice(agent, "volumeMounts")
+	const flag = "--issuance-file=/var/log/iamlet/issuance.jsonl"
+	if !slices.Contains(args, flag) {
+		t.Fatalf("agent args %q lack %s", args, flag)
+	}
+	var mount string
+	for _, m := range mounts {
+		if m := m.(map[string]any); m["mountPath"] == "/var/log/iamlet" {
+			mount = m["name"].(string)
+		}
+	}
+	var hostPath string
+	for _, v := range volumes {
+		if v := v.(map[string]any); v["name"] == mount {
+			hostPath, _, _ = unstructured.NestedString(v, "hostPath", "path")
+		}
+	}
+	if mount == "" || hostPath != "/var/log/iamlet-records" {
+		t.Errorf("/var/log/iamlet is mounted from volume %q with hostPath %q, want the node's /var/log/iamlet-records", mount, hostPath)
+	}
+	if out, err := exec.Command(suite.agentBin, "run", "--help").CombinedOutput(); !strings.Contains(string(out), "-issuance-file") {
+		t.Errorf("iamlet run has no --issuance-file flag: %v\n%s", err, out)
+	}
+	if plain := helmTemplate(t, ""); strings.Contains(string(plain), "issuance") {
+		t.Errorf("rendered with issuance records though issuanceRecords.hostPath is empty")
+	}
+}
+
 // TestChartPackages: the chart packages (as the release pipeline does before pushing it as an OCI artifact), and the
 // package carries its schema, NOTES and README, lints, and renders the same objects as the source tree.
 func TestChartPackages(t *testing.T) {
