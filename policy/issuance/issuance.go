@@ -1,0 +1,119 @@
+// Package issuance is the record of each credential set the agent issues: what a pod got, for which role and
+// session. Joined with CloudTrail (package policy/trail) it tells which workload made which call. The agent writes
+// records; this package owns their format and reads them back.
+package issuance
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Record is one credential set the agent served: the agent's issuance file holds one per line, and its JSON log
+// carries the same fields on each "credentials issued" line. Access key IDs identify credentials; they are not
+// secrets.
+type Record struct {
+	Time                time.Time `json:"time"`
+	AccessKeyID         string    `json:"access_key_id"`
+	RoleARN             string    `json:"role_arn"`
+	ChainedRoleARN      string    `json:"chained_role_arn,omitempty"`
+	SessionName         string    `json:"session_name"`
+	Namespace           string    `json:"namespace"`
+	Pod                 string    `json:"pod"`
+	PodUID              string    `json:"pod_uid"`
+	ServiceAccount      string    `json:"service_account"`
+	SessionPolicySHA256 string    `json:"session_policy_sha256,omitempty"`
+	SessionPolicyARNs   []string  `json:"session_policy_arns,omitempty"`
+	Expiration          time.Time `json:"expiration"`
+}
+
+// ServedRole is the role whose credentials the pod got: the chained role when there is one.
+func (r Record) ServedRole() string {
+	if r.ChainedRoleARN != "" {
+		return r.ChainedRoleARN
+	}
+	return r.RoleARN
+}
+
+// LogMessage is the agent's log message for an issuance (agent/observer.go): its log lines carry the record's
+// fields.
+const LogMessage = "credentials issued"
+
+// ReadFiles reads issuance records from files: the agent's --issuance-file, or its JSON log (kubectl logs,
+// with or without --prefix), of which only "credentials issued" lines count.
+func ReadFiles(paths ...string) ([]Record, error) {
+	var out []Record
+	for _, p := range paths {
+		f, err := os.Open(p)
+		if err != nil {
+			return nil, err
+		}
+		recs, err := Decode(f)
+		f.Close()
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", p, err)
+		}
+		out = append(out, recs...)
+	}
+	return out, nil
+}
+
+// Decode reads issuance records, one JSON object a line. A line with a "msg" is an agent log line and
+// counts only when it is "credentials issued"; lines that hold no JSON object (text logs, blank lines) are skipped.
+func Decode(r io.Reader) ([]Record, error) {
+	var out []Record
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 64*1024), 1024*1024)
+	for n := 1; sc.Scan(); n++ {
+		line := sc.Bytes()
+		// kubectl logs --prefix puts "[pod/NAME/CONTAINER] " before each line.
+		i := bytes.IndexByte(line, '{')
+		if i < 0 {
+			continue
+		}
+		line = line[i:]
+		var probe struct {
+			Msg *string `json:"msg"`
+		}
+		if err := json.Unmarshal(line, &probe); err != nil {
+			return nil, fmt.Errorf("line %d: %w", n, err)
+		}
+		if probe.Msg != nil && *probe.Msg != LogMessage {
+			continue
+		}
+		var rec Record
+		if err := json.Unmarshal(line, &rec); err != nil {
+			return nil, fmt.Errorf("line %d: %w", n, err)
+		}
+		if err := rec.validate(); err != nil {
+			return nil, fmt.Errorf("line %d: %w", n, err)
+		}
+		out = append(out, rec)
+	}
+	return out, sc.Err()
+}
+
+func (r Record) validate() error {
+	var missing []string
+	for name, v := range map[string]string{"access_key_id": r.AccessKeyID, "role_arn": r.RoleARN, "session_name": r.SessionName,
+		"namespace": r.Namespace, "service_account": r.ServiceAccount} {
+		if v == "" {
+			missing = append(missing, name)
+		}
+	}
+	if len(missing) > 0 {
+		slices.Sort(missing)
+		return fmt.Errorf("record without %s", strings.Join(missing, ", "))
+	}
+	if r.Time.IsZero() {
+		return errors.New("record without time")
+	}
+	return nil
+}
