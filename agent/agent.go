@@ -157,15 +157,14 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 	}
 	st.rulesOK.Store(true) // installed above, or not ours to manage
 	tokens := token.New(minter, token.MinTTL)
-	obs := observer{metrics: m, log: log}
+	fetch := &fetcher{tokens: tokens, confined: st.confinedErr, sts: stsClient, metrics: m, log: log}
 	if cfg.IssuanceFile != "" {
-		if obs.issued, err = openIssuanceFile(cfg.IssuanceFile); err != nil {
+		if fetch.issued, err = openIssuanceFile(cfg.IssuanceFile); err != nil {
 			return err
 		}
-		defer obs.issued.Close()
+		defer fetch.issued.Close()
 	}
-	cache := creds.New(&fetcher{tokens: tokens, confined: st.confinedErr, sts: stsClient, metrics: m},
-		creds.Config{RefreshQPS: cfg.RefreshQPS, Observer: obs})
+	cache := creds.New(fetch, creds.Config{RefreshQPS: cfg.RefreshQPS, Observer: observer{metrics: m, log: log}})
 	prov := &provider{pods: index, roles: mapper, cache: cache, metrics: m, log: log, dryRun: cfg.DryRun,
 		trusted: trustList(cfg.NodeTrusted).trusts}
 

@@ -1,8 +1,6 @@
 package agent
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -32,19 +30,15 @@ type Issuance struct {
 	Expiration          time.Time `json:"expiration"`
 }
 
-func issuanceOf(r creds.Request, c creds.Credentials) Issuance {
-	rec := Issuance{Time: c.Issued.UTC(), AccessKeyID: c.AccessKeyID, RoleARN: r.RoleARN, ChainedRoleARN: r.ChainRoleARN,
+func issuanceOf(r creds.Request, c creds.Credentials, issued time.Time) Issuance {
+	return Issuance{Time: issued.UTC(), AccessKeyID: c.AccessKeyID, RoleARN: r.RoleARN, ChainedRoleARN: r.ChainRoleARN,
 		SessionName: c.SessionName, Namespace: r.Namespace, Pod: r.Pod, PodUID: r.PodUID, ServiceAccount: r.ServiceAccount,
-		SessionPolicyARNs: r.SessionPolicyARNs, Expiration: c.Expiration.UTC()}
-	if r.SessionPolicy != "" {
-		sum := sha256.Sum256([]byte(r.SessionPolicy))
-		rec.SessionPolicySHA256 = hex.EncodeToString(sum[:])
-	}
-	return rec
+		SessionPolicySHA256: r.SessionPolicySHA256, SessionPolicyARNs: r.SessionPolicyARNs, Expiration: c.Expiration.UTC()}
 }
 
 // issuanceFile appends issuance records to a file as JSON lines, for an operator's log shipper. Writes are
-// synchronous: a record the file lost would be a call `iamlet policy` cannot attribute.
+// synchronous, by the fetch that obtained the credentials: a record the file lost would be a call `iamlet policy`
+// cannot attribute.
 type issuanceFile struct {
 	mu sync.Mutex
 	w  io.WriteCloser

@@ -12,8 +12,6 @@ import (
 type observer struct {
 	metrics *metrics
 	log     *slog.Logger
-	// issued, when set, also gets every issuance record (--issuance-file).
-	issued *issuanceFile
 }
 
 func podAttrs(r creds.Request) []slog.Attr {
@@ -24,28 +22,22 @@ func podAttrs(r creds.Request) []slog.Attr {
 func (o observer) Stored(r creds.Request, c creds.Credentials, reason string) {
 	o.metrics.fetches.WithLabelValues(reason, "success").Inc()
 	o.metrics.stored(r, c)
-	rec := issuanceOf(r, c)
+	// The issuance record's fields (Issuance), so that `iamlet policy` reads these lines as well as --issuance-file.
 	attrs := append(podAttrs(r), slog.String("outcome", "issued"), slog.String("reason", reason),
 		slog.String("session_name", c.SessionName), slog.Time("expiration", c.Expiration), slog.String("access_key_id", c.AccessKeyID))
-	if rec.ChainedRoleARN != "" {
-		attrs = append(attrs, slog.String("chained_role_arn", rec.ChainedRoleARN))
+	if r.ChainRoleARN != "" {
+		attrs = append(attrs, slog.String("chained_role_arn", r.ChainRoleARN))
 	}
-	if rec.SessionPolicySHA256 != "" {
-		attrs = append(attrs, slog.String("session_policy_sha256", rec.SessionPolicySHA256))
+	if r.SessionPolicySHA256 != "" {
+		attrs = append(attrs, slog.String("session_policy_sha256", r.SessionPolicySHA256))
 	}
-	if len(rec.SessionPolicyARNs) > 0 {
-		attrs = append(attrs, slog.Any("session_policy_arns", rec.SessionPolicyARNs))
+	if len(r.SessionPolicyARNs) > 0 {
+		attrs = append(attrs, slog.Any("session_policy_arns", r.SessionPolicyARNs))
 	}
 	if c.PackedPolicySize > 0 {
 		attrs = append(attrs, slog.Int("packed_policy_size_percent", int(c.PackedPolicySize)))
 	}
 	o.log.LogAttrs(context.Background(), slog.LevelInfo, "credentials issued", attrs...)
-	if o.issued != nil {
-		if err := o.issued.write(rec); err != nil {
-			o.log.LogAttrs(context.Background(), slog.LevelError, "issuance record not written", append(podAttrs(r),
-				slog.String("access_key_id", c.AccessKeyID), slog.String("error", err.Error()))...)
-		}
-	}
 }
 
 func (o observer) FetchFailed(r creds.Request, reason string, err error) {

@@ -138,7 +138,7 @@ func (p *provider) Credentials(ctx context.Context, caller netip.Addr) (metadata
 			slog.String("session_name", c.SessionName), slog.Time("expiration", c.Expiration))...)
 	}
 	return metadata.Credentials{
-		RoleName:        roles.RoleName(cmp.Or(role.Narrowing.ChainRoleARN, role.ARN)),
+		RoleName:        roles.RoleName(cmp.Or(c.ServedRoleARN, role.ARN)),
 		AccessKeyID:     c.AccessKeyID,
 		SecretAccessKey: c.SecretAccessKey,
 		SessionToken:    c.SessionToken,
@@ -169,11 +169,12 @@ func requestFor(p pods.Pod, r roles.Role) creds.Request {
 		Duration:       r.Duration,
 		Regional:       r.Regional,
 
-		SessionPolicy:     r.Narrowing.Policy,
-		SessionPolicyARNs: r.Narrowing.PolicyARNs,
-		ChainRoleARN:      r.Narrowing.ChainRoleARN,
-		ExternalID:        r.Narrowing.ExternalID,
-		Narrowing:         r.Narrowing.Key,
+		SessionPolicy:       r.Narrowing.Policy,
+		SessionPolicySHA256: r.Narrowing.PolicyHash,
+		SessionPolicyARNs:   r.Narrowing.PolicyARNs,
+		ChainRoleARN:        r.Narrowing.ChainRoleARN,
+		ExternalID:          r.Narrowing.ExternalID,
+		Narrowing:           r.Narrowing.Key,
 	}
 }
 
@@ -184,6 +185,10 @@ type fetcher struct {
 	confined func() error
 	sts      *sts.Client
 	metrics  *metrics
+	// issued, when set, gets every issuance record (--issuance-file); log reports a record it could not take.
+	issued *issuanceFile
+	log    *slog.Logger
+	now    func() time.Time // the records' clock; nil: time.Now
 }
 
 func (f *fetcher) Fetch(ctx context.Context, r creds.Request) (creds.Credentials, error) {
@@ -204,6 +209,9 @@ func (f *fetcher) Fetch(ctx context.Context, r creds.Request) (creds.Credentials
 	first := sts.Request{RoleARN: r.RoleARN, SessionName: name, WebIdentityToken: tok, Duration: r.Duration, Regional: r.Regional}
 	if r.ChainRoleARN == "" {
 		first.Policy, first.PolicyARNs = r.SessionPolicy, r.SessionPolicyARNs
+	} else {
+		// Used once, to sign the chained call: the shortest session STS grants, should it ever leak.
+		first.Duration = roles.MinDuration
 	}
 	out, err := f.sts.AssumeRole(ctx, first)
 	f.metrics.stsLatency.Observe(time.Since(start).Seconds())
@@ -226,7 +234,7 @@ func (f *fetcher) Fetch(ctx context.Context, r creds.Request) (creds.Credentials
 		f.metrics.sts.WithLabelValues("success", "").Inc()
 		served = r.ChainRoleARN
 	}
-	return creds.Credentials{
+	c := creds.Credentials{
 		AccessKeyID:      out.AccessKeyID,
 		SecretAccessKey:  out.SecretAccessKey,
 		SessionToken:     out.SessionToken,
@@ -235,7 +243,19 @@ func (f *fetcher) Fetch(ctx context.Context, r creds.Request) (creds.Credentials
 		SessionName:      name,
 		ServedRoleARN:    served,
 		PackedPolicySize: out.PackedPolicySize,
-	}, nil
+	}
+	if f.issued != nil {
+		// Here rather than in the cache's observer: a slow disk then delays this pod's fetch, not every pod's request.
+		now := time.Now
+		if f.now != nil {
+			now = f.now
+		}
+		if err := f.issued.write(issuanceOf(r, c, now())); err != nil {
+			f.log.LogAttrs(ctx, slog.LevelError, "issuance record not written", append(podAttrs(r),
+				slog.String("access_key_id", c.AccessKeyID), slog.String("error", err.Error()))...)
+		}
+	}
+	return c, nil
 }
 
 func (f *fetcher) stsFailed(err error) {

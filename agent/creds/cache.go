@@ -37,9 +37,11 @@ type Request struct {
 	Audience       string
 	Duration       time.Duration
 	Regional       bool
-	// SessionPolicy (compact JSON) and SessionPolicyARNs narrow the session to their intersection with the role.
-	SessionPolicy     string
-	SessionPolicyARNs []string
+	// SessionPolicy (compact JSON) and SessionPolicyARNs narrow the session to their intersection with the role;
+	// SessionPolicySHA256 identifies SessionPolicy in issuance records.
+	SessionPolicy       string
+	SessionPolicySHA256 string
+	SessionPolicyARNs   []string
 	// ChainRoleARN is a second role assumed with the first role's credentials (cross-account); ExternalID goes with it.
 	ChainRoleARN string
 	ExternalID   string
