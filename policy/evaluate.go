@@ -59,6 +59,17 @@ func (d Decision) MarshalText() ([]byte, error) {
 	return nil, fmt.Errorf("unknown decision %d", int(d))
 }
 
+// UnmarshalText reads what MarshalText writes.
+func (d *Decision) UnmarshalText(b []byte) error {
+	for c := ImplicitDeny; c <= Allow; c++ {
+		if t, _ := c.MarshalText(); string(t) == string(b) {
+			*d = c
+			return nil
+		}
+	}
+	return fmt.Errorf("unknown decision %q", b)
+}
+
 // Evaluate says what the document decides for one call, as IAM would within this one document: an explicit deny
 // wins over any allow; without a matching Allow the call is implicitly denied. Actions match case-insensitively,
 // resources case-sensitively, both with * and ? wildcards.

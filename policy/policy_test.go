@@ -346,6 +346,10 @@ func TestDecisionText(t *testing.T) {
 		if err != nil || len(b) == 0 || strings.HasPrefix(d.String(), "Decision(") {
 			t.Errorf("Decision %d: MarshalText() = %q, %v; String() = %q", int(d), b, err, d.String())
 		}
+		var back Decision
+		if err := back.UnmarshalText(b); err != nil || back != d {
+			t.Errorf("UnmarshalText(%q) = %v, %v; want %v", b, back, err, d)
+		}
 	}
 }
 
