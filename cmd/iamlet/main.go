@@ -5,6 +5,7 @@
 //	iamlet status [-o json]   show the node's pods, their roles and credential state
 //	iamlet uninstall          remove the interception rules (a real uninstall; pods then reach the node's IMDS)
 //	iamlet host-rules         write the hostNetwork pods' rules (the pod's privileged container; see agent/hostrules.go)
+//	iamlet policy             least-privilege policies from CloudTrail and issuance records (see policy/trail)
 package main
 
 import (
@@ -44,6 +45,8 @@ Usage:
   iamlet uninstall [flags]     remove the interception rules (pods then reach the node's IMDS)
   iamlet cleanup-hook [flags]  the chart's uninstall hook: wait for the clean-up DaemonSet, then delete it
   iamlet namespace-label [flags]  the chart's install hook: give its namespace the Pod Security label the agent needs
+  iamlet policy [flags]        least-privilege policies per ServiceAccount from CloudTrail and issuance records
+  iamlet policy check [flags]  the observed calls a session policy would deny (exit 1 if any)
   iamlet version               print the version, commit and Go version
 
 "iamlet COMMAND -h" lists a command's flags.
@@ -76,6 +79,8 @@ func cli(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = uninstall(ctx, args, stderr)
 	case "host-rules":
 		err = hostRules(ctx, args, stderr)
+	case "policy":
+		err = policyCmd(ctx, args, stdout, stderr)
 	case "cleanup-hook":
 		err = cleanupHook(ctx, args, stderr)
 	case "namespace-label":

@@ -63,8 +63,10 @@ func makeBucket(ctx context.Context) error {
 		UsePathStyle: true,
 		Credentials:  credentials.NewStaticCredentialsProvider(MinIOUser, MinIOPassword, ""),
 	})
-	if _, err := c.CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(Bucket)}); err != nil {
-		return fmt.Errorf("create bucket: %w", err)
+	for _, b := range []string{Bucket, OtherBucket} {
+		if _, err := c.CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(b)}); err != nil {
+			return fmt.Errorf("create bucket %s: %w", b, err)
+		}
 	}
 	_, err := c.PutObject(ctx, &s3.PutObjectInput{Bucket: aws.String(Bucket), Key: aws.String("seed"), Body: strings.NewReader("seed")})
 	return err

@@ -29,7 +29,7 @@ var AgentUser = "system:serviceaccount:" + AgentNamespace + ":" + AgentServiceAc
 
 // ChartValues are the values this stack installs the chart with: a user's, for a cluster whose ServiceAccounts
 // use two STS audiences.
-var ChartValues = []string{"--set", "namespace.create=true", "--set", "admissionPolicy.audiences={" + AudienceA + "," + AudienceB + "}"}
+var ChartValues = []string{"--set", "namespace.create=true", "--set", "admissionPolicy.audiences={" + AudienceA + "," + AudienceB + "," + AudienceC + "}"}
 
 // HelmTemplate renders deploy/helm/iamlet as release name in namespace ns with ChartValues and more flags.
 func HelmTemplate(name, ns string, flags ...string) ([]byte, error) {

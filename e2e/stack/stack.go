@@ -57,13 +57,18 @@ const (
 var Markers = []string{NodeAccessKey, NodeSecretKey, NodeSessionToken, NodeUserData, NodeProfileMarker}
 
 // Roles as MinIO names them: one OpenID provider per audience, each with its own built-in policy:
-// role A may read objects (GetObject) and not write them; role B may write and not read.
+// role A may read objects (GetObject) and not write them; role B may write and not read; role C, the broad
+// role teams share, may do anything to any bucket (the least-privilege tests narrow it with session policies).
 const (
 	AudienceA = "sts.amazonaws.com"
 	AudienceB = "sts-b.example"
+	AudienceC = "sts-c.example"
 	PolicyA   = "readonly"
 	PolicyB   = "writeonly"
+	PolicyC   = "readwrite"
 	Bucket    = "iamlet-e2e"
+	// OtherBucket is a second bucket role C may use, and a workload's generated policy must not.
+	OtherBucket = "iamlet-e2e-other"
 )
 
 // RoleARN is MinIO's role ARN for the provider whose client ID is audience.
@@ -244,6 +249,7 @@ type Stack struct {
 	procs       []*Proc
 	addrs       podAddrs
 	kind        kind // pod addresses, reused once a pod's network is gone
+	audit       *AuditReceiver
 }
 
 // Component returns the running process of a stack component ("etcd", "kube-apiserver", "minio",
@@ -495,7 +501,15 @@ func (s *Stack) startMinIO() error {
 		"MINIO_IDENTITY_OPENID_ROLE_POLICY=" + PolicyA,
 		"MINIO_IDENTITY_OPENID_CONFIG_URL_B=" + discovery, "MINIO_IDENTITY_OPENID_CLIENT_ID_B=" + AudienceB,
 		"MINIO_IDENTITY_OPENID_ROLE_POLICY_B=" + PolicyB,
+		"MINIO_IDENTITY_OPENID_CONFIG_URL_C=" + discovery, "MINIO_IDENTITY_OPENID_CLIENT_ID_C=" + AudienceC,
+		"MINIO_IDENTITY_OPENID_ROLE_POLICY_C=" + PolicyC,
 	}
+	audit, err := startAuditReceiver()
+	if err != nil {
+		return err
+	}
+	s.audit = audit
+	env = append(env, "MINIO_AUDIT_WEBHOOK_ENABLE_iamlet=on", "MINIO_AUDIT_WEBHOOK_ENDPOINT_iamlet="+audit.url)
 	p, err := s.Start("minio", env, filepath.Join(BinDir(), "minio"), "server", "--quiet", "--address", ":9000",
 		"--console-address", "127.0.0.1:9001", "--certs-dir", certs, filepath.Join(s.Dir, "minio-data"))
 	if err != nil {
