@@ -63,7 +63,7 @@ type Config struct {
 	Region      string // STS region; asked of the node's IMDS when empty
 	STSEndpoint string
 	RefreshQPS  float64
-	// IssuanceFile, when set, gets a JSON line per credential set issued (see Issuance), for `iamlet policy`.
+	// IssuanceFile, when set, gets a JSON line per credential set issued (see issuance.Record), for `iamlet policy`.
 	IssuanceFile string
 
 	Limits Limits // per-pod connection and request limits on the metadata faces

@@ -10,28 +10,13 @@ import (
 	"time"
 
 	"github.com/iamlet/iamlet/agent/creds"
+	"github.com/iamlet/iamlet/policy/issuance"
 )
 
-// Issuance is the record of one credential set issued to a pod: what `iamlet policy` joins with CloudTrail
-// to learn which workload made which call. It identifies the credentials (the access key ID, which CloudTrail
-// logs) and never holds a secret.
-type Issuance struct {
-	Time                time.Time `json:"time"`
-	AccessKeyID         string    `json:"access_key_id"`
-	RoleARN             string    `json:"role_arn"`
-	ChainedRoleARN      string    `json:"chained_role_arn,omitempty"`
-	SessionName         string    `json:"session_name"`
-	Namespace           string    `json:"namespace"`
-	Pod                 string    `json:"pod"`
-	PodUID              string    `json:"pod_uid"`
-	ServiceAccount      string    `json:"service_account"`
-	SessionPolicySHA256 string    `json:"session_policy_sha256,omitempty"`
-	SessionPolicyARNs   []string  `json:"session_policy_arns,omitempty"`
-	Expiration          time.Time `json:"expiration"`
-}
-
-func issuanceOf(r creds.Request, c creds.Credentials, issued time.Time) Issuance {
-	return Issuance{Time: issued.UTC(), AccessKeyID: c.AccessKeyID, RoleARN: r.RoleARN, ChainedRoleARN: r.ChainRoleARN,
+// issuanceOf is the record of credentials c fetched for r: what `iamlet policy` joins with CloudTrail. It identifies
+// the credentials (the access key ID, which CloudTrail logs) and never holds a secret.
+func issuanceOf(r creds.Request, c creds.Credentials, issued time.Time) issuance.Record {
+	return issuance.Record{Time: issued.UTC(), AccessKeyID: c.AccessKeyID, RoleARN: r.RoleARN, ChainedRoleARN: r.ChainRoleARN,
 		SessionName: c.SessionName, Namespace: r.Namespace, Pod: r.Pod, PodUID: r.PodUID, ServiceAccount: r.ServiceAccount,
 		SessionPolicySHA256: r.SessionPolicySHA256, SessionPolicyARNs: r.SessionPolicyARNs, Expiration: c.Expiration.UTC()}
 }
@@ -55,7 +40,7 @@ func openIssuanceFile(path string) (*issuanceFile, error) {
 	return &issuanceFile{w: f}, nil
 }
 
-func (f *issuanceFile) write(rec Issuance) error {
+func (f *issuanceFile) write(rec issuance.Record) error {
 	b, err := json.Marshal(rec)
 	if err != nil {
 		return err

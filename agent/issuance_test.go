@@ -15,18 +15,19 @@ import (
 
 	"github.com/iamlet/iamlet/agent/roles"
 	"github.com/iamlet/iamlet/agent/sts/ststest"
+	"github.com/iamlet/iamlet/policy/issuance"
 )
 
-// readIssuance reads the issuance file's records; a file not yet created holds none.
-func readIssuance(t *testing.T, path string) []Issuance {
+// readIssuance reads the issuance file's records with the reader `iamlet policy` uses; a file not yet created holds
+// none.
+func readIssuance(t *testing.T, path string) []issuance.Record {
 	t.Helper()
-	var recs []Issuance
-	for _, line := range issuanceLines(t, path) {
-		var rec Issuance
-		if err := json.Unmarshal([]byte(line), &rec); err != nil {
-			t.Fatalf("issuance record %q: %v", line, err)
-		}
-		recs = append(recs, rec)
+	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	recs, err := issuance.ReadFiles(path)
+	if err != nil {
+		t.Fatalf("issuance records in %s: %v", path, err)
 	}
 	return recs
 }
@@ -52,7 +53,7 @@ func issuanceLines(t *testing.T, path string) []string {
 }
 
 // TestIssuanceFile: every credential set issued, first and refreshed, is one JSON line holding exactly the fields of
-// Issuance, its session policy as the SHA-256 of the compact policy STS was sent, and no secret; the log of the same
+// issuance.Record, its session policy as the SHA-256 of the compact policy STS was sent, and no secret; the log of the same
 // issuances holds none either.
 func TestIssuanceFile(t *testing.T) {
 	tests := []struct {
@@ -68,7 +69,7 @@ func TestIssuanceFile(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			rig := newCredentialRig(t, tt.annotations)
-			var want []Issuance
+			var want []issuance.Record
 			for round := range 2 {
 				if round > 0 {
 					rig.refresh(t)
@@ -79,7 +80,7 @@ func TestIssuanceFile(t *testing.T) {
 				// The served session is the last one STS issued, by the call that carried the session policies.
 				calls, sessions := rig.sts.Calls(), rig.issued.all()
 				call, served := calls[len(calls)-1], sessions[len(sessions)-1]
-				rec := Issuance{Time: rig.clock.Now().UTC(), AccessKeyID: served.accessKeyID, RoleARN: testRoleARN,
+				rec := issuance.Record{Time: rig.clock.Now().UTC(), AccessKeyID: served.accessKeyID, RoleARN: testRoleARN,
 					SessionName: testSessionName, Namespace: testPod.Namespace, Pod: testPod.Name, PodUID: string(testPod.UID),
 					ServiceAccount: testPod.ServiceAccount, SessionPolicyARNs: call.PolicyARNs, Expiration: served.expiration}
 				if tt.chained {
@@ -125,7 +126,7 @@ func TestIssuanceFile(t *testing.T) {
 }
 
 // issuanceObject is rec as the issuance file should hold it, decoded as jsonObject decodes a line.
-func issuanceObject(t *testing.T, rec Issuance) map[string]any {
+func issuanceObject(t *testing.T, rec issuance.Record) map[string]any {
 	t.Helper()
 	b, err := json.Marshal(rec)
 	if err != nil {
@@ -134,7 +135,7 @@ func issuanceObject(t *testing.T, rec Issuance) map[string]any {
 	return jsonObject(t, string(b))
 }
 
-// jsonObject decodes one JSON object generically, so that a field Issuance does not have is seen, not dropped.
+// jsonObject decodes one JSON object generically, so that a field issuance.Record does not have is seen, not dropped.
 func jsonObject(t *testing.T, s string) map[string]any {
 	t.Helper()
 	var m map[string]any

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 
 	"github.com/iamlet/iamlet/agent/creds"
+	"github.com/iamlet/iamlet/policy/issuance"
 )
 
 // observer turns cache events into metrics and audit lines. Credentials never reach a log: only the
@@ -22,7 +23,7 @@ func podAttrs(r creds.Request) []slog.Attr {
 func (o observer) Stored(r creds.Request, c creds.Credentials, reason string) {
 	o.metrics.fetches.WithLabelValues(reason, "success").Inc()
 	o.metrics.stored(r, c)
-	// The issuance record's fields (Issuance), so that `iamlet policy` reads these lines as well as --issuance-file.
+	// The issuance record's fields (issuance.Record), so that `iamlet policy` reads these lines as well as --issuance-file.
 	attrs := append(podAttrs(r), slog.String("outcome", "issued"), slog.String("reason", reason),
 		slog.String("session_name", c.SessionName), slog.Time("expiration", c.Expiration), slog.String("access_key_id", c.AccessKeyID))
 	if r.ChainRoleARN != "" {
@@ -37,7 +38,7 @@ func (o observer) Stored(r creds.Request, c creds.Credentials, reason string) {
 	if c.PackedPolicySize > 0 {
 		attrs = append(attrs, slog.Int("packed_policy_size_percent", int(c.PackedPolicySize)))
 	}
-	o.log.LogAttrs(context.Background(), slog.LevelInfo, "credentials issued", attrs...)
+	o.log.LogAttrs(context.Background(), slog.LevelInfo, issuance.LogMessage, attrs...)
 }
 
 func (o observer) FetchFailed(r creds.Request, reason string, err error) {
