@@ -44,11 +44,13 @@ realnode: install-stack
 # duration runs out while a worker is mid-input on a loaded machine (golang/go#75804, fixed in 1.27). 10-30 s
 # per target here when quiet; a busy machine takes longer instead of failing.
 FUZZTIME ?= 200000x
+# Packages that parse what a pod or a namespace's owner sends: requests to the IMDS face, session policies.
+FUZZ_PKGS ?= ./metadata/ ./policy/
 fuzz:
-	@for f in $$($(GO) test -list '^Fuzz' ./metadata/ | grep '^Fuzz'); do \
-		echo "fuzz $$f for $(FUZZTIME)"; \
-		$(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) ./metadata/ || exit 1; \
-	done
+	@for p in $(FUZZ_PKGS); do for f in $$($(GO) test -list '^Fuzz' $$p | grep '^Fuzz'); do \
+		echo "fuzz $$p $$f for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$p || exit 1; \
+	done; done
 
 # Not in CI: steady load over IPv4 and IPv6, pod churn with address reuse, agent restarts under load (the gap a
 # rolling update leaves), pods started before the agent, STS and apiserver restarts (SOAK_DURATION, default 10m).
