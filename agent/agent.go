@@ -62,7 +62,11 @@ type Config struct {
 
 	Region      string // STS region; asked of the node's IMDS when empty
 	STSEndpoint string
-	RefreshQPS  float64
+	// PrefetchQPS limits fetches for new pods (burst: a full node's 110), RefreshQPS rotations: separately, so that
+	// new pods never wait behind rotations.
+	PrefetchQPS   float64
+	PrefetchBurst int
+	RefreshQPS    float64
 	// IssuanceFile, when set, gets a JSON line per credential set issued (see issuance.Record), for `iamlet policy`.
 	IssuanceFile string
 
@@ -164,7 +168,8 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 		}
 		defer fetch.issued.Close()
 	}
-	cache := creds.New(fetch, creds.Config{RefreshQPS: cfg.RefreshQPS, Observer: observer{metrics: m, log: log}})
+	cache := creds.New(fetch, creds.Config{PrefetchQPS: cfg.PrefetchQPS, PrefetchBurst: cfg.PrefetchBurst, RefreshQPS: cfg.RefreshQPS,
+		Observer: observer{metrics: m, log: log}})
 	prov := &provider{pods: index, roles: mapper, cache: cache, metrics: m, log: log, dryRun: cfg.DryRun,
 		trusted: trustList(cfg.NodeTrusted).trusts}
 

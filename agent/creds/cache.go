@@ -110,11 +110,16 @@ const (
 
 // Config tunes the cache.
 type Config struct {
-	Clock        clock.WithTicker // nil: the real clock
-	RefreshQPS   float64          // background fetches per second (prefetch and refresh); default 10
-	RefreshBurst int              // default 10
-	FetchTimeout time.Duration    // one shared fetch; default 10 s
-	Observer     Observer         // nil: none
+	Clock clock.WithTicker // nil: the real clock
+	// PrefetchQPS and PrefetchBurst limit the fetches for entries never fetched: new pods, whose first request is
+	// their deadline. The burst covers a node filling up at once (110 pods, the kubelet's default maximum).
+	PrefetchQPS   float64 // default 50
+	PrefetchBurst int     // default 110
+	// RefreshQPS and RefreshBurst limit rotations, which have 15 minutes or more of validity left to wait in.
+	RefreshQPS   float64       // default 10
+	RefreshBurst int           // default 10
+	FetchTimeout time.Duration // one shared fetch; default 10 s
+	Observer     Observer      // nil: none
 }
 
 type entry struct {
@@ -137,10 +142,11 @@ type entry struct {
 
 // Cache is the per-pod credential cache.
 type Cache struct {
-	cfg     Config
-	fetcher Fetcher
-	limiter *rate.Limiter
-	group   singleflight.Group
+	cfg        Config
+	fetcher    Fetcher
+	prefetches *rate.Limiter
+	refreshes  *rate.Limiter
+	group      singleflight.Group
 
 	mu      sync.Mutex
 	entries map[Key]*entry
@@ -159,6 +165,12 @@ func New(f Fetcher, cfg Config) *Cache {
 	if cfg.RefreshBurst <= 0 {
 		cfg.RefreshBurst = 10
 	}
+	if cfg.PrefetchQPS <= 0 {
+		cfg.PrefetchQPS = 50
+	}
+	if cfg.PrefetchBurst <= 0 {
+		cfg.PrefetchBurst = 110
+	}
 	if cfg.FetchTimeout <= 0 {
 		cfg.FetchTimeout = 10 * time.Second
 	}
@@ -166,11 +178,12 @@ func New(f Fetcher, cfg Config) *Cache {
 		cfg.Observer = nopObserver{}
 	}
 	return &Cache{
-		cfg:     cfg,
-		fetcher: f,
-		limiter: rate.NewLimiter(rate.Limit(cfg.RefreshQPS), cfg.RefreshBurst),
-		entries: make(map[Key]*entry),
-		wake:    make(chan struct{}, 1),
+		cfg:        cfg,
+		fetcher:    f,
+		prefetches: rate.NewLimiter(rate.Limit(cfg.PrefetchQPS), cfg.PrefetchBurst),
+		refreshes:  rate.NewLimiter(rate.Limit(cfg.RefreshQPS), cfg.RefreshBurst),
+		entries:    make(map[Key]*entry),
+		wake:       make(chan struct{}, 1),
 	}
 }
 
@@ -425,23 +438,35 @@ func (c *Cache) Retain(want []Request) {
 	}
 }
 
-// Run prefetches and refreshes in the background until ctx is done, at most RefreshQPS fetches a
-// second. It returns once the fetches it started have returned.
+// Run prefetches and refreshes in the background until ctx is done: new entries at most PrefetchQPS fetches a
+// second, rotations at most RefreshQPS, each under its own limiter so that new pods never queue behind rotations.
+// It returns once the fetches it started have returned.
 func (c *Cache) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for {
-		if e, next := c.pick(c.cfg.Clock.Now(), false); e == nil {
+		e, next := c.pick(c.cfg.Clock.Now(), false, nil)
+		if e == nil {
 			if !c.sleep(ctx, next) {
 				return
 			}
 			continue
 		}
-		if err := c.waitLimiter(ctx); err != nil {
+		prefetch := !e.has
+		lim := c.refreshes
+		if prefetch {
+			lim = c.prefetches
+		}
+		woken, err := c.waitLimiter(ctx, lim)
+		if err != nil {
 			return
 		}
-		// Choose after the wait: a pod that appeared meanwhile goes before the refresh that was first.
-		if e, _ := c.pick(c.cfg.Clock.Now(), true); e != nil {
+		if woken {
+			continue // a pod may have appeared: choose again, and wait on its limiter if it is the one
+		}
+		// Choose again after the wait, within the class the limiter admitted: the entry chosen may have been
+		// fetched by a pod's request meanwhile, and a newer one of the class may be more urgent.
+		if e, _ := c.pick(c.cfg.Clock.Now(), true, func(x *entry) bool { return !x.has == prefetch }); e != nil {
 			wg.Go(func() { <-c.shared(ctx, e, reasonRefresh) })
 		}
 	}
@@ -474,18 +499,18 @@ func dueAt(e *entry) time.Time {
 	return at
 }
 
-// pick returns the one entry to fetch next (marking it in flight when mark is set), or when the next
-// one falls due.
+// pick returns the one entry to fetch next among those in accepts (nil: any), marking it in flight when mark is
+// set, or when the next one falls due.
 // One at a time, re-chosen after every limiter wait, so that a pod appearing during a long run of
 // refreshes is not queued behind them: never-fetched entries (a pod about to make its first request)
 // come first, then the most overdue.
-func (c *Cache) pick(now time.Time, mark bool) (*entry, time.Time) {
+func (c *Cache) pick(now time.Time, mark bool, in func(*entry) bool) (*entry, time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var best *entry
 	var bestAt, next time.Time
 	for _, e := range c.entries {
-		if e.inflight || !e.retained {
+		if e.inflight || !e.retained || in != nil && !in(e) {
 			continue
 		}
 		at := dueAt(e)
@@ -505,21 +530,26 @@ func (c *Cache) pick(now time.Time, mark bool) (*entry, time.Time) {
 	return best, next
 }
 
-func (c *Cache) waitLimiter(ctx context.Context) error {
+// waitLimiter waits for lim to admit one fetch. It returns early, with woken set and the reservation given back,
+// when the cache is signalled (an entry was added or a fetch ended), so that Run can choose again.
+func (c *Cache) waitLimiter(ctx context.Context, lim *rate.Limiter) (woken bool, err error) {
 	now := c.cfg.Clock.Now()
-	res := c.limiter.ReserveN(now, 1)
+	res := lim.ReserveN(now, 1)
 	d := res.DelayFrom(now)
 	if d <= 0 {
-		return nil
+		return false, nil
 	}
 	t := c.cfg.Clock.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
 		res.CancelAt(c.cfg.Clock.Now())
-		return ctx.Err()
+		return false, ctx.Err()
+	case <-c.wake:
+		res.CancelAt(c.cfg.Clock.Now())
+		return true, nil
 	case <-t.C():
-		return nil
+		return false, nil
 	}
 }
 

@@ -541,19 +541,28 @@ func TestRunRetriesFailedRefreshAfterBackoff(t *testing.T) {
 	})
 }
 
+// TestRunRateLimitsBackgroundFetches: new entries are fetched under the prefetch limiter, rotations under the
+// refresh limiter, each at its own rate after its own burst.
 func TestRunRateLimitsBackgroundFetches(t *testing.T) {
 	tests := []struct {
+		class string
 		qps   float64
 		burst int
 		n     int
 	}{
-		{qps: 1, burst: 1, n: 5},
-		{qps: 2, burst: 3, n: 9},
+		{class: "prefetch", qps: 1, burst: 1, n: 5},
+		{class: "prefetch", qps: 2, burst: 3, n: 9},
+		{class: "refresh", qps: 1, burst: 1, n: 5},
+		{class: "refresh", qps: 2, burst: 3, n: 9},
 	}
 	for _, tt := range tests {
-		t.Run(fmt.Sprintf("qps=%v,burst=%d", tt.qps, tt.burst), func(t *testing.T) {
+		t.Run(fmt.Sprintf("%s,qps=%v,burst=%d", tt.class, tt.qps, tt.burst), func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				e := newEnv(t, time.Hour, creds.Config{RefreshQPS: tt.qps, RefreshBurst: tt.burst})
+				cfg := creds.Config{PrefetchQPS: tt.qps, PrefetchBurst: tt.burst}
+				if tt.class == "refresh" {
+					cfg = creds.Config{RefreshQPS: tt.qps, RefreshBurst: tt.burst, PrefetchBurst: tt.n}
+				}
+				e := newEnv(t, time.Hour, cfg)
 				e.run(t)
 				var want []creds.Request
 				for i := range tt.n {
@@ -561,25 +570,80 @@ func TestRunRateLimitsBackgroundFetches(t *testing.T) {
 				}
 				e.cache.Retain(want)
 				synctest.Wait()
-				if n := e.fetcher.Calls(); n != tt.burst {
-					t.Fatalf("fetches at once = %d, want the burst, %d", n, tt.burst)
+				base := 0
+				if tt.class == "refresh" {
+					if n := e.fetcher.Calls(); n != tt.n {
+						t.Fatalf("prefetches at once = %d, want all %d (prefetch burst)", n, tt.n)
+					}
+					base = tt.n
+					e.clock.SetTime(t0.Add(31 * time.Minute)) // every entry due for rotation
+					synctest.Wait()
+				}
+				if n := e.fetcher.Calls() - base; n != tt.burst {
+					t.Fatalf("%s fetches at once = %d, want the burst, %d", tt.class, n, tt.burst)
 				}
 				every := time.Duration(float64(time.Second) / tt.qps)
 				for wantCalls := tt.burst + 1; wantCalls <= tt.n; wantCalls++ {
 					e.clock.Step(every - time.Millisecond)
 					synctest.Wait()
-					if n := e.fetcher.Calls(); n != wantCalls-1 {
-						t.Fatalf("fetches at %v = %d, want %d", e.clock.Since(t0), n, wantCalls-1)
+					if n := e.fetcher.Calls() - base; n != wantCalls-1 {
+						t.Fatalf("%s fetches %v later = %d, want %d", tt.class, every-time.Millisecond, n, wantCalls-1)
 					}
 					e.clock.Step(time.Millisecond)
 					synctest.Wait()
-					if n := e.fetcher.Calls(); n != wantCalls {
-						t.Fatalf("fetches at %v = %d, want %d", e.clock.Since(t0), n, wantCalls)
+					if n := e.fetcher.Calls() - base; n != wantCalls {
+						t.Fatalf("%s fetches after %v = %d, want %d", tt.class, every, n, wantCalls)
 					}
 				}
 			})
 		})
 	}
+}
+
+// TestRunPrefetchesNewPodsWhileRefreshesQueue: a node filling up (110 pods at once, then more at 50 a second) while
+// every held entry is due for rotation and the refresh limiter admits one a second: every new pod is fetched at once,
+// without the clock moving for the rotations, once each.
+func TestRunPrefetchesNewPodsWhileRefreshesQueue(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		e := newEnv(t, time.Hour, creds.Config{RefreshQPS: 1, RefreshBurst: 1})
+		e.run(t)
+		var want []creds.Request
+		for i := range 110 {
+			want = append(want, request(fmt.Sprint("old-", i), "reader"))
+		}
+		e.cache.Retain(want)
+		synctest.Wait()
+		if n := e.fetcher.Calls(); n != len(want) {
+			t.Fatalf("a burst of %d new pods: %d fetched at once, want all", len(want), n)
+		}
+		e.clock.SetTime(t0.Add(31 * time.Minute)) // all 110 due for rotation, one a second admitted
+		synctest.Wait()
+		refreshes := e.fetcher.Calls() - len(want)
+		// 50 new pods a second for two seconds: each appears 20 ms after the last.
+		for i := range 100 {
+			want = append(want, request(fmt.Sprint("new-", i), "reader"))
+			e.cache.Retain(want)
+			synctest.Wait()
+			if en := e.entry(t, want[len(want)-1]); !en.Has {
+				t.Fatalf("new pod %d not fetched on arrival, with %d rotations queued", i, 110-refreshes)
+			}
+			e.clock.Step(20 * time.Millisecond)
+		}
+		e.fetcher.mu.Lock()
+		defer e.fetcher.mu.Unlock()
+		fetched := map[string]int{}
+		for _, r := range e.fetcher.reqs {
+			fetched[r.Pod]++
+		}
+		for i := range 100 {
+			if n := fetched[fmt.Sprint("new-", i)]; n != 1 {
+				t.Errorf("new-%d fetched %d times, want once", i, n)
+			}
+		}
+		if rot := len(e.fetcher.reqs) - 210; rot > 3 {
+			t.Errorf("%d rotations in two seconds at RefreshQPS 1 (burst 1), want at most 3", rot)
+		}
+	})
 }
 
 func TestRetainEvicts(t *testing.T) {
@@ -810,9 +874,6 @@ func TestGetFailingAfterRetainDroppedEntryReportsCause(t *testing.T) {
 	})
 }
 
-// TestRunPrefetchesNewPodsBeforeQueuedRefreshes: when refreshes are queued behind the rate limiter, a
-// pod that appears meanwhile is fetched next, not after them: its first request is imminent, while
-// the refreshes have at least 15 minutes of validity left.
 func TestRunPrefetchesNewPodsBeforeQueuedRefreshes(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		e := newEnv(t, time.Hour, creds.Config{RefreshQPS: 1, RefreshBurst: 1})

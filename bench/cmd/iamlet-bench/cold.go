@@ -20,20 +20,20 @@ import (
 // herdSize is workload 5's burst: concurrent cold requests from one pod.
 const herdSize = 1000
 
-// prefetchBurst is the credential cache's default limiter burst (creds.Config.RefreshBurst): that many
-// background fetches go through before --refresh-qps applies.
+// prefetchBurst is the agent's --prefetch-burst here: that many new pods' fetches go through before
+// --prefetch-qps applies.
 const prefetchBurst = 10
 
 // cold is workload 2, the cold answer, and workload 5's burst of concurrent cold requests.
 //
-// A cold answer is forced, not raced for: the agent runs with --refresh-qps=0.001 and ten filler pods
+// A cold answer is forced, not raced for: the agent runs with --prefetch-qps=0.001 --prefetch-burst=10 and ten filler pods
 // use up the limiter's burst, so the prefetch of every later pod waits ~1000 s and its first request is
 // a true miss (TokenRequest, then STS, while the pod waits). The baseline is the same TokenRequest
 // (client-go, bound to the same pod) and AssumeRoleWithWebIdentity (aws-sdk-go-v2, unsigned, to the
 // same MinIO) made directly from here, on warmed-up clients, as the agent's are.
 func (b *bench) cold(ctx context.Context) error {
 	return phase(func(t *tb) error {
-		ag, err := b.startAgent("iamlet-cold", "--refresh-qps=0.001", "--max-conns-per-pod=0", "--requests-per-pod=0")
+		ag, err := b.startAgent("iamlet-cold", "--prefetch-qps=0.001", fmt.Sprintf("--prefetch-burst=%d", prefetchBurst), "--max-conns-per-pod=0", "--requests-per-pod=0")
 		if err != nil {
 			return err
 		}

@@ -33,7 +33,7 @@ const (
 	podsPerNamespace = 100
 	sasPerNamespace  = 10
 	otherNodes       = 100
-	scaleRefreshQPS  = "50"
+	scalePrefetchQPS = "50"
 )
 
 // scale is workloads 4 and 6: for each point of the grid, fresh agent processes (so no point inherits
@@ -86,7 +86,7 @@ func (b *bench) scale(ctx context.Context) error {
 						sb.ClusterPods = c
 						// The same agent without managing iptables (the rules stay from the run before): how much of
 						// its start-up the interception step costs inside the agent.
-						na, err := b.startAgent("iamlet-noipt", "--refresh-qps="+scaleRefreshQPS, "--iptables=false")
+						na, err := b.startAgent("iamlet-noipt", "--prefetch-qps="+scalePrefetchQPS, "--iptables=false")
 						if err != nil {
 							return err
 						}
@@ -107,7 +107,7 @@ func (b *bench) scale(ctx context.Context) error {
 
 func (b *bench) scaleRun(ctx context.Context, n int, cluster clusterState) (ScaleRun, error) {
 	sr := ScaleRun{NodePods: n, ClusterPods: cluster.pods, ClusterSAs: cluster.sas}
-	ag, err := b.startAgent("iamlet-scale", "--refresh-qps="+scaleRefreshQPS)
+	ag, err := b.startAgent("iamlet-scale", "--prefetch-qps="+scalePrefetchQPS)
 	if err != nil {
 		return sr, err
 	}

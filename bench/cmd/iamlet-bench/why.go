@@ -40,8 +40,8 @@ func whyChurn(r *Results) string {
 	}
 	return fmt.Sprintf("A first request is a hit only if the pod's prefetch finished within 1 s of its address reaching the API; "+
 		"at 10 pods/s the time to cached was p99 %.0f ms, max %.0f ms here. Prefetches go through the cache's background "+
-		"limiter (--refresh-qps 10/s, burst 10), shared with refreshes, so a burst of arrivals or a busy apiserver/STS "+
-		"delays them.", percentile(toCached, .99), percentile(toCached, 1))
+		"limiter for new pods (--prefetch-qps 50/s after a burst of 110), apart from rotations (--refresh-qps), so only a "+
+		"busy apiserver/STS or arrivals beyond that delay them.", percentile(toCached, .99), percentile(toCached, 1))
 }
 
 func whyRSS(r *Results) string {
