@@ -104,9 +104,28 @@ func TestLeastPrivilegeFromEvidence(t *testing.T) {
 		annotate(t, ns, sa, roles.AnnotationSessionPolicy, policies[ns+"/"+sa])
 		waitNewKey(t, p, keys[p])
 	}
-	// Each workload still does its work...
-	s3ops(t, reports, reportsOps, nil)
-	s3ops(t, ingest, ingestOps, nil)
+	// Each workload still does its work, and iamlet status names the access key it holds and the policy narrowing it.
+	narrowed := map[*stack.Pod]string{reports: s3ops(t, reports, reportsOps, nil), ingest: s3ops(t, ingest, ingestOps, nil)}
+	st := agentStatus(t)
+	for p, key := range narrowed {
+		doc, err := policy.Parse([]byte(policies[ns+"/"+p.ServiceAccount]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var found bool
+		for _, ps := range st.Pods {
+			if ps.Namespace == ns && ps.Pod == p.Name {
+				found = true
+				if ps.AccessKeyID != key || ps.SessionPolicySHA256 != doc.Hash() || ps.State != "valid" {
+					t.Errorf("iamlet status for %s: access key %q, session policy %q, state %s; want %q, %q, valid",
+						p.Name, ps.AccessKeyID, ps.SessionPolicySHA256, ps.State, key, doc.Hash())
+				}
+			}
+		}
+		if !found {
+			t.Errorf("%s not in iamlet status", p.Name)
+		}
+	}
 	// ... and nothing the role allows beyond it.
 	s3ops(t, reports, []string{"delete:" + stack.Bucket + "/reports/daily.csv", "put:" + stack.OtherBucket + "/reports/daily.csv",
 		"get:" + stack.Bucket + "/ingest/batch-1.json", "put:" + stack.Bucket + "/reports/new.csv"}, []string{"AccessDenied"})
