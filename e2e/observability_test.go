@@ -276,8 +276,10 @@ func TestPerPodSeriesSwitch(t *testing.T) {
 	if offPerPod != 0 {
 		t.Errorf("with per-pod series off, %d series carry a pod label", offPerPod)
 	}
-	if onPerPod < 3*n || onAll-offAll < 3*n {
-		t.Errorf("with per-pod series on: %d series with a pod label, %d more than off; want at least 3 per pod (%d pods)", onPerPod, onAll-offAll, n)
+	// Only the series with a pod label are compared: the node's aggregates carry outcome labels (a pod's first
+	// request a hit or a miss, an STS error or none) whose set can differ by one or two between two agents' runs.
+	if onPerPod < 3*n {
+		t.Errorf("with per-pod series on: %d series with a pod label; want at least 3 per pod (%d pods)", onPerPod, n)
 	}
 	t.Logf("iamlet_* series on one node with %d pods: per-pod on %d (%d with a pod label), off %d; %.1f per pod", n, onAll, onPerPod, offAll, float64(onAll-offAll)/n)
 }

@@ -62,7 +62,7 @@ var Markers = []string{NodeAccessKey, NodeSecretKey, NodeSessionToken, NodeUserD
 const (
 	AudienceA = "sts.amazonaws.com"
 	AudienceB = "sts-b.example"
-	AudienceC = "sts-c.example"
+	AudienceC = "sts-shared.example"
 	PolicyA   = "readonly"
 	PolicyB   = "writeonly"
 	PolicyC   = "readwrite"
