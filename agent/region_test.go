@@ -6,8 +6,10 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // TestNodeRegionWaitsForTheNodeIMDS: after a rollout the agent's first requests to the node's IMDS can be refused
@@ -31,5 +33,38 @@ func TestNodeRegionWaitsForTheNodeIMDS(t *testing.T) {
 	}
 	if n := asked.Load(); n != 4 {
 		t.Errorf("asked %d times, want 4", n)
+	}
+}
+
+// TestNodeRegionSkipsTheNodeIMDS: --region answers without asking the node; with neither, the error says what to set.
+func TestNodeRegionSkipsTheNodeIMDS(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		t.Errorf("node IMDS asked %s %s, want --region to skip it", r.Method, r.URL.Path)
+	}))
+	defer srv.Close()
+	log := slog.New(slog.DiscardHandler)
+	if region, err := nodeRegion(context.Background(), srv.URL, "us-east-2", log); err != nil || region != "us-east-2" {
+		t.Errorf("nodeRegion(--region us-east-2) = %q, %v; want us-east-2", region, err)
+	}
+	if _, err := nodeRegion(context.Background(), "", "", log); err == nil || !strings.Contains(err.Error(), "--region") {
+		t.Errorf("nodeRegion(no --region, no --node-imds) = %v, want an error naming --region", err)
+	}
+}
+
+// TestNodeRegionGivesUp: each refusal is logged with its error, and giving up says how to skip the lookup.
+func TestNodeRegionGivesUp(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "no", http.StatusInternalServerError)
+	}))
+	defer srv.Close()
+	var logged strings.Builder
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond) // the caller's, shorter than regionWait
+	defer cancel()
+	_, err := nodeRegion(ctx, srv.URL, "", slog.New(slog.NewTextHandler(&logged, nil)))
+	if err == nil || !strings.Contains(err.Error(), "(set --region to skip)") {
+		t.Errorf("nodeRegion with the node IMDS failing = %v, want an error saying to set --region", err)
+	}
+	if want := `msg="asking the node's IMDS for the region; asking again" error="PUT /latest/api/token: status 500"`; !strings.Contains(logged.String(), want) {
+		t.Errorf("log = %q, want a line containing %q", logged.String(), want)
 	}
 }

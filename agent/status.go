@@ -10,12 +10,12 @@ import (
 	"sort"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/iamlet/iamlet/agent/creds"
 	"github.com/iamlet/iamlet/agent/pods"
 	"github.com/iamlet/iamlet/agent/roles"
+	"github.com/iamlet/iamlet/metadata"
 )
 
 // Status is what `iamlet status` shows: the node's pods, their roles and credential state, and the
@@ -138,11 +138,14 @@ func nodeRegion(ctx context.Context, endpoint, fallback string, log *slog.Logger
 	}
 	ctx, cancel := context.WithTimeout(ctx, regionWait)
 	defer cancel()
-	client := imds.New(imds.Options{Endpoint: endpoint})
+	node, err := metadata.NewNodeClient(endpoint)
+	if err != nil {
+		return "", err
+	}
 	for backoff := 250 * time.Millisecond; ; backoff = min(2*backoff, 5*time.Second) {
-		out, err := client.GetRegion(ctx, &imds.GetRegionInput{})
+		region, err := node.Region(ctx)
 		if err == nil {
-			return out.Region, nil
+			return region, nil
 		}
 		log.Warn("asking the node's IMDS for the region; asking again", "error", err.Error())
 		select {

@@ -30,19 +30,13 @@ type nodeSource struct {
 	static    NodeFacts
 	staticDoc []byte // nil when there is no region to put in it
 
-	base   string // upstream base URL; "" = static only
-	client *http.Client
-	clock  func() time.Time
-	log    *slog.Logger
+	node  *NodeClient // nil = static only
+	clock func() time.Time
+	log   *slog.Logger
 
 	flight singleflight.Group
 	mu     sync.Mutex
 	cache  [numFacts]cachedFact
-
-	tokMu    sync.Mutex
-	token    string
-	tokenExp time.Time
-	v1       bool // the node's IMDS refused the token PUT (403/404/405): GET without a token until a 401
 }
 
 type cachedFact struct {
@@ -53,7 +47,7 @@ type cachedFact struct {
 }
 
 func newNodeSource(base string, static NodeFacts, clock func() time.Time, log *slog.Logger) *nodeSource {
-	s := &nodeSource{static: static, base: base, clock: clock, log: log}
+	s := &nodeSource{static: static, clock: clock, log: log}
 	if static.Region != "" {
 		s.staticDoc = marshalIdentityDocument(identityDocument{
 			AccountID:        static.AccountID,
@@ -68,19 +62,7 @@ func newNodeSource(base string, static NodeFacts, clock func() time.Time, log *s
 		})
 	}
 	if base != "" {
-		s.client = &http.Client{
-			Transport: &http.Transport{
-				Proxy:                 nil, // the node's IMDS is link-local: no proxy from the environment may see it
-				DialContext:           (&net.Dialer{Timeout: time.Second}).DialContext,
-				ResponseHeaderTimeout: time.Second,
-				MaxIdleConnsPerHost:   2,
-				IdleConnTimeout:       30 * time.Second,
-				DisableCompression:    true,
-			},
-			// A redirect would make the path the upstream's choice; the allow-list's constants are the only paths.
-			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-			Timeout:       upstreamTimeout,
-		}
+		s.node = newNodeClient(base, clock)
 	}
 	return s
 }
@@ -88,7 +70,7 @@ func newNodeSource(base string, static NodeFacts, clock func() time.Time, log *s
 // lookup returns f's value. refuseNotFound means the node has no such fact; refuseUnavailable that it could not be
 // fetched and nothing usable is cached.
 func (s *nodeSource) lookup(ctx context.Context, f fact) ([]byte, refusal) {
-	if s.base == "" {
+	if s.node == nil {
 		if v := s.staticValue(f); v != nil {
 			return v, refuseNone
 		}
@@ -161,9 +143,7 @@ func (s *nodeSource) staticValue(f fact) []byte {
 }
 
 func (s *nodeSource) refresh(ctx context.Context, f fact) (cachedFact, error) {
-	ctx, cancel := context.WithTimeout(ctx, upstreamTimeout)
-	defer cancel()
-	body, found, err := s.fetch(ctx, f.canonicalPath())
+	body, found, err := s.node.fetch(ctx, f.canonicalPath())
 	if err == nil && found && f == factIdentityDoc {
 		body, err = s.sanitiseIdentityDocument(body)
 	}
@@ -183,14 +163,81 @@ func (s *nodeSource) refresh(ctx context.Context, f fact) (cachedFact, error) {
 	return e, nil
 }
 
+// NodeClient asks the node's own IMDS for the allow-list's paths over IMDSv2, or without a token where the node's IMDS
+// has none, as the SDKs do. It is the one client for the node's IMDS: the IMDS face's node facts and the agent's
+// region lookup both use it.
+type NodeClient struct {
+	base   string // bare base URL (parseUpstream)
+	client *http.Client
+	clock  func() time.Time
+
+	mu       sync.Mutex
+	token    string
+	tokenExp time.Time
+	v1       bool // the node's IMDS refused the token PUT (403/404/405): GET without a token until a 401
+}
+
+// NewNodeClient returns a client for the node's IMDS at upstream, a bare base URL such as "http://169.254.169.254".
+func NewNodeClient(upstream string) (*NodeClient, error) {
+	base, err := parseUpstream(upstream)
+	if err != nil {
+		return nil, err
+	}
+	if base == "" {
+		return nil, errors.New("no upstream IMDS URL")
+	}
+	return newNodeClient(base, time.Now), nil
+}
+
+func newNodeClient(base string, clock func() time.Time) *NodeClient {
+	return &NodeClient{
+		base:  base,
+		clock: clock,
+		client: &http.Client{
+			Transport: &http.Transport{
+				Proxy:                 nil, // the node's IMDS is link-local: no proxy from the environment may see it
+				DialContext:           (&net.Dialer{Timeout: time.Second}).DialContext,
+				ResponseHeaderTimeout: time.Second,
+				MaxIdleConnsPerHost:   2,
+				IdleConnTimeout:       30 * time.Second,
+				DisableCompression:    true,
+			},
+			// A redirect would make the path the upstream's choice; the allow-list's constants are the only paths.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+			Timeout:       upstreamTimeout,
+		},
+	}
+}
+
+// Region returns the node's region from its instance identity document, where the SDKs' GetRegion reads it.
+func (c *NodeClient) Region(ctx context.Context) (string, error) {
+	body, found, err := c.fetch(ctx, pathIdentityDoc)
+	if err != nil {
+		return "", err
+	}
+	if !found {
+		return "", fmt.Errorf("GET %s: status %d", pathIdentityDoc, http.StatusNotFound)
+	}
+	var d identityDocument
+	if err := json.Unmarshal(body, &d); err != nil {
+		return "", fmt.Errorf("instance identity document: %w", err)
+	}
+	if d.Region == "" {
+		return "", errors.New("instance identity document has no region")
+	}
+	return d.Region, nil
+}
+
 // fetch GETs one canonical path from the node's IMDS over IMDSv2, re-fetching the token once on a 401.
-func (s *nodeSource) fetch(ctx context.Context, canonicalPath string) (body []byte, found bool, err error) {
+func (c *NodeClient) fetch(ctx context.Context, canonicalPath string) (body []byte, found bool, err error) {
+	ctx, cancel := context.WithTimeout(ctx, upstreamTimeout)
+	defer cancel()
 	for attempt := 0; ; attempt++ {
-		tok, err := s.upstreamToken(ctx)
+		tok, err := c.upstreamToken(ctx)
 		if err != nil {
 			return nil, false, err
 		}
-		status, body, _, err := s.do(ctx, http.MethodGet, canonicalPath, headerToken, tok)
+		status, body, _, err := c.do(ctx, http.MethodGet, canonicalPath, headerToken, tok)
 		if err != nil {
 			return nil, false, err
 		}
@@ -200,31 +247,31 @@ func (s *nodeSource) fetch(ctx context.Context, canonicalPath string) (body []by
 		case status == http.StatusNotFound:
 			return nil, false, nil
 		case status == http.StatusUnauthorized && attempt == 0:
-			s.dropToken()
+			c.dropToken()
 			continue
 		}
 		return nil, false, fmt.Errorf("GET %s: status %d", canonicalPath, status)
 	}
 }
 
-func (s *nodeSource) upstreamToken(ctx context.Context) (string, error) {
-	s.tokMu.Lock()
-	defer s.tokMu.Unlock()
-	if s.v1 {
+func (c *NodeClient) upstreamToken(ctx context.Context) (string, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.v1 {
 		return "", nil
 	}
-	now := s.clock()
-	if s.token != "" && now.Before(s.tokenExp) {
-		return s.token, nil
+	now := c.clock()
+	if c.token != "" && now.Before(c.tokenExp) {
+		return c.token, nil
 	}
-	status, body, granted, err := s.do(ctx, http.MethodPut, pathToken, headerTokenTTL, strconv.Itoa(upstreamTokenTTL))
+	status, body, granted, err := c.do(ctx, http.MethodPut, pathToken, headerTokenTTL, strconv.Itoa(upstreamTokenTTL))
 	if err != nil {
 		return "", err
 	}
 	switch status {
 	case http.StatusOK:
 	case http.StatusForbidden, http.StatusNotFound, http.StatusMethodNotAllowed:
-		s.v1 = true // what the SDKs do: this IMDS has no tokens
+		c.v1 = true // what the SDKs do: this IMDS has no tokens
 		return "", nil
 	default:
 		return "", fmt.Errorf("PUT %s: status %d", pathToken, status)
@@ -233,29 +280,29 @@ func (s *nodeSource) upstreamToken(ctx context.Context) (string, error) {
 	if !ok || ttl > upstreamTokenTTL {
 		ttl = upstreamTokenTTL
 	}
-	s.token = string(body)
+	c.token = string(body)
 	// Renew early so a token never expires between our check and the node's.
-	s.tokenExp = now.Add(time.Duration(ttl) * time.Second * 9 / 10)
-	return s.token, nil
+	c.tokenExp = now.Add(time.Duration(ttl) * time.Second * 9 / 10)
+	return c.token, nil
 }
 
-func (s *nodeSource) dropToken() {
-	s.tokMu.Lock()
-	s.token, s.v1 = "", false
-	s.tokMu.Unlock()
+func (c *NodeClient) dropToken() {
+	c.mu.Lock()
+	c.token, c.v1 = "", false
+	c.mu.Unlock()
 }
 
 // do sends one request to the node's IMDS and returns the status, the body and the granted token TTL header.
 // canonicalPath is always one of the allow-list's constants.
-func (s *nodeSource) do(ctx context.Context, method, canonicalPath, header, value string) (int, []byte, []string, error) {
-	req, err := http.NewRequestWithContext(ctx, method, s.base+canonicalPath, nil)
+func (c *NodeClient) do(ctx context.Context, method, canonicalPath, header, value string) (int, []byte, []string, error) {
+	req, err := http.NewRequestWithContext(ctx, method, c.base+canonicalPath, nil)
 	if err != nil {
 		return 0, nil, nil, err
 	}
 	if value != "" {
 		req.Header.Set(header, value)
 	}
-	resp, err := s.client.Do(req)
+	resp, err := c.client.Do(req)
 	if err != nil {
 		return 0, nil, nil, err
 	}

@@ -1,6 +1,7 @@
 package metadata
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"runtime"
@@ -120,15 +121,7 @@ func TestUpstreamCacheAndFallback(t *testing.T) {
 		w := e.do(t, http.MethodGet, target, podAddr, nil)
 		return w.Code, w.Body.String()
 	}
-	gets := func() int {
-		n := 0
-		for _, r := range node.seen() {
-			if strings.HasPrefix(r, "GET ") {
-				n++
-			}
-		}
-		return n
-	}
+	gets := func() int { return node.count(http.MethodGet) }
 
 	if code, _ := get(pathInstanceID); code != 200 {
 		t.Fatalf("GET %q = %d, want 200", pathInstanceID, code)
@@ -181,13 +174,7 @@ func TestUpstreamTokenHandling(t *testing.T) {
 		e.do(t, http.MethodGet, pathInstanceID, podAddr, nil)
 		e.clock.Advance(upstreamTokenTTL * time.Second)
 		e.do(t, http.MethodGet, pathInstanceType, podAddr, nil)
-		puts := 0
-		for _, r := range node.seen() {
-			if strings.HasPrefix(r, "PUT ") {
-				puts++
-			}
-		}
-		if puts != 2 {
+		if puts := node.count(http.MethodPut); puts != 2 {
 			t.Errorf("token PUTs across a token lifetime = %d, want 2", puts)
 		}
 	})
@@ -214,4 +201,79 @@ func TestNewHandlerConfig(t *testing.T) {
 	if _, err := NewHandler(Config{TokenKey: testKey}, nil, nil); err == nil {
 		t.Error("NewHandler(nil provider) = nil error, want an error")
 	}
+}
+
+// TestNodeClientRegion: the agent's region lookup reads the region through the same client, and the same allow-list,
+// as the node facts.
+func TestNodeClientRegion(t *testing.T) {
+	tests := []struct {
+		name    string
+		mod     func(*fakeNodeIMDS)
+		want    string
+		wantErr bool
+	}{
+		{"IMDSv2", func(*fakeNodeIMDS) {}, "eu-west-1", false},
+		{"v1 only node IMDS", func(f *fakeNodeIMDS) { f.putCode = http.StatusForbidden }, "eu-west-1", false},
+		{"no identity document", func(f *fakeNodeIMDS) { f.status = http.StatusNotFound }, "", true},
+		{"node IMDS failing", func(f *fakeNodeIMDS) { f.status = http.StatusInternalServerError }, "", true},
+		{"token PUT failing", func(f *fakeNodeIMDS) { f.putCode = http.StatusInternalServerError }, "", true},
+		{"no region", func(f *fakeNodeIMDS) { f.doc = `{"instanceId":"i-1"}` }, "", true},
+		{"not JSON", func(f *fakeNodeIMDS) { f.doc = leakMarker }, "", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			node := newFakeNodeIMDS(t)
+			node.set(tt.mod)
+			c, err := NewNodeClient(node.srv.URL + "/")
+			if err != nil {
+				t.Fatalf("NewNodeClient(%q) = %v", node.srv.URL+"/", err)
+			}
+			region, err := c.Region(context.Background())
+			if region != tt.want || (err != nil) != tt.wantErr {
+				t.Errorf("Region() = %q, %v; want %q, error %v", region, err, tt.want, tt.wantErr)
+			}
+			if err != nil && strings.Contains(err.Error(), leakMarker) {
+				t.Errorf("Region() error %q carries the node IMDS's response", err)
+			}
+			assertUpstreamCanonical(t, node)
+		})
+	}
+}
+
+// TestNodeClientToken: one token serves successive lookups, and a 401 fetches a new one.
+func TestNodeClientToken(t *testing.T) {
+	node := newFakeNodeIMDS(t)
+	c, err := NewNodeClient(node.srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if _, err := c.Region(context.Background()); err != nil {
+			t.Fatalf("Region() = %v", err)
+		}
+	}
+	node.set(func(f *fakeNodeIMDS) { f.status = http.StatusUnauthorized })
+	_, _ = c.Region(context.Background())
+	if puts := node.count(http.MethodPut); puts != 2 {
+		t.Errorf("token PUTs = %d, want 2 (one shared by two lookups, one after the 401)", puts)
+	}
+}
+
+func TestNewNodeClientURL(t *testing.T) {
+	for _, upstream := range []string{"", "http://169.254.169.254/latest", "file:///etc/passwd", "http://"} {
+		if _, err := NewNodeClient(upstream); err == nil {
+			t.Errorf("NewNodeClient(%q) = nil error, want an error", upstream)
+		}
+	}
+}
+
+// count is how many method requests the node's IMDS has received.
+func (f *fakeNodeIMDS) count(method string) int {
+	n := 0
+	for _, r := range f.seen() {
+		if strings.HasPrefix(r, method+" ") {
+			n++
+		}
+	}
+	return n
 }
