@@ -80,11 +80,11 @@ func (p *provider) Credentials(ctx context.Context, caller netip.Addr) (metadata
 		if hc, host := hostCallerOf(ctx); host {
 			attrs = append(attrs, slog.Bool("host_network", true), slog.String("pod_uid", string(hc.uid)))
 		}
-		p.log.LogAttrs(ctx, slog.LevelWarn, "refused", attrs...)
+		refusal := fmt.Errorf("%w: %s: %w", metadata.ErrUnknownCaller, caller, err)
 		if reason == "not_exempt" {
-			return metadata.Credentials{}, fmt.Errorf("%w: %w", metadata.ErrUnavailable, err)
+			refusal = fmt.Errorf("%w: %w", metadata.ErrUnavailable, err)
 		}
-		return metadata.Credentials{}, fmt.Errorf("%w: %s: %w", metadata.ErrUnknownCaller, caller, err)
+		return metadata.Credentials{}, p.refused(ctx, refusal, attrs)
 	}
 	// Built only on the paths that log: the served path logs at debug, normally off.
 	attrs := func(more ...slog.Attr) []slog.Attr {
@@ -102,16 +102,17 @@ func (p *provider) Credentials(ctx context.Context, caller netip.Addr) (metadata
 		case errors.Is(err, roles.ErrInvalidPolicy):
 			reason = "bad_session_policy"
 		}
-		p.log.LogAttrs(ctx, slog.LevelWarn, "refused", attrs(slog.String("outcome", "refused"),
-			slog.String("reason", reason), slog.String("error", err.Error()))...)
-		return metadata.Credentials{}, fmt.Errorf("%w: %w", sentinel, err)
+		return metadata.Credentials{}, p.refused(ctx, fmt.Errorf("%w: %w", sentinel, err), attrs(slog.String("outcome", "refused"),
+			slog.String("reason", reason), slog.String("error", err.Error())))
 	}
 	req := requestFor(pod, role)
 	roleAttr := slog.String("role_arn", role.ARN)
 
 	if p.dryRun {
-		p.log.LogAttrs(ctx, slog.LevelInfo, "dry run: would serve", attrs(roleAttr, slog.String("outcome", "dry_run"))...)
-		return metadata.Credentials{}, fmt.Errorf("%w: dry-run mode serves no credentials (would serve %s)", metadata.ErrUnavailable, role.ARN)
+		err := fmt.Errorf("%w: dry-run mode serves no credentials (would serve %s)", metadata.ErrUnavailable, role.ARN)
+		p.log.LogAttrs(ctx, slog.LevelInfo, "dry run: would serve", attrs(roleAttr, slog.String("outcome", "dry_run"),
+			slog.Int("status", metadata.RefusalStatus(err)))...)
+		return metadata.Credentials{}, err
 	}
 
 	c, outcome, err := p.cache.Get(ctx, req)
@@ -128,9 +129,8 @@ func (p *provider) Credentials(ctx context.Context, caller netip.Addr) (metadata
 		default:
 			sentinel, reason = metadata.ErrForbidden, "sts_refused"
 		}
-		p.log.LogAttrs(ctx, slog.LevelWarn, "refused", attrs(roleAttr, slog.String("outcome", "refused"),
-			slog.String("reason", reason), slog.String("error", err.Error()))...)
-		return metadata.Credentials{}, fmt.Errorf("%w: %w", sentinel, err)
+		return metadata.Credentials{}, p.refused(ctx, fmt.Errorf("%w: %w", sentinel, err), attrs(roleAttr, slog.String("outcome", "refused"),
+			slog.String("reason", reason), slog.String("error", err.Error())))
 	}
 	p.metrics.request(req, outcomeName(outcome))
 	if p.log.Enabled(ctx, slog.LevelDebug) {
@@ -146,6 +146,13 @@ func (p *provider) Credentials(ctx context.Context, caller netip.Addr) (metadata
 		LastUpdated:     c.Issued,
 		AccountID:       c.AccountID,
 	}, nil
+}
+
+// refused logs a refusal and returns it. This is the request's one line: the metadata faces log only the refusals
+// they decide themselves, so it carries the HTTP status they answer err with.
+func (p *provider) refused(ctx context.Context, err error, attrs []slog.Attr) error {
+	p.log.LogAttrs(ctx, slog.LevelWarn, "refused", append(attrs, slog.Int("status", metadata.RefusalStatus(err)))...)
+	return err
 }
 
 func outcomeName(o creds.Outcome) string {

@@ -3,6 +3,7 @@ package agent
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -213,8 +214,21 @@ func TestProviderCredentials(t *testing.T) {
 				if got != (metadata.Credentials{}) {
 					t.Errorf("Credentials() = %+v with an error, want none", got)
 				}
-				if !strings.Contains(logs.String(), `"outcome":"refused"`) && !tt.dryRun {
-					t.Errorf("log has no refusal line:\n%s", logs)
+				// The request's one line: the metadata faces do not log the provider's refusals, so it carries their answer.
+				lines := strings.Split(strings.TrimSpace(logs.String()), "\n")
+				var line struct {
+					Msg, Outcome string
+					Status       int
+				}
+				if len(lines) != 1 || json.Unmarshal([]byte(lines[0]), &line) != nil {
+					t.Fatalf("log = %q, want one JSON line", lines)
+				}
+				wantMsg, wantOutcome := "refused", "refused"
+				if tt.dryRun {
+					wantMsg, wantOutcome = "dry run: would serve", "dry_run"
+				}
+				if line.Msg != wantMsg || line.Outcome != wantOutcome || line.Status != metadata.RefusalStatus(err) {
+					t.Errorf("log line %+v, want msg %q, outcome %q, status %d", line, wantMsg, wantOutcome, metadata.RefusalStatus(err))
 				}
 				return
 			}

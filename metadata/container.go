@@ -23,7 +23,7 @@ type ContainerConfig struct {
 	Verifier TokenVerifier
 	// Clock is the time source for credential checks; nil means time.Now.
 	Clock func() time.Time
-	// Logger receives one line per refused request; nil discards.
+	// Logger receives one line per request the face refuses itself (the CredentialProvider logs its own); nil discards.
 	Logger *slog.Logger
 }
 
@@ -118,7 +118,7 @@ func (h *ContainerHandler) serve(c *call) outcome {
 	creds, err := h.creds.Credentials(c.r.Context(), caller)
 	if err != nil {
 		rf, _ := providerRefusal(err)
-		return h.refuse(c, rf, err)
+		return h.answer(c, rf) // the provider logged it
 	}
 	if why := creds.unusable(h.clock()); why != "" {
 		return h.refuse(c, refuseUnavailable, errors.New("provider returned unusable credentials: "+why))
@@ -130,9 +130,15 @@ func (h *ContainerHandler) serve(c *call) outcome {
 	return outcomeServed
 }
 
+// refuse answers and logs a refusal the face decided, as Handler.refuse does.
 func (h *ContainerHandler) refuse(c *call, rf refusal, err error) outcome {
+	logRefusal(h.log, c, rf.info(), err)
+	return h.answer(c, rf)
+}
+
+// answer answers a refusal without logging it, as Handler.answer does.
+func (h *ContainerHandler) answer(c *call, rf refusal) outcome {
 	info := rf.info()
-	logRefusal(h.log, c, info, err)
 	buf := h.bufs.get()
 	*buf = appendContainerError(*buf, info.code, "iamlet: "+info.text)
 	writeResponse(c.w, info.status, contentTypeJSON, *buf)

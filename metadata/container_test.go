@@ -94,6 +94,9 @@ func TestContainerRefusals(t *testing.T) {
 			if tt.want == 200 {
 				return
 			}
+			if tt.provErr != nil && RefusalStatus(tt.provErr) != w.Code {
+				t.Errorf("RefusalStatus(%q) = %d, want %d (the container face's answer)", tt.provErr, RefusalStatus(tt.provErr), w.Code)
+			}
 			var doc struct{ Code, Message string }
 			if err := json.Unmarshal(w.Body.Bytes(), &doc); err != nil {
 				t.Fatalf("%s %q: error body %q is not JSON: %v", tt.method, tt.target, w.Body.String(), err)

@@ -123,6 +123,9 @@ func TestCredentialRefusals(t *testing.T) {
 				if w.Code != tt.want {
 					t.Errorf("GET %q = %d, want %d", p, w.Code, tt.want)
 				}
+				if tt.err != nil && RefusalStatus(tt.err) != w.Code {
+					t.Errorf("RefusalStatus(%q) = %d, want %d (the answer to GET %q)", tt.err, RefusalStatus(tt.err), w.Code, p)
+				}
 				if tt.err != nil && w.Body.String() == tt.err.Error() {
 					t.Errorf("GET %q: body is the provider's error text %q", p, w.Body.String())
 				}

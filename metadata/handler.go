@@ -169,7 +169,7 @@ func (h *Handler) serveCredentials(c *call, rt route) outcome {
 	creds, err := h.creds.Credentials(c.r.Context(), c.caller)
 	if err != nil {
 		rf, _ := providerRefusal(err)
-		return h.refuse(c, rf, err)
+		return h.answer(c, rf) // the provider logged it
 	}
 	if why := creds.unusable(h.clock()); why != "" {
 		return h.refuse(c, refuseUnavailable, errors.New("provider returned unusable credentials: "+why))
@@ -190,11 +190,16 @@ func (h *Handler) serveCredentials(c *call, rt route) outcome {
 	return outcomeServed
 }
 
-// refuse answers and logs a refusal, once. err is logged (it comes from the provider, never carries a secret) but
-// never sent.
+// refuse answers and logs a refusal the face decided. err is logged (it never carries a secret) but never sent.
 func (h *Handler) refuse(c *call, rf refusal, err error) outcome {
+	logRefusal(h.log, c, rf.info(), err)
+	return h.answer(c, rf)
+}
+
+// answer answers a refusal without logging it: the CredentialProvider's refusals, which it logs itself, with the pod,
+// the role and the reason the face does not know, and RefusalStatus.
+func (h *Handler) answer(c *call, rf refusal) outcome {
 	info := rf.info()
-	logRefusal(h.log, c, info, err)
 	buf := h.bufs.get()
 	*buf = append(*buf, "iamlet: "...)
 	*buf = append(*buf, info.text...)
@@ -203,6 +208,15 @@ func (h *Handler) refuse(c *call, rf refusal, err error) outcome {
 	return info.outcome
 }
 
+// RefusalStatus is the HTTP status both faces answer a CredentialProvider's error with. They do not log a provider's
+// refusals (one line per request: the provider's, which knows the pod, the role and the reason), so the provider puts
+// this on its line.
+func RefusalStatus(err error) int {
+	rf, _ := providerRefusal(err)
+	return rf.info().status
+}
+
+// logRefusal logs a refusal the face decided, in the provider's vocabulary: "refused", with the outcome and reason.
 func logRefusal(log *slog.Logger, c *call, info refusalInfo, err error) {
 	level := slog.LevelInfo
 	if info.outcome == outcomeNodePath {
@@ -212,8 +226,9 @@ func logRefusal(log *slog.Logger, c *call, info refusalInfo, err error) {
 	if !log.Enabled(ctx, level) {
 		return
 	}
-	attrs := make([]slog.Attr, 0, 6)
+	attrs := make([]slog.Attr, 0, 7)
 	attrs = append(attrs,
+		slog.String("outcome", "refused"),
 		slog.String("reason", info.outcome.String()),
 		slog.String("method", c.r.Method))
 	if c.rp.p != "" {
@@ -230,7 +245,7 @@ func logRefusal(log *slog.Logger, c *call, info refusalInfo, err error) {
 	if err != nil {
 		attrs = append(attrs, slog.String("error", err.Error()))
 	}
-	log.LogAttrs(ctx, level, "metadata request refused", attrs...)
+	log.LogAttrs(ctx, level, "refused", attrs...)
 }
 
 // callerAddr is the pod's address: DNAT keeps the source IP, so RemoteAddr is the pod.

@@ -3,6 +3,7 @@ package metadata
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -41,38 +42,53 @@ func (s *syncBuffer) lines(t *testing.T) []map[string]any {
 	return out
 }
 
+// TestRefusalLogging: a refusal the face decides is logged once, as "refused" with the request's path and status; a
+// refusal the CredentialProvider returns is not logged by the face at all (the provider logs it, knowing the pod,
+// the role and the reason), so each refused request has one line.
 func TestRefusalLogging(t *testing.T) {
 	var buf syncBuffer
 	log := slog.New(slog.NewJSONHandler(&buf, nil))
 	e := newTestEnv(t, func(c *Config) { c.Logger = log })
 	tok := e.token(t, podAddr, 60)
+	ch, cprov := newTestContainer(t, nil)
+	ch.log = log
+	cprov.fail(fmt.Errorf("%w: default/sa has no annotation", ErrNoRole))
 
 	tests := []struct {
+		h                      http.Handler
 		method, target, caller string
 		header                 http.Header
-		want                   map[string]any
+		want                   map[string]any // nil: no line
 	}{
-		{"GET", "/latest/meta-data/../user-data", podAddr, http.Header{headerToken: {tok}},
+		{e.h, "GET", "/latest/meta-data/../user-data", podAddr, http.Header{headerToken: {tok}},
 			map[string]any{"level": "WARN", "reason": "node_path", "method": "GET", "path": "/latest/user-data", "caller": podAddr}},
-		{"GET", "/latest/meta-data/iam/security-credentials/", strangerAddr, nil,
-			map[string]any{"level": "INFO", "reason": "unknown_pod", "caller": strangerAddr, "status": float64(403)}},
-		{"GET", "/latest/%2575ser-data", podAddr, nil,
-			map[string]any{"reason": "bad_request", "raw_path": "/latest/%2575ser-data"}},
-		{"GET", "/latest/meta-data/iam/security-credentials/", otherPodAddr, http.Header{headerToken: {tok}},
+		{e.h, "GET", "/latest/meta-data/iam/security-credentials/", strangerAddr, nil, nil},
+		{e.h, "GET", "/latest/%2575ser-data", podAddr, nil,
+			map[string]any{"level": "INFO", "reason": "bad_request", "raw_path": "/latest/%2575ser-data", "status": float64(400)}},
+		{e.h, "GET", "/latest/meta-data/iam/security-credentials/", otherPodAddr, http.Header{headerToken: {tok}},
 			map[string]any{"reason": "bad_token", "status": float64(401)}},
+		{ch, "GET", DefaultContainerPath, podAddr, nil,
+			map[string]any{"reason": "bad_token", "path": DefaultContainerPath, "caller": podAddr, "status": float64(401)}},
+		{ch, "GET", DefaultContainerPath, podAddr, http.Header{"Authorization": {"pod-token"}}, nil},
 	}
 	for _, tt := range tests {
 		before := len(buf.lines(t))
-		e.do(t, tt.method, tt.target, tt.caller, tt.header)
-		lines := buf.lines(t)
-		if len(lines) != before+1 {
-			t.Errorf("%s %q logged %d lines, want 1", tt.method, tt.target, len(lines)-before)
+		serve(t, tt.h, tt.method, tt.target, tt.caller, tt.header)
+		lines := buf.lines(t)[before:]
+		if tt.want == nil {
+			if len(lines) != 0 {
+				t.Errorf("%s %q, refused by the provider, logged %v, want no line (the provider logs it)", tt.method, tt.target, lines)
+			}
 			continue
 		}
-		got := lines[len(lines)-1]
+		if len(lines) != 1 {
+			t.Errorf("%s %q logged %d lines, want 1", tt.method, tt.target, len(lines))
+			continue
+		}
+		tt.want["msg"], tt.want["outcome"] = "refused", "refused" // the provider's vocabulary
 		for k, v := range tt.want {
-			if got[k] != v {
-				t.Errorf("%s %q: log %s = %v, want %v", tt.method, tt.target, k, got[k], v)
+			if lines[0][k] != v {
+				t.Errorf("%s %q: log %s = %v, want %v", tt.method, tt.target, k, lines[0][k], v)
 			}
 		}
 	}
