@@ -9,7 +9,6 @@ import (
 	"net/netip"
 	"time"
 
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/iamlet/iamlet/agent/creds"
@@ -119,12 +118,9 @@ func (p *provider) Credentials(ctx context.Context, caller netip.Addr) (metadata
 	if err != nil {
 		p.metrics.request(req, "error")
 		sentinel, reason := metadata.ErrUnavailable, "unavailable"
-		var kube *kubeError
 		switch {
 		case creds.Retryable(err):
-		case errors.As(err, &kube):
-			// The apiserver refused the pod's token (an audience the admission policy or the nodes' RBAC does not
-			// allow, a pod already gone): STS was never asked.
+		case token.Refused(err):
 			sentinel, reason = metadata.ErrForbidden, "token_refused"
 		default:
 			sentinel, reason = metadata.ErrForbidden, "sts_refused"
@@ -200,14 +196,14 @@ type fetcher struct {
 
 func (f *fetcher) Fetch(ctx context.Context, r creds.Request) (creds.Credentials, error) {
 	if err := f.confined(); err != nil {
-		return creds.Credentials{}, &kubeError{err: fmt.Errorf("not minting: %w", err)}
+		return creds.Credentials{}, &token.Error{Err: fmt.Errorf("not minting: %w", err)}
 	}
 	start := time.Now()
 	tok, err := f.tokens.Token(ctx, token.Pod{Namespace: r.Namespace, Name: r.Pod, UID: types.UID(r.PodUID), ServiceAccount: r.ServiceAccount}, r.Audience)
 	f.metrics.tokenLat.Observe(time.Since(start).Seconds())
 	if err != nil {
 		f.metrics.tokens.WithLabelValues("error").Inc()
-		return creds.Credentials{}, &kubeError{err: err}
+		return creds.Credentials{}, err
 	}
 	f.metrics.tokens.WithLabelValues("success").Inc()
 
@@ -272,17 +268,4 @@ func (f *fetcher) stsFailed(err error) {
 		code = se.Code
 	}
 	f.metrics.sts.WithLabelValues("error", code).Inc()
-}
-
-// kubeError classifies TokenRequest failures: a pod that is gone or a ServiceAccount that may not mint
-// tokens will not get better by retrying soon.
-type kubeError struct{ err error }
-
-func (e *kubeError) Error() string { return e.err.Error() }
-func (e *kubeError) Unwrap() error { return e.err }
-func (e *kubeError) Retryable() bool {
-	if token.Lagging(e.err) && apierrors.IsForbidden(e.err) {
-		return true // the apiserver's graph had not caught up with a new pod even after Token's quick retries
-	}
-	return !(apierrors.IsNotFound(e.err) || apierrors.IsForbidden(e.err) || apierrors.IsInvalid(e.err) || apierrors.IsBadRequest(e.err))
 }

@@ -412,22 +412,27 @@ func TestHostCallersAreTracedThroughTheListeners(t *testing.T) {
 	}
 }
 
-// TestProviderNamesWhoRefused: a token the apiserver refuses is reported as token_refused, not as STS's refusal.
+// TestProviderNamesWhoRefused: a token the apiserver refuses is reported as token_refused, not as STS's refusal; one
+// it may still grant, as unavailable.
 func TestProviderNamesWhoRefused(t *testing.T) {
-	forbidden := apierrors.NewForbidden(schema.GroupResource{Resource: "serviceaccounts/token"}, "app",
+	gr := schema.GroupResource{Resource: "serviceaccounts/token"}
+	forbidden := apierrors.NewForbidden(gr, "app",
 		errors.New("ValidatingAdmissionPolicy 'iamlet-token-requests' denied request: iamlet may only request tokens for the audiences sts.amazonaws.com"))
+	lagging := apierrors.NewForbidden(gr, "app", errors.New("no relationship found between node 'node-1' and this object"))
 	for _, c := range []struct {
 		err    error
+		want   error
 		reason string
 	}{
-		{&kubeError{err: forbidden}, `"reason":"token_refused"`},
-		{classified{msg: "AccessDenied: Not authorized to perform sts:AssumeRoleWithWebIdentity"}, `"reason":"sts_refused"`},
+		{&token.Error{Err: forbidden}, metadata.ErrForbidden, `"reason":"token_refused"`},
+		{&token.Error{Err: lagging}, metadata.ErrUnavailable, `"reason":"unavailable"`},
+		{classified{msg: "AccessDenied: Not authorized to perform sts:AssumeRoleWithWebIdentity"}, metadata.ErrForbidden, `"reason":"sts_refused"`},
 	} {
 		log, buf := logBuffer()
 		p := &provider{pods: stubPods{pod: testPod}, roles: stubRoles{role: testRole}, cache: &stubCache{err: c.err},
 			metrics: newMetrics(prometheus.NewRegistry(), true), log: log}
-		if _, err := p.Credentials(context.Background(), testCaller); !errors.Is(err, metadata.ErrForbidden) {
-			t.Errorf("%v: error %v, want forbidden", c.err, err)
+		if _, err := p.Credentials(context.Background(), testCaller); !errors.Is(err, c.want) {
+			t.Errorf("%v: error %v, want %v", c.err, err, c.want)
 		}
 		if !strings.Contains(buf.String(), c.reason) {
 			t.Errorf("%v: log lacks %s:\n%s", c.err, c.reason, buf.String())

@@ -5,6 +5,7 @@ package token
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -43,6 +44,30 @@ func Lagging(err error) bool {
 		strings.Contains(msg, "does not match the UID in record")
 }
 
+// Error is a failed token request, classified here, next to the client, so its callers only ask: Retryable (the
+// credential cache's backoff) and Refused. Token returns one for every failure; a caller that declines to ask for a
+// token (the agent, while minting is not confined) wraps its reason in one.
+type Error struct{ Err error }
+
+func (e *Error) Error() string { return e.Err.Error() }
+func (e *Error) Unwrap() error { return e.Err }
+
+// Retryable reports whether asking again soon may succeed: a pod that is gone or a ServiceAccount that may not mint
+// tokens will not get better by retrying soon.
+func (e *Error) Retryable() bool {
+	if Lagging(e.Err) && apierrors.IsForbidden(e.Err) {
+		return true // the apiserver's graph had not caught up with a new pod even after Token's quick retries
+	}
+	return !(apierrors.IsNotFound(e.Err) || apierrors.IsForbidden(e.Err) || apierrors.IsInvalid(e.Err) || apierrors.IsBadRequest(e.Err))
+}
+
+// Refused reports whether err holds a token request the apiserver refused for good (an audience the admission policy
+// or the nodes' RBAC does not allow, a pod already gone): STS was never asked.
+func Refused(err error) bool {
+	var e *Error
+	return errors.As(err, &e) && !e.Retryable()
+}
+
 // Pod names the pod a token is bound to.
 type Pod struct {
 	Namespace      string
@@ -64,7 +89,11 @@ func New(client kubernetes.Interface, ttl time.Duration) *Source {
 
 // Token returns a token for p's ServiceAccount, bound to p, for audience. The apiserver refuses it when
 // the pod's UID or ServiceAccount do not match, so a stale view of a pod cannot mint a token for another.
+// Its errors are *Error.
 func (s *Source) Token(ctx context.Context, p Pod, audience string) (string, error) {
+	failed := func(err error) error {
+		return &Error{Err: fmt.Errorf("token request for %s/%s bound to pod %s: %w", p.Namespace, p.ServiceAccount, p.Name, err)}
+	}
 	secs := int64(s.ttl / time.Second)
 	req := &authv1.TokenRequest{
 		Spec: authv1.TokenRequestSpec{
@@ -79,16 +108,16 @@ func (s *Source) Token(ctx context.Context, p Pod, audience string) (string, err
 	for wait := 50 * time.Millisecond; err != nil && Lagging(err) && wait <= graphLag; wait *= 2 {
 		select {
 		case <-ctx.Done():
-			return "", fmt.Errorf("token request for %s/%s bound to pod %s: %w", p.Namespace, p.ServiceAccount, p.Name, err)
+			return "", failed(err)
 		case <-time.After(wait):
 		}
 		out, err = s.client.CoreV1().ServiceAccounts(p.Namespace).CreateToken(ctx, p.ServiceAccount, req, metav1.CreateOptions{})
 	}
 	if err != nil {
-		return "", fmt.Errorf("token request for %s/%s bound to pod %s: %w", p.Namespace, p.ServiceAccount, p.Name, err)
+		return "", failed(err)
 	}
 	if out.Status.Token == "" {
-		return "", fmt.Errorf("token request for %s/%s bound to pod %s: the apiserver returned no token", p.Namespace, p.ServiceAccount, p.Name)
+		return "", failed(errors.New("the apiserver returned no token"))
 	}
 	return out.Status.Token, nil
 }

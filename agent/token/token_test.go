@@ -3,6 +3,7 @@ package token_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"testing/synctest"
@@ -101,20 +102,27 @@ func TestTokenErrors(t *testing.T) {
 		name    string
 		respond func(*authv1.TokenRequest) (*authv1.TokenRequest, error)
 		is      func(error) bool // the apiserver's classification survives wrapping
+		refused bool             // for good: not Retryable, and Refused
 	}{
 		{"pod gone", func(*authv1.TokenRequest) (*authv1.TokenRequest, error) {
 			return nil, apierrors.NewNotFound(schema.GroupResource{Resource: "pods"}, "web")
-		}, apierrors.IsNotFound},
+		}, apierrors.IsNotFound, true},
 		{"forbidden", func(*authv1.TokenRequest) (*authv1.TokenRequest, error) {
 			return nil, apierrors.NewForbidden(gr, "app", errors.New("denied by admission policy"))
-		}, apierrors.IsForbidden},
+		}, apierrors.IsForbidden, true},
+		{"graph still lagging", func(*authv1.TokenRequest) (*authv1.TokenRequest, error) {
+			return nil, apierrors.NewForbidden(gr, "app", errors.New("no relationship found between node 'node-1' and this object"))
+		}, apierrors.IsForbidden, false},
 		{"uid mismatch", func(*authv1.TokenRequest) (*authv1.TokenRequest, error) {
 			return nil, apierrors.NewBadRequest("the UID in the bound object reference does not match")
-		}, apierrors.IsBadRequest},
+		}, apierrors.IsBadRequest, true},
+		{"invalid", func(*authv1.TokenRequest) (*authv1.TokenRequest, error) {
+			return nil, apierrors.NewInvalid(schema.GroupKind{Group: "authentication.k8s.io", Kind: "TokenRequest"}, "app", nil)
+		}, apierrors.IsInvalid, true},
 		{"unavailable", func(*authv1.TokenRequest) (*authv1.TokenRequest, error) {
 			return nil, apierrors.NewServiceUnavailable("etcd")
-		}, apierrors.IsServiceUnavailable},
-		{"no token", func(tr *authv1.TokenRequest) (*authv1.TokenRequest, error) { return tr, nil }, func(error) bool { return true }},
+		}, apierrors.IsServiceUnavailable, false},
+		{"no token", func(tr *authv1.TokenRequest) (*authv1.TokenRequest, error) { return tr, nil }, func(error) bool { return true }, false},
 	}
 	for _, tt := range tests {
 		// synctest: a pod that is gone is asked about again for a few (fake) seconds first; see TestTokenWaitsForTheGraph.
@@ -129,6 +137,13 @@ func TestTokenErrors(t *testing.T) {
 				}
 				if !strings.Contains(err.Error(), "ns/app") || !strings.Contains(err.Error(), "web") {
 					t.Errorf("Token() error = %q, want it to name the service account and pod", err)
+				}
+				var te *token.Error
+				if !errors.As(err, &te) {
+					t.Fatalf("Token() error = %T, want a *token.Error", err)
+				}
+				if te.Retryable() == tt.refused || token.Refused(err) != tt.refused {
+					t.Errorf("Token() error %q: Retryable() = %v, Refused = %v, want %v, %v", err, te.Retryable(), token.Refused(err), !tt.refused, tt.refused)
 				}
 			})
 		})
@@ -193,4 +208,23 @@ func TestTokenWaitsForTheGraph(t *testing.T) {
 			}
 		})
 	})
+}
+
+// TestRefusedWrapped: the classification holds through wrapping, for an Error made by a caller that declined to ask
+// (the agent while minting is not confined), and only for an Error: STS's refusals are not the apiserver's.
+func TestRefusedWrapped(t *testing.T) {
+	forbidden := apierrors.NewForbidden(schema.GroupResource{Resource: "nodes"}, "*", errors.New("cannot impersonate"))
+	for _, tt := range []struct {
+		err  error
+		want bool
+	}{
+		{fmt.Errorf("fetch: %w", &token.Error{Err: fmt.Errorf("not minting: %w", forbidden)}), true},
+		{&token.Error{Err: fmt.Errorf("not minting: %w", token.ErrNotConfined)}, false},
+		{fmt.Errorf("sts: %w", forbidden), false},
+		{nil, false},
+	} {
+		if got := token.Refused(tt.err); got != tt.want {
+			t.Errorf("Refused(%v) = %v, want %v", tt.err, got, tt.want)
+		}
+	}
 }
