@@ -22,7 +22,8 @@ type Config struct {
 	Node NodeFacts
 	// Clock is the time source for token expiry, credential checks and the node fact cache; nil means time.Now.
 	Clock func() time.Time
-	// Logger receives one line per refused request; nil discards.
+	// Logger receives one line per request the handler refuses itself (not those the provider refused and logged);
+	// nil discards.
 	Logger *slog.Logger
 }
 

@@ -22,7 +22,8 @@ type Credentials struct {
 // CredentialProvider gives the caller's credentials; the agent implements it (identity by source IP, role, cache).
 //
 // Errors should wrap one of ErrUnknownCaller, ErrNoRole, ErrForbidden or ErrUnavailable; anything else is answered as
-// ErrUnavailable. The error text is logged but never sent to the caller.
+// ErrUnavailable. The error text is never sent to the caller, nor logged by the handler: the provider logs its own
+// refusals (RefusalStatus gives it the status the caller gets), so each refused request has one line.
 type CredentialProvider interface {
 	Credentials(ctx context.Context, caller netip.Addr) (Credentials, error)
 }
