@@ -122,22 +122,74 @@ type Config struct {
 	Observer     Observer      // nil: none
 }
 
+// state is what an entry's last finished fetch left it with; record moves any state to valid or failing.
+//
+//	pending: never fetched; Get fetches at once, Run prefetches it ahead of rotations
+//	valid:   served down to minLeft, rotated from refreshAt
+//	failing: no fetch until retryAt; older credentials, if any, served while over staleFloor remains
+//
+// Across states, an entry is fetching from when Get or pick decides to fetch it until fetchOnce or record ends
+// that; retained once Retain asks for it (Run fetches only those); dropped, for good, once Retain lets it go.
+type state uint8
+
+const (
+	pending state = iota
+	valid
+	failing
+)
+
+func (s state) String() string { return [...]string{"pending", "valid", "failing"}[s] }
+
 type entry struct {
 	req Request
 	// flight names the entry's shared fetch. It is unique to the entry, not its Key, so that an entry
 	// created after Retain dropped one with the same Key never joins the dropped one's fetch.
-	flight string
-	// retained entries are the ones Retain asked for; only they are prefetched and refreshed in the
-	// background. An entry only Get created waits for the next Retain to adopt or drop it.
-	retained  bool
-	creds     Credentials
-	has       bool
-	refreshAt time.Time     // background rotation due
-	minLeft   time.Duration // served only while at least this much lifetime remains
-	inflight  bool          // a fetch is queued or running; set by whoever decides to fetch, cleared by the fetch
-	failures  int
-	retryAt   time.Time // no fetch before this after a failure
-	lastErr   error
+	flight                      string
+	state                       state
+	fetching, retained, dropped bool
+	creds                       Credentials // zero until the first store; kept while failing
+	refreshAt                   time.Time   // valid, and failing with older credentials: rotation due
+	minLeft                     time.Duration
+	failures                    int // failing: fetches failed in a row, err the last one's error
+	err                         error
+	retryAt                     time.Time
+}
+
+// has reports whether e holds credentials, however old: store never keeps ones without an Expiration.
+func (e *entry) has() bool { return !e.creds.Expiration.IsZero() }
+
+// canServe reports whether e's credentials have at least their minimum lifetime left.
+func (e *entry) canServe(now time.Time) bool {
+	return e.has() && !now.Add(e.minLeft).After(e.creds.Expiration)
+}
+
+// canServeStale reports whether, fetches failing, e's older credentials have more than staleFloor left.
+func (e *entry) canServeStale(now time.Time) bool {
+	return e.has() && now.Add(staleFloor).Before(e.creds.Expiration)
+}
+
+// backingOff reports whether a failure forbids fetching e now.
+func (e *entry) backingOff(now time.Time) bool { return e.state == failing && now.Before(e.retryAt) }
+
+// due is when e next wants a background fetch: its rotation, or its backoff's end if later (zero: at once).
+func (e *entry) due() time.Time {
+	if e.state == failing && e.retryAt.After(e.refreshAt) {
+		return e.retryAt
+	}
+	return e.refreshAt
+}
+
+// store moves e to valid with creds, which have more than staleFloor left, and schedules their rotation.
+func (e *entry) store(creds Credentials, now time.Time) {
+	before, minLeft := schedule(creds.Expiration.Sub(now))
+	e.state, e.creds, e.minLeft, e.failures, e.err = valid, creds, minLeft, 0, nil
+	e.refreshAt = creds.Expiration.Add(-before - jitter(before, creds.Expiration.Sub(now)))
+}
+
+// fail moves e to failing, keeping its older credentials, and backs off the longer the more failures in a row.
+func (e *entry) fail(err error, now time.Time) {
+	e.state, e.failures, e.err = failing, e.failures+1, err
+	e.retryAt = now.Add(backoff(e.failures, Retryable(err)))
 }
 
 // Cache is the per-pod credential cache.
@@ -187,9 +239,12 @@ func New(f Fetcher, cfg Config) *Cache {
 	}
 }
 
-func (c *Cache) newEntryLocked(r Request, retained bool) *entry {
+// addLocked adds a pending entry for r.
+func (c *Cache) addLocked(r Request) *entry {
 	c.nextID++
-	return &entry{req: r, flight: strconv.FormatUint(c.nextID, 10), retained: retained}
+	e := &entry{req: r, flight: strconv.FormatUint(c.nextID, 10)}
+	c.entries[r.Key()] = e
+	return e
 }
 
 // Outcome says how Get answered.
@@ -202,64 +257,42 @@ const (
 	Stale                // fetch failed; still-valid older credentials served
 )
 
-// Get returns credentials for r with at least the minimum lifetime left, fetching them if needed.
-// When ctx ends first Get returns ctx.Err(), and the fetch it started still completes and is stored.
+// Get returns credentials for r with at least the minimum lifetime left, fetching them if needed, or older
+// ones while fetches fail. When ctx ends first Get returns ctx.Err(); the fetch it started completes and is stored.
 func (c *Cache) Get(ctx context.Context, r Request) (Credentials, Outcome, error) {
-	key := r.Key()
 	now := c.cfg.Clock.Now()
 	c.mu.Lock()
-	e := c.entries[key]
+	e := c.entries[r.Key()]
 	if e == nil {
-		e = c.newEntryLocked(r, false)
-		c.entries[key] = e
+		e = c.addLocked(r)
 	}
-	if e.has && servable(e.creds, e.minLeft, now) {
+	if e.canServe(now) {
 		creds := e.creds
 		c.mu.Unlock()
 		return creds, Hit, nil
 	}
-	if e.lastErr != nil && now.Before(e.retryAt) {
-		// Backing off: answer at once rather than letting a pod's retries become STS calls.
-		creds, err := c.staleLocked(e, now, e.lastErr)
+	cause := e.err
+	if !e.backingOff(now) { // else answer at once rather than let a pod's retries become STS calls
+		e.fetching = true
 		c.mu.Unlock()
-		if err != nil {
-			return Credentials{}, Miss, err
+		var res singleflight.Result
+		select {
+		case res = <-c.shared(ctx, e, reasonMiss):
+		case <-ctx.Done():
+			return Credentials{}, Miss, ctx.Err()
 		}
-		return creds, Stale, nil
+		if res.Err == nil {
+			return res.Val.(Credentials), Miss, nil
+		}
+		c.mu.Lock()
+		now, cause = c.cfg.Clock.Now(), res.Err
 	}
-	e.inflight = true
-	c.mu.Unlock()
-
-	var res singleflight.Result
-	select {
-	case res = <-c.shared(ctx, e, reasonMiss):
-	case <-ctx.Done():
-		return Credentials{}, Miss, ctx.Err()
+	defer c.mu.Unlock()
+	if !e.canServeStale(now) {
+		return Credentials{}, Miss, fmt.Errorf("%w: %w", ErrUnavailable, cause)
 	}
-	if res.Err == nil {
-		return res.Val.(Credentials), Miss, nil
-	}
-	c.mu.Lock()
-	creds, err := c.staleLocked(e, c.cfg.Clock.Now(), res.Err)
-	c.mu.Unlock()
-	if err != nil {
-		return Credentials{}, Miss, err
-	}
-	return creds, Stale, nil
-}
-
-// staleLocked returns e's older credentials while more than staleFloor of their lifetime remains, and
-// otherwise cause wrapped in ErrUnavailable.
-func (c *Cache) staleLocked(e *entry, now time.Time, cause error) (Credentials, error) {
-	if e.has && now.Add(staleFloor).Before(e.creds.Expiration) {
-		c.cfg.Observer.Stale(e.req, e.creds)
-		return e.creds, nil
-	}
-	return Credentials{}, fmt.Errorf("%w: %w", ErrUnavailable, cause)
-}
-
-func servable(cr Credentials, minLeft time.Duration, now time.Time) bool {
-	return !now.Add(minLeft).After(cr.Expiration)
+	c.cfg.Observer.Stale(e.req, e.creds)
+	return e.creds, Stale, nil
 }
 
 // shared starts, or joins, e's one fetch. The fetch runs on a context no single caller owns: a miss's
@@ -283,37 +316,28 @@ func (c *Cache) shared(ctx context.Context, e *entry, reason string) <-chan sing
 func (c *Cache) fetchOnce(ctx context.Context, e *entry, reason string) (Credentials, error) {
 	now := c.cfg.Clock.Now()
 	c.mu.Lock()
-	e.inflight = true
-	req := e.req
-	var skip bool
-	var creds Credentials
-	var err error
-	switch {
-	case reason != reasonMiss && c.entries[req.Key()] != e:
-		skip, err = true, errForgotten
-	case reason != reasonMiss && dueAt(e).After(now):
-		skip, creds, err = true, e.creds, e.lastErr
-	case reason == reasonMiss && e.has && servable(e.creds, e.minLeft, now):
-		skip, creds = true, e.creds
-	case reason == reasonMiss && e.lastErr != nil && now.Before(e.retryAt):
-		skip, err = true, e.lastErr
+	req, creds, err, needless := e.req, e.creds, e.err, true
+	switch background := reason != reasonMiss; {
+	case background && e.dropped:
+		err = errForgotten
+	case !background && e.canServe(now):
+		err = nil
+	case background && !e.due().After(now), !background && !e.backingOff(now):
+		needless = false
 	}
-	if skip {
-		e.inflight = false
-		c.mu.Unlock()
-		if err != nil {
-			return Credentials{}, err
-		}
-		return creds, nil
-	}
+	e.fetching = !needless
 	c.mu.Unlock()
-
-	creds, err = c.fetcher.Fetch(ctx, req)
-	return c.record(e, creds, err, reason)
+	if !needless {
+		creds, err = c.fetcher.Fetch(ctx, req)
+		creds, err = c.record(e, creds, err, reason)
+	}
+	if err != nil {
+		return Credentials{}, err
+	}
+	return creds, nil
 }
 
-// record stores a fetch's result in e, unless e was dropped meanwhile, and returns what the callers
-// waiting on the fetch get.
+// record stores a fetch's result in e, unless e was dropped meanwhile.
 func (c *Cache) record(e *entry, creds Credentials, err error, reason string) (Credentials, error) {
 	now := c.cfg.Clock.Now()
 	if err == nil {
@@ -325,33 +349,21 @@ func (c *Cache) record(e *entry, creds Credentials, err error, reason string) (C
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	e.inflight = false
-	if c.entries[e.req.Key()] != e {
-		// Dropped while fetching: the pod or its role is gone. Answer the callers, store nothing.
-		if err != nil {
-			return Credentials{}, err
+	e.fetching = false
+	if !e.dropped { // else the pod or its role went while fetching: answer the callers, store nothing
+		if !e.has() && reason == reasonRefresh {
+			reason = reasonPrefetch
 		}
-		return creds, nil
-	}
-	if !e.has && reason == reasonRefresh {
-		reason = reasonPrefetch
-	}
-	if err != nil {
-		e.failures++
-		e.lastErr = err
-		e.retryAt = now.Add(backoff(e.failures, Retryable(err)))
-		c.cfg.Observer.FetchFailed(e.req, reason, err)
+		if err != nil {
+			e.fail(err, now)
+			c.cfg.Observer.FetchFailed(e.req, reason, err)
+		} else {
+			e.store(creds, now)
+			c.cfg.Observer.Stored(e.req, creds, reason)
+		}
 		c.signal()
-		return Credentials{}, err
 	}
-	before, minLeft := schedule(creds.Expiration.Sub(now))
-	e.creds, e.has = creds, true
-	e.minLeft = minLeft
-	e.refreshAt = creds.Expiration.Add(-before - jitter(before, creds.Expiration.Sub(now)))
-	e.failures, e.lastErr, e.retryAt = 0, nil, time.Time{}
-	c.cfg.Observer.Stored(e.req, creds, reason)
-	c.signal()
-	return creds, nil
+	return creds, err
 }
 
 // schedule returns, for credentials with life left, how long before expiry to rotate them and the
@@ -418,20 +430,20 @@ func (c *Cache) Retain(want []Request) {
 	for k, e := range c.entries {
 		if _, ok := keep[k]; !ok {
 			delete(c.entries, k)
+			e.dropped = true
 			c.cfg.Observer.Forgot(e.req)
 		}
 	}
 	wake := false
 	for k, r := range keep {
-		if e, ok := c.entries[k]; ok {
-			e.req = r
-			if !e.retained {
-				e.retained, wake = true, true
-			}
-			continue
+		e := c.entries[k]
+		if e == nil {
+			e = c.addLocked(r)
 		}
-		c.entries[k] = c.newEntryLocked(r, true)
-		wake = true
+		e.req = r
+		if !e.retained {
+			e.retained, wake = true, true
+		}
 	}
 	if wake {
 		c.signal()
@@ -452,8 +464,7 @@ func (c *Cache) Run(ctx context.Context) {
 			}
 			continue
 		}
-		prefetch := !e.has
-		lim := c.refreshes
+		prefetch, lim := !e.has(), c.refreshes
 		if prefetch {
 			lim = c.prefetches
 		}
@@ -466,7 +477,7 @@ func (c *Cache) Run(ctx context.Context) {
 		}
 		// Choose again after the wait, within the class the limiter admitted: the entry chosen may have been
 		// fetched by a pod's request meanwhile, and a newer one of the class may be more urgent.
-		if e, _ := c.pick(c.cfg.Clock.Now(), true, func(x *entry) bool { return !x.has == prefetch }); e != nil {
+		if e, _ := c.pick(c.cfg.Clock.Now(), true, func(x *entry) bool { return x.has() != prefetch }); e != nil {
 			wg.Go(func() { <-c.shared(ctx, e, reasonRefresh) })
 		}
 	}
@@ -489,20 +500,9 @@ func (c *Cache) sleep(ctx context.Context, next time.Time) bool {
 	return true
 }
 
-// dueAt is when e next wants a background fetch: its rotation, or the end of its backoff. It is zero
-// (due now) for an entry never fetched.
-func dueAt(e *entry) time.Time {
-	at := e.refreshAt
-	if e.lastErr != nil && e.retryAt.After(at) {
-		at = e.retryAt
-	}
-	return at
-}
-
-// pick returns the one entry to fetch next among those in accepts (nil: any), marking it in flight when mark is
-// set, or when the next one falls due.
-// One at a time, re-chosen after every limiter wait, so that a pod appearing during a long run of
-// refreshes is not queued behind them: never-fetched entries (a pod about to make its first request)
+// pick returns the entry to fetch next among those in accepts (nil: any), marked fetching if mark is set, and when
+// the next one falls due. One at a time, re-chosen after every limiter wait, so that a pod appearing during a long
+// run of refreshes is not queued behind them: entries without credentials (a pod about to make its first request)
 // come first, then the most overdue.
 func (c *Cache) pick(now time.Time, mark bool, in func(*entry) bool) (*entry, time.Time) {
 	c.mu.Lock()
@@ -510,22 +510,22 @@ func (c *Cache) pick(now time.Time, mark bool, in func(*entry) bool) (*entry, ti
 	var best *entry
 	var bestAt, next time.Time
 	for _, e := range c.entries {
-		if e.inflight || !e.retained || in != nil && !in(e) {
+		if e.fetching || !e.retained || in != nil && !in(e) {
 			continue
 		}
-		at := dueAt(e)
+		at := e.due()
 		if at.After(now) {
 			if next.IsZero() || at.Before(next) {
 				next = at
 			}
 			continue
 		}
-		if best == nil || (!e.has && best.has) || (e.has == best.has && at.Before(bestAt)) {
+		if best == nil || !e.has() && best.has() || e.has() == best.has() && at.Before(bestAt) {
 			best, bestAt = e, at
 		}
 	}
 	if best != nil && mark {
-		best.inflight = true // the fetch clears it; keeps the next pass from choosing it again
+		best.fetching = true // keeps the next pass from choosing it again
 	}
 	return best, next
 }
@@ -579,10 +579,10 @@ func (c *Cache) Snapshot() []Entry {
 	defer c.mu.Unlock()
 	out := make([]Entry, 0, len(c.entries))
 	for _, e := range c.entries {
-		v := Entry{Request: e.req, Has: e.has, Expiration: e.creds.Expiration, Issued: e.creds.Issued, RefreshAt: e.refreshAt,
+		v := Entry{Request: e.req, Has: e.has(), Expiration: e.creds.Expiration, Issued: e.creds.Issued, RefreshAt: e.refreshAt,
 			AccessKeyID: e.creds.AccessKeyID, ServedRoleARN: e.creds.ServedRoleARN}
-		if e.lastErr != nil {
-			v.LastError = e.lastErr.Error()
+		if e.state == failing {
+			v.LastError = e.err.Error()
 		}
 		out = append(out, v)
 	}
