@@ -25,7 +25,7 @@ import (
 	"github.com/iamlet/iamlet/agent/creds"
 	"github.com/iamlet/iamlet/agent/pods"
 	"github.com/iamlet/iamlet/agent/roles"
-	"github.com/iamlet/iamlet/agent/token"
+	"github.com/iamlet/iamlet/agent/satoken"
 	"github.com/iamlet/iamlet/iptables"
 	"github.com/iamlet/iamlet/metadata"
 )
@@ -37,8 +37,8 @@ type Config struct {
 
 	// TokenMinting is the identity pod tokens are minted with: the node's own (confined to its pods) or the
 	// agent's ServiceAccount cluster-wide. ConfinementCheckInterval is how often the agent proves the
-	// apiserver still refuses what it must (see token.Source.CheckConfined).
-	TokenMinting             token.Mode
+	// apiserver still refuses what it must (see satoken.Source.CheckConfined).
+	TokenMinting             satoken.Mode
 	ConfinementCheckInterval time.Duration
 
 	// MetadataAddrs are the listeners of the IMDS face, at most one per family; interception DNATs to them.
@@ -189,7 +189,7 @@ func iptablesConfig(cfg Config) iptables.Config {
 // state is what readiness and status report.
 type state struct {
 	synced, listening, rulesOK atomic.Bool
-	minting                    token.Mode
+	minting                    satoken.Mode
 	hostNetwork                func() string // hostNetwork pods: covered, off, or not covered and why
 	// confinement is the last confinement check's failure; nil before the first check.
 	confinement atomic.Pointer[error]

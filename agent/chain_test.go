@@ -27,9 +27,9 @@ import (
 
 	"github.com/iamlet/iamlet/agent/creds"
 	"github.com/iamlet/iamlet/agent/roles"
+	"github.com/iamlet/iamlet/agent/satoken"
 	"github.com/iamlet/iamlet/agent/sts"
 	"github.com/iamlet/iamlet/agent/sts/ststest"
-	"github.com/iamlet/iamlet/agent/token"
 	"github.com/iamlet/iamlet/metadata"
 	"github.com/iamlet/iamlet/policy"
 )
@@ -141,7 +141,7 @@ func newCredentialRig(t *testing.T, annotations map[string]string) *credentialRi
 	log, logs := logBuffer()
 	m := newMetrics(prometheus.NewRegistry(), true)
 	stored := make(chan string, 16)
-	cache := creds.New(&fetcher{tokens: token.New(kube, token.MinTTL), confined: func() error { return nil }, sts: stsClient, metrics: m, issued: f, log: log, now: clk.Now},
+	cache := creds.New(&fetcher{tokens: satoken.New(kube, satoken.MinTTL), confined: func() error { return nil }, sts: stsClient, metrics: m, issued: f, log: log, now: clk.Now},
 		creds.Config{Clock: clk, Observer: notifying{observer: observer{metrics: m, log: log}, stored: stored}})
 	return &credentialRig{
 		sts: stand, issued: issued, clock: clk, mapper: mapper, cache: cache, logs: logs, file: file, stored: stored, tokens: &tokens,

@@ -13,7 +13,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
-	"github.com/iamlet/iamlet/agent/token"
+	"github.com/iamlet/iamlet/agent/satoken"
 )
 
 // nodeNameExtra is the user extra the apiserver derives from a pod-bound token's node claim; constrained
@@ -22,8 +22,8 @@ const nodeNameExtra = "authentication.kubernetes.io/node-name"
 
 // mintingClient is the client pod tokens are requested with. As the node it impersonates only the user name
 // (system:node:NAME): constrained impersonation refuses groups or extras, and gives the node's fixed groups.
-func mintingClient(rc *rest.Config, mode token.Mode, nodeName string) (kubernetes.Interface, error) {
-	if mode == token.AsNode {
+func mintingClient(rc *rest.Config, mode satoken.Mode, nodeName string) (kubernetes.Interface, error) {
+	if mode == satoken.AsNode {
 		rc = rest.CopyConfig(rc)
 		rc.Impersonate = rest.ImpersonationConfig{UserName: "system:node:" + nodeName}
 	}
@@ -40,7 +40,7 @@ type serviceAccountRef struct{ namespace, name string }
 // ownServiceAccount asks the apiserver who the agent is. The confinement check needs its ServiceAccount, and
 // minting as the node needs a token bound to a pod on this node (a DaemonSet pod's projected token), which the
 // apiserver shows as the node-name extra.
-func ownServiceAccount(ctx context.Context, kube kubernetes.Interface, mode token.Mode, nodeName string) (serviceAccountRef, error) {
+func ownServiceAccount(ctx context.Context, kube kubernetes.Interface, mode satoken.Mode, nodeName string) (serviceAccountRef, error) {
 	rev, err := kube.AuthenticationV1().SelfSubjectReviews().Create(ctx, &authv1.SelfSubjectReview{}, metav1.CreateOptions{})
 	if err != nil {
 		return serviceAccountRef{}, fmt.Errorf("asking the apiserver who the agent is (selfsubjectreviews): %w", err)
@@ -51,7 +51,7 @@ func ownServiceAccount(ctx context.Context, kube kubernetes.Interface, mode toke
 	if !ok || !ok2 {
 		return serviceAccountRef{}, fmt.Errorf("the agent runs as %q, not a ServiceAccount: it must run with its DaemonSet pod's ServiceAccount token", u.Username)
 	}
-	if mode == token.AsNode {
+	if mode == satoken.AsNode {
 		nodes := u.Extra[nodeNameExtra]
 		switch {
 		case len(nodes) == 0:
@@ -66,7 +66,7 @@ func ownServiceAccount(ctx context.Context, kube kubernetes.Interface, mode toke
 // checkConfinement runs the confinement check and records its verdict. A check that could not reach a verdict
 // (the apiserver unreachable) keeps the previous one, so a blip neither opens nor closes minting; a refusal for
 // another reason (minting not permitted at all) is a verdict, since nothing could be minted either.
-func checkConfinement(ctx context.Context, tokens *token.Source, self serviceAccountRef, st *state, log *slog.Logger) {
+func checkConfinement(ctx context.Context, tokens *satoken.Source, self serviceAccountRef, st *state, log *slog.Logger) {
 	err := tokens.CheckConfined(ctx, self.namespace, self.name)
 	switch {
 	case err == nil:
@@ -74,7 +74,7 @@ func checkConfinement(ctx context.Context, tokens *token.Source, self serviceAcc
 			log.Info("token minting confinement holds: the apiserver refused an unbound token", "minting", st.minting.Describe())
 		}
 		st.confinement.Store(&err)
-	case errors.Is(err, token.ErrNotConfined):
+	case errors.Is(err, satoken.ErrNotConfined):
 		log.Error("token minting is not confined; minting no new tokens and reporting not ready", "minting", st.minting.Describe(),
 			"error", err.Error(), "remedy", confinementRemedy(st.minting))
 		st.confinement.Store(&err)
@@ -88,8 +88,8 @@ func checkConfinement(ctx context.Context, tokens *token.Source, self serviceAcc
 	}
 }
 
-func confinementRemedy(m token.Mode) string {
-	if m == token.ClusterWide {
+func confinementRemedy(m satoken.Mode) string {
+	if m == satoken.ClusterWide {
 		return "install the iamlet-token-requests ValidatingAdmissionPolicy and its binding from the same release as the RBAC"
 	}
 	return "enable the NodeRestriction admission plugin and constrained impersonation (Kubernetes 1.35+), and grant the agent's ServiceAccount the impersonate:associated-node RBAC from the same release"

@@ -14,8 +14,8 @@ import (
 	"github.com/iamlet/iamlet/agent/creds"
 	"github.com/iamlet/iamlet/agent/pods"
 	"github.com/iamlet/iamlet/agent/roles"
+	"github.com/iamlet/iamlet/agent/satoken"
 	"github.com/iamlet/iamlet/agent/sts"
-	"github.com/iamlet/iamlet/agent/token"
 	"github.com/iamlet/iamlet/metadata"
 )
 
@@ -120,7 +120,7 @@ func (p *provider) Credentials(ctx context.Context, caller netip.Addr) (metadata
 		sentinel, reason := metadata.ErrUnavailable, "unavailable"
 		switch {
 		case creds.Retryable(err):
-		case token.Refused(err):
+		case satoken.Refused(err):
 			sentinel, reason = metadata.ErrForbidden, "token_refused"
 		default:
 			sentinel, reason = metadata.ErrForbidden, "sts_refused"
@@ -183,7 +183,7 @@ func requestFor(p pods.Pod, r roles.Role) creds.Request {
 
 // fetcher gets fresh credentials: a pod-bound token from the apiserver, traded with STS.
 type fetcher struct {
-	tokens *token.Source
+	tokens *satoken.Source
 	// confined is nil while the last confinement check passed; otherwise no new token is minted.
 	confined func() error
 	sts      *sts.Client
@@ -196,10 +196,10 @@ type fetcher struct {
 
 func (f *fetcher) Fetch(ctx context.Context, r creds.Request) (creds.Credentials, error) {
 	if err := f.confined(); err != nil {
-		return creds.Credentials{}, &token.Error{Err: fmt.Errorf("not minting: %w", err)}
+		return creds.Credentials{}, &satoken.Error{Err: fmt.Errorf("not minting: %w", err)}
 	}
 	start := time.Now()
-	tok, err := f.tokens.Token(ctx, token.Pod{Namespace: r.Namespace, Name: r.Pod, UID: types.UID(r.PodUID), ServiceAccount: r.ServiceAccount}, r.Audience)
+	tok, err := f.tokens.Token(ctx, satoken.Pod{Namespace: r.Namespace, Name: r.Pod, UID: types.UID(r.PodUID), ServiceAccount: r.ServiceAccount}, r.Audience)
 	f.metrics.tokenLat.Observe(time.Since(start).Seconds())
 	if err != nil {
 		f.metrics.tokens.WithLabelValues("error").Inc()

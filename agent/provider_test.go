@@ -31,8 +31,8 @@ import (
 	"github.com/iamlet/iamlet/agent/creds"
 	"github.com/iamlet/iamlet/agent/pods"
 	"github.com/iamlet/iamlet/agent/roles"
+	"github.com/iamlet/iamlet/agent/satoken"
 	"github.com/iamlet/iamlet/agent/sts"
-	"github.com/iamlet/iamlet/agent/token"
 	"github.com/iamlet/iamlet/metadata"
 )
 
@@ -292,7 +292,7 @@ func TestCredentialPathLogsNoSecrets(t *testing.T) {
 
 			log, logs := logBuffer()
 			m := newMetrics(prometheus.NewRegistry(), true)
-			cache := creds.New(&fetcher{tokens: token.New(kube, token.MinTTL), confined: func() error { return nil }, sts: stsClient, metrics: m},
+			cache := creds.New(&fetcher{tokens: satoken.New(kube, satoken.MinTTL), confined: func() error { return nil }, sts: stsClient, metrics: m},
 				creds.Config{Observer: observer{metrics: m, log: log}})
 			p := &provider{pods: stubPods{pod: testPod}, roles: stubRoles{role: testRole}, cache: cache, metrics: m, log: log}
 
@@ -424,8 +424,8 @@ func TestProviderNamesWhoRefused(t *testing.T) {
 		want   error
 		reason string
 	}{
-		{&token.Error{Err: forbidden}, metadata.ErrForbidden, `"reason":"token_refused"`},
-		{&token.Error{Err: lagging}, metadata.ErrUnavailable, `"reason":"unavailable"`},
+		{&satoken.Error{Err: forbidden}, metadata.ErrForbidden, `"reason":"token_refused"`},
+		{&satoken.Error{Err: lagging}, metadata.ErrUnavailable, `"reason":"unavailable"`},
 		{classified{msg: "AccessDenied: Not authorized to perform sts:AssumeRoleWithWebIdentity"}, metadata.ErrForbidden, `"reason":"sts_refused"`},
 	} {
 		log, buf := logBuffer()

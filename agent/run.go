@@ -18,8 +18,8 @@ import (
 	"github.com/iamlet/iamlet/agent/creds"
 	"github.com/iamlet/iamlet/agent/pods"
 	"github.com/iamlet/iamlet/agent/roles"
+	"github.com/iamlet/iamlet/agent/satoken"
 	"github.com/iamlet/iamlet/agent/sts"
-	"github.com/iamlet/iamlet/agent/token"
 	"github.com/iamlet/iamlet/iptables"
 	"github.com/iamlet/iamlet/metadata"
 )
@@ -112,7 +112,7 @@ type agent struct {
 	index  *pods.Index
 	mapper *roles.Mapper
 	st     *state
-	tokens *token.Source
+	tokens *satoken.Source
 	fetch  *fetcher
 	cache  *creds.Cache
 	prov   *provider
@@ -200,7 +200,7 @@ func (a *agent) build() error {
 		a.host.reconcile(nil, false, time.Now()) // host-rules' state only: which pods are trusted waits for the informers
 	}
 	a.st.rulesOK.Store(true) // installed by guard, or not ours to manage
-	a.tokens = token.New(a.minter, token.MinTTL)
+	a.tokens = satoken.New(a.minter, satoken.MinTTL)
 	a.fetch = &fetcher{tokens: a.tokens, confined: a.st.confinedErr, sts: a.sts, metrics: a.m, log: a.log}
 	if a.cfg.IssuanceFile != "" {
 		var err error
@@ -243,7 +243,7 @@ func (a *agent) report() {
 		Help: "The identity pod tokens are minted with: mode=\"node\" (confined to this node's pods) or \"cluster\" (cluster-wide)."}, []string{"mode"})
 	mintingInfo.WithLabelValues(string(a.cfg.TokenMinting)).Set(1)
 	a.reg.MustRegister(mintingInfo)
-	if a.cfg.TokenMinting == token.ClusterWide {
+	if a.cfg.TokenMinting == satoken.ClusterWide {
 		a.log.Warn("cluster-wide minting: the agent's ServiceAccount can mint tokens for every ServiceAccount in the cluster, narrowed only by the admission policy; use --token-minting=node where the apiserver supports constrained impersonation (Kubernetes 1.35+)")
 	} else {
 		a.log.Info("node-confined minting: pod tokens are minted as the node", "node", a.cfg.NodeName)

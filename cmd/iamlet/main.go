@@ -28,7 +28,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/iamlet/iamlet/agent"
-	"github.com/iamlet/iamlet/agent/token"
+	"github.com/iamlet/iamlet/agent/satoken"
 	"github.com/iamlet/iamlet/iptables"
 )
 
@@ -171,7 +171,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	var metadataAddrs, containerAddrs, metricsAddr, interfaces, logFormat, logLevel, minting, trusted string
 	fs.StringVar(&cfg.NodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name (default $NODE_NAME, from the downward API)")
 	fs.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "kubeconfig file; empty for in-cluster config")
-	fs.StringVar(&minting, "token-minting", string(token.AsNode), "whose identity pod tokens are minted with: node (constrained impersonation of this node, Kubernetes 1.35+: only this node's pods) or cluster (the agent's ServiceAccount, cluster-wide, narrowed by the admission policy)")
+	fs.StringVar(&minting, "token-minting", string(satoken.AsNode), "whose identity pod tokens are minted with: node (constrained impersonation of this node, Kubernetes 1.35+: only this node's pods) or cluster (the agent's ServiceAccount, cluster-wide, narrowed by the admission policy)")
 	fs.DurationVar(&cfg.ConfinementCheckInterval, "confinement-check-interval", 5*time.Minute, "how often the agent checks that the apiserver still refuses a token it must refuse")
 	fs.StringVar(&metadataAddrs, "metadata-addr", envOr("METADATA_ADDR", ""), "comma-separated listen addresses of the IMDS face, at most one per family: address:port, or a bare address with --metadata-port (e.g. $(HOST_IPS) from status.hostIPs); interception DNATs to them")
 	metadataPort := fs.Uint("metadata-port", 8181, "port for bare addresses in --metadata-addr")
@@ -258,7 +258,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		if cfg.HostNetworkPods && cfg.ManageIptables && cfg.PodUID == "" {
 			return nil, badValue(errors.New("--pod-uid (or POD_UID from metadata.uid) is required to intercept hostNetwork pods: the agent's own requests must keep the node's IMDS"))
 		}
-		if cfg.TokenMinting, err = token.ParseMode(minting); err != nil {
+		if cfg.TokenMinting, err = satoken.ParseMode(minting); err != nil {
 			return nil, badValue(fmt.Errorf("--token-minting: %w", err))
 		}
 		if cfg.ConfinementCheckInterval <= 0 {

@@ -1,7 +1,8 @@
-// Package token mints pod-bound ServiceAccount tokens with the TokenRequest API: the web identity
+// Package satoken mints pod-bound ServiceAccount tokens with the TokenRequest API: the web identity
 // the agent trades with STS. Bound to the pod, so the apiserver mints it only while the pod exists;
 // STS checks only its expiry, so it is asked for the shortest lifetime and traded at once.
-package token
+// (The IMDSv2 session tokens pods present to the metadata face are another thing, the metadata package's.)
+package satoken
 
 import (
 	"context"

@@ -1,4 +1,4 @@
-package token_test
+package satoken_test
 
 import (
 	"context"
@@ -16,7 +16,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 
-	"github.com/iamlet/iamlet/agent/token"
+	"github.com/iamlet/iamlet/agent/satoken"
 )
 
 const minted = "eyJhbGciOiJSUzI1NiJ9.minted.sig"
@@ -47,7 +47,7 @@ func issue(tr *authv1.TokenRequest) (*authv1.TokenRequest, error) {
 	return tr, nil
 }
 
-var web = token.Pod{Namespace: "ns", Name: "web", UID: "0f8c2b9e-7d41-4b5a-9c3e-2a1b0c9d8e7f", ServiceAccount: "app"}
+var web = satoken.Pod{Namespace: "ns", Name: "web", UID: "0f8c2b9e-7d41-4b5a-9c3e-2a1b0c9d8e7f", ServiceAccount: "app"}
 
 func TestToken(t *testing.T) {
 	tests := []struct {
@@ -56,7 +56,7 @@ func TestToken(t *testing.T) {
 		audience    string
 		wantSeconds int64
 	}{
-		{"minimum", token.MinTTL, "sts.amazonaws.com", 600},
+		{"minimum", satoken.MinTTL, "sts.amazonaws.com", 600},
 		{"zero asks the minimum", 0, "sts.amazonaws.com", 600},
 		{"below minimum asks the minimum", time.Minute, "sts.amazonaws.com", 600},
 		{"longer", time.Hour, "iamlet", 3600},
@@ -64,7 +64,7 @@ func TestToken(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			api := newTokenAPI(t, issue)
-			got, err := token.New(api, tt.ttl).Token(context.Background(), web, tt.audience)
+			got, err := satoken.New(api, tt.ttl).Token(context.Background(), web, tt.audience)
 			if err != nil || got != minted {
 				t.Fatalf("Token() = %q, %v, want %q, nil", got, err, minted)
 			}
@@ -128,7 +128,7 @@ func TestTokenErrors(t *testing.T) {
 		// synctest: a pod that is gone is asked about again for a few (fake) seconds first; see TestTokenWaitsForTheGraph.
 		t.Run(tt.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				got, err := token.New(newTokenAPI(t, tt.respond), token.MinTTL).Token(context.Background(), web, "sts.amazonaws.com")
+				got, err := satoken.New(newTokenAPI(t, tt.respond), satoken.MinTTL).Token(context.Background(), web, "sts.amazonaws.com")
 				if err == nil || got != "" {
 					t.Fatalf("Token() = %q, %v, want an error", got, err)
 				}
@@ -138,12 +138,12 @@ func TestTokenErrors(t *testing.T) {
 				if !strings.Contains(err.Error(), "ns/app") || !strings.Contains(err.Error(), "web") {
 					t.Errorf("Token() error = %q, want it to name the service account and pod", err)
 				}
-				var te *token.Error
+				var te *satoken.Error
 				if !errors.As(err, &te) {
-					t.Fatalf("Token() error = %T, want a *token.Error", err)
+					t.Fatalf("Token() error = %T, want a *satoken.Error", err)
 				}
-				if te.Retryable() == tt.refused || token.Refused(err) != tt.refused {
-					t.Errorf("Token() error %q: Retryable() = %v, Refused = %v, want %v, %v", err, te.Retryable(), token.Refused(err), !tt.refused, tt.refused)
+				if te.Retryable() == tt.refused || satoken.Refused(err) != tt.refused {
+					t.Errorf("Token() error %q: Retryable() = %v, Refused = %v, want %v, %v", err, te.Retryable(), satoken.Refused(err), !tt.refused, tt.refused)
 				}
 			})
 		})
@@ -163,7 +163,7 @@ func TestTokenWaitsForTheGraph(t *testing.T) {
 		"node requested token bound to a pod scheduled on a different node",
 		"the UID in the bound object reference (1234) does not match the UID in record. The object might have been deleted and then recreated",
 	} {
-		if err := apierrors.NewForbidden(gr, "app", errors.New(msg)); !token.Lagging(err) {
+		if err := apierrors.NewForbidden(gr, "app", errors.New(msg)); !satoken.Lagging(err) {
 			t.Errorf("Lagging(%q) = false, want true", msg)
 		}
 	}
@@ -178,7 +178,7 @@ func TestTokenWaitsForTheGraph(t *testing.T) {
 				return tr, nil
 			})
 			start := time.Now()
-			if got, err := token.New(api, token.MinTTL).Token(t.Context(), web, "sts.amazonaws.com"); got != minted || err != nil {
+			if got, err := satoken.New(api, satoken.MinTTL).Token(t.Context(), web, "sts.amazonaws.com"); got != minted || err != nil {
 				t.Fatalf("Token() = %q, %v", got, err)
 			}
 			if d := time.Since(start); d != 150*time.Millisecond {
@@ -190,7 +190,7 @@ func TestTokenWaitsForTheGraph(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			api := newTokenAPI(t, func(*authv1.TokenRequest) (*authv1.TokenRequest, error) { return nil, lag })
 			start := time.Now()
-			if _, err := token.New(api, token.MinTTL).Token(t.Context(), web, "sts.amazonaws.com"); !apierrors.IsForbidden(err) || !token.Lagging(err) {
+			if _, err := satoken.New(api, satoken.MinTTL).Token(t.Context(), web, "sts.amazonaws.com"); !apierrors.IsForbidden(err) || !satoken.Lagging(err) {
 				t.Fatalf("Token() error = %v, want the Node authorizer's refusal", err)
 			}
 			if d, n := time.Since(start), len(api.got); d != 3150*time.Millisecond || n != 7 {
@@ -203,7 +203,7 @@ func TestTokenWaitsForTheGraph(t *testing.T) {
 			api := newTokenAPI(t, func(*authv1.TokenRequest) (*authv1.TokenRequest, error) {
 				return nil, apierrors.NewForbidden(gr, "app", errors.New(`audience "sts-c.example" not found in pod spec volume`))
 			})
-			if _, err := token.New(api, token.MinTTL).Token(t.Context(), web, "sts.amazonaws.com"); err == nil || len(api.got) != 1 {
+			if _, err := satoken.New(api, satoken.MinTTL).Token(t.Context(), web, "sts.amazonaws.com"); err == nil || len(api.got) != 1 {
 				t.Errorf("Token() = %v after %d requests, want the refusal after 1", err, len(api.got))
 			}
 		})
@@ -218,12 +218,12 @@ func TestRefusedWrapped(t *testing.T) {
 		err  error
 		want bool
 	}{
-		{fmt.Errorf("fetch: %w", &token.Error{Err: fmt.Errorf("not minting: %w", forbidden)}), true},
-		{&token.Error{Err: fmt.Errorf("not minting: %w", token.ErrNotConfined)}, false},
+		{fmt.Errorf("fetch: %w", &satoken.Error{Err: fmt.Errorf("not minting: %w", forbidden)}), true},
+		{&satoken.Error{Err: fmt.Errorf("not minting: %w", satoken.ErrNotConfined)}, false},
 		{fmt.Errorf("sts: %w", forbidden), false},
 		{nil, false},
 	} {
-		if got := token.Refused(tt.err); got != tt.want {
+		if got := satoken.Refused(tt.err); got != tt.want {
 			t.Errorf("Refused(%v) = %v, want %v", tt.err, got, tt.want)
 		}
 	}

@@ -1,4 +1,4 @@
-package token_test
+package satoken_test
 
 import (
 	"errors"
@@ -8,7 +8,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 
-	"github.com/iamlet/iamlet/agent/token"
+	"github.com/iamlet/iamlet/agent/satoken"
 )
 
 // TestCheckConfined: only the apiserver's refusal of an unbound token (from NodeRestriction or the admission
@@ -38,8 +38,8 @@ func TestCheckConfined(t *testing.T) {
 				tr.Status.Token = minted
 				return tr, nil
 			})
-			err := token.New(api, token.MinTTL).CheckConfined(t.Context(), "iamlet-system", "iamlet")
-			if (err == nil) != c.pass || errors.Is(err, token.ErrNotConfined) != c.notConfined {
+			err := satoken.New(api, satoken.MinTTL).CheckConfined(t.Context(), "iamlet-system", "iamlet")
+			if (err == nil) != c.pass || errors.Is(err, satoken.ErrNotConfined) != c.notConfined {
 				t.Errorf("CheckConfined = %v, want pass=%v notConfined=%v", err, c.pass, c.notConfined)
 			}
 			if len(api.got) != 1 {
@@ -47,20 +47,20 @@ func TestCheckConfined(t *testing.T) {
 			}
 			req := api.got[0].GetObject().(*authv1.TokenRequest)
 			if api.got[0].GetNamespace() != "iamlet-system" || req.Spec.BoundObjectRef != nil ||
-				len(req.Spec.Audiences) != 1 || req.Spec.Audiences[0] != token.CheckAudience || *req.Spec.ExpirationSeconds != 600 {
-				t.Errorf("the check asked for %s/%+v, want an unbound 600 s token for %s in iamlet-system", api.got[0].GetNamespace(), req.Spec, token.CheckAudience)
+				len(req.Spec.Audiences) != 1 || req.Spec.Audiences[0] != satoken.CheckAudience || *req.Spec.ExpirationSeconds != 600 {
+				t.Errorf("the check asked for %s/%+v, want an unbound 600 s token for %s in iamlet-system", api.got[0].GetNamespace(), req.Spec, satoken.CheckAudience)
 			}
 		})
 	}
 }
 
 func TestParseMode(t *testing.T) {
-	for in, want := range map[string]token.Mode{"node": token.AsNode, "cluster": token.ClusterWide} {
-		if got, err := token.ParseMode(in); got != want || err != nil {
+	for in, want := range map[string]satoken.Mode{"node": satoken.AsNode, "cluster": satoken.ClusterWide} {
+		if got, err := satoken.ParseMode(in); got != want || err != nil {
 			t.Errorf("ParseMode(%q) = %q, %v", in, got, err)
 		}
 	}
-	if _, err := token.ParseMode("cluster-wide"); err == nil {
+	if _, err := satoken.ParseMode("cluster-wide"); err == nil {
 		t.Error("ParseMode accepted an unknown mode")
 	}
 }
