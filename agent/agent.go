@@ -87,10 +87,10 @@ type Config struct {
 	PodUID          string
 	NodeTrusted     []string
 
-	RequireIMDSv2 bool
-	TokenKeyFile  string // "" = a per-process key (held tokens do not survive a restart)
-	NodeIMDS      string // the node's IMDS, for allow-listed node facts; "" = synthesise
-	NodeFacts     metadata.NodeFacts
+	RequireIMDSv2    bool
+	IMDSTokenKeyFile string // "" = a per-process key (held tokens do not survive a restart)
+	NodeIMDS         string // the node's IMDS, for allow-listed node facts; "" = synthesise
+	NodeFacts        metadata.NodeFacts
 }
 
 // installRules puts the interception rules in place for both families and cuts flows that were opened
@@ -319,7 +319,7 @@ func kubeConfig(kubeconfig string) (*rest.Config, error) {
 	return rc, nil
 }
 
-func tokenKey(path string) ([]byte, error) {
+func imdsTokenKey(path string) ([]byte, error) {
 	if path == "" {
 		key := make([]byte, 32)
 		_, err := rand.Read(key)

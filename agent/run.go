@@ -345,7 +345,7 @@ func (a *agent) startCache(ctx context.Context) {
 // listen opens the pod-facing faces (IMDS, its hostNetwork listeners, container credentials) and serves them until
 // ctx is done; once it returns, readiness counts the listeners up.
 func (a *agent) listen(ctx context.Context) error {
-	key, err := tokenKey(a.cfg.TokenKeyFile)
+	key, err := imdsTokenKey(a.cfg.IMDSTokenKeyFile)
 	if err != nil {
 		return err
 	}

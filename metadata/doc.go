@@ -4,4 +4,7 @@
 //
 // Who is calling, which role they get and where the credentials come from is not decided here: a CredentialProvider
 // (implemented by the agent) answers that, keyed by the caller's source IP.
+//
+// In this package a token is an IMDSv2 session token (PUT /latest/api/token), which the agent signs and checks
+// itself; the ServiceAccount tokens traded with STS are agent/satoken's, and the credentials' SessionToken is AWS's.
 package metadata

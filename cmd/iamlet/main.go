@@ -210,7 +210,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&trusted, "node-trusted", "", "comma-separated namespace/serviceaccount of hostNetwork pods left on the node's IMDS and its role (e.g. kube-system/aws-node, which manages the node's network interfaces)")
 	fs.StringVar(&cfg.StartupTaint, "startup-taint", "iamlet.dev/agent-not-ready", "taint key the agent removes from its own node once it is ready (register nodes with it so no pod starts before the agent serves); empty = none")
 	fs.BoolVar(&cfg.RequireIMDSv2, "require-imdsv2", false, "refuse IMDSv1 requests (like EC2's HttpTokens=required)")
-	fs.StringVar(&cfg.TokenKeyFile, "token-key-file", "", "file holding the IMDSv2 token key, created if absent; empty = a per-process key")
+	fs.StringVar(&cfg.IMDSTokenKeyFile, "token-key-file", "", "file holding the IMDSv2 token key, created if absent; empty = a per-process key")
 	fs.StringVar(&cfg.NodeIMDS, "node-imds", "http://169.254.169.254", "the node's own IMDS, for allow-listed node facts and the region; empty = synthesise")
 	fs.StringVar(&logFormat, "log-format", "json", "json or text")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
