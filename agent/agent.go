@@ -108,7 +108,9 @@ func installRules(ctx context.Context, ic iptables.Config, log *slog.Logger) (*i
 	log.Info("interception rules in place", "backend", rules.Backend(), "created", len(repaired),
 		"redirected", fmt.Sprint(ic.MetadataV4, " ", ic.MetadataV6))
 	removeOtherBackend(ctx, ic, rules.Backend(), log)
-	cutFlows(ctx, log, iptables.FlushConntrack)
+	if err := rules.CutFlows(ctx); err != nil {
+		log.Warn("could not cut existing flows to the intercepted addresses", "error", err.Error())
+	}
 	return rules, nil
 }
 
@@ -132,18 +134,6 @@ func removeOtherBackend(ctx context.Context, ic iptables.Config, current string,
 	}
 	if err := old.Remove(ctx); err != nil {
 		log.Warn("could not remove old interception rules from the other iptables backend", "backend", ic.Backend, "error", err.Error())
-	}
-}
-
-// cutFlows deletes conntrack entries to the node's metadata addresses: a flow opened while the rules
-// were missing keeps its old (un-redirected) path until its entry goes. At start every flow goes (none
-// can be to this process yet); after a repair only the un-redirected ones, so pods mid-request are
-// still answered.
-func cutFlows(ctx context.Context, log *slog.Logger, flush func(context.Context, netip.Addr) error) {
-	for _, a := range []netip.Addr{iptables.IMDSv4, iptables.IMDSv6} {
-		if err := flush(ctx, a); err != nil {
-			log.Warn("could not cut existing flows to the node metadata address", "address", a.String(), "error", err.Error())
-		}
 	}
 }
 

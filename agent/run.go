@@ -390,7 +390,7 @@ func (a *agent) podFaces(ctx context.Context) faceServer {
 	// With our rules, a connection counts only if they redirected it; without them someone else redirects.
 	var redirectedFrom []netip.Addr
 	if a.rules != nil {
-		redirectedFrom = []netip.Addr{iptables.IMDSv4, iptables.IMDSv6, iptables.ContainerV4, iptables.ContainerV6}
+		redirectedFrom = a.rules.Destinations()
 	}
 	return func(addrs []netip.AddrPort, h http.Handler, identify func(context.Context, net.Conn) context.Context) error {
 		for _, addr := range addrs {
@@ -429,7 +429,9 @@ func (a *agent) rulesReconciled(ctx context.Context, s iptables.Status) {
 	a.st.rulesOK.Store(ok)
 	if s.Repaired > 0 {
 		a.log.Warn("interception rules drifted and were restored", "repaired", s.Repaired)
-		cutFlows(ctx, a.log, iptables.FlushUnredirected)
+		if err := a.rules.CutUnredirectedFlows(ctx); err != nil {
+			a.log.Warn("could not cut flows the drift let through", "error", err.Error())
+		}
 	}
 	if s.Err != nil {
 		a.log.Error("reconciling interception rules", "error", s.Err.Error())

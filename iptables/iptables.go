@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"time"
 )
@@ -47,7 +48,9 @@ type Config struct {
 type Rules struct {
 	backend  string
 	families []*family
-	log      *slog.Logger
+	// destinations are the addresses whose traffic the rules intercept (Destinations).
+	destinations []netip.Addr
+	log          *slog.Logger
 	// mu serialises passes: each one inspects and then repairs, and two interleaved passes could both see a
 	// rule missing and both add it.
 	mu sync.Mutex
@@ -109,7 +112,7 @@ func newRules(cfg Config, backend string, log *slog.Logger, open func(v6 bool) (
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	r := &Rules{backend: backend, log: log}
+	r := &Rules{backend: backend, log: log, destinations: cfg.destinations()}
 	var errs []error
 	for _, v6 := range []bool{false, true} {
 		metadata, container := cfg.MetadataV4, cfg.ContainerV4
@@ -129,6 +132,41 @@ func newRules(cfg Config, backend string, log *slog.Logger, open func(v6 bool) (
 		r.families = append(r.families, &family{name: name, ipt: ipt, chains: buildChains(v6, metadata, container)})
 	}
 	return r, errors.Join(errs...)
+}
+
+// destinations are the addresses cfg intercepts: the IMDS in both families (guarded even without a listener of
+// that family), and the container-credentials addresses when that face is on.
+func (c Config) destinations() []netip.Addr {
+	d := []netip.Addr{IMDSv4, IMDSv6}
+	if c.ContainerV4.IsValid() {
+		d = append(d, ContainerV4)
+	}
+	if c.ContainerV6.IsValid() {
+		d = append(d, ContainerV6)
+	}
+	return d
+}
+
+// Destinations returns the addresses whose traffic the rules intercept.
+func (r *Rules) Destinations() []netip.Addr { return slices.Clone(r.destinations) }
+
+// CutFlows deletes the conntrack entries of flows to every intercepted destination. NAT is decided on a flow's first
+// packet, so flows opened before the rules (or under an earlier listener port) keep their old path until their
+// entries go. At start every flow goes: none can be to this process yet.
+func (r *Rules) CutFlows(ctx context.Context) error { return r.cut(ctx, FlushConntrack) }
+
+// CutUnredirectedFlows deletes only the entries of flows a gap in the rules let through to a destination itself
+// (see FlushUnredirected): what a repair must end, without cutting pods mid-request to the agent.
+func (r *Rules) CutUnredirectedFlows(ctx context.Context) error { return r.cut(ctx, FlushUnredirected) }
+
+func (r *Rules) cut(ctx context.Context, flush func(context.Context, netip.Addr) error) error {
+	var errs []error
+	for _, d := range r.destinations {
+		if err := flush(ctx, d); err != nil {
+			errs = append(errs, fmt.Errorf("cutting flows to %s: %w", d, err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func (c Config) validate() error {

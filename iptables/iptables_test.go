@@ -582,3 +582,32 @@ func TestOneFamilyCannotBeOpened(t *testing.T) {
 		})
 	}
 }
+
+// TestDestinations: the rules intercept the IMDS in both families always, the container-credentials addresses only
+// when that face is on; the flows the agent cuts are exactly these.
+func TestDestinations(t *testing.T) {
+	tests := []struct {
+		name string
+		cfg  Config
+		want []netip.Addr
+	}{
+		{"imds ipv4 only", Config{MetadataV4: listen4}, []netip.Addr{IMDSv4, IMDSv6}},
+		{"both families", Config{MetadataV4: listen4, MetadataV6: listen6}, []netip.Addr{IMDSv4, IMDSv6}},
+		{"container face", Config{MetadataV4: listen4, MetadataV6: listen6, ContainerV4: container4, ContainerV6: container6}, []netip.Addr{IMDSv4, IMDSv6, ContainerV4, ContainerV6}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := &Rules{destinations: tt.cfg.destinations()}
+			if got := r.Destinations(); !slices.Equal(got, tt.want) {
+				t.Errorf("Destinations() = %v, want %v", got, tt.want)
+			}
+			var cut []netip.Addr
+			if err := r.cut(context.Background(), func(_ context.Context, a netip.Addr) error { cut = append(cut, a); return nil }); err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(cut, tt.want) {
+				t.Errorf("flows cut to %v, want %v", cut, tt.want)
+			}
+		})
+	}
+}
