@@ -290,6 +290,51 @@ func TestRoleFor(t *testing.T) {
 	}
 }
 
+// TestRoleForNarrowing: the mapper reads session policies from both the ServiceAccount and its Namespace, a bad
+// one is ErrInvalidPolicy, and a chained role must pass the namespace's allow-list too: it is the role the pod holds.
+func TestRoleForNarrowing(t *testing.T) {
+	const (
+		policy  = `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:GetObject","Resource":"*"}]}`
+		other   = "arn:aws:iam::444455556666:role/elsewhere"
+		chained = "arn:aws:iam::123456789012:role/chained"
+	)
+	nsWith := func(ann map[string]string) *corev1.Namespace {
+		return &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "ns", Annotations: ann}}
+	}
+	tests := []struct {
+		name       string
+		ns         *corev1.Namespace
+		sa         map[string]string
+		wantErr    error
+		wantPolicy bool
+		wantChain  string
+	}{
+		{"service account policy", namespace(nil), map[string]string{roles.AnnotationRoleARN: reader, roles.AnnotationSessionPolicy: policy}, nil, true, ""},
+		{"namespace policy as default", nsWith(map[string]string{roles.AnnotationSessionPolicy: policy}), map[string]string{roles.AnnotationRoleARN: reader}, nil, true, ""},
+		{"bad policy", namespace(nil), map[string]string{roles.AnnotationRoleARN: reader, roles.AnnotationSessionPolicy: "{"}, roles.ErrInvalidPolicy, false, ""},
+		{"chained role, no allow-list", namespace(nil), map[string]string{roles.AnnotationRoleARN: reader, roles.AnnotationChainRoleARN: other}, nil, false, other},
+		{"chained role allow-listed", namespace(ptr(reader + "," + chained)), map[string]string{roles.AnnotationRoleARN: reader, roles.AnnotationChainRoleARN: chained}, nil, false, chained},
+		{"chained role not allow-listed", namespace(ptr(reader)), map[string]string{roles.AnnotationRoleARN: reader, roles.AnnotationChainRoleARN: other}, roles.ErrNotAllowed, false, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				m, _, _ := start(t, roles.Config{}, tt.ns, serviceAccount("app", tt.sa))
+				got, err := m.RoleFor("ns", "app")
+				if !errors.Is(err, tt.wantErr) || (err == nil) != (tt.wantErr == nil) {
+					t.Fatalf("RoleFor = %+v, %v; want error %v", got, err, tt.wantErr)
+				}
+				if err != nil {
+					return
+				}
+				if (got.Narrowing.Policy != "") != tt.wantPolicy || got.Narrowing.ChainRoleARN != tt.wantChain || got.ARN != reader {
+					t.Errorf("RoleFor = %+v; want policy %v, chain %q", got, tt.wantPolicy, tt.wantChain)
+				}
+			})
+		})
+	}
+}
+
 func TestRoleForSeesChangesWithoutRestart(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		m, client, events := start(t, roles.Config{}, namespace(ptr(reader+","+writer)), serviceAccount("app", map[string]string{roles.AnnotationRoleARN: reader}))
