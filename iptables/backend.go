@@ -12,29 +12,62 @@ import (
 	goipt "github.com/coreos/go-iptables/iptables"
 )
 
-// runner is the part of go-iptables this package uses, kept small so an in-memory fake can stand in for it.
-// Listing is in iptables -S form.
+// runner is what this package needs from iptables, kept small so an in-memory fake can stand in for it: the
+// commands that check and change rules, as go-iptables runs them, and a read of the family's tables in
+// iptables-save form, which answers every question a pass asks with one process.
 type runner interface {
+	Save(ctx context.Context) ([]byte, error)
 	Exists(table, chain string, rulespec ...string) (bool, error)
 	Insert(table, chain string, pos int, rulespec ...string) error
 	Append(table, chain string, rulespec ...string) error
 	Delete(table, chain string, rulespec ...string) error
-	List(table, chain string) ([]string, error)
-	ChainExists(table, chain string) (bool, error)
 	ClearChain(table, chain string) error // creates the chain if it is missing
 	DeleteChain(table, chain string) error
 }
 
-var _ runner = (*goipt.IPTables)(nil)
+// cmdRunner drives one family of one backend through that backend's own binaries.
+type cmdRunner struct {
+	*goipt.IPTables
+	save string // the path of the matching save binary: iptables-nft-save, ip6tables-legacy-save, ...
+}
 
-// openIptables returns a handle on the backend's own binary (iptables-nft, ip6tables-legacy, ...) rather than plain
-// iptables, whose alternative inside the container need not match what the node uses.
-func openIptables(backend string, v6 bool, lockWait time.Duration) (*goipt.IPTables, error) {
+var _ runner = cmdRunner{}
+
+// openIptables returns a handle on the backend's own binaries (iptables-nft, ip6tables-legacy-save, ...) rather than
+// plain iptables, whose alternative inside the container need not match what the node uses.
+func openIptables(backend string, v6 bool, lockWait time.Duration) (cmdRunner, error) {
 	proto, bin := goipt.ProtocolIPv4, "iptables-"+backend
 	if v6 {
 		proto, bin = goipt.ProtocolIPv6, "ip6tables-"+backend
 	}
-	return goipt.New(goipt.IPFamily(proto), goipt.Path(bin), goipt.Timeout(int(math.Ceil(lockWait.Seconds()))))
+	save, err := exec.LookPath(bin + "-save")
+	if err != nil {
+		return cmdRunner{}, err
+	}
+	// go-iptables runs `bin --version` here, once per handle, to learn which flags the binary takes; it has no
+	// option to skip that.
+	ipt, err := goipt.New(goipt.IPFamily(proto), goipt.Path(bin), goipt.Timeout(int(math.Ceil(lockWait.Seconds()))))
+	if err != nil {
+		return cmdRunner{}, err
+	}
+	return cmdRunner{IPTables: ipt, save: save}, nil
+}
+
+// Save reads the family's tables. It takes no xtables lock, and needs none: the lock serialises writers, each of
+// which reads a table, changes it and writes it back, while a save only reads. Legacy iptables-save reads each table
+// with one getsockopt, and the kernel replaces a table whole, so it sees one table as some writer left it, never a
+// write half done; iptables-nft takes no xtables lock at all, and reads again if the ruleset changed while it read.
+// What another program changes after the read, the repair (which does wait for the lock) or the next pass meets,
+// as it did when every check was a process of its own.
+func (c cmdRunner) Save(ctx context.Context) ([]byte, error) {
+	var stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, c.save)
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, fmt.Errorf("%s (%s): %w", c.save, bytes.TrimSpace(stderr.Bytes()), err)
+	}
+	return out, nil
 }
 
 // DetectBackend tells which iptables backend the node uses, the way kubernetes-sigs/iptables-wrappers does: the

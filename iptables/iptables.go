@@ -59,6 +59,7 @@ type Rules struct {
 // family is one address family's rule set and the handle that applies it.
 type family struct {
 	name   string // "ipv4" or "ipv6"
+	v6     bool
 	ipt    runner
 	chains []chain
 }
@@ -129,7 +130,7 @@ func newRules(cfg Config, backend string, log *slog.Logger, open func(v6 bool) (
 			errs = append(errs, fmt.Errorf("open %s iptables (%s); both families must be guarded: %w", name, backend, err))
 			continue
 		}
-		r.families = append(r.families, &family{name: name, ipt: ipt, chains: buildChains(v6, metadata, container)})
+		r.families = append(r.families, &family{name: name, v6: v6, ipt: ipt, chains: buildChains(v6, metadata, container)})
 	}
 	return r, errors.Join(errs...)
 }

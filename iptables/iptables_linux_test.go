@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
@@ -185,6 +186,26 @@ func testInHostNetns(t *testing.T, host, pod string) {
 			if got := mustCheck(t, r); got != nil {
 				t.Errorf("Check() = %q, want nothing missing", got)
 			}
+			t.Run("a pass over rules in place reads each family once", func(t *testing.T) {
+				ran := countProcesses(t)
+				// A second Rules, as a restarted agent opens: its handles run the binaries through the shims.
+				started, err := New(cfg, log)
+				if err != nil {
+					t.Fatalf("New() = %v", err)
+				}
+				// go-iptables asks each binary its version when it opens a handle.
+				diffLines(t, "processes of New", ran(),
+					[]string{"iptables-" + backend + " --version", "ip6tables-" + backend + " --version"})
+				saves := []string{"iptables-" + backend + "-save", "ip6tables-" + backend + "-save"}
+				if got := mustEnsure(t, started); got != nil {
+					t.Errorf("Ensure() repaired = %q, want nothing", got)
+				}
+				diffLines(t, "processes of Ensure", ran(), saves)
+				if got := mustCheck(t, started); got != nil {
+					t.Errorf("Check() = %q, want nothing missing", got)
+				}
+				diffLines(t, "processes of Check", ran(), saves)
+			})
 			diffLines(t, "iptables-save", savedRules(t, backend, false), wantSaved(false, listen["v4"], listen["c4"]))
 			diffLines(t, "ip6tables-save", savedRules(t, backend, true), wantSaved(true, listen["v6"], listen["c6"]))
 			expectDial(t, pod, "after Ensure", "iamlet")
@@ -326,6 +347,47 @@ func newReal(t *testing.T, cfg Config, log *slog.Logger) *Rules {
 		}
 	})
 	return r
+}
+
+// countProcesses puts shims for both backends' iptables binaries first on PATH for the rest of the test. Each notes
+// its command line and then runs the real binary. The returned function hands over the lines noted since its last
+// call. Only handles opened afterwards use the shims: go-iptables looks its binary up when it opens one.
+func countProcesses(t *testing.T) func() []string {
+	t.Helper()
+	dir := t.TempDir()
+	notes := filepath.Join(dir, "ran")
+	for _, fam := range []string{"iptables", "ip6tables"} {
+		for _, backend := range []string{BackendNFT, BackendLegacy} {
+			for _, bin := range []string{fam + "-" + backend, fam + "-" + backend + "-save"} {
+				real, err := exec.LookPath(bin)
+				if err != nil {
+					t.Fatal(err)
+				}
+				shim := fmt.Sprintf("#!/bin/sh\necho %s \"$@\" >>%s\nexec %s \"$@\"\n", bin, notes, real)
+				if err := os.WriteFile(filepath.Join(dir, bin), []byte(shim), 0o755); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	t.Setenv("PATH", dir+string(os.PathListSeparator)+os.Getenv("PATH"))
+	return func() []string {
+		t.Helper()
+		out, err := os.ReadFile(notes)
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			t.Fatal(err)
+		}
+		if err := os.Remove(notes); err != nil && !errors.Is(err, os.ErrNotExist) {
+			t.Fatal(err)
+		}
+		return slices.Collect(func(yield func(string) bool) {
+			for line := range strings.Lines(string(out)) {
+				if !yield(strings.TrimSpace(line)) {
+					return
+				}
+			}
+		})
+	}
 }
 
 // wantSaved is what iptables-save must show for a config with one interface pattern and the container face, in the

@@ -300,6 +300,14 @@ func TestDriftIsCheckedAndRepaired(t *testing.T) {
 			want: []string{`ipv6 nat/IAMLET-IMDS: rule "iamlet: imds dnat all" differs`},
 		},
 		{
+			name: "guard rule narrowed under its comment",
+			mutate: func(t *testing.T, f4, f6 *fakeIPT) {
+				rule := f4.chains["filter"][guardChain][0]
+				f4.chains["filter"][guardChain][0] = slices.Concat([]string{"-s", "10.0.0.0/8"}, rule)
+			},
+			want: []string{`ipv4 filter/IAMLET-GUARD: rule "iamlet: imds reject-tcp all" differs`},
+		},
+		{
 			name: "dnat port edited where -C cannot see it",
 			mutate: func(t *testing.T, f4, f6 *fakeIPT) {
 				f6.sloppyCheck = true
@@ -336,6 +344,27 @@ func mustDo(t *testing.T, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestPassInPlaceReadsOnce: a pass that finds everything in place reads each family's tables once and runs nothing
+// else, which is what start-up and every Reconcile pass cost on a node whose rules are already there.
+func TestPassInPlaceReadsOnce(t *testing.T) {
+	f4, f6 := newFake(), newFake()
+	cfg := Config{MetadataV4: listen4, MetadataV6: listen6, ContainerV4: container4, ContainerV6: container6}
+	r := fakeRules(t, cfg, f4, f6)
+	mustEnsure(t, r)
+	f4.takeCalls()
+	f6.takeCalls()
+	for _, pass := range []struct {
+		name string
+		run  func(t *testing.T, r *Rules) []string
+	}{{"Ensure", mustEnsure}, {"Check", mustCheck}} {
+		if got := pass.run(t, r); got != nil {
+			t.Fatalf("%s() = %q, want nothing to do", pass.name, got)
+		}
+		diffLines(t, pass.name+"() ipv4 calls", f4.takeCalls(), []string{"Save"})
+		diffLines(t, pass.name+"() ipv6 calls", f6.takeCalls(), []string{"Save"})
 	}
 }
 
@@ -389,7 +418,7 @@ func TestErrorsAreReported(t *testing.T) {
 	})
 	t.Run("check", func(t *testing.T) {
 		f4 := newFake()
-		f4.failOn = "ChainExists"
+		f4.failOn = "Save"
 		if _, err := fakeRules(t, Config{MetadataV4: listen4}, f4, nil).Check(t.Context()); err == nil {
 			t.Errorf("Check() error = nil, want the listing failure")
 		}
@@ -435,7 +464,7 @@ func TestReconcile(t *testing.T) {
 			{name: "first pass installs", wantRepaired: 10, wantPresent: true}, // both families
 			{name: "quiet pass", wantPresent: true},
 			{name: "flushed nat repaired", before: func() { f4.flushTable("nat") }, wantRepaired: 2, wantPresent: true},
-			{name: "failing iptables", before: func() { f4.setFail("List") }, wantErr: true},
+			{name: "failing iptables", before: func() { f4.setFail("Save") }, wantErr: true},
 		}
 		for i, s := range steps {
 			if s.before != nil {
@@ -521,6 +550,117 @@ func TestChooseBackend(t *testing.T) {
 				t.Errorf("chooseBackend() = %q, want %q", got, tt.want)
 			}
 		})
+	}
+}
+
+// TestListedForm: our rules and the form iptables lists them in (wantSaved in iptables_linux_test.go, from iptables
+// 1.8.9 of both backends) are the same rule, and nothing that is another rule is taken for one of ours.
+func TestListedForm(t *testing.T) {
+	tests := []struct {
+		name       string
+		want, have string
+		v6, same   bool
+	}{
+		{name: "reject-tcp", same: true,
+			want: `! -i lo -d 169.254.169.254/32 -p tcp -m comment --comment "iamlet: imds reject-tcp all" -j REJECT --reject-with tcp-reset`,
+			have: `-d 169.254.169.254/32 ! -i lo -p tcp -m comment --comment "iamlet: imds reject-tcp all" -j REJECT --reject-with tcp-reset`},
+		{name: "reject", same: true,
+			want: `! -i lo -d 169.254.169.254/32 -m comment --comment "iamlet: imds reject all" -j REJECT`,
+			have: `-d 169.254.169.254/32 ! -i lo -m comment --comment "iamlet: imds reject all" -j REJECT --reject-with icmp-port-unreachable`},
+		{name: "ipv6 reject", v6: true, same: true,
+			want: `! -i lo -d fd00:ec2::254/128 -m comment --comment "iamlet: imds reject all" -j REJECT`,
+			have: `-d fd00:ec2::254/128 ! -i lo -m comment --comment "iamlet: imds reject all" -j REJECT --reject-with icmp6-port-unreachable`},
+		{name: "dnat", same: true,
+			want: `-d 169.254.169.254/32 -p tcp --dport 80 -m comment --comment "iamlet: imds dnat all" -j DNAT --to-destination 10.0.0.1:8181`,
+			have: `-d 169.254.169.254/32 -p tcp -m tcp --dport 80 -m comment --comment "iamlet: imds dnat all" -j DNAT --to-destination 10.0.0.1:8181`},
+		{name: "jump", same: true, want: jumpGuard, have: jumpGuard},
+
+		{name: "negation dropped",
+			want: `! -i lo -d 169.254.169.254/32 -m comment --comment "iamlet: imds reject all" -j REJECT`,
+			have: `-d 169.254.169.254/32 -i lo -m comment --comment "iamlet: imds reject all" -j REJECT --reject-with icmp-port-unreachable`},
+		{name: "narrowed",
+			want: `! -i lo -d 169.254.169.254/32 -m comment --comment "iamlet: imds reject all" -j REJECT`,
+			have: `-s 10.0.0.0/8 -d 169.254.169.254/32 ! -i lo -m comment --comment "iamlet: imds reject all" -j REJECT --reject-with icmp-port-unreachable`},
+		{name: "the other family's default reject", v6: true,
+			want: `! -i lo -d fd00:ec2::254/128 -m comment --comment "iamlet: imds reject all" -j REJECT`,
+			have: `-d fd00:ec2::254/128 ! -i lo -m comment --comment "iamlet: imds reject all" -j REJECT --reject-with icmp-port-unreachable`},
+		{name: "another reject",
+			want: `! -i lo -d 169.254.169.254/32 -m comment --comment "iamlet: imds reject all" -j REJECT`,
+			have: `-d 169.254.169.254/32 ! -i lo -m comment --comment "iamlet: imds reject all" -j REJECT --reject-with icmp-host-prohibited`},
+		{name: "another port",
+			want: `-d 169.254.169.254/32 -p tcp --dport 80 -m comment --comment "iamlet: imds dnat all" -j DNAT --to-destination 10.0.0.1:8181`,
+			have: `-d 169.254.169.254/32 -p tcp -m tcp --dport 80 -m comment --comment "iamlet: imds dnat all" -j DNAT --to-destination 10.0.0.1:1`},
+		{name: "an empty tcp match is still a match",
+			want: `! -i lo -d 169.254.169.254/32 -p tcp -m comment --comment "iamlet: imds reject-tcp all" -j REJECT --reject-with tcp-reset`,
+			have: `-d 169.254.169.254/32 ! -i lo -p tcp -m tcp -m comment --comment "iamlet: imds reject-tcp all" -j REJECT --reject-with tcp-reset`},
+		{name: "header option after a match",
+			want: `-m comment --comment "iamlet: jump to IAMLET-GUARD" -j IAMLET-GUARD`,
+			have: `-m comment --comment "iamlet: jump to IAMLET-GUARD" -i eth0 -j IAMLET-GUARD`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			want, have := splitRule(tt.want), splitRule(tt.have)
+			if got := slices.Equal(listedForm(have, tt.v6), listedForm(want, tt.v6)); got != tt.same {
+				t.Errorf("listedForm(%q) == listedForm(%q) is %v, want %v", tt.have, tt.want, got, tt.same)
+			}
+			if got := listedForm(have, tt.v6); tt.same && !slices.Equal(got, have) {
+				t.Errorf("listedForm(%q) = %q, want the listing unchanged", tt.have, got)
+			}
+		})
+	}
+}
+
+func TestParseSave(t *testing.T) {
+	const nftSave = "# Generated by iptables-nft-save v1.8.9 (nf_tables) on Mon Nov 30 11:25:00 2026\n" +
+		"*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:IAMLET-GUARD - [0:0]\n" +
+		"-A INPUT -m comment --comment \"iamlet: jump to IAMLET-GUARD\" -j IAMLET-GUARD\n" +
+		"-A IAMLET-GUARD -d 169.254.169.254/32 ! -i lo -m comment --comment \"iamlet: imds reject all\" -j REJECT --reject-with icmp-port-unreachable\n" +
+		"COMMIT\n# Completed on Mon Nov 30 11:25:00 2026\n" +
+		"# Table `nat' contains incompatible base-chains, use 'nft' tool to list them.\n" +
+		"*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n"
+	snap, err := parseSave([]byte(nftSave))
+	if err != nil {
+		t.Fatalf("parseSave() = %v", err)
+	}
+	for _, c := range []struct {
+		table, chain string
+		exists       bool
+		rules        int
+	}{
+		{"filter", "INPUT", true, 1},
+		{"filter", guardChain, true, 1},
+		{"filter", "FORWARD", true, 0},
+		{"nat", "PREROUTING", true, 0},
+		{"nat", natChain, false, 0},
+		{"mangle", "PREROUTING", false, 0}, // a table not listed: nothing has created it
+	} {
+		ok, err := snap.chainExists(c.table, c.chain)
+		rules, err2 := snap.rules(c.table, c.chain)
+		if ok != c.exists || len(rules) != c.rules || err != nil || err2 != nil {
+			t.Errorf("%s/%s: exists %v (%v), %d rules (%v); want exists %v, %d rules",
+				c.table, c.chain, ok, err, len(rules), err2, c.exists, c.rules)
+		}
+	}
+	if got, want := snap["filter"][guardChain][0], splitRule(`-d 169.254.169.254/32 ! -i lo -m comment --comment "iamlet: imds reject all" -j REJECT --reject-with icmp-port-unreachable`); !slices.Equal(got, want) {
+		t.Errorf("guard rule = %q, want %q", got, want)
+	}
+
+	// iptables-nft lists nothing of a table holding what it cannot express: a question about it is an error.
+	snap, err = parseSave([]byte("*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n# Table `nat' is incompatible, use 'nft' tool.\n"))
+	if err != nil {
+		t.Fatalf("parseSave(incompatible nat) = %v", err)
+	}
+	if _, err := snap.chainExists("nat", natChain); err == nil || !strings.Contains(err.Error(), "table nat holds rules iptables cannot express") {
+		t.Errorf("chainExists(nat) on an incompatible table = %v, want an error", err)
+	}
+	if ok, err := snap.chainExists("filter", "INPUT"); !ok || err != nil {
+		t.Errorf("chainExists(filter, INPUT) beside an incompatible table = %v, %v, want true", ok, err)
+	}
+
+	for _, bad := range []string{":INPUT ACCEPT [0:0]\n", "*filter\n-A INPUT -j ACCEPT\n", "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT\n", "*filter\nbogus\n"} {
+		if _, err := parseSave([]byte(bad)); err == nil {
+			t.Errorf("parseSave(%q) = nil error, want one", bad)
+		}
 	}
 }
 

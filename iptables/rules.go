@@ -96,14 +96,19 @@ type fix struct {
 }
 
 // inspect compares the family's rules with what buildChains wants. Check reports its findings and Ensure applies
-// them, which keeps the two in agreement.
+// them, which keeps the two in agreement. It reads the tables once, so a pass that finds everything in place runs
+// one process per family; each pass reads afresh, so the one after a repair sees what the repair did.
 func (f *family) inspect(ctx context.Context) ([]fix, error) {
+	snap, err := f.read(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("inspect %s: %w", f.name, err)
+	}
 	var fixes []fix
 	for _, c := range f.chains {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		why, err := f.chainProblem(c)
+		why, err := f.chainProblem(snap, c)
 		if err != nil {
 			return nil, fmt.Errorf("inspect %s chain %s/%s: %w", f.name, c.table, c.name, err)
 		}
@@ -114,7 +119,7 @@ func (f *family) inspect(ctx context.Context) ([]fix, error) {
 			})
 		}
 		for _, hook := range c.hooks {
-			why, jumps, err := f.jumpProblem(c, hook)
+			why, jumps, err := f.jumpProblem(snap, c, hook)
 			if err != nil {
 				return nil, fmt.Errorf("inspect %s jump %s/%s -> %s: %w", f.name, c.table, hook, c.name, err)
 			}
@@ -130,15 +135,15 @@ func (f *family) inspect(ctx context.Context) ([]fix, error) {
 }
 
 // chainProblem says what is wrong with the content of one of our chains, or "" if nothing is.
-func (f *family) chainProblem(c chain) (string, error) {
-	ok, err := f.ipt.ChainExists(c.table, c.name)
+func (f *family) chainProblem(snap snapshot, c chain) (string, error) {
+	ok, err := snap.chainExists(c.table, c.name)
 	if err != nil {
 		return "", err
 	}
 	if !ok {
 		return "chain missing", nil
 	}
-	have, err := f.list(c.table, c.name)
+	have, err := snap.rules(c.table, c.name)
 	if err != nil {
 		return "", err
 	}
@@ -163,8 +168,8 @@ func (f *family) chainProblem(c chain) (string, error) {
 
 // jumpProblem says what is wrong with the jump from hook to c, or "" if nothing is, along with every rule in hook
 // that currently jumps to c (which a repair must delete first).
-func (f *family) jumpProblem(c chain, hook string) (string, [][]string, error) {
-	jumps, first, err := f.jumpsTo(c.table, hook, c.name)
+func (f *family) jumpProblem(snap snapshot, c chain, hook string) (string, [][]string, error) {
+	jumps, first, err := jumpsTo(snap, c.table, hook, c.name)
 	switch {
 	case err != nil:
 		return "", nil, err
@@ -184,8 +189,8 @@ func (f *family) jumpProblem(c chain, hook string) (string, [][]string, error) {
 
 // jumpsTo returns every rule in table/hook that jumps (-j) or goes (-g) to target, and the position of the first
 // one counting from 0, or -1.
-func (f *family) jumpsTo(table, hook, target string) ([][]string, int, error) {
-	rules, err := f.list(table, hook)
+func jumpsTo(snap snapshot, table, hook, target string) ([][]string, int, error) {
+	rules, err := snap.rules(table, hook)
 	if err != nil {
 		return nil, -1, err
 	}
@@ -206,6 +211,11 @@ func (f *family) jumpsTo(table, hook, target string) ([][]string, int, error) {
 // normalised by iptables (option order, implicit -m tcp, default --reject-with), so only -C judges it semantically,
 // but ip6tables-legacy 1.8.9's -C ignores the port of a DNAT target and would pass a rule a previous run left with
 // another listener port. So -C must agree, and every option value we set must also appear as listed.
+//
+// A rule listed exactly as iptables lists want is want, and needs no -C: the listing is iptables' own account of the
+// rule, what iptables-save writes and iptables-restore reads back, so it hides nothing -C would compare. That is
+// every rule of a pass that finds everything in place, which then runs no process beyond its read. Any other
+// listing, one iptables normalises in a way listedForm does not know included, still goes to -C.
 func (f *family) matches(table, chain string, have, want []string) (bool, error) {
 	for i := 0; i+1 < len(want); i++ {
 		flag, value := want[i], want[i+1]
@@ -213,7 +223,67 @@ func (f *family) matches(table, chain string, have, want []string) (bool, error)
 			return false, nil
 		}
 	}
+	if slices.Equal(listedForm(have, f.v6), listedForm(want, f.v6)) {
+		return true, nil
+	}
 	return f.ipt.Exists(table, chain, want...)
+}
+
+// listedForm rewrites a rule the way iptables lists it. Each rewrite leaves the rule the same rule: the header
+// options (addresses, interfaces, protocol, fragment) are fields of one header and iptables lists them in a fixed
+// order whatever order they were given in; a port option right after -p tcp or -p udp loads that protocol's match
+// as -m would, and it is listed as -m; REJECT without --reject-with answers with the family's port unreachable, and
+// is listed with it. A listing is already in this form, so it comes back unchanged.
+func listedForm(args []string, v6 bool) []string {
+	order := []string{"-s", "-d", "-i", "-o", "-p", "-f"}
+	rank := func(g []string) int { return slices.Index(order, optionName(g)) }
+	groups := optionGroups(args)
+	n := 0
+	for n < len(groups) && rank(groups[n]) >= 0 {
+		n++
+	}
+	head, rest := slices.Clone(groups[:n]), slices.Clone(groups[n:])
+	slices.SortStableFunc(head, func(a, b []string) int { return rank(a) - rank(b) })
+
+	proto := ""
+	if i := slices.IndexFunc(head, func(g []string) bool { return g[0] == "-p" && len(g) == 2 }); i >= 0 {
+		proto = head[i][1]
+	}
+	if (proto == "tcp" || proto == "udp") && len(rest) > 0 && slices.Contains([]string{"--dport", "--sport"}, rest[0][0]) {
+		rest = slices.Insert(rest, 0, []string{"-m", proto})
+	}
+	if len(rest) > 0 && slices.Equal(rest[len(rest)-1], []string{"-j", "REJECT"}) {
+		reject := "icmp-port-unreachable"
+		if v6 {
+			reject = "icmp6-port-unreachable"
+		}
+		rest = append(rest, []string{"--reject-with", reject})
+	}
+	return slices.Concat(slices.Concat(head...), slices.Concat(rest...))
+}
+
+// optionGroups splits a rule's arguments into options, each with its values and the "!" that negates it.
+func optionGroups(args []string) [][]string {
+	var groups [][]string
+	for _, a := range args {
+		last := len(groups) - 1
+		isFlag := len(a) > 1 && strings.HasPrefix(a, "-")
+		switch {
+		case last < 0, a == "!", isFlag && !slices.Equal(groups[last], []string{"!"}):
+			groups = append(groups, []string{a})
+		default:
+			groups[last] = append(groups[last], a)
+		}
+	}
+	return groups
+}
+
+// optionName is the option a group from optionGroups sets, past its "!".
+func optionName(group []string) string {
+	if len(group) > 1 && group[0] == "!" {
+		return group[1]
+	}
+	return group[0]
 }
 
 func hasPair(args []string, name, value string) bool {
@@ -267,12 +337,17 @@ func (f *family) deleteRules(table, chain string, rules [][]string) error {
 // jumps to our chains goes, not only the one we would write, since the kernel refuses to delete a chain that
 // something still references.
 func (f *family) remove(ctx context.Context) error {
+	// One read serves the whole removal: each step changes only what later steps no longer ask about.
+	snap, err := f.read(ctx)
+	if err != nil {
+		return fmt.Errorf("remove %s: %w", f.name, err)
+	}
 	for _, c := range slices.Backward(f.chains) {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 		for _, hook := range c.hooks {
-			jumps, _, err := f.jumpsTo(c.table, hook, c.name)
+			jumps, _, err := jumpsTo(snap, c.table, hook, c.name)
 			if err == nil {
 				err = f.deleteRules(c.table, hook, jumps)
 			}
@@ -280,7 +355,7 @@ func (f *family) remove(ctx context.Context) error {
 				return fmt.Errorf("remove %s jumps %s/%s -> %s: %w", f.name, c.table, hook, c.name, err)
 			}
 		}
-		ok, err := f.ipt.ChainExists(c.table, c.name)
+		ok, err := snap.chainExists(c.table, c.name)
 		if err != nil {
 			return fmt.Errorf("remove %s chain %s/%s: %w", f.name, c.table, c.name, err)
 		}
@@ -297,23 +372,84 @@ func (f *family) remove(ctx context.Context) error {
 	return nil
 }
 
-// list returns the arguments of each rule in table/chain, parsed from iptables -S.
-func (f *family) list(table, chain string) ([][]string, error) {
-	lines, err := f.ipt.List(table, chain)
+// snapshot is one read of a family's tables: table -> chain -> the arguments of each rule, in -S form without
+// "-A CHAIN". A table iptables-nft cannot list (the nft tool put something there it cannot express) maps to nil.
+type snapshot map[string]map[string][][]string
+
+// read takes a snapshot of the family's tables: every table, in one process. A plain save lists the tables that
+// exist and creates none (naming one with -t would make legacy iptables create it); a table that does not exist
+// holds none of our rules.
+func (f *family) read(ctx context.Context) (snapshot, error) {
+	out, err := f.ipt.Save(ctx)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("read rules: %w", err)
 	}
-	var rules [][]string
-	for _, line := range lines {
-		if args := splitRule(line); len(args) > 2 && args[0] == "-A" {
-			rules = append(rules, args[2:])
-		}
+	snap, err := parseSave(out)
+	if err != nil {
+		return nil, fmt.Errorf("read rules: %w", err)
 	}
-	return rules, nil
+	return snap, nil
 }
 
-// splitRule splits one line of iptables -S output into arguments, undoing the double quotes (with backslash escapes)
-// iptables puts around values such as comments with spaces. The result can be handed back to iptables -D.
+// parseSave parses iptables-save output.
+func parseSave(out []byte) (snapshot, error) {
+	snap := snapshot{}
+	var chains map[string][][]string
+	for line := range strings.Lines(string(out)) {
+		line = strings.TrimRight(line, "\n")
+		switch {
+		case strings.HasPrefix(line, "*"):
+			chains = map[string][][]string{}
+			snap[line[1:]] = chains
+		case strings.HasPrefix(line, "# Table `") && strings.HasSuffix(line, "' is incompatible, use 'nft' tool."):
+			// iptables-nft says so instead of listing the table.
+			snap[strings.TrimSuffix(strings.TrimPrefix(line, "# Table `"), "' is incompatible, use 'nft' tool.")] = nil
+		case line == "", line == "COMMIT", strings.HasPrefix(line, "#"):
+		case chains == nil:
+			return nil, fmt.Errorf("iptables-save line %q outside a table", line)
+		case strings.HasPrefix(line, ":"):
+			name, _, _ := strings.Cut(line[1:], " ")
+			chains[name] = nil
+		case strings.HasPrefix(line, "-A "):
+			args := splitRule(line)
+			if len(args) < 3 {
+				return nil, fmt.Errorf("iptables-save line %q: no rule", line)
+			}
+			if _, ok := chains[args[1]]; !ok {
+				return nil, fmt.Errorf("iptables-save line %q: chain %s not declared", line, args[1])
+			}
+			chains[args[1]] = append(chains[args[1]], args[2:])
+		default:
+			return nil, fmt.Errorf("unexpected iptables-save line %q", line)
+		}
+	}
+	return snap, nil
+}
+
+func (s snapshot) table(name string) (map[string][][]string, error) {
+	chains, listed := s[name]
+	if listed && chains == nil {
+		return nil, fmt.Errorf("table %s holds rules iptables cannot express (list it with nft)", name)
+	}
+	return chains, nil
+}
+
+func (s snapshot) chainExists(table, chain string) (bool, error) {
+	chains, err := s.table(table)
+	_, ok := chains[chain]
+	return ok, err
+}
+
+// rules returns the rules of table/chain. A chain the snapshot lacks has none: a built-in chain there is one of a
+// table nothing has used yet, which the first rule written to it creates.
+func (s snapshot) rules(table, chain string) ([][]string, error) {
+	chains, err := s.table(table)
+	return chains[chain], err
+}
+
+// splitRule splits one line of iptables -S or iptables-save output into arguments, undoing the double quotes (with
+// backslash escapes) iptables puts around values such as comments with spaces. The result can be handed back to
+// iptables -D.
 func splitRule(line string) []string {
 	var (
 		args          []string
