@@ -285,7 +285,13 @@ func nudge(ch chan<- struct{}) func() {
 // roles, and readiness says so.
 func (a *agent) sync(ctx context.Context) error {
 	a.log.Info("waiting for informers to sync", "node", a.cfg.NodeName)
-	if err := waitFor(ctx, a.synced); err != nil {
+	// On the informers' own signals: a poll would add up to its period to every start.
+	select {
+	case <-a.index.Synced():
+	case <-ctx.Done():
+		return fmt.Errorf("informers did not sync: %w", ctx.Err())
+	}
+	if err := a.mapper.WaitForSync(ctx); err != nil {
 		return fmt.Errorf("informers did not sync: %w", err)
 	}
 	a.st.synced.Store(true)

@@ -87,6 +87,9 @@ func (ix *Index) Run(ctx context.Context) { ix.informer.RunWithContext(ctx) }
 // HasSynced reports whether the initial list has been indexed.
 func (ix *Index) HasSynced() bool { return ix.informer.HasSynced() }
 
+// Synced is closed once the initial list has been indexed: what start-up waits on, without polling.
+func (ix *Index) Synced() <-chan struct{} { return ix.informer.HasSyncedChecker().Done() }
+
 // AddHandler registers h for pod events (the agent uses it to prefetch and evict).
 func (ix *Index) AddHandler(h func()) {
 	_, _ = ix.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{

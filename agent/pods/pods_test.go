@@ -72,6 +72,11 @@ func start(t *testing.T, wait time.Duration, objs ...*corev1.Pod) (*pods.Index, 
 	if !ix.HasSynced() {
 		t.Fatal("HasSynced() = false once the informer is idle, want true")
 	}
+	select {
+	case <-ix.Synced():
+	default:
+		t.Fatal("Synced() not closed once the informer has synced")
+	}
 	return ix, client
 }
 

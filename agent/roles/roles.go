@@ -80,6 +80,7 @@ type Mapper struct {
 	sas        listersv1.ServiceAccountLister
 	namespaces listersv1.NamespaceLister
 	synced     []cache.InformerSynced
+	checkers   []cache.DoneChecker
 	factory    informers.SharedInformerFactory
 }
 
@@ -95,6 +96,7 @@ func New(client kubernetes.Interface, cfg Config) *Mapper {
 		sas:        sa.Lister(),
 		namespaces: ns.Lister(),
 		synced:     []cache.InformerSynced{sa.Informer().HasSynced, ns.Informer().HasSynced},
+		checkers:   []cache.DoneChecker{sa.Informer().HasSyncedChecker(), ns.Informer().HasSyncedChecker()},
 		factory:    f,
 	}
 }
@@ -124,6 +126,19 @@ func (m *Mapper) HasSynced() bool {
 		}
 	}
 	return true
+}
+
+// WaitForSync returns once both informers hold their initial lists, or with ctx's error when it ends first.
+// It waits on the informers' own signals, not a poll.
+func (m *Mapper) WaitForSync(ctx context.Context) error {
+	for _, c := range m.checkers {
+		select {
+		case <-c.Done():
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
 }
 
 // RoleFor returns the role of ServiceAccount sa in namespace.

@@ -242,6 +242,23 @@ func start(t *testing.T, cfg roles.Config, objs ...runtime.Object) (*roles.Mappe
 	return m, client, events
 }
 
+// TestWaitForSync: start-up waits on the informers' own signal: it returns once both hold their lists, and with the
+// context's error while they have not (here: never started).
+func TestWaitForSync(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		idle := roles.New(fake.NewClientset(), roles.Config{})
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		if err := idle.WaitForSync(ctx); !errors.Is(err, context.Canceled) {
+			t.Errorf("WaitForSync on informers never started = %v, want context.Canceled", err)
+		}
+		m, _, _ := start(t, roles.Config{}, namespace(nil))
+		if err := m.WaitForSync(context.Background()); err != nil {
+			t.Errorf("WaitForSync once synced = %v, want nil", err)
+		}
+	})
+}
+
 func TestRoleFor(t *testing.T) {
 	annotated := serviceAccount("app", map[string]string{roles.AnnotationRoleARN: reader})
 	tests := []struct {
