@@ -17,9 +17,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/iamlet/iamlet/bench/loadresult"
 	"io"
-	"math"
 	"net"
 	"net/url"
 	"os"
@@ -27,7 +25,10 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
+
+	"github.com/iamlet/iamlet/bench/loadresult"
 )
 
 const (
@@ -41,6 +42,7 @@ const (
 type Result = loadresult.Result
 
 func main() {
+	start := time.Now()
 	rawURL := flag.String("url", "http://169.254.169.254/latest/meta-data/iam/security-credentials/", "the URL to GET")
 	clients := flag.Int("c", 1, "concurrent clients, one keep-alive connection each")
 	dur := flag.Duration("d", 2*time.Second, "measured duration (at most 60s)")
@@ -53,13 +55,13 @@ func main() {
 	timeout := flag.Duration("timeout", 5*time.Second, "deadline of one request")
 	flag.Parse()
 
-	if err := run(*rawURL, *clients, min(*dur, maxDuration), *warmup, min(*limit, maxRequests), *token, *expect, *burst, *bodyOut, *timeout); err != nil {
+	if err := run(start, *rawURL, *clients, min(*dur, maxDuration), *warmup, min(*limit, maxRequests), *token, *expect, *burst, *bodyOut, *timeout); err != nil {
 		fmt.Fprintln(os.Stderr, "loadgen:", err)
 		os.Exit(1)
 	}
 }
 
-func run(rawURL string, clients int, dur, warmup time.Duration, limit int64, token bool, expect string, burst bool, bodyOut string, timeout time.Duration) error {
+func run(start time.Time, rawURL string, clients int, dur, warmup time.Duration, limit int64, token bool, expect string, burst bool, bodyOut string, timeout time.Duration) error {
 	u, err := url.Parse(rawURL)
 	if err != nil || u.Scheme != "http" || u.Host == "" {
 		return fmt.Errorf("-url %q: want http://host[:port]/path", rawURL)
@@ -91,6 +93,11 @@ func run(rawURL string, clients int, dur, warmup time.Duration, limit int64, tok
 	if err != nil {
 		return err
 	}
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err == nil {
+		res.CPUSeconds = time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
+	}
+	res.WallSeconds = time.Since(start).Seconds()
 	return json.NewEncoder(os.Stdout).Encode(res)
 }
 
@@ -220,7 +227,7 @@ func (s *stats) result(clients int, window time.Duration, lats []time.Duration) 
 	}
 	if n := len(lats); n > 0 {
 		us := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
-		pct := func(q float64) float64 { return us(lats[max(0, int(math.Ceil(q*float64(n)))-1)]) }
+		pct := func(q float64) float64 { return us(lats[loadresult.Rank(n, q)]) }
 		r.P50, r.P90, r.P99, r.P999, r.Max = pct(0.50), pct(0.90), pct(0.99), pct(0.999), us(lats[n-1])
 		var sum time.Duration
 		for _, d := range lats {

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/iamlet/iamlet/agent/roles"
 	"github.com/iamlet/iamlet/e2e/stack"
 	"github.com/iamlet/iamlet/iptables"
@@ -24,15 +26,26 @@ const (
 	credsExpect = `"AccessKeyId"`
 )
 
-// cachedConcurrency are the client counts of workload 1.
-var cachedConcurrency = []int{1, 16, 256}
+// cachedConcurrency are the client counts of workload 1; the targets are judged at cachedTarget.
+var cachedConcurrency = []int{1, 16, cachedTarget}
 
-// cached is workload 1: a pod asks for its cached credentials through the DNAT path, at 1, 16 and 256
+const cachedTarget = 64
+
+// cached is workload 1: a pod asks for its cached credentials through the DNAT path, at 1, 16 and 64
 // concurrent keep-alive clients; the same load goes to the floor server through a DNAT rule of its own.
-// The per-pod connection and request limits are off: they exist to throttle a pod this busy.
+// The server (iamlet or the floor) runs on one core and the load generator on another, so neither takes
+// the other's CPU and the load generator's own CPU can be read beside each figure. The per-pod connection
+// and request limits are off: they exist to throttle a pod this busy.
 func (b *bench) cached(ctx context.Context) error {
+	server, load := -1, -1
+	if p, ok := pinCPUs(); ok {
+		b.res.Pin = &p
+		server, load = p.Server, p.Loadgen
+	} else {
+		logf("cached: fewer than 2 CPUs to run on; server and load generator are not pinned")
+	}
 	return phase(func(t *tb) error {
-		ag, err := b.startAgent("iamlet-cached", "--max-conns-per-pod=0", "--requests-per-pod=0")
+		ag, err := b.startAgentOn("iamlet-cached", server, "--max-conns-per-pod=0", "--requests-per-pod=0")
 		if err != nil {
 			return err
 		}
@@ -52,7 +65,7 @@ func (b *bench) cached(ctx context.Context) error {
 		if _, err := b.loadgen(ctx, pod.NetNS, "-url", agentURL, "-c", "1", "-n", "1", "-warmup", "0", "-token", "-expect", credsExpect, "-body-out", body); err != nil {
 			return fmt.Errorf("first request through iamlet: %w", err)
 		}
-		floor, err := b.startFloor(t, path, body)
+		floor, err := b.startFloor(t, server, path, body)
 		if err != nil {
 			return err
 		}
@@ -82,7 +95,7 @@ func (b *bench) cached(ctx context.Context) error {
 						url, pid = agentURL, ag.p.Pid()
 					}
 					cpu0 := cpuOf(pid)
-					l, err := b.loadgen(ctx, pod.NetNS, "-url", url, "-c", strconv.Itoa(c), "-d", dur, "-warmup", "300ms", "-token", "-expect", credsExpect)
+					l, err := b.loadgenOn(ctx, pod.NetNS, load, "-url", url, "-c", strconv.Itoa(c), "-d", dur, "-warmup", "300ms", "-token", "-expect", credsExpect)
 					if err != nil {
 						return err
 					}
@@ -98,8 +111,8 @@ func (b *bench) cached(ctx context.Context) error {
 					if toAgent {
 						who = "iamlet"
 					}
-					logf("cached c=%-3d run %d %s: %7.0f req/s p50 %6.0fus p99 %6.0fus p99.9 %6.0fus errors %d %s",
-						c, r+1, who, l.RPS, l.P50, l.P99, l.P999, l.Errors, l.FirstError)
+					logf("cached c=%-3d run %d %s: %7.0f req/s p50 %6.0fus p99 %6.0fus p99.9 %6.0fus, loadgen CPU %.0f%%, errors %d %s",
+						c, r+1, who, l.RPS, l.P50, l.P99, l.P999, loadgenCPU(l), l.Errors, l.FirstError)
 				}
 			}
 			b.res.Cached = append(b.res.Cached, pt)
@@ -114,7 +127,7 @@ func (b *bench) cached(ctx context.Context) error {
 				pid       int
 			}{{"iamlet", agentURL, ag.p.Pid()}, {"floor", floorURL, floor.Pid()}} {
 				if err := b.profile(ctx, tg.name, tg.pid, func() error {
-					_, err := b.loadgen(ctx, pod.NetNS, "-url", tg.url, "-c", "16", "-d", "3s", "-warmup", "0", "-token", "-expect", credsExpect)
+					_, err := b.loadgenOn(ctx, pod.NetNS, load, "-url", tg.url, "-c", strconv.Itoa(cachedTarget), "-d", "3s", "-warmup", "0", "-token", "-expect", credsExpect)
 					return err
 				}); err != nil {
 					return err
@@ -124,23 +137,50 @@ func (b *bench) cached(ctx context.Context) error {
 		served := map[string]string{"class": "credentials", "outcome": "served"}
 		b.res.Economy.CachedRequests = m1.Sum("iamlet_metadata_requests_total", served) - m0.Sum("iamlet_metadata_requests_total", served)
 		b.res.Economy.CachedSTSCalls = stsCalls(m1) - stsCalls(m0)
-		if st, err := status(); err == nil {
-			if p := podStates(st)["default/load"]; p.Expiration != nil && p.LastRefresh != nil {
-				b.res.Economy.SessionSeconds = p.Expiration.Sub(*p.LastRefresh).Seconds()
-			}
-		}
 		return nil
 	})
 }
 
-// startFloor runs the floor server answering the bytes in file body on path, and its DNAT rule; both
-// go when t's phase ends.
-func (b *bench) startFloor(t *tb, path, body string) (*stack.Proc, error) {
-	floor, err := stack.StartProc(b.s.Dir, "floor", nil, b.bins.floor, "-addr", stack.NodeIP+":"+floorPort, "-path", path, "-body", body)
+// pinCPUs picks the first two CPUs this process may run on: one for the server, one for the load
+// generator.
+func pinCPUs() (Pin, bool) {
+	var set unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &set); err != nil {
+		return Pin{}, false
+	}
+	var cpus []int
+	for i := 0; i < 1024 && len(cpus) < 2; i++ {
+		if set.IsSet(i) {
+			cpus = append(cpus, i)
+		}
+	}
+	if len(cpus) < 2 {
+		return Pin{}, false
+	}
+	return Pin{Server: cpus[0], Loadgen: cpus[1]}, true
+}
+
+// loadgenCPU is the load generator's CPU over its run, in percent of one core.
+func loadgenCPU(l Load) float64 {
+	if l.WallSeconds <= 0 {
+		return 0
+	}
+	return 100 * l.CPUSeconds / l.WallSeconds
+}
+
+// startFloor runs the floor server answering the bytes in file body on path, pinned to cpu (none if
+// cpu < 0), and its DNAT rule; both go when t's phase ends.
+func (b *bench) startFloor(t *tb, cpu int, path, body string) (*stack.Proc, error) {
+	argv, cg := b.command("floor", cpu, b.bins.floor, "-addr", stack.NodeIP+":"+floorPort, "-path", path, "-body", body)
+	floor, err := stack.StartProc(b.s.Dir, "floor", nil, argv[0], argv[1:]...)
 	if err != nil {
+		b.cgroups.remove(cg)
 		return nil, err
 	}
-	t.Cleanup(floor.Stop)
+	t.Cleanup(func() {
+		floor.Stop()
+		b.cgroups.remove(cg)
+	})
 	if err := floor.WaitHTTP("http://"+stack.NodeIP+":"+floorPort+path, 10*time.Second); err != nil {
 		return nil, err
 	}
@@ -225,6 +265,6 @@ func (b *bench) profile(ctx context.Context, name string, pid int, load func() e
 			return err
 		}
 	}
-	logf("profile of %s under 16 clients: %s", name, b.o.perf)
+	logf("profile of %s under %d clients: %s", name, cachedTarget, b.o.perf)
 	return nil
 }

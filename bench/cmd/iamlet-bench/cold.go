@@ -124,7 +124,7 @@ func (b *bench) cold(ctx context.Context) error {
 		}
 
 		// The same burst against the floor server, from the same pod, is the burst's latency baseline.
-		if _, err := b.startFloor(t, credsPath(), body); err != nil {
+		if _, err := b.startFloor(t, -1, credsPath(), body); err != nil {
 			return err
 		}
 		herds := 3

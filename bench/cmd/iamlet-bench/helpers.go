@@ -30,6 +30,8 @@ type agentStatus = agent.Status
 // agentProc is one iamlet process of the benchmark.
 type agentProc struct {
 	p       *stack.Proc
+	cgroup  string // its memory cgroup ("" without one), removed with it
+	cgs     *memCgroups
 	started time.Time
 	ready   time.Duration // process start to /readyz 200
 	logFrom int64         // where this process's lines begin in its log
@@ -38,17 +40,25 @@ type agentProc struct {
 // startAgent runs iamlet with the stack's flags, at production log level, plus extra, and waits for
 // /readyz, polled every 5 ms so start-up is timed closely. Stop it with stop.
 func (b *bench) startAgent(name string, extra ...string) (*agentProc, error) {
+	return b.startAgentOn(name, -1, extra...)
+}
+
+// startAgentOn is startAgent with the agent pinned to cpu (none if cpu < 0).
+func (b *bench) startAgentOn(name string, cpu int, extra ...string) (*agentProc, error) {
 	args := append(b.s.AgentArgs(), "--log-level=info")
 	args = append(args, extra...)
-	t0 := time.Now()
 	var logFrom int64
 	if fi, err := os.Stat(filepath.Join(b.s.Dir, name+".log")); err == nil {
 		logFrom = fi.Size() // the log is appended to by every process of this name
 	}
-	p, err := stack.StartProc(b.s.Dir, name, nil, b.bins.agent, args...)
+	argv, cg := b.command(name, cpu, append([]string{b.bins.agent}, args...)...)
+	t0 := time.Now()
+	p, err := stack.StartProc(b.s.Dir, name, nil, argv[0], argv[1:]...)
 	if err != nil {
+		b.cgroups.remove(cg)
 		return nil, err
 	}
+	a := &agentProc{p: p, cgroup: cg, cgs: b.cgroups, started: t0, logFrom: logFrom}
 	c := &http.Client{Timeout: time.Second}
 	deadline := t0.Add(60 * time.Second)
 	for {
@@ -61,13 +71,33 @@ func (b *bench) startAgent(name string, extra ...string) (*agentProc, error) {
 			}
 		}
 		if p.Exited() || time.Now().After(deadline) {
-			p.Stop()
+			a.stop()
 			log, _ := os.ReadFile(p.Log)
 			return nil, fmt.Errorf("agent %s not ready within 60s; log tail:\n%s", name, tail(string(log), 20))
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	return &agentProc{p: p, started: t0, ready: time.Since(t0), logFrom: logFrom}, nil
+	a.ready = time.Since(t0)
+	return a, nil
+}
+
+// command is argv as the benchmark runs its servers: in a memory cgroup of its own, when the machine
+// has a memory controller (see memCgroups), and, if cpu ≥ 0, pinned to that CPU from its exec on, so
+// that the Go runtime sizes GOMAXPROCS to it. It returns the cgroup too, "" without one. The shell that
+// moves the process into its cgroup (stack.InCgroup) is part of the process's start-up time (~1 ms).
+func (b *bench) command(name string, cpu int, argv ...string) ([]string, string) {
+	if cpu >= 0 {
+		argv = append([]string{"taskset", "-c", strconv.Itoa(cpu)}, argv...)
+	}
+	if b.cgroups == nil {
+		return argv, ""
+	}
+	dir, err := b.cgroups.make(name)
+	if err != nil {
+		logf("%s runs without a memory cgroup: %v", name, err)
+		return argv, ""
+	}
+	return stack.InCgroup(dir, argv...), dir
 }
 
 // logTimes returns when the agent logged each of msgs first, since its start.
@@ -103,39 +133,8 @@ func (a *agentProc) logTimes(msgs ...string) map[string]time.Duration {
 func (a *agentProc) stop() {
 	if a != nil {
 		a.p.Stop()
+		a.cgs.remove(a.cgroup)
 	}
-}
-
-// procStat reads a process's resident set and its user+system CPU time.
-func procStat(pid int) (rssKiB int64, cpu time.Duration, err error) {
-	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, 0, err
-	}
-	for _, l := range strings.Split(string(st), "\n") {
-		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
-			rssKiB, _ = strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-		}
-	}
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, 0, err
-	}
-	// Fields after the command name, which is in parentheses and may hold spaces: state is [0],
-	// utime [11], stime [12], in clock ticks (USER_HZ, 100 on Linux).
-	s := string(stat)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-	if len(f) < 13 {
-		return 0, 0, fmt.Errorf("/proc/%d/stat: short", pid)
-	}
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	stt, _ := strconv.ParseInt(f[12], 10, 64)
-	return rssKiB, time.Duration(ut+stt) * 10 * time.Millisecond, nil
-}
-
-func cpuOf(pid int) time.Duration {
-	_, c, _ := procStat(pid)
-	return c
 }
 
 // scrape reads the agent's metrics, retrying briefly (the agent may be busy).
@@ -214,9 +213,18 @@ func podStates(st agent.Status) map[string]agent.PodStatus {
 
 // loadgen runs the load generator inside network namespace netns and decodes what it printed.
 func (b *bench) loadgen(ctx context.Context, netns string, args ...string) (Load, error) {
+	return b.loadgenOn(ctx, netns, -1, args...)
+}
+
+// loadgenOn is loadgen pinned to cpu (none if cpu < 0).
+func (b *bench) loadgenOn(ctx context.Context, netns string, cpu int, args ...string) (Load, error) {
 	ctx, cancel := context.WithTimeout(ctx, 90*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", netns, b.bins.loadgen}, args...)...)
+	argv := append([]string{"netns", "exec", netns}, b.bins.loadgen)
+	if cpu >= 0 {
+		argv = append([]string{"netns", "exec", netns, "taskset", "-c", strconv.Itoa(cpu)}, b.bins.loadgen)
+	}
+	cmd := exec.CommandContext(ctx, "ip", append(argv, args...)...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	if err := cmd.Run(); err != nil {

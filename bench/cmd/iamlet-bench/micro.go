@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"io"
 	"os"
 	"regexp"
 	"strconv"
@@ -10,18 +11,23 @@ import (
 
 var gomaxprocsSuffix = regexp.MustCompile(`-\d+$`)
 
-// parseMicro reads `go test -bench -benchmem -count N` output and returns each benchmark's medians.
-func parseMicro(path string) ([]Micro, error) {
+// readMicro reads the file of `go test -bench -benchmem -count N` output at path.
+func readMicro(path string) ([]Micro, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
+	return parseMicro(f)
+}
+
+// parseMicro reads `go test -bench -benchmem -count N` output and returns each benchmark's medians.
+func parseMicro(r io.Reader) ([]Micro, error) {
 	type key struct{ pkg, name string }
 	var order []key
 	samples := map[key]map[string][]float64{}
 	pkg := ""
-	sc := bufio.NewScanner(f)
+	sc := bufio.NewScanner(r)
 	for sc.Scan() {
 		line := sc.Text()
 		if p, ok := strings.CutPrefix(line, "pkg: "); ok {

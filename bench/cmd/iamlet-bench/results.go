@@ -1,11 +1,12 @@
 package main
 
 import (
-	"github.com/iamlet/iamlet/bench/loadresult"
 	"os/exec"
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/iamlet/iamlet/bench/loadresult"
 )
 
 // Results is everything one run measured, raw (every run of every figure), so the report can be
@@ -18,6 +19,11 @@ type Results struct {
 	Host     HostInfo  `json:"host"`
 	Failures []string  `json:"failures,omitempty"`
 
+	// Pin is where workload 1 ran its server and its load generator; nil when it could not pin them.
+	Pin *Pin `json:"pin,omitempty"`
+	// WorkingSet says how the working sets were read, or why they were not.
+	WorkingSet string `json:"working_set,omitempty"`
+
 	Cached    []CachedPoint   `json:"cached,omitempty"`
 	Cold      []ColdRun       `json:"cold,omitempty"`
 	Herd      []HerdRun       `json:"herd,omitempty"`
@@ -25,8 +31,13 @@ type Results struct {
 	Scale     []ScaleRun      `json:"scale,omitempty"`
 	StartBase []StartBaseline `json:"start_baseline,omitempty"`
 	Economy   Economy         `json:"economy"`
-	Refresh   []RefreshSim    `json:"refresh,omitempty"`
 	Micro     []Micro         `json:"micro,omitempty"`
+}
+
+// Pin is the CPU the server (iamlet or the floor) was pinned to and the one the load generator was.
+type Pin struct {
+	Server  int `json:"server"`
+	Loadgen int `json:"loadgen"`
 }
 
 // HostInfo says where and on what the numbers were taken.
@@ -89,6 +100,7 @@ type HerdRun struct {
 
 // ChurnRun is one burst of pod creation at a fixed rate (workload 3).
 type ChurnRun struct {
+	Label      string    `json:"label,omitempty"` // the load: "50 pods/s", "burst"
 	Rate       int       `json:"rate"`
 	Pods       int       `json:"pods"`
 	CreateSecs float64   `json:"create_secs"`  // how long creating them took (rate check)
@@ -96,13 +108,12 @@ type ChurnRun struct {
 	StatusMS   []float64 `json:"status_update_ms"`
 	NotCached  int       `json:"not_cached"`
 	// First requests, made from pod network namespaces 1 s after the pod's IP reached the API.
-	Checked    int     `json:"checked"`
-	Hits       int     `json:"hits"`
-	Misses     int     `json:"misses"`
-	Failed     int     `json:"failed"`
-	LateMS     float64 `json:"late_ms"` // the latest a first request was sent after IP+1s (exec overhead)
-	STSCalls   float64 `json:"sts_calls"`
-	RefreshQPS float64 `json:"refresh_qps"`
+	Checked  int     `json:"checked"`
+	Hits     int     `json:"hits"`
+	Misses   int     `json:"misses"`
+	Failed   int     `json:"failed"`
+	LateMS   float64 `json:"late_ms"` // the latest a first request was sent after IP+1s (exec overhead)
+	STSCalls float64 `json:"sts_calls"`
 }
 
 // ScaleRun is one agent process with NodePods on its node and ClusterPods elsewhere (workloads 4, 6).
@@ -110,11 +121,12 @@ type ScaleRun struct {
 	NodePods    int     `json:"node_pods"`
 	ClusterPods int     `json:"cluster_pods"`
 	ClusterSAs  int     `json:"cluster_service_accounts"`
+	ClusterNS   int     `json:"cluster_namespaces,omitempty"`
 	StartupMS   float64 `json:"startup_ms"`   // process start to /readyz 200
 	InitMS      float64 `json:"init_ms"`      // process start to "waiting for informers to sync" (Go init, flags, clients)
 	RulesMS     float64 `json:"rules_ms"`     // process start to "interception rules in place" (informers synced, listeners, iptables)
 	AllCachedS  float64 `json:"all_cached_s"` // process start to every node pod's credentials cached
-	RSSMiB      float64 `json:"rss_mib"`
+	Mem
 	HeapMiB     float64 `json:"heap_inuse_mib"`
 	HeapGoalMiB float64 `json:"heap_goal_mib"` // the GC's next goal: about twice the heap live after the last GC
 	CPUStartS   float64 `json:"cpu_start_s"`   // CPU time from start until every pod was cached
@@ -133,6 +145,8 @@ type StartBaseline struct {
 	// NoIptablesMS is iamlet's own exec to /readyz with --iptables=false: its start-up without the
 	// interception step.
 	NoIptablesMS float64 `json:"no_iptables_ms"`
+	// FloorMem is the floor server's memory, idle after its first answer: the memory figures' baseline.
+	FloorMem Mem `json:"floor_mem"`
 }
 
 // Economy counts STS calls against what they served.
@@ -141,7 +155,6 @@ type Economy struct {
 	CachedSTSCalls float64 `json:"cached_sts_calls"`
 	ChurnPods      int     `json:"churn_pods"`
 	ChurnSTSCalls  float64 `json:"churn_sts_calls"`
-	SessionSeconds float64 `json:"session_seconds"` // the session length the agent obtained (Expiration - LastRefresh)
 	ColdRequests   int     `json:"cold_requests"`
 	ColdSTSCalls   float64 `json:"cold_sts_calls"`
 }
@@ -158,7 +171,7 @@ type Micro struct {
 	NsSpread [2]float64         `json:"ns_spread"` // min, max
 }
 
-// median of xs (NaN-free); 0 for none.
+// median of xs (NaN-free); 0 for none; the mean of the middle two for an even count.
 func median(xs []float64) float64 {
 	if len(xs) == 0 {
 		return 0
@@ -172,15 +185,15 @@ func median(xs []float64) float64 {
 	return (s[n/2-1] + s[n/2]) / 2
 }
 
-// percentile of xs, nearest rank.
+// percentile of xs, nearest rank: the smallest x with at least q of xs at or below it; q=0 is the
+// minimum, q=1 the maximum.
 func percentile(xs []float64, q float64) float64 {
 	if len(xs) == 0 {
 		return 0
 	}
 	s := slices.Clone(xs)
 	slices.Sort(s)
-	i := int(q*float64(len(s))+0.999999) - 1
-	return s[min(max(i, 0), len(s)-1)]
+	return s[loadresult.Rank(len(s), q)]
 }
 
 func medianOf[T any](xs []T, f func(T) float64) float64 {

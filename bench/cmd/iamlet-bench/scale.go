@@ -26,20 +26,20 @@ var (
 	scaleClusterPods = []int{1000, 10000}
 )
 
-// The cluster around the node: pods spread over namespaces of 100, each with 10 ServiceAccounts (half
-// of them with a role), on 100 other nodes. ServiceAccounts and Namespaces grow with the cluster as in
-// a real one, since the agent watches those cluster-wide.
+// The cluster around the node: pods spread over namespaces of 10, each with 10 ServiceAccounts (half
+// of them with a role), on 100 other nodes; so 1,000 pods come with 1,000 ServiceAccounts in 100
+// namespaces, and 10,000 with 10,000 in 1,000. The agent watches ServiceAccounts and Namespaces
+// cluster-wide, so they, not the cluster's pods, are what its memory could follow.
 const (
-	podsPerNamespace = 100
+	podsPerNamespace = 10
 	sasPerNamespace  = 10
 	otherNodes       = 100
-	scalePrefetchQPS = "50"
 )
 
 // scale is workloads 4 and 6: for each point of the grid, fresh agent processes (so no point inherits
-// another's heap) are started, timed to /readyz, left to prefetch every node pod, and then measured:
-// resident set, Go heap, CPU. The prefetch rate is raised to 50/s so 250 pods fill in 5 s instead of 25;
-// it changes how fast the cache fills, not what it holds.
+// another's heap), each in a memory cgroup of its own, are started, timed to /readyz, left to prefetch
+// every node pod, and then measured: memory (see Mem), Go heap, CPU. At 110 node pods the start-up
+// baselines, and the floor server's memory, are measured between the agent's runs.
 func (b *bench) scale(ctx context.Context) error {
 	return phase(func(t *tb) error {
 		var nodePods []string
@@ -86,17 +86,18 @@ func (b *bench) scale(ctx context.Context) error {
 						sb.ClusterPods = c
 						// The same agent without managing iptables (the rules stay from the run before): how much of
 						// its start-up the interception step costs inside the agent.
-						na, err := b.startAgent("iamlet-noipt", "--prefetch-qps="+scalePrefetchQPS, "--iptables=false")
+						na, err := b.startAgent("iamlet-noipt", "--iptables=false")
 						if err != nil {
 							return err
 						}
 						sb.NoIptablesMS = ms(na.ready)
 						na.stop()
-						logf("start-up baseline: process %.0fms, informers synced %.0fms, iptables %.0fms; iamlet --iptables=false ready %.0fms", sb.ProcMS, sb.SyncMS, sb.IptablesMS, sb.NoIptablesMS)
+						logf("start-up baseline: process %.0fms, informers synced %.0fms, iptables %.0fms; iamlet --iptables=false ready %.0fms; floor RSS %.1f MiB (anon %.1f, working set %.1f)",
+							sb.ProcMS, sb.SyncMS, sb.IptablesMS, sb.NoIptablesMS, sb.FloorMem.RSSMiB, sb.FloorMem.AnonMiB, sb.FloorMem.WorkingSetMiB)
 						b.res.StartBase = append(b.res.StartBase, sb)
 					}
-					logf("scale node=%d cluster=%d run %d: ready %.0fms (init %.0f, rules %.0f), all cached %.1fs, RSS %.1f MiB, heap %.1f MiB, start CPU %.2fs, idle CPU %.1f%%, %v goroutines",
-						n, c, r+1, sr.StartupMS, sr.InitMS, sr.RulesMS, sr.AllCachedS, sr.RSSMiB, sr.HeapMiB, sr.CPUStartS, sr.IdleCPUPct, sr.Goroutines)
+					logf("scale node=%d cluster=%d run %d: ready %.0fms (init %.0f, rules %.0f), all cached %.1fs, RSS %.1f MiB (anon %.1f, file %.1f, working set %.1f), heap %.1f MiB, start CPU %.2fs, idle CPU %.1f%%, %v goroutines",
+						n, c, r+1, sr.StartupMS, sr.InitMS, sr.RulesMS, sr.AllCachedS, sr.RSSMiB, sr.AnonMiB, sr.FileMiB, sr.WorkingSetMiB, sr.HeapMiB, sr.CPUStartS, sr.IdleCPUPct, sr.Goroutines)
 					b.res.Scale = append(b.res.Scale, sr)
 				}
 			}
@@ -106,8 +107,8 @@ func (b *bench) scale(ctx context.Context) error {
 }
 
 func (b *bench) scaleRun(ctx context.Context, n int, cluster clusterState) (ScaleRun, error) {
-	sr := ScaleRun{NodePods: n, ClusterPods: cluster.pods, ClusterSAs: cluster.sas}
-	ag, err := b.startAgent("iamlet-scale", "--prefetch-qps="+scalePrefetchQPS)
+	sr := ScaleRun{NodePods: n, ClusterPods: cluster.pods, ClusterSAs: cluster.sas, ClusterNS: cluster.namespaces}
+	ag, err := b.startAgent("iamlet-scale")
 	if err != nil {
 		return sr, err
 	}
@@ -128,25 +129,18 @@ func (b *bench) scaleRun(ctx context.Context, n int, cluster clusterState) (Scal
 		return sr, err
 	}
 	sr.AllCachedS = time.Since(ag.started).Seconds()
-	_, cpu0, err := procStat(pid)
+	cpu0, err := procCPU(pid)
 	if err != nil {
 		return sr, err
 	}
 	sr.CPUStartS = cpu0.Seconds()
-	// Settle, then sample: the median of five readings a quarter second apart.
+	// Settle, then sample.
 	t0 := time.Now()
 	time.Sleep(2 * time.Second)
-	var rss []float64
-	for range 5 {
-		kib, _, err := procStat(pid)
-		if err != nil {
-			return sr, err
-		}
-		rss = append(rss, float64(kib)/1024)
-		time.Sleep(250 * time.Millisecond)
+	if sr.Mem, err = b.sampleMem(pid, ag.cgroup); err != nil {
+		return sr, err
 	}
-	_, cpu1, _ := procStat(pid)
-	sr.RSSMiB = median(rss)
+	cpu1, _ := procCPU(pid)
 	sr.IdleCPUPct = 100 * (cpu1 - cpu0).Seconds() / time.Since(t0).Seconds()
 	if m, err := scrape(); err == nil {
 		v, _ := m.Value("go_memstats_heap_inuse_bytes", nil)
@@ -164,18 +158,22 @@ const (
 	msgRules   = "interception rules in place"
 )
 
-// startBaseline measures what start-up cannot go below here (see StartBaseline).
+// startBaseline measures what start-up cannot go below here, and the floor server's memory (see
+// StartBaseline).
 func (b *bench) startBaseline(ctx context.Context) (StartBaseline, error) {
 	var sb StartBaseline
 	body := filepath.Join(b.s.Dir, "startup-floor-body")
 	if err := os.WriteFile(body, []byte("ok"), 0o600); err != nil {
 		return sb, err
 	}
+	argv, cg := b.command("floor-startup", -1, b.bins.floor, "-addr", "127.0.0.1:18182", "-path", "/", "-body", body)
+	defer b.cgroups.remove(cg)
 	t0 := time.Now()
-	p, err := stack.StartProc(b.s.Dir, "floor-startup", nil, b.bins.floor, "-addr", "127.0.0.1:18182", "-path", "/", "-body", body)
+	p, err := stack.StartProc(b.s.Dir, "floor-startup", nil, argv[0], argv[1:]...)
 	if err != nil {
 		return sb, err
 	}
+	defer p.Stop()
 	c := &http.Client{Timeout: time.Second}
 	for {
 		resp, err := c.Get("http://127.0.0.1:18182/")
@@ -184,12 +182,16 @@ func (b *bench) startBaseline(ctx context.Context) (StartBaseline, error) {
 			break
 		}
 		if p.Exited() || time.Since(t0) > 30*time.Second {
-			p.Stop()
 			return sb, fmt.Errorf("floor did not start: %v", err)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
 	sb.ProcMS = ms(time.Since(t0))
+	// Settled as the agent's are before theirs are read.
+	time.Sleep(2 * time.Second)
+	if sb.FloorMem, err = b.sampleMem(p.Pid(), cg); err != nil {
+		return sb, fmt.Errorf("floor memory: %w", err)
+	}
 	p.Stop()
 
 	// The agent's own informers (agent/pods, agent/roles), run here until synced: its initial lists of the
