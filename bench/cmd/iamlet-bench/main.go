@@ -1,7 +1,7 @@
 // Command iamlet-bench is `make bench`: it brings up the real local stack (e2e/stack), runs iamlet on
 // it, measures it against the targets of issue 18, each figure next to a baseline measured in the same
-// run, and writes bench/results.md and bench/results.json. bench/README.md says what each part
-// measures and why it is there.
+// run, and writes bench/results.md, bench/results.json and the plots in bench/plots/. bench/README.md
+// says what each part measures and why it is there.
 //
 // Workloads: the cached answer through the DNAT path against a trivial server behind the same kind of
 // rule, each pinned to a core of its own (cached.go); the cold answer against the same TokenRequest and
@@ -14,7 +14,7 @@
 //	go run ./bench/cmd/iamlet-bench                   # the stack workloads only
 //	go run ./bench/cmd/iamlet-bench -quick -only cold # one workload, fewer runs, while working on it
 //	go run ./bench/cmd/iamlet-bench -only cached -perf /tmp/prof   # plus perf profiles of iamlet and the floor
-//	go run ./bench/cmd/iamlet-bench -report-only      # re-render results.md from results.json
+//	go run ./bench/cmd/iamlet-bench -report-only      # re-render results.md and the plots from results.json
 package main
 
 import (
@@ -42,7 +42,7 @@ type options struct {
 	runs       int    // runs per figure where a run is cheap
 	quick      bool   // fewer and shorter runs, for working on the benchmark itself
 	only       string // comma-separated workloads to run (cached, churn, cold, scale); empty = all
-	reportOnly bool   // re-render results.md from results.json
+	reportOnly bool   // re-render results.md and the plots from results.json
 	perf       string // directory for CPU profiles (perf) of iamlet and the floor under load; empty = none
 }
 
@@ -54,7 +54,7 @@ func main() {
 	flag.BoolVar(&o.quick, "quick", false, "fewer and shorter runs (for working on the benchmark, not for results)")
 	flag.StringVar(&o.only, "only", "", "comma-separated workloads to run: cached, churn, cold, scale (default all)")
 	flag.StringVar(&o.perf, "perf", "", "after workload 1, profile iamlet and the floor with perf at 64 clients into this directory")
-	flag.BoolVar(&o.reportOnly, "report-only", false, "only re-render results.md from OUT/results.json")
+	flag.BoolVar(&o.reportOnly, "report-only", false, "only re-render results.md and the plots from OUT/results.json")
 	flag.Parse()
 	if abs, err := filepath.Abs(o.out); err == nil {
 		o.out = abs

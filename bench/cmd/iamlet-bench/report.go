@@ -11,10 +11,14 @@ import (
 	"strings"
 )
 
-// writeReport renders results.md from r.
+// writeReport renders the plots and results.md, which embeds them, from r.
 func writeReport(dir string, r *Results) error {
+	plots, err := writePlots(dir, r)
+	if err != nil {
+		return err
+	}
 	var w strings.Builder
-	report(&w, r)
+	report(&w, r, plots)
 	return os.WriteFile(filepath.Join(dir, "results.md"), []byte(w.String()), 0o644)
 }
 
@@ -45,7 +49,8 @@ func verdict(met bool) string {
 
 const noData = "no data"
 
-func report(w io.Writer, r *Results) {
+// report writes results.md; plots are the plots written beside it, each embedded under its section.
+func report(w io.Writer, r *Results, plots plotted) {
 	p := func(format string, args ...any) { fmt.Fprintf(w, format, args...) }
 	h := r.Host
 	p("# iamlet benchmarks\n\n")
@@ -74,16 +79,28 @@ func report(w io.Writer, r *Results) {
 		}
 	}
 	cachedSection(p, r)
+	embed(p, plots, plotCached)
 	coldSection(p, r)
+	embed(p, plots, plotCold)
 	churnSection(p, r)
+	embed(p, plots, plotNewPods)
 	scaleSection(p, r)
+	embed(p, plots, plotMemory)
 	startupSection(p, r)
+	embed(p, plots, plotStartup)
 	economySection(p, r)
 	microSection(p, r)
 	methodSection(p, r)
 }
 
 type printer func(format string, args ...any)
+
+// embed shows the plot named name, if it was drawn, at the end of the section just written.
+func embed(p printer, plots plotted, name string) {
+	if f, ok := plots[name]; ok {
+		p("\n![%s](%s)\n", f.alt, f.file)
+	}
+}
 
 // judge turns the results into the targets table, in the issue's order.
 func judge(r *Results) []target {
@@ -494,7 +511,8 @@ func methodSection(p printer, r *Results) {
 	p("  targets; it reports that cost, and in workload 1 it has a core to itself.\n")
 	p("- Servers run in a memory cgroup of their own, entered by a shell that then execs them (part of their start-up, ~1 ms).\n")
 	p("- Ratios are iamlet ÷ baseline (for latency lower is better, for throughput higher is better).\n")
-	p("- Raw data: `bench/results.json`; re-render with `go run ./bench/cmd/iamlet-bench -report-only`.\n")
+	p("- Raw data: `bench/results.json`; re-render this report and its plots (`bench/plots/`) with\n")
+	p("  `go run ./bench/cmd/iamlet-bench -report-only`.\n")
 }
 
 // Grouping and medians over runs.
