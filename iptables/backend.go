@@ -7,16 +7,19 @@ import (
 	"fmt"
 	"math"
 	"os/exec"
+	"strings"
 	"time"
 
 	goipt "github.com/coreos/go-iptables/iptables"
 )
 
 // runner is what this package needs from iptables, kept small so an in-memory fake can stand in for it: the
-// commands that check and change rules, as go-iptables runs them, and a read of the family's tables in
-// iptables-save form, which answers every question a pass asks with one process.
+// commands that check and change rules, as go-iptables runs them, and two reads: the family's tables in
+// iptables-save form, and one chain in iptables -S form. Which of the reads a pass uses depends on the backend
+// (family.read).
 type runner interface {
 	Save(ctx context.Context) ([]byte, error)
+	ListChain(ctx context.Context, table, chain string) ([]byte, error)
 	Exists(table, chain string, rulespec ...string) (bool, error)
 	Insert(table, chain string, pos int, rulespec ...string) error
 	Append(table, chain string, rulespec ...string) error
@@ -28,6 +31,7 @@ type runner interface {
 // cmdRunner drives one family of one backend through that backend's own binaries.
 type cmdRunner struct {
 	*goipt.IPTables
+	bin  string // the path of the backend's binary: iptables-nft, ip6tables-legacy, ...
 	save string // the path of the matching save binary: iptables-nft-save, ip6tables-legacy-save, ...
 }
 
@@ -36,11 +40,15 @@ var _ runner = cmdRunner{}
 // openIptables returns a handle on the backend's own binaries (iptables-nft, ip6tables-legacy-save, ...) rather than
 // plain iptables, whose alternative inside the container need not match what the node uses.
 func openIptables(backend string, v6 bool, lockWait time.Duration) (cmdRunner, error) {
-	proto, bin := goipt.ProtocolIPv4, "iptables-"+backend
+	proto, name := goipt.ProtocolIPv4, "iptables-"+backend
 	if v6 {
-		proto, bin = goipt.ProtocolIPv6, "ip6tables-"+backend
+		proto, name = goipt.ProtocolIPv6, "ip6tables-"+backend
 	}
-	save, err := exec.LookPath(bin + "-save")
+	bin, err := exec.LookPath(name)
+	if err != nil {
+		return cmdRunner{}, err
+	}
+	save, err := exec.LookPath(name + "-save")
 	if err != nil {
 		return cmdRunner{}, err
 	}
@@ -50,7 +58,7 @@ func openIptables(backend string, v6 bool, lockWait time.Duration) (cmdRunner, e
 	if err != nil {
 		return cmdRunner{}, err
 	}
-	return cmdRunner{IPTables: ipt, save: save}, nil
+	return cmdRunner{IPTables: ipt, bin: bin, save: save}, nil
 }
 
 // Save reads the family's tables. It takes no xtables lock, and needs none: the lock serialises writers, each of
@@ -60,14 +68,46 @@ func openIptables(backend string, v6 bool, lockWait time.Duration) (cmdRunner, e
 // What another program changes after the read, the repair (which does wait for the lock) or the next pass meets,
 // as it did when every check was a process of its own.
 func (c cmdRunner) Save(ctx context.Context) ([]byte, error) {
+	return output(ctx, c.save)
+}
+
+// ListChain lists one chain with iptables -S. It is for iptables-nft, which reads only that chain (1.8.9 creates no
+// table to list it) and takes no xtables lock; legacy iptables would create a table it was asked to list.
+func (c cmdRunner) ListChain(ctx context.Context, table, chain string) ([]byte, error) {
+	return output(ctx, c.bin, "-t", table, "-S", chain)
+}
+
+// output runs a command that only reads, and returns what it wrote to stdout or a *cmdError.
+func output(ctx context.Context, name string, args ...string) ([]byte, error) {
 	var stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, c.save)
+	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
-		return nil, fmt.Errorf("%s (%s): %w", c.save, bytes.TrimSpace(stderr.Bytes()), err)
+		return nil, &cmdError{cmd: cmd.String(), stderr: string(bytes.TrimSpace(stderr.Bytes())), err: err}
 	}
 	return out, nil
+}
+
+// cmdError is a read iptables refused, with what it said; its methods classify it, as go-iptables' IsNotExist does
+// for the commands it runs.
+type cmdError struct {
+	cmd, stderr string
+	err         error
+}
+
+func (e *cmdError) Error() string { return fmt.Sprintf("%s (%s): %v", e.cmd, e.stderr, e.err) }
+func (e *cmdError) Unwrap() error { return e.err }
+
+// IsNotExist reports that the chain listed does not exist.
+func (e *cmdError) IsNotExist() bool {
+	return strings.Contains(e.stderr, "No chain/target/match by that name")
+}
+
+// IsIncompatible reports that iptables-nft cannot express what the chain listed holds; iptables-nft 1.8.9 also says
+// so of a chain that does not exist.
+func (e *cmdError) IsIncompatible() bool {
+	return strings.Contains(e.stderr, "is incompatible, use 'nft' tool")
 }
 
 // DetectBackend tells which iptables backend the node uses, the way kubernetes-sigs/iptables-wrappers does: the

@@ -62,6 +62,8 @@ type family struct {
 	v6     bool
 	ipt    runner
 	chains []chain
+	// byChain reads with one listing per chain instead of one save (iptables-nft; see read).
+	byChain bool
 }
 
 // Status reports one Reconcile pass.
@@ -130,7 +132,9 @@ func newRules(cfg Config, backend string, log *slog.Logger, open func(v6 bool) (
 			errs = append(errs, fmt.Errorf("open %s iptables (%s); both families must be guarded: %w", name, backend, err))
 			continue
 		}
-		r.families = append(r.families, &family{name: name, v6: v6, ipt: ipt, chains: buildChains(v6, metadata, container)})
+		r.families = append(r.families, &family{
+			name: name, v6: v6, ipt: ipt, chains: buildChains(v6, metadata, container), byChain: backend == BackendNFT,
+		})
 	}
 	return r, errors.Join(errs...)
 }

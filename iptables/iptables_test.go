@@ -18,13 +18,35 @@ var (
 	container6 = netip.MustParseAddrPort("[fd00::1]:8182")
 )
 
-// fakeRules builds Rules over in-memory fakes; a family the config enables must have a fake.
+// fakeRead is a way a pass reads the tables: the backend's, and how the fakes answer for a missing chain.
+type fakeRead struct {
+	name                string
+	backend             string
+	missingIncompatible bool // as iptables-nft 1.8.9 does (see fakeIPT)
+}
+
+// fakeReads are every way a pass reads the tables. Whichever it takes, its verdicts must be the same.
+func fakeReads() []fakeRead {
+	return []fakeRead{
+		{name: "legacy save", backend: BackendLegacy},
+		{name: "nft chain by chain", backend: BackendNFT},
+		{name: "nft 1.8.9 chain by chain", backend: BackendNFT, missingIncompatible: true},
+	}
+}
+
+// fakeRules builds Rules over in-memory fakes, as for nft; a family the config enables must have a fake.
 func fakeRules(t *testing.T, cfg Config, v4, v6 *fakeIPT) *Rules {
+	t.Helper()
+	return fakeRulesReading(t, fakeRead{backend: BackendNFT}, cfg, v4, v6)
+}
+
+// fakeRulesReading is fakeRules for a backend that reads as rd says; it makes the fakes answer that way too.
+func fakeRulesReading(t *testing.T, rd fakeRead, cfg Config, v4, v6 *fakeIPT) *Rules {
 	t.Helper()
 	if err := cfg.validate(); err != nil {
 		t.Fatalf("validate() = %v", err)
 	}
-	r, err := newRules(cfg, BackendNFT, nil, func(isV6 bool) (runner, error) {
+	r, err := newRules(cfg, rd.backend, nil, func(isV6 bool) (runner, error) {
 		f := v4
 		if isV6 {
 			f = v6
@@ -32,12 +54,22 @@ func fakeRules(t *testing.T, cfg Config, v4, v6 *fakeIPT) *Rules {
 		if f == nil {
 			f = newFake() // both families are always guarded; this test looks at one
 		}
+		f.missingIncompatible = rd.missingIncompatible
 		return f, nil
 	})
 	if err != nil {
 		t.Fatalf("newRules() = %v", err)
 	}
 	return r
+}
+
+// installedV4 returns Rules for an IPv4 listener that read as rd says, with their rules in place, and the IPv4 fake.
+func installedV4(t *testing.T, rd fakeRead) (*Rules, *fakeIPT) {
+	t.Helper()
+	f4 := newFake()
+	r := fakeRulesReading(t, rd, Config{MetadataV4: listen4}, f4, nil)
+	mustEnsure(t, r)
+	return r, f4
 }
 
 func mustEnsure(t *testing.T, r *Rules) []string {
@@ -177,51 +209,57 @@ func TestEnsureIsIdempotent(t *testing.T) {
 
 // TestRoundTrip adds, asserts, removes and asserts again, with a rule of another program that must survive.
 func TestRoundTrip(t *testing.T) {
-	f4 := newFake()
-	foreign := []string{"-p", "udp", "-j", "RETURN"}
-	if err := f4.Append("nat", "PREROUTING", foreign...); err != nil {
-		t.Fatal(err)
-	}
-	r := fakeRules(t, Config{MetadataV4: listen4}, f4, nil)
+	for _, rd := range fakeReads() {
+		t.Run(rd.name, func(t *testing.T) {
+			f4 := newFake()
+			foreign := []string{"-p", "udp", "-j", "RETURN"}
+			if err := f4.Append("nat", "PREROUTING", foreign...); err != nil {
+				t.Fatal(err)
+			}
+			r := fakeRulesReading(t, rd, Config{MetadataV4: listen4}, f4, nil)
 
-	// Both families, the one without a listener too: its guard and its (empty) redirect chain.
-	var all []string
-	for _, fam := range []string{"ipv4", "ipv6"} {
-		all = append(all,
-			fam+" filter/IAMLET-GUARD: chain missing",
-			fam+" filter/INPUT: jump to IAMLET-GUARD missing",
-			fam+" filter/FORWARD: jump to IAMLET-GUARD missing",
-			fam+" nat/IAMLET-IMDS: chain missing",
-			fam+" nat/PREROUTING: jump to IAMLET-IMDS missing")
+			// Both families, the one without a listener too: its guard and its (empty) redirect chain.
+			var all []string
+			for _, fam := range []string{"ipv4", "ipv6"} {
+				all = append(all,
+					fam+" filter/IAMLET-GUARD: chain missing",
+					fam+" filter/INPUT: jump to IAMLET-GUARD missing",
+					fam+" filter/FORWARD: jump to IAMLET-GUARD missing",
+					fam+" nat/IAMLET-IMDS: chain missing",
+					fam+" nat/PREROUTING: jump to IAMLET-IMDS missing")
+			}
+			diffLines(t, "Check() before Ensure", mustCheck(t, r), all)
+			diffLines(t, "Ensure() repaired", mustEnsure(t, r), all)
+			if got := mustCheck(t, r); got != nil {
+				t.Errorf("Check() after Ensure = %q, want nothing missing", got)
+			}
+			for range 2 {
+				if err := r.Remove(t.Context()); err != nil {
+					t.Fatalf("Remove() = %v", err)
+				}
+				diffLines(t, "rules after Remove", f4.dump(), []string{"nat -A PREROUTING -p udp -j RETURN"})
+				diffLines(t, "chains after Remove", f4.userChains(), nil)
+			}
+			diffLines(t, "Check() after Remove", mustCheck(t, r), all)
+		})
 	}
-	diffLines(t, "Check() before Ensure", mustCheck(t, r), all)
-	diffLines(t, "Ensure() repaired", mustEnsure(t, r), all)
-	if got := mustCheck(t, r); got != nil {
-		t.Errorf("Check() after Ensure = %q, want nothing missing", got)
-	}
-	for range 2 {
-		if err := r.Remove(t.Context()); err != nil {
-			t.Fatalf("Remove() = %v", err)
-		}
-		diffLines(t, "rules after Remove", f4.dump(), []string{"nat -A PREROUTING -p udp -j RETURN"})
-		diffLines(t, "chains after Remove", f4.userChains(), nil)
-	}
-	diffLines(t, "Check() after Remove", mustCheck(t, r), all)
 }
 
 func TestRemoveTakesStaleJumps(t *testing.T) {
-	f4 := newFake()
-	r := fakeRules(t, Config{MetadataV4: listen4}, f4, nil)
-	mustEnsure(t, r)
-	// A jump written by some older version, which Ensure also reports as a duplicate.
-	if err := f4.Append("nat", "PREROUTING", "-p", "tcp", "-j", natChain); err != nil {
-		t.Fatal(err)
+	for _, rd := range fakeReads() {
+		t.Run(rd.name, func(t *testing.T) {
+			r, f4 := installedV4(t, rd)
+			// A jump written by some older version, which Ensure also reports as a duplicate.
+			if err := f4.Append("nat", "PREROUTING", "-p", "tcp", "-j", natChain); err != nil {
+				t.Fatal(err)
+			}
+			if err := r.Remove(t.Context()); err != nil {
+				t.Fatalf("Remove() = %v", err)
+			}
+			diffLines(t, "rules after Remove", f4.dump(), nil)
+			diffLines(t, "chains after Remove", f4.userChains(), nil)
+		})
 	}
-	if err := r.Remove(t.Context()); err != nil {
-		t.Fatalf("Remove() = %v", err)
-	}
-	diffLines(t, "rules after Remove", f4.dump(), nil)
-	diffLines(t, "chains after Remove", f4.userChains(), nil)
 }
 
 func TestDriftIsCheckedAndRepaired(t *testing.T) {
@@ -317,26 +355,28 @@ func TestDriftIsCheckedAndRepaired(t *testing.T) {
 			want: []string{`ipv6 nat/IAMLET-IMDS: rule "iamlet: imds dnat all" differs`},
 		},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			f4, f6 := newFake(), newFake()
-			r := fakeRules(t, cfg, f4, f6)
-			mustEnsure(t, r)
-			pristine4, pristine6 := f4.dump(), f6.dump()
+	for _, rd := range fakeReads() {
+		for _, tt := range tests {
+			t.Run(rd.name+"/"+tt.name, func(t *testing.T) {
+				f4, f6 := newFake(), newFake()
+				r := fakeRulesReading(t, rd, cfg, f4, f6)
+				mustEnsure(t, r)
+				pristine4, pristine6 := f4.dump(), f6.dump()
 
-			tt.mutate(t, f4, f6)
-			diffLines(t, "Check()", mustCheck(t, r), tt.want)
-			diffLines(t, "Ensure() repaired", mustEnsure(t, r), tt.want)
-			if got := mustCheck(t, r); got != nil {
-				t.Errorf("Check() after Ensure = %q, want nothing missing", got)
-			}
-			got4 := slices.DeleteFunc(f4.dump(), func(l string) bool { return l == tt.keep })
-			if tt.keep != "" && len(got4) == len(f4.dump()) {
-				t.Errorf("foreign rule %q gone after Ensure", tt.keep)
-			}
-			diffLines(t, "ipv4 rules after repair", got4, pristine4)
-			diffLines(t, "ipv6 rules after repair", f6.dump(), pristine6)
-		})
+				tt.mutate(t, f4, f6)
+				diffLines(t, "Check()", mustCheck(t, r), tt.want)
+				diffLines(t, "Ensure() repaired", mustEnsure(t, r), tt.want)
+				if got := mustCheck(t, r); got != nil {
+					t.Errorf("Check() after Ensure = %q, want nothing missing", got)
+				}
+				got4 := slices.DeleteFunc(f4.dump(), func(l string) bool { return l == tt.keep })
+				if tt.keep != "" && len(got4) == len(f4.dump()) {
+					t.Errorf("foreign rule %q gone after Ensure", tt.keep)
+				}
+				diffLines(t, "ipv4 rules after repair", got4, pristine4)
+				diffLines(t, "ipv6 rules after repair", f6.dump(), pristine6)
+			})
+		}
 	}
 }
 
@@ -348,23 +388,48 @@ func mustDo(t *testing.T, err error) {
 }
 
 // TestPassInPlaceReadsOnce: a pass that finds everything in place reads each family's tables once and runs nothing
-// else, which is what start-up and every Reconcile pass cost on a node whose rules are already there.
+// else, which is what start-up and every Reconcile pass cost on a node whose rules are already there. Legacy reads
+// with one save; nft lists each chain the pass looks at, and no other.
 func TestPassInPlaceReadsOnce(t *testing.T) {
-	f4, f6 := newFake(), newFake()
-	cfg := Config{MetadataV4: listen4, MetadataV6: listen6, ContainerV4: container4, ContainerV6: container6}
-	r := fakeRules(t, cfg, f4, f6)
-	mustEnsure(t, r)
-	f4.takeCalls()
-	f6.takeCalls()
-	for _, pass := range []struct {
-		name string
-		run  func(t *testing.T, r *Rules) []string
-	}{{"Ensure", mustEnsure}, {"Check", mustCheck}} {
-		if got := pass.run(t, r); got != nil {
-			t.Fatalf("%s() = %q, want nothing to do", pass.name, got)
-		}
-		diffLines(t, pass.name+"() ipv4 calls", f4.takeCalls(), []string{"Save"})
-		diffLines(t, pass.name+"() ipv6 calls", f6.takeCalls(), []string{"Save"})
+	lists := []string{
+		"ListChain filter IAMLET-GUARD", "ListChain filter INPUT", "ListChain filter FORWARD",
+		"ListChain nat IAMLET-IMDS", "ListChain nat PREROUTING",
+	}
+	want := map[string][]string{BackendLegacy: {"Save"}, BackendNFT: lists}
+	for _, rd := range fakeReads() {
+		t.Run(rd.name, func(t *testing.T) {
+			f4, f6 := newFake(), newFake()
+			cfg := Config{MetadataV4: listen4, MetadataV6: listen6, ContainerV4: container4, ContainerV6: container6}
+			r := fakeRulesReading(t, rd, cfg, f4, f6)
+			mustEnsure(t, r)
+			f4.takeCalls()
+			f6.takeCalls()
+			for _, pass := range []struct {
+				name string
+				run  func(t *testing.T, r *Rules) []string
+			}{{"Ensure", mustEnsure}, {"Check", mustCheck}} {
+				if got := pass.run(t, r); got != nil {
+					t.Fatalf("%s() = %q, want nothing to do", pass.name, got)
+				}
+				diffLines(t, pass.name+"() ipv4 calls", f4.takeCalls(), want[rd.backend])
+				diffLines(t, pass.name+"() ipv6 calls", f6.takeCalls(), want[rd.backend])
+			}
+		})
+	}
+}
+
+// TestIncompatibleTable: a table the nft tool put something in that iptables cannot express is an error for a pass,
+// whichever way it reads.
+func TestIncompatibleTable(t *testing.T) {
+	for _, rd := range fakeReads() {
+		t.Run(rd.name, func(t *testing.T) {
+			r, f4 := installedV4(t, rd)
+			f4.incompatible = "nat/PREROUTING"
+			want := "inspect ipv4 chain nat/IAMLET-IMDS: table nat holds rules iptables cannot express"
+			if _, err := r.Check(t.Context()); err == nil || !strings.Contains(err.Error(), want) {
+				t.Errorf("Check() error = %v, want %q", err, want)
+			}
+		})
 	}
 }
 
@@ -387,18 +452,20 @@ func TestTakeover(t *testing.T) {
 			want: []string{"ipv4 filter/IAMLET-GUARD: 4 rules, want 2", "ipv4 nat/IAMLET-IMDS: 2 rules, want 1"},
 		},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			f4, f6 := newFake(), newFake()
-			mustEnsure(t, fakeRules(t, old, f4, f6))
+	for _, rd := range fakeReads() {
+		for _, tt := range tests {
+			t.Run(rd.name+"/"+tt.name, func(t *testing.T) {
+				f4, f6 := newFake(), newFake()
+				mustEnsure(t, fakeRulesReading(t, rd, old, f4, f6))
 
-			diffLines(t, "Ensure() repaired", mustEnsure(t, fakeRules(t, tt.cfg, f4, f6)), tt.want)
+				diffLines(t, "Ensure() repaired", mustEnsure(t, fakeRulesReading(t, rd, tt.cfg, f4, f6)), tt.want)
 
-			fresh4, fresh6 := newFake(), newFake()
-			mustEnsure(t, fakeRules(t, tt.cfg, fresh4, fresh6))
-			diffLines(t, "ipv4 rules after takeover", f4.dump(), fresh4.dump())
-			diffLines(t, "ipv6 rules after takeover", f6.dump(), fresh6.dump())
-		})
+				fresh4, fresh6 := newFake(), newFake()
+				mustEnsure(t, fakeRulesReading(t, rd, tt.cfg, fresh4, fresh6))
+				diffLines(t, "ipv4 rules after takeover", f4.dump(), fresh4.dump())
+				diffLines(t, "ipv6 rules after takeover", f6.dump(), fresh6.dump())
+			})
+		}
 	}
 }
 
@@ -416,13 +483,15 @@ func TestErrorsAreReported(t *testing.T) {
 			t.Errorf("Ensure() repaired = %q, want the five ipv6 repairs", repaired)
 		}
 	})
-	t.Run("check", func(t *testing.T) {
-		f4 := newFake()
-		f4.failOn = "Save"
-		if _, err := fakeRules(t, Config{MetadataV4: listen4}, f4, nil).Check(t.Context()); err == nil {
-			t.Errorf("Check() error = nil, want the listing failure")
-		}
-	})
+	for _, rd := range fakeReads() {
+		t.Run("check reading "+rd.name, func(t *testing.T) {
+			f4 := newFake()
+			f4.failOn = map[string]string{BackendLegacy: "Save", BackendNFT: "ListChain"}[rd.backend]
+			if _, err := fakeRulesReading(t, rd, Config{MetadataV4: listen4}, f4, nil).Check(t.Context()); err == nil {
+				t.Errorf("Check() error = nil, want the listing failure")
+			}
+		})
+	}
 	t.Run("remove", func(t *testing.T) {
 		f4 := newFake()
 		r := fakeRules(t, Config{MetadataV4: listen4}, f4, nil)
@@ -464,7 +533,7 @@ func TestReconcile(t *testing.T) {
 			{name: "first pass installs", wantRepaired: 10, wantPresent: true}, // both families
 			{name: "quiet pass", wantPresent: true},
 			{name: "flushed nat repaired", before: func() { f4.flushTable("nat") }, wantRepaired: 2, wantPresent: true},
-			{name: "failing iptables", before: func() { f4.setFail("Save") }, wantErr: true},
+			{name: "failing iptables", before: func() { f4.setFail("ListChain") }, wantErr: true},
 		}
 		for i, s := range steps {
 			if s.before != nil {
@@ -660,6 +729,24 @@ func TestParseSave(t *testing.T) {
 	for _, bad := range []string{":INPUT ACCEPT [0:0]\n", "*filter\n-A INPUT -j ACCEPT\n", "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT\n", "*filter\nbogus\n"} {
 		if _, err := parseSave([]byte(bad)); err == nil {
 			t.Errorf("parseSave(%q) = nil error, want one", bad)
+		}
+	}
+}
+
+func TestParseList(t *testing.T) {
+	const nat = "-N IAMLET-IMDS\n" +
+		"-A IAMLET-IMDS -d 169.254.169.254/32 -p tcp -m tcp --dport 80 -m comment --comment \"iamlet: imds dnat all\" -j DNAT --to-destination 10.0.0.1:8181\n" +
+		"# Warning: iptables-legacy tables present, use iptables-legacy to see them\n"
+	rules, err := parseList([]byte(nat), natChain)
+	if err != nil || len(rules) != 1 || commentOf(rules[0]) != "iamlet: imds dnat all" {
+		t.Errorf("parseList(%q) = %q, %v, want the dnat rule", nat, rules, err)
+	}
+	if rules, err := parseList([]byte("-P PREROUTING ACCEPT\n"), "PREROUTING"); rules != nil || err != nil {
+		t.Errorf("parseList(empty PREROUTING) = %q, %v, want no rules", rules, err)
+	}
+	for _, bad := range []string{"-N OTHER\n", "-P PREROUTING ACCEPT\n-A PREROUTING\n", "-A OTHER -j ACCEPT\n", "bogus\n"} {
+		if _, err := parseList([]byte(bad), "PREROUTING"); err == nil {
+			t.Errorf("parseList(%q, PREROUTING) = nil error, want one", bad)
 		}
 	}
 }

@@ -96,8 +96,8 @@ type fix struct {
 }
 
 // inspect compares the family's rules with what buildChains wants. Check reports its findings and Ensure applies
-// them, which keeps the two in agreement. It reads the tables once, so a pass that finds everything in place runs
-// one process per family; each pass reads afresh, so the one after a repair sees what the repair did.
+// them, which keeps the two in agreement. It reads the tables once (read), so a pass that finds everything in place
+// runs only the processes of that read; each pass reads afresh, so the one after a repair sees what the repair did.
 func (f *family) inspect(ctx context.Context) ([]fix, error) {
 	snap, err := f.read(ctx)
 	if err != nil {
@@ -376,10 +376,17 @@ func (f *family) remove(ctx context.Context) error {
 // "-A CHAIN". A table iptables-nft cannot list (the nft tool put something there it cannot express) maps to nil.
 type snapshot map[string]map[string][][]string
 
-// read takes a snapshot of the family's tables: every table, in one process. A plain save lists the tables that
-// exist and creates none (naming one with -t would make legacy iptables create it); a table that does not exist
-// holds none of our rules.
+// read takes a snapshot of what a pass looks at. Legacy iptables reads it with one save of every table: a plain save
+// lists the tables that exist and creates none (naming one with -t would make legacy iptables create it), and a table
+// that does not exist holds none of our rules. iptables-nft reads the whole ruleset for a save, even with -t, which
+// takes it a hundred milliseconds and more beside kube-proxy's thousands of nat rules, while it lists one chain in a
+// few milliseconds whatever else the table holds (and 1.8.9 creates nothing to list one). So with nft each chain a
+// pass looks at is listed on its own (watchedChains): a few processes whose cost does not grow with other programs'
+// rules. Legacy iptables gains nothing from that: listing one chain reads and decodes the whole table all the same.
 func (f *family) read(ctx context.Context) (snapshot, error) {
+	if f.byChain {
+		return f.readByChain(ctx)
+	}
 	out, err := f.ipt.Save(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("read rules: %w", err)
@@ -389,6 +396,63 @@ func (f *family) read(ctx context.Context) (snapshot, error) {
 		return nil, fmt.Errorf("read rules: %w", err)
 	}
 	return snap, nil
+}
+
+// readByChain builds the snapshot read would from a save out of one listing per chain. A chain that does not exist
+// is left out of it, as a save leaves it out. iptables-nft 1.8.9 answers the listing of a missing chain with the
+// error it gives for one it cannot express: for one of our chains that reads as missing, and the repair flushes and
+// rewrites it either way; for a built-in chain, which iptables-nft lists even when absent, it is the table the nft
+// tool put something in, and a question about that table is an error, as with a save.
+func (f *family) readByChain(ctx context.Context) (snapshot, error) {
+	snap := snapshot{}
+	for _, w := range f.watchedChains() {
+		if chains, ok := snap[w.table]; ok && chains == nil {
+			continue // already known to be a table iptables cannot express
+		}
+		out, err := f.ipt.ListChain(ctx, w.table, w.chain)
+		switch {
+		case err == nil:
+		case isNotExist(err), isIncompatible(err) && w.ours:
+			continue
+		case isIncompatible(err):
+			snap[w.table] = nil
+			continue
+		default:
+			return nil, fmt.Errorf("read rules: %w", err)
+		}
+		rules, err := parseList(out, w.chain)
+		if err != nil {
+			return nil, fmt.Errorf("read rules: %w", err)
+		}
+		if snap[w.table] == nil {
+			snap[w.table] = map[string][][]string{}
+		}
+		snap[w.table][w.chain] = rules
+	}
+	return snap, nil
+}
+
+// watchedChain is a chain that inspect or remove looks at: one of ours, or a built-in one that jumps to one of ours.
+type watchedChain struct {
+	table, chain string
+	ours         bool
+}
+
+// watchedChains lists, from the family's chain definitions, every chain inspect and remove look at, once each.
+func (f *family) watchedChains() []watchedChain {
+	var out []watchedChain
+	add := func(w watchedChain) {
+		if !slices.Contains(out, w) {
+			out = append(out, w)
+		}
+	}
+	for _, c := range f.chains {
+		add(watchedChain{c.table, c.name, true})
+		for _, hook := range c.hooks {
+			add(watchedChain{c.table, hook, false})
+		}
+	}
+	return out
 }
 
 // parseSave parses iptables-save output.
@@ -411,19 +475,51 @@ func parseSave(out []byte) (snapshot, error) {
 			name, _, _ := strings.Cut(line[1:], " ")
 			chains[name] = nil
 		case strings.HasPrefix(line, "-A "):
-			args := splitRule(line)
-			if len(args) < 3 {
-				return nil, fmt.Errorf("iptables-save line %q: no rule", line)
+			chain, args, err := parseAppend(line)
+			if err != nil {
+				return nil, fmt.Errorf("iptables-save %w", err)
 			}
-			if _, ok := chains[args[1]]; !ok {
-				return nil, fmt.Errorf("iptables-save line %q: chain %s not declared", line, args[1])
+			if _, ok := chains[chain]; !ok {
+				return nil, fmt.Errorf("iptables-save line %q: chain %s not declared", line, chain)
 			}
-			chains[args[1]] = append(chains[args[1]], args[2:])
+			chains[chain] = append(chains[chain], args)
 		default:
 			return nil, fmt.Errorf("unexpected iptables-save line %q", line)
 		}
 	}
 	return snap, nil
+}
+
+// parseList parses the iptables -S listing of chain: its policy (built-in) or declaration (ours), then its rules.
+func parseList(out []byte, chain string) ([][]string, error) {
+	var rules [][]string
+	for line := range strings.Lines(string(out)) {
+		line = strings.TrimRight(line, "\n")
+		switch {
+		case line == "", strings.HasPrefix(line, "#"), line == "-N "+chain, strings.HasPrefix(line, "-P "+chain+" "):
+		case strings.HasPrefix(line, "-A "):
+			in, args, err := parseAppend(line)
+			if err != nil {
+				return nil, fmt.Errorf("iptables -S %w", err)
+			}
+			if in != chain {
+				return nil, fmt.Errorf("iptables -S %s line %q: a rule of another chain", chain, line)
+			}
+			rules = append(rules, args)
+		default:
+			return nil, fmt.Errorf("unexpected iptables -S %s line %q", chain, line)
+		}
+	}
+	return rules, nil
+}
+
+// parseAppend splits a line "-A CHAIN args" into the chain and the rule's arguments.
+func parseAppend(line string) (string, []string, error) {
+	args := splitRule(line)
+	if len(args) < 3 {
+		return "", nil, fmt.Errorf("line %q: no rule", line)
+	}
+	return args[1], args[2:], nil
 }
 
 func (s snapshot) table(name string) (map[string][][]string, error) {
@@ -489,6 +585,12 @@ func optionValue(args []string, names ...string) string {
 		}
 	}
 	return ""
+}
+
+// isIncompatible reports whether err says iptables-nft cannot express what the chain listed holds.
+func isIncompatible(err error) bool {
+	var e interface{ IsIncompatible() bool }
+	return errors.As(err, &e) && e.IsIncompatible()
 }
 
 // isNotExist reports whether err says the rule or chain was not there, which removal treats as success.
