@@ -290,8 +290,19 @@ func annotationsOnly(obj any) (any, error) {
 	return obj, nil
 }
 
+// slimMeta keeps what the mapper reads: names, and only the annotations it knows. The others (kubectl's
+// last-applied-configuration is often kilobytes) would otherwise be held for every ServiceAccount in the cluster.
 func slimMeta(m metav1.ObjectMeta) metav1.ObjectMeta {
-	return metav1.ObjectMeta{Name: m.Name, Namespace: m.Namespace, UID: m.UID, ResourceVersion: m.ResourceVersion, Annotations: m.Annotations}
+	var ann map[string]string
+	for k, v := range m.Annotations {
+		if strings.HasPrefix(k, "eks.amazonaws.com/") || strings.HasPrefix(k, "iamlet.dev/") {
+			if ann == nil {
+				ann = make(map[string]string)
+			}
+			ann[k] = v
+		}
+	}
+	return metav1.ObjectMeta{Name: m.Name, Namespace: m.Namespace, UID: m.UID, ResourceVersion: m.ResourceVersion, Annotations: ann}
 }
 
 // arnChecks remembers ValidateARN's verdict per ARN string: the pattern ran on every credential
