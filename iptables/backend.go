@@ -8,6 +8,7 @@ import (
 	"math"
 	"os/exec"
 	"strings"
+	"sync"
 	"time"
 
 	goipt "github.com/coreos/go-iptables/iptables"
@@ -114,40 +115,60 @@ func (e *cmdError) IsIncompatible() bool {
 // kubelet's hint chains win if either backend has them, otherwise the backend holding more rules, with ties going to
 // nft. It only reads (iptables-save creates no tables), but it must run in the namespace whose rules matter.
 func DetectBackend(ctx context.Context) (string, error) {
-	var nft, legacy bytes.Buffer
+	saves := []string{"iptables-nft-save", "ip6tables-nft-save", "iptables-legacy-save", "ip6tables-legacy-save"}
+	outs := runAll(ctx, saves)
+	var nft, legacy []byte
 	var errs []error
-	ran := false
-	for _, c := range []struct {
-		bin string
-		out *bytes.Buffer
-	}{
-		{"iptables-nft-save", &nft},
-		{"ip6tables-nft-save", &nft},
-		{"iptables-legacy-save", &legacy},
-		{"ip6tables-legacy-save", &legacy},
-	} {
-		var stderr bytes.Buffer
-		cmd := exec.CommandContext(ctx, c.bin)
-		cmd.Stdout, cmd.Stderr = c.out, &stderr
+	anyRan := false
+	for i, o := range outs {
 		// A family or backend the kernel lacks makes its save fail; like the wrapper, count that as no rules.
 		// But a save we may not run (iptables-legacy needs CAP_NET_RAW) hides rules that may be there, and
 		// guessing would install ours in the backend the node does not use: that is an error.
-		if err := cmd.Run(); err != nil {
-			if bytes.Contains(stderr.Bytes(), []byte("Permission denied")) {
-				return "", fmt.Errorf("detect iptables backend: %s: permission denied (legacy iptables needs CAP_NET_RAW; or set the backend explicitly)", c.bin)
+		if o.err != nil {
+			if bytes.Contains(o.stderr, []byte("Permission denied")) {
+				return "", fmt.Errorf("detect iptables backend: %s: permission denied (legacy iptables needs CAP_NET_RAW; or set the backend explicitly)", saves[i])
 			}
-			errs = append(errs, fmt.Errorf("run %s: %w", c.bin, err))
+			errs = append(errs, fmt.Errorf("run %s: %w", saves[i], o.err))
 			continue
 		}
-		ran = true
+		anyRan = true
+		if i < 2 {
+			nft = append(nft, o.stdout...)
+		} else {
+			legacy = append(legacy, o.stdout...)
+		}
 	}
 	if err := ctx.Err(); err != nil {
 		return "", fmt.Errorf("detect iptables backend: %w", err)
 	}
-	if !ran {
+	if !anyRan {
 		return "", fmt.Errorf("detect iptables backend: %w", errors.Join(errs...))
 	}
-	return chooseBackend(nft.Bytes(), legacy.Bytes()), nil
+	return chooseBackend(nft, legacy), nil
+}
+
+// ran is one command's result.
+type ran struct {
+	stdout, stderr []byte
+	err            error
+}
+
+// runAll runs the read-only commands at once (they read, so their order does not matter) and returns their results
+// in order: at start-up, one after the other they cost the sum of their times.
+func runAll(ctx context.Context, bins []string) []ran {
+	outs := make([]ran, len(bins))
+	var wg sync.WaitGroup
+	for i, bin := range bins {
+		wg.Go(func() {
+			var stdout, stderr bytes.Buffer
+			cmd := exec.CommandContext(ctx, bin)
+			cmd.Stdout, cmd.Stderr = &stdout, &stderr
+			err := cmd.Run()
+			outs[i] = ran{stdout: stdout.Bytes(), stderr: stderr.Bytes(), err: err}
+		})
+	}
+	wg.Wait()
+	return outs
 }
 
 // chooseBackend decides between the iptables-save outputs of both backends.
@@ -187,9 +208,8 @@ func countRules(save []byte) int {
 // HasChains reports whether backend's tables, in either family, hold one of iamlet's chains. It reads them with the
 // save commands, which change nothing: listing a chain would make iptables-nft create the table it lists.
 func HasChains(ctx context.Context, backend string) bool {
-	for _, fam := range []string{"iptables", "ip6tables"} {
-		out, err := exec.CommandContext(ctx, fam+"-"+backend+"-save").Output()
-		if err == nil && (bytes.Contains(out, []byte(":"+natChain+" ")) || bytes.Contains(out, []byte(":"+guardChain+" "))) {
+	for _, o := range runAll(ctx, []string{"iptables-" + backend + "-save", "ip6tables-" + backend + "-save"}) {
+		if o.err == nil && (bytes.Contains(o.stdout, []byte(":"+natChain+" ")) || bytes.Contains(o.stdout, []byte(":"+guardChain+" "))) {
 			return true
 		}
 	}

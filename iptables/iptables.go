@@ -164,13 +164,18 @@ func (r *Rules) CutFlows(ctx context.Context) error { return r.cut(ctx, FlushCon
 // (see FlushUnredirected): what a repair must end, without cutting pods mid-request to the agent.
 func (r *Rules) CutUnredirectedFlows(ctx context.Context) error { return r.cut(ctx, FlushUnredirected) }
 
+// cut flushes every destination at once: each is a conntrack process, and at start-up their times would add up.
 func (r *Rules) cut(ctx context.Context, flush func(context.Context, netip.Addr) error) error {
-	var errs []error
-	for _, d := range r.destinations {
-		if err := flush(ctx, d); err != nil {
-			errs = append(errs, fmt.Errorf("cutting flows to %s: %w", d, err))
-		}
+	errs := make([]error, len(r.destinations))
+	var wg sync.WaitGroup
+	for i, d := range r.destinations {
+		wg.Go(func() {
+			if err := flush(ctx, d); err != nil {
+				errs[i] = fmt.Errorf("cutting flows to %s: %w", d, err)
+			}
+		})
 	}
+	wg.Wait()
 	return errors.Join(errs...)
 }
 
