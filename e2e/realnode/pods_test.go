@@ -3,6 +3,7 @@ package realnode
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/iamlet/iamlet/agent/roles"
 	"github.com/iamlet/iamlet/e2e/stack"
+	"github.com/iamlet/iamlet/policy/issuance"
 )
 
 // roleName is the role name the agent lists for the role of audience.
@@ -45,11 +47,16 @@ func ownRoles(t *testing.T) {
 		{"raw-no-role", stack.SANoRole, stack.GoClientsImage, []string{"/firstcreds"}, []string{"firstcreds fail role 404"}, true},
 	}
 	var wg sync.WaitGroup
+	var mu sync.Mutex
+	outs := map[string]string{}
 	for _, c := range cases {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			phase, out := node.RunPod(t, stack.ClientPod(c.name, c.sa, c.image, c.cmd...), deadline)
+			mu.Lock()
+			outs[c.name] = out
+			mu.Unlock()
 			stack.AssertNoNodeSecrets(t, c.name, out)
 			if failed := phase == corev1.PodFailed; failed != c.fails {
 				t.Errorf("%s: pod %s, want failed=%v:\n%s", c.name, phase, c.fails, out)
@@ -64,6 +71,35 @@ func ownRoles(t *testing.T) {
 	wg.Wait()
 	if t.Failed() {
 		t.Logf("the agent's refusals:\n%s", agentRefusals(t))
+	}
+	issuedOnTheNode(t, map[string]string{"go-v2-a": stack.SAA, "go-v2-b": stack.SAB}, outs)
+}
+
+// issuedOnTheNode: the chart's issuanceRecords.hostPath gives the agent a node file it appends a record to for every
+// credential set it issues, readable by the reader `iamlet policy` uses, naming each pod's access key, pod and
+// ServiceAccount.
+func issuedOnTheNode(t *testing.T, want map[string]string, outs map[string]string) {
+	t.Helper()
+	file := filepath.Join(issuanceDir(), "issuance.jsonl")
+	recs, err := issuance.ReadFiles(file)
+	if err != nil {
+		t.Fatalf("issuance records on the node: %v", err)
+	}
+	byKey := map[string]issuance.Record{}
+	for _, r := range recs {
+		byKey[r.AccessKeyID] = r
+	}
+	for pod, sa := range want {
+		var key string
+		for _, l := range strings.Split(outs[pod], "\n") {
+			if f := strings.Fields(l); len(f) == 3 && f[0] == "creds" {
+				key = f[2]
+			}
+		}
+		r, ok := byKey[key]
+		if key == "" || !ok || r.Pod != pod || r.ServiceAccount != sa || r.Namespace != "default" {
+			t.Errorf("%s used access key %q; the node's issuance records (%d in %s) say %+v", pod, key, len(recs), file, r)
+		}
 	}
 }
 

@@ -19,8 +19,9 @@ import (
 // deadline bounds every wait: generous, because the machine may be loaded; what is measured is reported, not bounded.
 const deadline = 2 * time.Minute
 
-// values are what a user on this cluster sets: the image, the two STS audiences its ServiceAccounts use, and (as on
-// any cluster whose STS is not AWS's) the STS endpoint. Nothing else differs from the chart's defaults.
+// values are what a user on this cluster sets: the image, the two STS audiences its ServiceAccounts use, (as on any
+// cluster whose STS is not AWS's) the STS endpoint, and a node directory for the issuance records, to ship to where
+// `iamlet policy` runs. Nothing else differs from the chart's defaults.
 func values(tag string) string {
 	return fmt.Sprintf(`image:
   repository: %s
@@ -29,8 +30,14 @@ admissionPolicy:
   audiences: [%s, %s]
 extraArgs:
   - --sts-endpoint=%s
-`, stack.AgentImageRepo, tag, stack.AudienceA, stack.AudienceB, stack.STSEndpoint)
+issuanceRecords:
+  hostPath: %s
+`, stack.AgentImageRepo, tag, stack.AudienceA, stack.AudienceB, stack.STSEndpoint, issuanceDir())
 }
+
+// issuanceDir is the node directory the chart mounts for the issuance records: in the run's scratch directory, so the
+// run's clean-up removes it.
+func issuanceDir() string { return filepath.Join(node.Dir, "issuance") }
 
 func writeValues(t *testing.T, tag string) string {
 	t.Helper()
