@@ -75,8 +75,8 @@ func (c Config) withDefaults() Config {
 // Mapper answers from ServiceAccount and Namespace informers, so annotation changes apply at once.
 type Mapper struct {
 	cfg        Config
-	arns       arnChecks
-	narrowings narrowings
+	arns       memo[string, error]                   // ValidateARN's verdicts
+	narrowings memo[narrowingInput, narrowingResult] // narrowingFor's results
 	sas        listersv1.ServiceAccountLister
 	namespaces listersv1.NamespaceLister
 	synced     []cache.InformerSynced
@@ -147,7 +147,7 @@ func (m *Mapper) RoleFor(namespace, sa string) (Role, error) {
 	if err != nil {
 		return Role{}, fmt.Errorf("%w: service account %s/%s not found", ErrNoRole, namespace, sa)
 	}
-	role, err := fromAnnotations(acct.Annotations, m.cfg, m.arns.validate)
+	role, err := fromAnnotations(acct.Annotations, m.cfg, func(arn string) error { return m.arns.get(arn, ValidateARN) })
 	if err != nil {
 		return Role{}, fmt.Errorf("service account %s/%s: %w", namespace, sa, err)
 	}
@@ -163,7 +163,7 @@ func (m *Mapper) RoleFor(namespace, sa string) (Role, error) {
 	if has && !Allowed(allowed, role.ARN) {
 		return Role{}, fmt.Errorf("%w: %s not in namespace %s's %s", ErrNotAllowed, role.ARN, namespace, AnnotationAllowedRoles)
 	}
-	n, err := m.narrowings.get(narrowingInput{
+	n, err := m.narrowing(narrowingInput{
 		saPolicy: acct.Annotations[AnnotationSessionPolicy], saARNs: acct.Annotations[AnnotationSessionPolicyARNs],
 		nsPolicy: ns.Annotations[AnnotationSessionPolicy], nsARNs: ns.Annotations[AnnotationSessionPolicyARNs],
 		chain: acct.Annotations[AnnotationChainRoleARN], externalID: acct.Annotations[AnnotationChainExternalID],
@@ -305,29 +305,29 @@ func slimMeta(m metav1.ObjectMeta) metav1.ObjectMeta {
 	return metav1.ObjectMeta{Name: m.Name, Namespace: m.Namespace, UID: m.UID, ResourceVersion: m.ResourceVersion, Annotations: ann}
 }
 
-// arnChecks remembers ValidateARN's verdict per ARN string: the pattern ran on every credential
-// request, though a ServiceAccount's ARN rarely changes. Keyed by the string itself, the memo cannot go
-// stale; it is emptied when it outgrows the ARNs a cluster plausibly names.
-type arnChecks struct {
+// memo remembers a pure function's result per input: RoleFor runs on every credential request, though a
+// ServiceAccount's annotations rarely change. Keyed by the input itself, it cannot go stale; it is emptied when it
+// outgrows what a cluster plausibly names.
+type memo[K comparable, V any] struct {
 	mu      sync.RWMutex
-	results map[string]error
+	results map[K]V
 }
 
-const maxARNChecks = 4096
+const maxMemo = 4096
 
-func (c *arnChecks) validate(arn string) error {
-	c.mu.RLock()
-	err, ok := c.results[arn]
-	c.mu.RUnlock()
+func (m *memo[K, V]) get(in K, f func(K) V) V {
+	m.mu.RLock()
+	v, ok := m.results[in]
+	m.mu.RUnlock()
 	if ok {
-		return err
+		return v
 	}
-	err = ValidateARN(arn)
-	c.mu.Lock()
-	if c.results == nil || len(c.results) >= maxARNChecks {
-		c.results = make(map[string]error)
+	v = f(in)
+	m.mu.Lock()
+	if m.results == nil || len(m.results) >= maxMemo {
+		m.results = make(map[K]V)
 	}
-	c.results[arn] = err
-	c.mu.Unlock()
-	return err
+	m.results[in] = v
+	m.mu.Unlock()
+	return v
 }

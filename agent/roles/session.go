@@ -8,7 +8,6 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"sync"
 
 	"github.com/iamlet/iamlet/policy"
 )
@@ -171,37 +170,21 @@ func parsePolicyARNs(s, on string) ([]string, error) {
 	return arns, nil
 }
 
-// narrowings remembers narrowingFor's result per annotation values: RoleFor runs on every credential request and
-// parsing a policy each time would cost more than the rest of the request. Keyed by the values themselves, it
-// cannot go stale; it is emptied when it outgrows what a cluster plausibly names.
-type narrowings struct {
-	mu      sync.RWMutex
-	results map[narrowingInput]narrowingResult
-}
-
+// narrowingResult is narrowingFor's answer, as the mapper's memo keeps it.
 type narrowingResult struct {
 	n   Narrowing
 	err error
 }
 
-const maxNarrowings = 4096
-
-func (c *narrowings) get(in narrowingInput) (Narrowing, error) {
+// narrowing is narrowingFor, remembered per annotation values: parsing a policy on every request would cost more
+// than the rest of the request.
+func (m *Mapper) narrowing(in narrowingInput) (Narrowing, error) {
 	if in == (narrowingInput{}) {
 		return Narrowing{}, nil
 	}
-	c.mu.RLock()
-	r, ok := c.results[in]
-	c.mu.RUnlock()
-	if ok {
-		return r.n, r.err
-	}
-	n, err := narrowingFor(in)
-	c.mu.Lock()
-	if c.results == nil || len(c.results) >= maxNarrowings {
-		c.results = make(map[narrowingInput]narrowingResult)
-	}
-	c.results[in] = narrowingResult{n, err}
-	c.mu.Unlock()
-	return n, err
+	r := m.narrowings.get(in, func(in narrowingInput) narrowingResult {
+		n, err := narrowingFor(in)
+		return narrowingResult{n, err}
+	})
+	return r.n, r.err
 }
