@@ -23,18 +23,9 @@ func podAttrs(r creds.Request) []slog.Attr {
 func (o observer) Stored(r creds.Request, c creds.Credentials, reason string) {
 	o.metrics.fetches.WithLabelValues(reason, "success").Inc()
 	o.metrics.stored(r, c)
-	// The issuance record's fields (issuance.Record), so that `iamlet policy` reads these lines as well as --issuance-file.
-	attrs := append(podAttrs(r), slog.String("outcome", "issued"), slog.String("reason", reason),
-		slog.String("session_name", c.SessionName), slog.Time("expiration", c.Expiration), slog.String("access_key_id", c.AccessKeyID))
-	if r.ChainRoleARN != "" {
-		attrs = append(attrs, slog.String("chained_role_arn", r.ChainRoleARN))
-	}
-	if r.SessionPolicySHA256 != "" {
-		attrs = append(attrs, slog.String("session_policy_sha256", r.SessionPolicySHA256))
-	}
-	if len(r.SessionPolicyARNs) > 0 {
-		attrs = append(attrs, slog.Any("session_policy_arns", r.SessionPolicyARNs))
-	}
+	// The issuance record itself, so that `iamlet policy` reads these lines as well as --issuance-file.
+	attrs := append(issuanceOf(r, c, c.Issued).LogAttrs(), slog.Bool("audit", true), slog.String("outcome", "issued"),
+		slog.String("reason", reason))
 	if c.PackedPolicySize > 0 {
 		attrs = append(attrs, slog.Int("packed_policy_size_percent", int(c.PackedPolicySize)))
 	}

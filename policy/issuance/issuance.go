@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"slices"
 	"strings"
@@ -43,8 +44,26 @@ func (r Record) ServedRole() string {
 }
 
 // LogMessage is the agent's log message for an issuance (agent/observer.go): its log lines carry the record's
-// fields.
+// fields, as LogAttrs gives them.
 const LogMessage = "credentials issued"
+
+// LogAttrs are the record's fields as log attributes, under the names its JSON form uses, so that Decode reads the
+// agent's log lines as it reads the issuance file. The line's own time stands for Time.
+func (r Record) LogAttrs() []slog.Attr {
+	attrs := []slog.Attr{slog.String("access_key_id", r.AccessKeyID), slog.String("role_arn", r.RoleARN),
+		slog.String("session_name", r.SessionName), slog.String("namespace", r.Namespace), slog.String("pod", r.Pod),
+		slog.String("pod_uid", r.PodUID), slog.String("service_account", r.ServiceAccount), slog.Time("expiration", r.Expiration)}
+	if r.ChainedRoleARN != "" {
+		attrs = append(attrs, slog.String("chained_role_arn", r.ChainedRoleARN))
+	}
+	if r.SessionPolicySHA256 != "" {
+		attrs = append(attrs, slog.String("session_policy_sha256", r.SessionPolicySHA256))
+	}
+	if len(r.SessionPolicyARNs) > 0 {
+		attrs = append(attrs, slog.Any("session_policy_arns", r.SessionPolicyARNs))
+	}
+	return attrs
+}
 
 // ReadFiles reads issuance records from files: the agent's --issuance-file, or its JSON log (kubectl logs,
 // with or without --prefix), of which only "credentials issued" lines count.
