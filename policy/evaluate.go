@@ -74,31 +74,69 @@ func (d *Decision) UnmarshalText(b []byte) error {
 // wins over any allow; without a matching Allow the call is implicitly denied. Actions match case-insensitively,
 // resources case-sensitively, both with * and ? wildcards.
 func (d *Document) Evaluate(action, resource string) Decision {
-	var deny, maybeDeny, allow, maybeAllow bool
+	var t tally
 	for _, s := range d.Statement {
 		applies, conditional := s.applies(action, resource, d.Version == Version2012)
-		if !applies {
-			continue
-		}
-		switch {
-		case s.Effect == EffectDeny && !conditional:
-			deny = true
-		case s.Effect == EffectDeny:
-			maybeDeny = true
-		case !conditional:
-			allow = true
-		default:
-			maybeAllow = true
+		if applies {
+			t.statement(s.Effect, conditional)
 		}
 	}
+	return t.decision()
+}
+
+// EvaluateAll combines the documents' decisions of one call as IAM combines identity policies: an explicit deny in
+// any wins, then an allow in any; conditional answers stay conditional. No documents decide ImplicitDeny.
+func EvaluateAll(docs []*Document, action, resource string) Decision {
+	var t tally
+	for _, d := range docs {
+		if t.document(d.Evaluate(action, resource)); t.deny {
+			return ExplicitDeny
+		}
+	}
+	return t.decision()
+}
+
+// tally gathers what the matching statements of one document, or the decisions of several, say of one call, and
+// combines them by the one rule both Evaluate and EvaluateAll follow.
+type tally struct{ deny, maybeDeny, allow, maybeAllow bool }
+
+// statement counts one matching statement; conditional says its match depends on what the package cannot know.
+func (t *tally) statement(effect Effect, conditional bool) {
 	switch {
-	case deny:
+	case effect == EffectDeny && !conditional:
+		t.deny = true
+	case effect == EffectDeny:
+		t.maybeDeny = true
+	case !conditional:
+		t.allow = true
+	default:
+		t.maybeAllow = true
+	}
+}
+
+// document counts one document's decision.
+func (t *tally) document(d Decision) {
+	switch d {
+	case ExplicitDeny:
+		t.deny = true
+	case DenyIfConditions:
+		t.allow, t.maybeDeny = true, true
+	case AllowIfConditions:
+		t.maybeAllow = true
+	case Allow:
+		t.allow = true
+	}
+}
+
+func (t tally) decision() Decision {
+	switch {
+	case t.deny:
 		return ExplicitDeny
-	case !allow && !maybeAllow:
+	case !t.allow && !t.maybeAllow:
 		return ImplicitDeny
-	case maybeDeny:
+	case t.maybeDeny:
 		return DenyIfConditions
-	case allow:
+	case t.allow:
 		return Allow
 	}
 	return AllowIfConditions

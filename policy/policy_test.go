@@ -170,6 +170,33 @@ func TestEvaluate(t *testing.T) {
 	}
 }
 
+func TestEvaluateAll(t *testing.T) {
+	doc := func(effect, cond string) *Document {
+		return mustParse(t, `{"Version":"2012-10-17","Statement":{"Effect":"`+effect+`","Action":"s3:GetObject","Resource":"*"`+cond+`}}`)
+	}
+	const ifTLS = `,"Condition":{"Bool":{"aws:SecureTransport":"true"}}`
+	allow, maybeAllow, deny, maybeDeny := doc("Allow", ""), doc("Allow", ifTLS), doc("Deny", ""), doc("Deny", ifTLS)
+	both := mustParse(t, `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:GetObject","Resource":"*"},
+		{"Effect":"Deny","Action":"s3:GetObject","Resource":"*"`+ifTLS+`}]}`)
+	for _, tt := range []struct {
+		name string
+		docs []*Document
+		want Decision
+	}{
+		{"none", nil, ImplicitDeny},
+		{"allow", []*Document{allow}, Allow},
+		{"maybe allow", []*Document{maybeAllow}, AllowIfConditions},
+		{"maybe allow and allow", []*Document{maybeAllow, allow}, Allow},
+		{"deny wins", []*Document{allow, deny, maybeAllow}, ExplicitDeny},
+		{"conditional deny alone denies implicitly", []*Document{maybeDeny}, ImplicitDeny},
+		{"allow with conditional deny", []*Document{both, maybeAllow}, DenyIfConditions},
+	} {
+		if got := EvaluateAll(tt.docs, "s3:GetObject", "arn:aws:s3:::b/k"); got != tt.want {
+			t.Errorf("%s: EvaluateAll() = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}
+
 func TestEvaluateVersion2008ReadsVariablesLiterally(t *testing.T) {
 	doc := mustParse(t, `{"Version":"2008-10-17","Statement":{"Effect":"Allow","Action":"s3:GetObject","Resource":"arn:aws:s3:::b/${aws:username}"}}`)
 	for res, want := range map[string]Decision{

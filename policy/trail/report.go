@@ -78,7 +78,7 @@ type Grant struct {
 func (a *Activity) Diff(docs []*policy.Document) Diff {
 	var d Diff
 	for _, u := range a.Uses {
-		f := Finding{Use: u, Decision: decide(docs, u.Action, u.Resource)}
+		f := Finding{Use: u, Decision: policy.EvaluateAll(docs, u.Action, u.Resource)}
 		if f.Decision == policy.Allow || f.Decision == policy.AllowIfConditions {
 			d.Used = append(d.Used, f)
 		} else {
@@ -119,33 +119,6 @@ func resourcesOf(s policy.Statement) []string {
 func (a *Activity) usedBy(doc *policy.Document, s policy.Statement) bool {
 	one := &policy.Document{Version: doc.Version, Statement: []policy.Statement{s}}
 	return slices.ContainsFunc(a.Uses, func(u Use) bool { return one.Evaluate(u.Action, u.Resource) != policy.ImplicitDeny })
-}
-
-// decide combines the documents' decisions as IAM combines identity policies: an explicit deny in any wins,
-// then an allow in any; conditional answers stay conditional.
-func decide(docs []*policy.Document, action, resource string) policy.Decision {
-	var allow, maybeAllow, maybeDeny bool
-	for _, doc := range docs {
-		switch doc.Evaluate(action, resource) {
-		case policy.ExplicitDeny:
-			return policy.ExplicitDeny
-		case policy.DenyIfConditions:
-			allow, maybeDeny = true, true
-		case policy.AllowIfConditions:
-			maybeAllow = true
-		case policy.Allow:
-			allow = true
-		}
-	}
-	switch {
-	case !allow && !maybeAllow:
-		return policy.ImplicitDeny
-	case maybeDeny:
-		return policy.DenyIfConditions
-	case allow:
-		return policy.Allow
-	}
-	return policy.AllowIfConditions
 }
 
 // Check lists the observed accesses that doc would not plainly allow: what enforcing it as a session policy
