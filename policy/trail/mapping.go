@@ -25,7 +25,9 @@ var iamMapGz []byte
 // Mapping turns CloudTrail events into the IAM actions and resources they needed. It is read-only once loaded.
 type Mapping struct {
 	iammap.File
-	simple map[string]map[string]bool
+	simple         map[string]map[string]bool
+	services       map[string][]string // IAM prefix -> the SDK services that may hold its methods, its own first
+	permissionless map[string]bool     // SDK service "." method
 }
 
 // LoadMapping reads the embedded mapping (derived from iam-dataset; see THIRD_PARTY_NOTICE).
@@ -48,6 +50,25 @@ func LoadMapping() (*Mapping, error) {
 		for _, n := range strings.Fields(names) {
 			m.simple[svc][n] = true
 		}
+	}
+	m.permissionless = map[string]bool{}
+	for _, p := range m.Permissionless {
+		m.permissionless[p] = true
+	}
+	// A prefix's own SDK services first, then, sorted, the other services with methods that name it.
+	m.services = map[string][]string{}
+	for prefix, svcs := range m.PrefixToSDK {
+		m.services[prefix] = slices.Clone(svcs)
+	}
+	others := map[string][]string{}
+	for svc, prefix := range m.SDKToPrefix {
+		if m.Methods[svc] != nil && !slices.Contains(m.PrefixToSDK[prefix], svc) {
+			others[prefix] = append(others[prefix], svc)
+		}
+	}
+	for prefix, svcs := range others {
+		slices.Sort(svcs)
+		m.services[prefix] = append(m.services[prefix], svcs...)
 	}
 	return m, nil
 }
@@ -73,8 +94,8 @@ type Result struct {
 func (m *Mapping) Map(e *Event) Result {
 	prefix := iamPrefix(e.EventSource)
 	name := eventMethod(e)
-	for _, svc := range m.sdkServices(prefix) {
-		if slices.Contains(m.Permissionless, svc+"."+name) {
+	for _, svc := range m.services[prefix] {
+		if m.permissionless[svc+"."+name] {
 			return Result{Permissionless: true}
 		}
 		if m.simple[svc][name] {
@@ -95,21 +116,6 @@ func (m *Mapping) Map(e *Event) Result {
 	}
 	return Result{Assumed: true, Accesses: []Access{{Action: prefix + ":" + e.EventName, Resource: "*",
 		Why: "not in the mapping: action assumed from the event name"}}}
-}
-
-// sdkServices lists the SDK services that may hold the method for an IAM prefix, the prefix's own first.
-func (m *Mapping) sdkServices(prefix string) []string {
-	var out []string
-	for _, svc := range m.PrefixToSDK[prefix] {
-		out = append(out, svc)
-	}
-	for svc, p := range m.SDKToPrefix {
-		if p == prefix && !slices.Contains(out, svc) && m.Methods[svc] != nil {
-			out = append(out, svc)
-		}
-	}
-	slices.Sort(out[len(m.PrefixToSDK[prefix]):])
-	return out
 }
 
 // accesses names the resources of one action of a call: a whole-ARN template when the mapping has one, else the
