@@ -125,7 +125,8 @@ func DetectBackend(ctx context.Context) (string, error) {
 		// But a save we may not run (iptables-legacy needs CAP_NET_RAW) hides rules that may be there, and
 		// guessing would install ours in the backend the node does not use: that is an error.
 		if o.err != nil {
-			if bytes.Contains(o.stderr, []byte("Permission denied")) {
+			var ce *cmdError
+			if errors.As(o.err, &ce) && strings.Contains(ce.stderr, "Permission denied") {
 				return "", fmt.Errorf("detect iptables backend: %s: permission denied (legacy iptables needs CAP_NET_RAW; or set the backend explicitly)", saves[i])
 			}
 			errs = append(errs, fmt.Errorf("run %s: %w", saves[i], o.err))
@@ -133,9 +134,9 @@ func DetectBackend(ctx context.Context) (string, error) {
 		}
 		anyRan = true
 		if i < 2 {
-			nft = append(nft, o.stdout...)
+			nft = append(nft, o.out...)
 		} else {
-			legacy = append(legacy, o.stdout...)
+			legacy = append(legacy, o.out...)
 		}
 	}
 	if err := ctx.Err(); err != nil {
@@ -149,8 +150,8 @@ func DetectBackend(ctx context.Context) (string, error) {
 
 // ran is one command's result.
 type ran struct {
-	stdout, stderr []byte
-	err            error
+	out []byte
+	err error
 }
 
 // runAll runs the read-only commands at once (they read, so their order does not matter) and returns their results
@@ -160,11 +161,8 @@ func runAll(ctx context.Context, bins []string) []ran {
 	var wg sync.WaitGroup
 	for i, bin := range bins {
 		wg.Go(func() {
-			var stdout, stderr bytes.Buffer
-			cmd := exec.CommandContext(ctx, bin)
-			cmd.Stdout, cmd.Stderr = &stdout, &stderr
-			err := cmd.Run()
-			outs[i] = ran{stdout: stdout.Bytes(), stderr: stderr.Bytes(), err: err}
+			out, err := output(ctx, bin)
+			outs[i] = ran{out, err}
 		})
 	}
 	wg.Wait()
@@ -209,7 +207,7 @@ func countRules(save []byte) int {
 // save commands, which change nothing: listing a chain would make iptables-nft create the table it lists.
 func HasChains(ctx context.Context, backend string) bool {
 	for _, o := range runAll(ctx, []string{"iptables-" + backend + "-save", "ip6tables-" + backend + "-save"}) {
-		if o.err == nil && (bytes.Contains(o.stdout, []byte(":"+natChain+" ")) || bytes.Contains(o.stdout, []byte(":"+guardChain+" "))) {
+		if o.err == nil && (bytes.Contains(o.out, []byte(":"+natChain+" ")) || bytes.Contains(o.out, []byte(":"+guardChain+" "))) {
 			return true
 		}
 	}
