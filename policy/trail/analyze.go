@@ -2,6 +2,7 @@ package trail
 
 import (
 	"cmp"
+	"maps"
 	"slices"
 	"strings"
 
@@ -247,22 +248,13 @@ func (a *activity) add(m *Mapping, e *Event, r issuance.Record) {
 
 func (a *activity) done() *Activity {
 	out := a.Activity
-	out.Roles = sortedKeys(a.roles)
-	out.Sessions = sortedKeys(a.sessions)
-	out.Assumed = sortedKeys(a.assumed)
-	out.Permissionless = sortedKeys(a.free)
+	out.Roles = slices.Sorted(maps.Keys(a.roles))
+	out.Sessions = slices.Sorted(maps.Keys(a.sessions))
+	out.Assumed = slices.Sorted(maps.Keys(a.assumed))
+	out.Permissionless = slices.Sorted(maps.Keys(a.free))
 	out.Uses = sortedUses(a.uses)
 	out.Denied = sortedUses(a.denied)
 	return &out
-}
-
-func sortedKeys(m map[string]bool) []string {
-	var out []string
-	for k := range m {
-		out = append(out, k)
-	}
-	slices.Sort(out)
-	return out
 }
 
 func sortedUses(m map[Access]*Use) []Use {

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"regexp"
 	"slices"
 	"strings"
@@ -130,7 +131,7 @@ func (m *Mapping) accesses(c iammap.Call, e *Event) []Access {
 		return accessesOf(c.Action, arns)
 	}
 	var arns []string
-	for _, tmpl := range sortedValues(c.ARNs) {
+	for _, tmpl := range slices.Sorted(maps.Values(c.ARNs)) {
 		for _, v := range e.expand(tmpl) {
 			if strings.HasPrefix(v, "arn:") {
 				arns = append(arns, v)
@@ -168,15 +169,6 @@ func accessesOf(action string, arns []string) []Access {
 	for _, a := range slices.Compact(arns) {
 		out = append(out, Access{Action: action, Resource: a})
 	}
-	return out
-}
-
-func sortedValues(m map[string]string) []string {
-	var out []string
-	for _, v := range m {
-		out = append(out, v)
-	}
-	slices.Sort(out)
 	return out
 }
 
