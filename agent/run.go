@@ -227,7 +227,7 @@ func (a *agent) closeIssuance() {
 func (a *agent) report() {
 	a.reg.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "iamlet_informer_synced", Help: "1 when the pod, ServiceAccount and Namespace informers have synced."},
-			func() float64 { return b2f(a.synced()) }),
+			func() float64 { return b2f(a.st.synced.Load()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "iamlet_informer_pods_indexed", Help: "Live pods of this node in the IP index."},
 			func() float64 { return float64(len(a.index.Live())) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "iamlet_credentials_cache_entries", Help: "Entries in the credential cache."},
@@ -297,8 +297,6 @@ func (a *agent) sync(ctx context.Context) error {
 	a.st.synced.Store(true)
 	return nil
 }
-
-func (a *agent) synced() bool { return a.index.HasSynced() && a.mapper.HasSynced() }
 
 // watchHostNetwork keeps the hostNetwork pods' exemptions and cover in step with the index, in a goroutine on a.wg.
 func (a *agent) watchHostNetwork(ctx context.Context) {

@@ -79,8 +79,7 @@ type Mapper struct {
 	narrowings memo[narrowingInput, narrowingResult] // narrowingFor's results
 	sas        listersv1.ServiceAccountLister
 	namespaces listersv1.NamespaceLister
-	synced     []cache.InformerSynced
-	checkers   []cache.DoneChecker
+	synced     []cache.DoneChecker
 	factory    informers.SharedInformerFactory
 }
 
@@ -95,8 +94,7 @@ func New(client kubernetes.Interface, cfg Config) *Mapper {
 		cfg:        cfg,
 		sas:        sa.Lister(),
 		namespaces: ns.Lister(),
-		synced:     []cache.InformerSynced{sa.Informer().HasSynced, ns.Informer().HasSynced},
-		checkers:   []cache.DoneChecker{sa.Informer().HasSyncedChecker(), ns.Informer().HasSyncedChecker()},
+		synced:     []cache.DoneChecker{sa.Informer().HasSyncedChecker(), ns.Informer().HasSyncedChecker()},
 		factory:    f,
 	}
 }
@@ -120,8 +118,8 @@ func (m *Mapper) Shutdown() { m.factory.Shutdown() }
 
 // HasSynced reports whether both informers hold their initial lists.
 func (m *Mapper) HasSynced() bool {
-	for _, s := range m.synced {
-		if !s() {
+	for _, c := range m.synced {
+		if !cache.IsDone(c) {
 			return false
 		}
 	}
@@ -131,7 +129,7 @@ func (m *Mapper) HasSynced() bool {
 // WaitForSync returns once both informers hold their initial lists, or with ctx's error when it ends first.
 // It waits on the informers' own signals, not a poll.
 func (m *Mapper) WaitForSync(ctx context.Context) error {
-	for _, c := range m.checkers {
+	for _, c := range m.synced {
 		select {
 		case <-c.Done():
 		case <-ctx.Done():
