@@ -370,8 +370,11 @@ func (d *Document) Compact() []byte {
 }
 
 // Hash is the hex SHA-256 of Compact(): equal for documents that differ only in whitespace and list forms.
-func (d *Document) Hash() string {
-	sum := sha256.Sum256(d.Compact())
+func (d *Document) Hash() string { return HashOf(d.Compact()) }
+
+// HashOf is Hash for a document's Compact() already at hand, so a caller that needs both compacts once.
+func HashOf(compact []byte) string {
+	sum := sha256.Sum256(compact)
 	return hex.EncodeToString(sum[:])
 }
 

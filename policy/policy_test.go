@@ -75,6 +75,9 @@ func TestHash(t *testing.T) {
 	if got := a.Hash(); got != want {
 		t.Errorf("Hash() = %q, want %q", got, want)
 	}
+	if got := HashOf(a.Compact()); got != want {
+		t.Errorf("HashOf(Compact()) = %q, want %q", got, want)
+	}
 }
 
 func TestParseErrors(t *testing.T) {

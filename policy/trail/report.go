@@ -173,8 +173,8 @@ func (a *Analysis) Report(m *Mapping, keep func(Workload) bool, roleDocs []*poli
 			w.Uses = []Use{}
 		}
 		if w.Policy != nil {
-			w.PolicySHA256 = w.Policy.Hash()
-			w.PolicySize = len(w.Policy.Compact())
+			compact := w.Policy.Compact()
+			w.PolicySHA256, w.PolicySize = policy.HashOf(compact), len(compact)
 		}
 		if len(roleDocs) > 0 {
 			d := act.Diff(roleDocs)
