@@ -66,16 +66,32 @@ func (r *ResponseElements) UnmarshalJSON(b []byte) error {
 }
 
 // ReadCloudTrail reads CloudTrail log files as delivered to S3 ({"Records":[...]}, gzipped or not) from files and
-// directories (walked recursively for *.json.gz and *.json).
+// directories (walked recursively for *.json.gz and *.json). A file named more than once, or also found in a
+// directory given, is read once.
 func ReadCloudTrail(paths ...string) ([]Event, error) {
 	var files []string
+	seen := map[string]bool{}
+	add := func(path string) error {
+		path = filepath.Clean(path)
+		abs, err := filepath.Abs(path)
+		if err != nil {
+			return err
+		}
+		if !seen[abs] {
+			seen[abs] = true
+			files = append(files, path)
+		}
+		return nil
+	}
 	for _, p := range paths {
 		st, err := os.Stat(p)
 		if err != nil {
 			return nil, err
 		}
 		if !st.IsDir() {
-			files = append(files, p)
+			if err := add(p); err != nil {
+				return nil, err
+			}
 			continue
 		}
 		err = filepath.WalkDir(p, func(path string, d fs.DirEntry, err error) error {
@@ -83,7 +99,7 @@ func ReadCloudTrail(paths ...string) ([]Event, error) {
 				return err
 			}
 			if !d.IsDir() && (strings.HasSuffix(path, ".json.gz") || strings.HasSuffix(path, ".json")) {
-				files = append(files, path)
+				return add(path)
 			}
 			return nil
 		})

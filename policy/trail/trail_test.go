@@ -60,6 +60,36 @@ func s3Scenario(t *testing.T) (*Mapping, *Analysis) {
 	return m, Analyze(m, events, records)
 }
 
+// TestReadCloudTrailReadsEachFileOnce: a file named twice, or found both in a directory given and by its own name
+// (spelled differently, relative or absolute), is read once, so its calls are not counted twice.
+func TestReadCloudTrailReadsEachFileOnce(t *testing.T) {
+	const dir = "testdata/s3/cloudtrail"
+	once, err := ReadCloudTrail(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var file string
+	if err := filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && file == "" {
+			file = path
+		}
+		return err
+	}); err != nil || file == "" {
+		t.Fatalf("no file under %s: %v", dir, err)
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	events, err := ReadCloudTrail(dir, dir+"/", abs, "./"+file, file, dir+"/AWSLogs/../"+strings.TrimPrefix(file, dir+"/"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(events) != len(once) {
+		t.Errorf("ReadCloudTrail read %d events through repeated paths, %d through the directory alone", len(events), len(once))
+	}
+}
+
 // TestS3Golden: the S3 calls the end-to-end test makes, by two workloads that share one role, each attributed by a
 // different route (its access key in the issuance file, in the agent's log, learned from the STS event, and by
 // session name alone), give exactly the golden policies.
