@@ -11,11 +11,7 @@ import (
 	"sync"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
-	listersv1 "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 )
 
@@ -72,66 +68,59 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
-// Mapper answers from ServiceAccount and Namespace informers, so annotation changes apply at once.
+// Mapper answers from ServiceAccounts and Namespaces watched cluster-wide, so annotation changes apply at once.
 type Mapper struct {
 	cfg        Config
 	arns       memo[string, error]                   // ValidateARN's verdicts
 	narrowings memo[narrowingInput, narrowingResult] // narrowingFor's results
-	sas        listersv1.ServiceAccountLister
-	namespaces listersv1.NamespaceLister
-	synced     []cache.DoneChecker
-	factory    informers.SharedInformerFactory
+	sas        *store                                // only the ServiceAccounts with an annotation the mapper reads
+	namespaces *store                                // every Namespace
+	reflectors []*cache.Reflector
+	wg         sync.WaitGroup
 }
 
 // New builds a mapper over client. Call Start, then wait for HasSynced.
 func New(client kubernetes.Interface, cfg Config) *Mapper {
-	cfg = cfg.withDefaults()
-	// Only annotations matter: trimming keeps memory small on clusters with many ServiceAccounts.
-	f := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(annotationsOnly))
-	sa := f.Core().V1().ServiceAccounts()
-	ns := f.Core().V1().Namespaces()
-	return &Mapper{
-		cfg:        cfg,
-		sas:        sa.Lister(),
-		namespaces: ns.Lister(),
-		synced:     []cache.DoneChecker{sa.Informer().HasSyncedChecker(), ns.Informer().HasSyncedChecker()},
-		factory:    f,
-	}
+	m := &Mapper{cfg: cfg.withDefaults(), sas: newStore(false), namespaces: newStore(true)}
+	m.reflectors = reflectors(client, m.sas, m.namespaces)
+	return m
 }
 
-// AddHandler registers h for ServiceAccount and Namespace events.
+// AddHandler registers h, called after every change to a role-related annotation of a ServiceAccount or Namespace,
+// and when a Namespace comes or goes. Call it before Start.
 func (m *Mapper) AddHandler(h func()) {
-	funcs := cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { h() },
-		UpdateFunc: func(any, any) { h() },
-		DeleteFunc: func(any) { h() },
-	}
-	_, _ = m.factory.Core().V1().ServiceAccounts().Informer().AddEventHandler(funcs)
-	_, _ = m.factory.Core().V1().Namespaces().Informer().AddEventHandler(funcs)
+	m.sas.addHandler(h)
+	m.namespaces.addHandler(h)
 }
 
-// Start starts the informers; they stop when ctx is done.
-func (m *Mapper) Start(ctx context.Context) { m.factory.StartWithContext(ctx) }
+// Start starts listing and watching; it stops when ctx is done.
+func (m *Mapper) Start(ctx context.Context) {
+	for _, r := range m.reflectors {
+		m.wg.Go(func() { r.RunWithContext(ctx) })
+	}
+}
 
-// Shutdown waits for the informers' goroutines after ctx is done.
-func (m *Mapper) Shutdown() { m.factory.Shutdown() }
+// Shutdown waits for the watches' goroutines after ctx is done.
+func (m *Mapper) Shutdown() { m.wg.Wait() }
 
-// HasSynced reports whether both informers hold their initial lists.
+// HasSynced reports whether both stores hold their initial lists.
 func (m *Mapper) HasSynced() bool {
-	for _, c := range m.synced {
-		if !cache.IsDone(c) {
+	for _, s := range []*store{m.sas, m.namespaces} {
+		select {
+		case <-s.synced:
+		default:
 			return false
 		}
 	}
 	return true
 }
 
-// WaitForSync returns once both informers hold their initial lists, or with ctx's error when it ends first.
-// It waits on the informers' own signals, not a poll.
+// WaitForSync returns once both stores hold their initial lists, or with ctx's error when it ends first.
+// It waits on the stores' own signals, not a poll.
 func (m *Mapper) WaitForSync(ctx context.Context) error {
-	for _, c := range m.synced {
+	for _, s := range []*store{m.sas, m.namespaces} {
 		select {
-		case <-c.Done():
+		case <-s.synced:
 		case <-ctx.Done():
 			return ctx.Err()
 		}
@@ -141,20 +130,21 @@ func (m *Mapper) WaitForSync(ctx context.Context) error {
 
 // RoleFor returns the role of ServiceAccount sa in namespace.
 func (m *Mapper) RoleFor(namespace, sa string) (Role, error) {
-	acct, err := m.sas.ServiceAccounts(namespace).Get(sa)
-	if err != nil {
-		return Role{}, fmt.Errorf("%w: service account %s/%s not found", ErrNoRole, namespace, sa)
+	acct, ok := m.sas.get(objectKey{namespace, sa})
+	if !ok {
+		// Unannotated ServiceAccounts are not kept: not found and without a role are one answer.
+		return Role{}, fmt.Errorf("service account %s/%s: %w (or is not known)", namespace, sa, ErrNoRole)
 	}
-	role, err := fromAnnotations(acct.Annotations, m.cfg, func(arn string) error { return m.arns.get(arn, ValidateARN) })
+	role, err := fromAnnotations(acct, m.cfg, func(arn string) error { return m.arns.get(arn, ValidateARN) })
 	if err != nil {
 		return Role{}, fmt.Errorf("service account %s/%s: %w", namespace, sa, err)
 	}
-	ns, err := m.namespaces.Get(namespace)
-	if err != nil {
+	ns, ok := m.namespaces.get(objectKey{name: namespace})
+	if !ok {
 		// Not yet in the informer (or gone): its allow-list is unknown, so nothing is allowed until it is.
 		return Role{}, fmt.Errorf("%w: namespace %s not known yet", ErrNotAllowed, namespace)
 	}
-	allowed, has := ns.Annotations[AnnotationAllowedRoles]
+	allowed, has := ns.get(AnnotationAllowedRoles)
 	if !has && m.cfg.RequireNamespaceAllowlist {
 		return Role{}, fmt.Errorf("%w: namespace %s has no %s annotation", ErrNotAllowed, namespace, AnnotationAllowedRoles)
 	}
@@ -162,9 +152,9 @@ func (m *Mapper) RoleFor(namespace, sa string) (Role, error) {
 		return Role{}, fmt.Errorf("%w: %s not in namespace %s's %s", ErrNotAllowed, role.ARN, namespace, AnnotationAllowedRoles)
 	}
 	n, err := m.narrowing(narrowingInput{
-		saPolicy: acct.Annotations[AnnotationSessionPolicy], saARNs: acct.Annotations[AnnotationSessionPolicyARNs],
-		nsPolicy: ns.Annotations[AnnotationSessionPolicy], nsARNs: ns.Annotations[AnnotationSessionPolicyARNs],
-		chain: acct.Annotations[AnnotationChainRoleARN], externalID: acct.Annotations[AnnotationChainExternalID],
+		saPolicy: acct.value(AnnotationSessionPolicy), saARNs: acct.value(AnnotationSessionPolicyARNs),
+		nsPolicy: ns.value(AnnotationSessionPolicy), nsARNs: ns.value(AnnotationSessionPolicyARNs),
+		chain: acct.value(AnnotationChainRoleARN), externalID: acct.value(AnnotationChainExternalID),
 	})
 	if err != nil {
 		return Role{}, fmt.Errorf("service account %s/%s: %w", namespace, sa, err)
@@ -179,13 +169,13 @@ func (m *Mapper) RoleFor(namespace, sa string) (Role, error) {
 
 // FromAnnotations reads a ServiceAccount's annotations; cfg's zero defaults mean what they mean for New.
 func FromAnnotations(a map[string]string, cfg Config) (Role, error) {
-	return fromAnnotations(a, cfg, ValidateARN)
+	return fromAnnotations(known(a), cfg, ValidateARN)
 }
 
-func fromAnnotations(a map[string]string, cfg Config, validateARN func(string) error) (Role, error) {
+func fromAnnotations(a annotations, cfg Config, validateARN func(string) error) (Role, error) {
 	cfg = cfg.withDefaults()
-	arn, ok := a[AnnotationRoleARN]
-	if !ok || strings.TrimSpace(arn) == "" {
+	arn := a.value(AnnotationRoleARN)
+	if strings.TrimSpace(arn) == "" {
 		return Role{}, ErrNoRole
 	}
 	arn = strings.TrimSpace(arn)
@@ -193,14 +183,14 @@ func fromAnnotations(a map[string]string, cfg Config, validateARN func(string) e
 		return Role{}, err
 	}
 	r := Role{ARN: arn, Audience: cfg.DefaultAudience, Duration: cfg.DefaultDuration, Regional: true}
-	if aud := strings.TrimSpace(a[AnnotationAudience]); aud != "" {
+	if aud := strings.TrimSpace(a.value(AnnotationAudience)); aud != "" {
 		r.Audience = aud
 	}
 	// IRSA's webhook treats only "true" as regional; for us regional is the default, so only "false" opts out.
-	if strings.EqualFold(strings.TrimSpace(a[AnnotationRegionalSTS]), "false") {
+	if strings.EqualFold(strings.TrimSpace(a.value(AnnotationRegionalSTS)), "false") {
 		r.Regional = false
 	}
-	if s := strings.TrimSpace(a[AnnotationSessionDuration]); s != "" {
+	if s := strings.TrimSpace(a.value(AnnotationSessionDuration)); s != "" {
 		d, err := parseDuration(s)
 		if err != nil || d < MinDuration || d > MaxDuration {
 			return Role{}, fmt.Errorf("%w: %s %q must be between %s and %s", ErrInvalid, AnnotationSessionDuration, s, MinDuration, MaxDuration)
@@ -276,31 +266,6 @@ func glob(pattern, s string) bool {
 		match = next
 	}
 	return match[len(s)]
-}
-
-func annotationsOnly(obj any) (any, error) {
-	switch o := obj.(type) {
-	case *corev1.ServiceAccount:
-		return &corev1.ServiceAccount{ObjectMeta: slimMeta(o.ObjectMeta)}, nil
-	case *corev1.Namespace:
-		return &corev1.Namespace{ObjectMeta: slimMeta(o.ObjectMeta)}, nil
-	}
-	return obj, nil
-}
-
-// slimMeta keeps what the mapper reads: names, and only the annotations it knows. The others (kubectl's
-// last-applied-configuration is often kilobytes) would otherwise be held for every ServiceAccount in the cluster.
-func slimMeta(m metav1.ObjectMeta) metav1.ObjectMeta {
-	var ann map[string]string
-	for k, v := range m.Annotations {
-		if strings.HasPrefix(k, "eks.amazonaws.com/") || strings.HasPrefix(k, "iamlet.dev/") {
-			if ann == nil {
-				ann = make(map[string]string)
-			}
-			ann[k] = v
-		}
-	}
-	return metav1.ObjectMeta{Name: m.Name, Namespace: m.Namespace, UID: m.UID, ResourceVersion: m.ResourceVersion, Annotations: ann}
 }
 
 // memo remembers a pure function's result per input: RoleFor runs on every credential request, though a

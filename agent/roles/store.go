@@ -1,0 +1,221 @@
+package roles
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"sync"
+	"unique"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+)
+
+// annotation is one annotation the mapper reads.
+type annotation struct{ key, value string }
+
+// annotations are an object's annotations under eks.amazonaws.com/ and iamlet.dev/, the only ones the mapper reads:
+// a handful at most, so a slice scanned in order beats a map in memory.
+type annotations []annotation
+
+func (a annotations) get(key string) (string, bool) {
+	for _, kv := range a {
+		if kv.key == key {
+			return kv.value, true
+		}
+	}
+	return "", false
+}
+
+// value is get without the presence flag.
+func (a annotations) value(key string) string {
+	v, _ := a.get(key)
+	return v
+}
+
+// known keeps from m the annotations the mapper reads, sorted by key. Keys and values are interned: role ARNs,
+// audiences and "true" repeat across a cluster's ServiceAccounts, and one copy is held of each.
+func known(m map[string]string) annotations {
+	var a annotations
+	for k, v := range m {
+		if strings.HasPrefix(k, "eks.amazonaws.com/") || strings.HasPrefix(k, "iamlet.dev/") {
+			a = append(a, annotation{intern(k), intern(v)})
+		}
+	}
+	slices.SortFunc(a, func(x, y annotation) int { return strings.Compare(x.key, y.key) })
+	return a
+}
+
+func intern(s string) string { return unique.Make(s).Value() }
+
+// objectKey names a ServiceAccount (namespace and name) or a Namespace (name only).
+type objectKey struct{ namespace, name string }
+
+// store is what a reflector fills in place of an informer's cache: per object, its key and the annotations the mapper
+// reads, nothing else. Holding full objects (even slimmed to their metadata) cost 1.5-2 KiB per ServiceAccount, so the
+// agent's memory followed the cluster's size; most of a cluster's ServiceAccounts (every namespace's default) carry no
+// such annotation, and a store of ServiceAccounts keeps none of those at all.
+type store struct {
+	// keepBare keeps objects without any such annotation too: an unknown namespace allows nothing, a known one
+	// without an allow-list allows what the mapper's policy says, so every Namespace's name is kept.
+	keepBare bool
+
+	mu       sync.RWMutex
+	items    map[objectKey]annotations
+	handlers []func()
+
+	synced   chan struct{} // closed by the first Replace: the initial list is held
+	syncOnce sync.Once
+}
+
+func newStore(keepBare bool) *store {
+	return &store{keepBare: keepBare, items: make(map[objectKey]annotations), synced: make(chan struct{})}
+}
+
+func (s *store) get(k objectKey) (annotations, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	a, ok := s.items[k]
+	return a, ok
+}
+
+// addHandler registers h, called after every change to what the store keeps, outside its lock.
+func (s *store) addHandler(h func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.handlers = append(s.handlers, h)
+}
+
+// entry is what the store keeps of obj, and whether it keeps anything.
+func (s *store) entry(obj any) (objectKey, annotations, bool) {
+	m, err := meta.Accessor(obj)
+	if err != nil {
+		return objectKey{}, nil, false
+	}
+	a := known(m.GetAnnotations())
+	return objectKey{intern(m.GetNamespace()), intern(m.GetName())}, a, s.keepBare || len(a) > 0
+}
+
+// Add, Update, Delete, Replace and Resync make store a cache.ReflectorStore.
+
+func (s *store) Add(obj any) error    { s.put(obj); return nil }
+func (s *store) Update(obj any) error { s.put(obj); return nil }
+
+func (s *store) put(obj any) {
+	k, a, keep := s.entry(obj)
+	s.mu.Lock()
+	old, had := s.items[k]
+	switch {
+	case keep:
+		s.items[k] = a
+	case had:
+		delete(s.items, k) // its last known annotation was removed
+	}
+	changed := had != keep || keep && !slices.Equal(old, a)
+	s.mu.Unlock()
+	if changed {
+		s.notify()
+	}
+}
+
+func (s *store) Delete(obj any) error {
+	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = d.Obj
+	}
+	k, _, _ := s.entry(obj)
+	s.mu.Lock()
+	_, had := s.items[k]
+	delete(s.items, k)
+	s.mu.Unlock()
+	if had {
+		s.notify()
+	}
+	return nil
+}
+
+func (s *store) Replace(list []any, _ string) error {
+	items := make(map[objectKey]annotations)
+	for _, obj := range list {
+		if k, a, keep := s.entry(obj); keep {
+			items[k] = a
+		}
+	}
+	s.mu.Lock()
+	changed := !mapsEqual(s.items, items)
+	s.items = items
+	s.mu.Unlock()
+	s.syncOnce.Do(func() { close(s.synced) })
+	if changed {
+		s.notify()
+	}
+	return nil
+}
+
+func (s *store) Resync() error { return nil }
+
+// Transformer slims each object of a streamed initial list as it arrives, before the reflector hands the whole list
+// to Replace: the transient copy of a large cluster's list stays small too.
+func (s *store) Transformer() cache.TransformFunc {
+	return func(obj any) (any, error) {
+		m, err := meta.Accessor(obj)
+		if err != nil {
+			return obj, nil
+		}
+		slim := &metav1.PartialObjectMetadata{ObjectMeta: metav1.ObjectMeta{Name: m.GetName(), Namespace: m.GetNamespace()}}
+		if a := known(m.GetAnnotations()); len(a) > 0 {
+			slim.Annotations = make(map[string]string, len(a))
+			for _, kv := range a {
+				slim.Annotations[kv.key] = kv.value
+			}
+		}
+		return slim, nil
+	}
+}
+
+func (s *store) notify() {
+	s.mu.RLock()
+	hs := s.handlers
+	s.mu.RUnlock()
+	for _, h := range hs {
+		h()
+	}
+}
+
+func mapsEqual(a, b map[objectKey]annotations) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if w, ok := b[k]; !ok || !slices.Equal(v, w) {
+			return false
+		}
+	}
+	return true
+}
+
+// reflectors list and watch ServiceAccounts and Namespaces cluster-wide into sas and namespaces.
+func reflectors(client kubernetes.Interface, sas, namespaces *store) []*cache.Reflector {
+	saAPI := client.CoreV1().ServiceAccounts(metav1.NamespaceAll)
+	nsAPI := client.CoreV1().Namespaces()
+	lw := func(list func(context.Context, metav1.ListOptions) (runtime.Object, error),
+		watch func(context.Context, metav1.ListOptions) (watch.Interface, error)) cache.ListerWatcher {
+		// Wrapped as generated informers are, so that the reflector learns when client cannot stream lists
+		// (client-go's fake) instead of waiting forever for the end of a stream that never comes.
+		return cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{ListWithContextFunc: list, WatchFuncWithContext: watch}, client)
+	}
+	return []*cache.Reflector{
+		cache.NewReflectorWithOptions(
+			lw(func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) { return saAPI.List(ctx, o) },
+				func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) { return saAPI.Watch(ctx, o) }),
+			&corev1.ServiceAccount{}, sas, cache.ReflectorOptions{Name: "iamlet serviceaccounts"}),
+		cache.NewReflectorWithOptions(
+			lw(func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) { return nsAPI.List(ctx, o) },
+				func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) { return nsAPI.Watch(ctx, o) }),
+			&corev1.Namespace{}, namespaces, cache.ReflectorOptions{Name: "iamlet namespaces"}),
+	}
+}
