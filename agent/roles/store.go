@@ -2,10 +2,11 @@ package roles
 
 import (
 	"context"
+	"encoding/binary"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
-	"unique"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -16,20 +17,56 @@ import (
 	"k8s.io/client-go/tools/cache"
 )
 
-// annotation is one annotation the mapper reads.
-type annotation struct{ key, value string }
+// annotations are an object's annotations under eks.amazonaws.com/ and iamlet.dev/, the only ones the mapper reads,
+// sorted by key and encoded in one string, each key and value after its length: one allocation per object, where a
+// map costs hundreds of bytes even with one entry. (Interning them cost more: each team's role ARN is its own.)
+type annotations string
 
-// annotations are an object's annotations under eks.amazonaws.com/ and iamlet.dev/, the only ones the mapper reads:
-// a handful at most, so a slice scanned in order beats a map in memory.
-type annotations []annotation
+// known encodes the annotations of m the mapper reads.
+func known(m map[string]string) annotations {
+	var keys []string
+	for k := range m {
+		if strings.HasPrefix(k, "eks.amazonaws.com/") || strings.HasPrefix(k, "iamlet.dev/") {
+			keys = append(keys, k)
+		}
+	}
+	slices.Sort(keys)
+	var b []byte
+	for _, k := range keys {
+		b = binary.AppendUvarint(b, uint64(len(k)))
+		b = append(b, k...)
+		b = binary.AppendUvarint(b, uint64(len(m[k])))
+		b = append(b, m[k]...)
+	}
+	return annotations(b)
+}
 
 func (a annotations) get(key string) (string, bool) {
-	for _, kv := range a {
-		if kv.key == key {
-			return kv.value, true
+	for s := string(a); s != ""; {
+		var k, v string
+		k, s = next(s)
+		v, s = next(s)
+		if k == key {
+			return v, true
 		}
 	}
 	return "", false
+}
+
+// next splits a length-prefixed field off s, as known wrote it.
+func next(s string) (field, rest string) {
+	var n uint64
+	for i := 0; i < len(s) && i < binary.MaxVarintLen64; i++ {
+		n |= uint64(s[i]&0x7f) << (7 * i)
+		if s[i] < 0x80 {
+			s = s[i+1:]
+			if n > uint64(len(s)) {
+				break
+			}
+			return s[:n], s[n:]
+		}
+	}
+	return "", "" // not what known wrote: cannot happen
 }
 
 // value is get without the presence flag.
@@ -38,20 +75,20 @@ func (a annotations) value(key string) string {
 	return v
 }
 
-// known keeps from m the annotations the mapper reads, sorted by key. Keys and values are interned: role ARNs,
-// audiences and "true" repeat across a cluster's ServiceAccounts, and one copy is held of each.
-func known(m map[string]string) annotations {
-	var a annotations
-	for k, v := range m {
-		if strings.HasPrefix(k, "eks.amazonaws.com/") || strings.HasPrefix(k, "iamlet.dev/") {
-			a = append(a, annotation{intern(k), intern(v)})
+// all decodes a into a map.
+func (a annotations) all() map[string]string {
+	var m map[string]string
+	for s := string(a); s != ""; {
+		var k, v string
+		k, s = next(s)
+		v, s = next(s)
+		if m == nil {
+			m = make(map[string]string)
 		}
+		m[k] = v
 	}
-	slices.SortFunc(a, func(x, y annotation) int { return strings.Compare(x.key, y.key) })
-	return a
+	return m
 }
-
-func intern(s string) string { return unique.Make(s).Value() }
 
 // objectKey names a ServiceAccount (namespace and name) or a Namespace (name only).
 type objectKey struct{ namespace, name string }
@@ -95,10 +132,10 @@ func (s *store) addHandler(h func()) {
 func (s *store) entry(obj any) (objectKey, annotations, bool) {
 	m, err := meta.Accessor(obj)
 	if err != nil {
-		return objectKey{}, nil, false
+		return objectKey{}, "", false
 	}
 	a := known(m.GetAnnotations())
-	return objectKey{intern(m.GetNamespace()), intern(m.GetName())}, a, s.keepBare || len(a) > 0
+	return objectKey{m.GetNamespace(), m.GetName()}, a, s.keepBare || a != ""
 }
 
 // Add, Update, Delete, Replace and Resync make store a cache.ReflectorStore.
@@ -116,7 +153,7 @@ func (s *store) put(obj any) {
 	case had:
 		delete(s.items, k) // its last known annotation was removed
 	}
-	changed := had != keep || keep && !slices.Equal(old, a)
+	changed := had != keep || keep && old != a
 	s.mu.Unlock()
 	if changed {
 		s.notify()
@@ -146,7 +183,7 @@ func (s *store) Replace(list []any, _ string) error {
 		}
 	}
 	s.mu.Lock()
-	changed := !mapsEqual(s.items, items)
+	changed := !maps.Equal(s.items, items)
 	s.items = items
 	s.mu.Unlock()
 	s.syncOnce.Do(func() { close(s.synced) })
@@ -167,12 +204,7 @@ func (s *store) Transformer() cache.TransformFunc {
 			return obj, nil
 		}
 		slim := &metav1.PartialObjectMetadata{ObjectMeta: metav1.ObjectMeta{Name: m.GetName(), Namespace: m.GetNamespace()}}
-		if a := known(m.GetAnnotations()); len(a) > 0 {
-			slim.Annotations = make(map[string]string, len(a))
-			for _, kv := range a {
-				slim.Annotations[kv.key] = kv.value
-			}
-		}
+		slim.Annotations = known(m.GetAnnotations()).all()
 		return slim, nil
 	}
 }
@@ -184,18 +216,6 @@ func (s *store) notify() {
 	for _, h := range hs {
 		h()
 	}
-}
-
-func mapsEqual(a, b map[objectKey]annotations) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if w, ok := b[k]; !ok || !slices.Equal(v, w) {
-			return false
-		}
-	}
-	return true
 }
 
 // reflectors list and watch ServiceAccounts and Namespaces cluster-wide into sas and namespaces.

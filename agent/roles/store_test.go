@@ -37,9 +37,9 @@ func TestStoreKeepsWhatTheMapperReads(t *testing.T) {
 	default:
 		t.Error("synced not closed by the first Replace")
 	}
-	want := annotations{{AnnotationRoleARN, "arn:aws:iam::123456789012:role/r"}, {AnnotationSessionPolicy, "{}"}}
-	if got, ok := s.get(objectKey{"ns", "app"}); !ok || !reflect.DeepEqual(got, want) {
-		t.Errorf("get(ns/app) = %v, %v, want %v", got, ok, want)
+	want := map[string]string{AnnotationRoleARN: "arn:aws:iam::123456789012:role/r", AnnotationSessionPolicy: "{}"}
+	if got, ok := s.get(objectKey{"ns", "app"}); !ok || !reflect.DeepEqual(got.all(), want) {
+		t.Errorf("get(ns/app) = %q, %v, want %v", got, ok, want)
 	}
 	if got, ok := s.get(objectKey{"ns", "default"}); ok {
 		t.Errorf("get(ns/default) = %v, kept; want a ServiceAccount without a known annotation not kept", got)
@@ -71,7 +71,7 @@ func TestStoreKeepsWhatTheMapperReads(t *testing.T) {
 
 	namespaces := newStore(true)
 	_ = namespaces.Replace([]any{&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "ns", Annotations: map[string]string{"kubectl.kubernetes.io/last-applied-configuration": big}}}}, "1")
-	if got, ok := namespaces.get(objectKey{name: "ns"}); !ok || got != nil {
+	if got, ok := namespaces.get(objectKey{name: "ns"}); !ok || got != "" {
 		t.Errorf("get(namespace ns) = %v, %v, want kept with no annotations", got, ok)
 	}
 }
@@ -87,5 +87,30 @@ func TestStoreTransformer(t *testing.T) {
 		Annotations: map[string]string{AnnotationRoleARN: "arn:aws:iam::123456789012:role/r"}}}
 	if err != nil || !reflect.DeepEqual(o, want) {
 		t.Errorf("Transformer()(ServiceAccount) = %+v, %v, want %+v", o, err, want)
+	}
+}
+
+// TestAnnotationsEncoding: any key and value, NUL bytes and lengths past one varint byte included, reads back as
+// written, and a missing key reads as absent.
+func TestAnnotationsEncoding(t *testing.T) {
+	in := map[string]string{
+		AnnotationRoleARN: "arn:aws:iam::123456789012:role/r", AnnotationAudience: "",
+		AnnotationSessionPolicy: strings.Repeat("\x00{}é", 100), "iamlet.dev/x\x00y": "z", "example.com/dropped": "1",
+	}
+	a := known(in)
+	delete(in, "example.com/dropped")
+	if got := a.all(); !reflect.DeepEqual(got, in) {
+		t.Errorf("known(m).all() = %q, want %q", got, in)
+	}
+	for k, v := range in {
+		if got, ok := a.get(k); !ok || got != v {
+			t.Errorf("get(%q) = %q, %v, want %q, true", k, got, ok, v)
+		}
+	}
+	if got, ok := a.get(AnnotationChainRoleARN); ok {
+		t.Errorf("get(absent) = %q, true, want absent", got)
+	}
+	if known(nil) != "" || known(map[string]string{"a": "b"}) != "" {
+		t.Error("known of no annotation the mapper reads is not empty")
 	}
 }
