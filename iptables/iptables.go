@@ -229,13 +229,19 @@ func (r *Rules) Ensure(ctx context.Context) (repaired []string, err error) {
 func (r *Rules) ensureAll(ctx context.Context) (repaired []string, present map[string]bool, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	// The families at once: each is its own binaries and tables, and at start-up their times would add up. (Legacy
+	// writers still take turns on the xtables lock.)
+	done := make([][]string, len(r.families))
+	errs := make([]error, len(r.families))
+	var wg sync.WaitGroup
+	for i, f := range r.families {
+		wg.Go(func() { done[i], errs[i] = r.ensureFamily(ctx, f) })
+	}
+	wg.Wait()
 	present = make(map[string]bool, len(r.families))
-	var errs []error
-	for _, f := range r.families {
-		done, err := r.ensureFamily(ctx, f)
-		repaired = append(repaired, done...)
-		present[f.name] = err == nil
-		errs = append(errs, err)
+	for i, f := range r.families {
+		repaired = append(repaired, done[i]...)
+		present[f.name] = errs[i] == nil
 	}
 	return repaired, present, errors.Join(errs...)
 }
