@@ -98,6 +98,11 @@ const (
 	staleFloor    = 5 * time.Minute
 )
 
+// maxBackgroundFetches bounds Run's fetches in flight. A node filling up admits 110 prefetches at once; run all
+// together, their requests and responses are held at the same time, and the memory they took stays with the process
+// long after. Sixteen at ~10 ms each still fetch a full node within a tenth of a second.
+const maxBackgroundFetches = 16
+
 // maxSleep bounds how long Run sleeps: timers run on the monotonic clock, so a wall-clock step or a
 // suspended VM would otherwise delay rotations that are due by the wall clock credentials expire by.
 const maxSleep = time.Minute
@@ -120,6 +125,9 @@ type Config struct {
 	RefreshBurst int           // default 10
 	FetchTimeout time.Duration // one shared fetch; default 10 s
 	Observer     Observer      // nil: none
+	// Idle, if set, is called from Run when a run of its fetches has ended: none in flight and none due. A node's
+	// pods filling up at once end in one call; the agent hands back the memory the run took.
+	Idle func()
 }
 
 // state is what an entry's last finished fetch left it with; record moves any state to valid or failing.
@@ -456,9 +464,15 @@ func (c *Cache) Retain(want []Request) {
 func (c *Cache) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	inFlight := make(chan struct{}, maxBackgroundFetches)
+	busy := false // fetches started since the last Idle
 	for {
 		e, next := c.pick(c.cfg.Clock.Now(), false, nil)
 		if e == nil {
+			if busy && len(inFlight) == 0 && c.cfg.Idle != nil {
+				busy = false
+				c.cfg.Idle()
+			}
 			if !c.sleep(ctx, next) {
 				return
 			}
@@ -475,10 +489,22 @@ func (c *Cache) Run(ctx context.Context) {
 		if woken {
 			continue // a pod may have appeared: choose again, and wait on its limiter if it is the one
 		}
-		// Choose again after the wait, within the class the limiter admitted: the entry chosen may have been
+		select {
+		case inFlight <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
+		// Choose again after the waits, within the class the limiter admitted: the entry chosen may have been
 		// fetched by a pod's request meanwhile, and a newer one of the class may be more urgent.
 		if e, _ := c.pick(c.cfg.Clock.Now(), true, func(x *entry) bool { return x.has() != prefetch }); e != nil {
-			wg.Go(func() { <-c.shared(ctx, e, reasonRefresh) })
+			busy = true
+			wg.Go(func() {
+				<-c.shared(ctx, e, reasonRefresh)
+				<-inFlight
+				c.signal() // the last to end wakes Run to see the run over
+			})
+		} else {
+			<-inFlight
 		}
 	}
 }

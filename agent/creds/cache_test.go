@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -97,6 +98,15 @@ func (o *observer) Count(prefix string) int {
 		}
 	}
 	return n
+}
+
+// requests are n pods' requests for role reader, named prefix0, prefix1, ...
+func requests(prefix string, n int) []creds.Request {
+	var rs []creds.Request
+	for i := range n {
+		rs = append(rs, request(fmt.Sprint(prefix, i), "reader"))
+	}
+	return rs
 }
 
 func request(pod, role string) creds.Request {
@@ -467,10 +477,7 @@ func TestRunRefreshesBeforeExpiry(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		e := newEnv(t, time.Hour, creds.Config{RefreshBurst: 100})
 		e.run(t)
-		var want []creds.Request
-		for i := range 50 {
-			want = append(want, request(fmt.Sprint("pod-", i), "reader"))
-		}
+		want := requests("pod-", 50)
 		e.cache.Retain(want)
 		synctest.Wait()
 		if n := e.fetcher.Calls(); n != len(want) {
@@ -564,10 +571,7 @@ func TestRunRateLimitsBackgroundFetches(t *testing.T) {
 				}
 				e := newEnv(t, time.Hour, cfg)
 				e.run(t)
-				var want []creds.Request
-				for i := range tt.n {
-					want = append(want, request(fmt.Sprint("pod-", i), "reader"))
-				}
+				want := requests("pod-", tt.n)
 				e.cache.Retain(want)
 				synctest.Wait()
 				base := 0
@@ -600,6 +604,56 @@ func TestRunRateLimitsBackgroundFetches(t *testing.T) {
 	}
 }
 
+// TestRunBoundsFetchesInFlight: a node filling up at once is fetched at most maxBackgroundFetches at a time, and
+// every pod still is, as fetches end; Idle is called once, when the last has ended.
+func TestRunBoundsFetchesInFlight(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		e := newEnv(t, time.Hour, creds.Config{})
+		release := make(chan struct{})
+		var inFlight, most atomic.Int32
+		e.fetcher.fn = func(ctx context.Context, _ creds.Request, call int) (creds.Credentials, error) {
+			n := inFlight.Add(1)
+			for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+			}
+			defer inFlight.Add(-1)
+			select {
+			case <-release:
+			case <-ctx.Done():
+				return creds.Credentials{}, ctx.Err()
+			}
+			return e.fetcher.issue(call), nil
+		}
+		idle := 0
+		e.cache = creds.New(e.fetcher, creds.Config{Clock: e.clock, Observer: e.obs, Idle: func() { idle++ }})
+		e.run(t)
+		want := requests("pod-", 110)
+		e.cache.Retain(want)
+		synctest.Wait()
+		if n := e.fetcher.Calls(); n != creds.MaxBackgroundFetches {
+			t.Fatalf("fetches started with none ended = %d, want %d", n, creds.MaxBackgroundFetches)
+		}
+		if idle != 0 {
+			t.Errorf("Idle called %d times with fetches in flight, want none", idle)
+		}
+		close(release)
+		synctest.Wait()
+		if idle != 1 {
+			t.Errorf("Idle called %d times once the run of fetches ended, want once", idle)
+		}
+		if n := e.fetcher.Calls(); n != 110 {
+			t.Errorf("fetches once they end = %d, want every pod's, 110", n)
+		}
+		if m := most.Load(); m != creds.MaxBackgroundFetches {
+			t.Errorf("most fetches in flight = %d, want %d", m, creds.MaxBackgroundFetches)
+		}
+		for _, r := range want {
+			if _, out, err := e.get(t, r); out != creds.Hit || err != nil {
+				t.Fatalf("Get(%s) = %v, %v, want Hit, nil", r.Pod, outcomeName(out), err)
+			}
+		}
+	})
+}
+
 // TestRunPrefetchesNewPodsWhileRefreshesQueue: a node filling up (110 pods at once, then more at 50 a second) while
 // every held entry is due for rotation and the refresh limiter admits one a second: every new pod is fetched at once,
 // without the clock moving for the rotations, once each.
@@ -607,10 +661,7 @@ func TestRunPrefetchesNewPodsWhileRefreshesQueue(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		e := newEnv(t, time.Hour, creds.Config{RefreshQPS: 1, RefreshBurst: 1})
 		e.run(t)
-		var want []creds.Request
-		for i := range 110 {
-			want = append(want, request(fmt.Sprint("old-", i), "reader"))
-		}
+		want := requests("old-", 110)
 		e.cache.Retain(want)
 		synctest.Wait()
 		if n := e.fetcher.Calls(); n != len(want) {

@@ -1,0 +1,4 @@
+package creds
+
+// MaxBackgroundFetches is maxBackgroundFetches, for the external tests.
+const MaxBackgroundFetches = maxBackgroundFetches
