@@ -93,8 +93,7 @@ type Config struct {
 	NodeFacts        metadata.NodeFacts
 }
 
-// installRules puts the interception rules in place for both families and cuts flows that were opened
-// without them.
+// installRules puts the interception rules in place for both families.
 func installRules(ctx context.Context, ic iptables.Config, log *slog.Logger) (*iptables.Rules, error) {
 	rules, openErr := iptables.New(ic, log)
 	if rules == nil {
@@ -107,11 +106,16 @@ func installRules(ctx context.Context, ic iptables.Config, log *slog.Logger) (*i
 	}
 	log.Info("interception rules in place", "backend", rules.Backend(), "created", len(repaired),
 		"redirected", fmt.Sprint(ic.MetadataV4, " ", ic.MetadataV6))
+	return rules, nil
+}
+
+// settleRules finishes what installRules began: it removes old rules from the other backend and cuts the flows
+// opened before the rules were in place, which keep their old fate until their conntrack entries go.
+func settleRules(ctx context.Context, ic iptables.Config, rules *iptables.Rules, log *slog.Logger) {
 	removeOtherBackend(ctx, ic, rules.Backend(), log)
 	if err := rules.CutFlows(ctx); err != nil {
 		log.Warn("could not cut existing flows to the intercepted addresses", "error", err.Error())
 	}
-	return rules, nil
 }
 
 // removeOtherBackend removes iamlet's chains from the backend the agent does not use: left by an earlier

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -40,6 +41,7 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 	if err := a.guard(ctx); err != nil {
 		return err
 	}
+	defer a.awaitSettled()
 	// Right behind the guard, never fatal: a node that cannot tell hostNetwork pods apart says so and serves the others.
 	a.guardHostNetwork()
 	// Only now what can wait on the network (the apiserver, the node's IMDS for the region): pods are refused meanwhile.
@@ -76,7 +78,8 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 	}
 	// Prefetches start before the listeners open, so the first requests find credentials waiting.
 	a.startCache(ctx)
-	// Pods are answered from here on; the rules have sent them here since the guard, refused until now.
+	// Pods are answered from here on; the rules have sent them here since the guard, refused until now. Flows opened
+	// before the rules are cut first.
 	if err := a.listen(ctx); err != nil {
 		return err
 	}
@@ -89,6 +92,9 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 		return err
 	}
 	a.log.Info("iamlet ready", "node", a.cfg.NodeName, "metadata", fmt.Sprint(a.cfg.MetadataAddrs))
+	// Start-up's transient memory (the cluster-wide lists as they streamed in) is garbage now: its pages go back
+	// to the kernel at once rather than over minutes, so the agent's memory is what it holds.
+	a.wg.Go(debug.FreeOSMemory)
 	<-ctx.Done()
 	a.log.Info("shutting down; interception rules stay in place")
 	return nil
@@ -101,6 +107,7 @@ type agent struct {
 	log *slog.Logger
 
 	rules     *iptables.Rules   // nil when the rules are not ours to manage
+	settled   <-chan struct{}   // closed once the flows opened before the rules are cut; nil without rules
 	host      *hostInterception // nil when hostNetwork pods are not intercepted
 	hostState func() string     // hostNetwork pods: covered, off, or not covered and why
 
@@ -139,13 +146,32 @@ func (c Config) check() error {
 // guard installs the interception rules, when they are the agent's to manage: before anything that can fail or wait
 // (the region lookup, the informers' sync, the key, the listeners). Once it returns, pods reaching for the node's IMDS
 // reach this agent's listeners, or nothing.
+//
+// Flows opened before the rules are cut beside the next steps (a conntrack process per address takes tens of
+// milliseconds), and listen waits for that: by the time pods are answered, none is left.
 func (a *agent) guard(ctx context.Context) error {
 	if !a.cfg.ManageIptables {
 		return nil
 	}
+	ic := iptablesConfig(a.cfg)
 	var err error
-	a.rules, err = installRules(ctx, iptablesConfig(a.cfg), a.log)
-	return err
+	if a.rules, err = installRules(ctx, ic, a.log); err != nil {
+		return err
+	}
+	settled := make(chan struct{})
+	a.settled = settled
+	go func() {
+		defer close(settled)
+		settleRules(ctx, ic, a.rules, a.log)
+	}()
+	return nil
+}
+
+// awaitSettled returns once the guard's flows are cut (at once when the rules are not the agent's to manage).
+func (a *agent) awaitSettled() {
+	if a.settled != nil {
+		<-a.settled
+	}
 }
 
 // guardHostNetwork checks that hostNetwork callers can be traced to their pods (the host-rules container writes their
@@ -209,7 +235,10 @@ func (a *agent) build() error {
 		}
 	}
 	a.cache = creds.New(a.fetch, creds.Config{PrefetchQPS: a.cfg.PrefetchQPS, PrefetchBurst: a.cfg.PrefetchBurst,
-		RefreshQPS: a.cfg.RefreshQPS, Observer: observer{metrics: a.m, log: a.log}})
+		RefreshQPS: a.cfg.RefreshQPS, Observer: observer{metrics: a.m, log: a.log},
+		// A run of fetches (a node's pods at start, a scale-up) leaves garbage in pages the runtime would hand
+		// back only over minutes: one collection of a few-MiB heap, a millisecond or two, returns them at once.
+		Idle: debug.FreeOSMemory})
 	a.prov = &provider{pods: a.index, roles: a.mapper, cache: a.cache, metrics: a.m, log: a.log, dryRun: a.cfg.DryRun,
 		trusted: trustList(a.cfg.NodeTrusted).trusts}
 	a.report()
@@ -349,6 +378,7 @@ func (a *agent) startCache(ctx context.Context) {
 // listen opens the pod-facing faces (IMDS, its hostNetwork listeners, container credentials) and serves them until
 // ctx is done; once it returns, readiness counts the listeners up.
 func (a *agent) listen(ctx context.Context) error {
+	a.awaitSettled()
 	key, err := imdsTokenKey(a.cfg.IMDSTokenKeyFile)
 	if err != nil {
 		return err
