@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -144,7 +145,8 @@ func (ix *Index) Lookup(ctx context.Context, ip netip.Addr) (Pod, error) {
 	// Pods' addresses are indexed bare: an IPv4-mapped caller is its IPv4 address, and a link-local
 	// caller's zone names our interface, not the pod.
 	ip = ip.Unmap().WithZone("")
-	return ix.waitFor(ctx, ip.String(), func() (Pod, error) { return ix.lookup(ip) })
+	key := ip.String()
+	return ix.waitFor(ctx, key, func() (Pod, error) { return ix.lookup(key) })
 }
 
 // waitFor runs lookup until it finds a pod or fails otherwise than ErrNotFound, again after each event, for up to
@@ -171,28 +173,28 @@ func (ix *Index) waitFor(ctx context.Context, what string, lookup func() (Pod, e
 	}
 }
 
-func (ix *Index) lookup(ip netip.Addr) (Pod, error) {
-	objs, err := ix.informer.GetIndexer().ByIndex(byIP, ip.String())
+// lookup finds the pod whose address is key (a bare address's String).
+func (ix *Index) lookup(key string) (Pod, error) {
+	objs, err := ix.informer.GetIndexer().ByIndex(byIP, key)
 	if err != nil {
-		return Pod{}, fmt.Errorf("index lookup of %s: %w", ip, err)
+		return Pod{}, fmt.Errorf("index lookup of %s: %w", key, err)
 	}
-	var found []*corev1.Pod
+	var found *corev1.Pod
 	for _, o := range objs {
 		if p, ok := o.(*corev1.Pod); ok {
 			if p.Spec.HostNetwork {
 				return Pod{}, ErrHostNetwork
 			}
-			found = append(found, p)
+			if found != nil {
+				return Pod{}, ErrAmbiguous
+			}
+			found = p
 		}
 	}
-	switch len(found) {
-	case 0:
+	if found == nil {
 		return Pod{}, ErrNotFound
-	case 1:
-		return toPod(found[0]), nil
-	default:
-		return Pod{}, ErrAmbiguous
 	}
+	return toPod(found), nil
 }
 
 // Live lists the live, non-hostNetwork pods of the node.
@@ -232,25 +234,27 @@ func hostUIDKeys(obj any) ([]string, error) {
 }
 
 func podIPs(p *corev1.Pod) []string {
-	var keys []string
+	addrs := podAddrs(p)
+	keys := make([]string, len(addrs))
+	for i, a := range addrs {
+		keys[i] = a.String()
+	}
+	return keys
+}
+
+// podAddrs are the pod's addresses, bare (IPv4-mapped ones as IPv4) and each once.
+func podAddrs(p *corev1.Pod) []netip.Addr {
+	var addrs []netip.Addr
 	add := func(s string) {
-		a, err := netip.ParseAddr(s)
-		if err != nil {
-			return
+		if a, err := netip.ParseAddr(s); err == nil && !slices.Contains(addrs, a.Unmap()) {
+			addrs = append(addrs, a.Unmap())
 		}
-		k := a.Unmap().String()
-		for _, have := range keys {
-			if have == k {
-				return
-			}
-		}
-		keys = append(keys, k)
 	}
 	add(p.Status.PodIP)
 	for _, ip := range p.Status.PodIPs {
 		add(ip.IP)
 	}
-	return keys
+	return addrs
 }
 
 func toPod(p *corev1.Pod) Pod {
@@ -264,9 +268,7 @@ func toPod(p *corev1.Pod) Pod {
 	if out.ServiceAccount == "" {
 		out.ServiceAccount = "default"
 	}
-	for _, k := range podIPs(p) {
-		out.IPs = append(out.IPs, netip.MustParseAddr(k))
-	}
+	out.IPs = podAddrs(p)
 	return out
 }
 
