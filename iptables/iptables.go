@@ -116,14 +116,24 @@ func newRules(cfg Config, backend string, log *slog.Logger, open func(v6 bool) (
 		log = slog.New(slog.DiscardHandler)
 	}
 	r := &Rules{backend: backend, log: log, destinations: cfg.destinations()}
+	// Both at once: opening a handle runs the binary (go-iptables asks its version).
+	var handles [2]struct {
+		ipt runner
+		err error
+	}
+	var wg sync.WaitGroup
+	for i, v6 := range []bool{false, true} {
+		wg.Go(func() { handles[i].ipt, handles[i].err = open(v6) })
+	}
+	wg.Wait()
 	var errs []error
-	for _, v6 := range []bool{false, true} {
+	for i, v6 := range []bool{false, true} {
 		metadata, container := cfg.MetadataV4, cfg.ContainerV4
 		name := "ipv4"
 		if v6 {
 			metadata, container, name = cfg.MetadataV6, cfg.ContainerV6, "ipv6"
 		}
-		ipt, err := open(v6)
+		ipt, err := handles[i].ipt, handles[i].err
 		switch {
 		case errors.Is(err, errNoIPv6) && !metadata.IsValid():
 			log.Info("no IPv6 in this kernel: nothing to guard in that family")

@@ -194,8 +194,8 @@ func testInHostNetns(t *testing.T, host, pod string) {
 					t.Fatalf("New() = %v", err)
 				}
 				// go-iptables asks each binary its version when it opens a handle.
-				diffLines(t, "processes of New", ran(),
-					[]string{"iptables-" + backend + " --version", "ip6tables-" + backend + " --version"})
+				diffLines(t, "processes of New", slices.Sorted(slices.Values(ran())),
+					[]string{"ip6tables-" + backend + " --version", "iptables-" + backend + " --version"})
 				// Legacy saves each family's tables; nft lists each chain a pass looks at, and no other.
 				var reads []string
 				for _, fam := range []string{"iptables", "ip6tables"} {

@@ -412,8 +412,9 @@ func TestPassInPlaceReadsOnce(t *testing.T) {
 				if got := pass.run(t, r); got != nil {
 					t.Fatalf("%s() = %q, want nothing to do", pass.name, got)
 				}
-				diffLines(t, pass.name+"() ipv4 calls", f4.takeCalls(), want[rd.backend])
-				diffLines(t, pass.name+"() ipv6 calls", f6.takeCalls(), want[rd.backend])
+				// A family's listings run at once: only their set is fixed.
+				diffLines(t, pass.name+"() ipv4 calls", slices.Sorted(slices.Values(f4.takeCalls())), slices.Sorted(slices.Values(want[rd.backend])))
+				diffLines(t, pass.name+"() ipv6 calls", slices.Sorted(slices.Values(f6.takeCalls())), slices.Sorted(slices.Values(want[rd.backend])))
 			}
 		})
 	}

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 )
 
 const (
@@ -404,12 +405,23 @@ func (f *family) read(ctx context.Context) (snapshot, error) {
 // rewrites it either way; for a built-in chain, which iptables-nft lists even when absent, it is the table the nft
 // tool put something in, and a question about that table is an error, as with a save.
 func (f *family) readByChain(ctx context.Context) (snapshot, error) {
+	// Every listing at once (they only read): one after the other, at start-up their times would add up.
+	watched := f.watchedChains()
+	listed := make([]ran, len(watched))
+	var wg sync.WaitGroup
+	for i, w := range watched {
+		wg.Go(func() {
+			out, err := f.ipt.ListChain(ctx, w.table, w.chain)
+			listed[i] = ran{out, err}
+		})
+	}
+	wg.Wait()
 	snap := snapshot{}
-	for _, w := range f.watchedChains() {
+	for i, w := range watched {
 		if chains, ok := snap[w.table]; ok && chains == nil {
 			continue // already known to be a table iptables cannot express
 		}
-		out, err := f.ipt.ListChain(ctx, w.table, w.chain)
+		out, err := listed[i].out, listed[i].err
 		switch {
 		case err == nil:
 		case isNotExist(err), isIncompatible(err) && w.ours:
