@@ -180,21 +180,23 @@ func (ix *Index) lookup(key string) (Pod, error) {
 		return Pod{}, fmt.Errorf("index lookup of %s: %w", key, err)
 	}
 	var found *corev1.Pod
+	n := 0
 	for _, o := range objs {
 		if p, ok := o.(*corev1.Pod); ok {
 			if p.Spec.HostNetwork {
-				return Pod{}, ErrHostNetwork
+				return Pod{}, ErrHostNetwork // whatever else holds the address: it is the node's
 			}
-			if found != nil {
-				return Pod{}, ErrAmbiguous
-			}
-			found = p
+			found, n = p, n+1
 		}
 	}
-	if found == nil {
+	switch n {
+	case 0:
 		return Pod{}, ErrNotFound
+	case 1:
+		return toPod(found), nil
+	default:
+		return Pod{}, ErrAmbiguous
 	}
-	return toPod(found), nil
 }
 
 // Live lists the live, non-hostNetwork pods of the node.
