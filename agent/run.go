@@ -127,8 +127,8 @@ type agent struct {
 	// dirty is nudged by any change to pods, ServiceAccounts or Namespaces, hostChanged by any change to pods.
 	dirty, hostChanged chan struct{}
 
-	// wg holds every goroutine the steps start, all on Run's ctx: Run cancels it, then waits. (The informer factory
-	// behind mapper runs its own, stopped by mapper.Shutdown.)
+	// wg holds every goroutine the steps start, all on Run's ctx: Run cancels it, then waits. (The mapper's
+	// reflectors run on its own, stopped by mapper.Shutdown.)
 	wg sync.WaitGroup
 }
 
@@ -203,6 +203,8 @@ func (a *agent) connect(ctx context.Context) error {
 		return err
 	}
 	if a.cfg.Region == "" && a.cfg.STSEndpoint == "" {
+		// Not while the guard cuts flows to the IMDS addresses: the cut would take this request's with them.
+		a.awaitSettled()
 		if a.cfg.Region, err = nodeRegion(ctx, a.cfg.NodeIMDS, a.cfg.NodeFacts.Region, a.log); err != nil {
 			return err
 		}

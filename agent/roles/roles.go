@@ -141,7 +141,7 @@ func (m *Mapper) RoleFor(namespace, sa string) (Role, error) {
 	}
 	ns, ok := m.namespaces.get(objectKey{name: namespace})
 	if !ok {
-		// Not yet in the informer (or gone): its allow-list is unknown, so nothing is allowed until it is.
+		// Not listed yet (or gone): its allow-list is unknown, so nothing is allowed until it is.
 		return Role{}, fmt.Errorf("%w: namespace %s not known yet", ErrNotAllowed, namespace)
 	}
 	allowed, has := ns.get(AnnotationAllowedRoles)
