@@ -37,6 +37,11 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 		return err
 	}
 	a := &agent{cfg: cfg, reg: reg, log: log, hostState: func() string { return "off" }}
+	// Start-up allocates in a burst (the cluster-wide lists stream in): collecting at every few MiB of it would
+	// spend the cores the lists need. Until ready the collector runs a third as often (a memory limit still caps
+	// the heap), then as before, and the burst's pages go back (below).
+	gcPercent := debug.SetGCPercent(startupGCPercent)
+	defer debug.SetGCPercent(gcPercent)
 	// Before anything that can fail or wait: until the agent serves, pods are refused; one that crash-loops keeps them refused.
 	if err := a.guard(ctx); err != nil {
 		return err
@@ -94,11 +99,16 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 	a.log.Info("iamlet ready", "node", a.cfg.NodeName, "metadata", fmt.Sprint(a.cfg.MetadataAddrs))
 	// Start-up's transient memory (the cluster-wide lists as they streamed in) is garbage now: its pages go back
 	// to the kernel at once rather than over minutes, so the agent's memory is what it holds.
+	debug.SetGCPercent(gcPercent)
 	a.wg.Go(debug.FreeOSMemory)
 	<-ctx.Done()
 	a.log.Info("shutting down; interception rules stay in place")
 	return nil
 }
+
+// startupGCPercent is GOGC until the agent is ready. 500 started faster still but left the heap more scattered:
+// 0.9 MiB more held after the pages went back (make bench -only scale, 10 node pods, 10,000 cluster pods).
+const startupGCPercent = 300
 
 // agent is what Run's steps share: the early steps fill it in, the later ones use it. It lives for one Run.
 type agent struct {
