@@ -37,11 +37,9 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 		return err
 	}
 	a := &agent{cfg: cfg, reg: reg, log: log, hostState: func() string { return "off" }}
-	// Start-up allocates in a burst (the cluster-wide lists stream in): collecting at every few MiB of it would
-	// spend the cores the lists need. Until ready the collector runs a third as often (a memory limit still caps
-	// the heap), then as before, and the burst's pages go back (below).
-	gcPercent := debug.SetGCPercent(startupGCPercent)
-	defer debug.SetGCPercent(gcPercent)
+	// Start-up allocates in a burst: the collector runs less often until ready.
+	endStartup := startupMemory()
+	defer endStartup()
 	// Before anything that can fail or wait: until the agent serves, pods are refused; one that crash-loops keeps them refused.
 	if err := a.guard(ctx); err != nil {
 		return err
@@ -97,13 +95,24 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 		return err
 	}
 	a.log.Info("iamlet ready", "node", a.cfg.NodeName, "metadata", fmt.Sprint(a.cfg.MetadataAddrs))
-	// Start-up's transient memory (the cluster-wide lists as they streamed in) is garbage now: its pages go back
-	// to the kernel at once rather than over minutes, so the agent's memory is what it holds.
-	debug.SetGCPercent(gcPercent)
-	a.wg.Go(debug.FreeOSMemory)
+	endStartup()
 	<-ctx.Done()
 	a.log.Info("shutting down; interception rules stay in place")
 	return nil
+}
+
+// startupMemory slows the collector for start-up, and returns the func that ends start-up's memory regime: the
+// collector's pace back to what it was, and start-up's garbage (the cluster-wide lists as they streamed in) handed
+// back to the kernel at once rather than over minutes, so the agent's memory is what it holds. Ending twice is
+// ending once.
+//
+// Collecting at every few MiB of the burst would spend the cores the lists need; a memory limit still caps the heap.
+func startupMemory() (end func()) {
+	pace := debug.SetGCPercent(startupGCPercent)
+	return sync.OnceFunc(func() {
+		debug.SetGCPercent(pace)
+		debug.FreeOSMemory()
+	})
 }
 
 // startupGCPercent is GOGC until the agent is ready. 500 started faster still but left the heap more scattered:
