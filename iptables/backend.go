@@ -157,16 +157,23 @@ type ran struct {
 // runAll runs the read-only commands at once (they read, so their order does not matter) and returns their results
 // in order: at start-up, one after the other they cost the sum of their times.
 func runAll(ctx context.Context, bins []string) []ran {
-	outs := make([]ran, len(bins))
+	return atOnce(bins, func(bin string) ran {
+		out, err := output(ctx, bin)
+		return ran{out, err}
+	})
+}
+
+// atOnce calls f on every element of in, each in a goroutine of its own, and returns the results in in's order. The
+// package runs processes (iptables, conntrack) that do not depend on each other: at start-up their times would add
+// up one after the other.
+func atOnce[E, R any](in []E, f func(E) R) []R {
+	out := make([]R, len(in))
 	var wg sync.WaitGroup
-	for i, bin := range bins {
-		wg.Go(func() {
-			out, err := output(ctx, bin)
-			outs[i] = ran{out, err}
-		})
+	for i, e := range in {
+		wg.Go(func() { out[i] = f(e) })
 	}
 	wg.Wait()
-	return outs
+	return out
 }
 
 // chooseBackend decides between the iptables-save outputs of both backends.

@@ -116,16 +116,15 @@ func newRules(cfg Config, backend string, log *slog.Logger, open func(v6 bool) (
 		log = slog.New(slog.DiscardHandler)
 	}
 	r := &Rules{backend: backend, log: log, destinations: cfg.destinations()}
-	// Both at once: opening a handle runs the binary (go-iptables asks its version).
-	var handles [2]struct {
+	type handle struct {
 		ipt runner
 		err error
 	}
-	var wg sync.WaitGroup
-	for i, v6 := range []bool{false, true} {
-		wg.Go(func() { handles[i].ipt, handles[i].err = open(v6) })
-	}
-	wg.Wait()
+	// Both at once: opening a handle runs the binary (go-iptables asks its version).
+	handles := atOnce([]bool{false, true}, func(v6 bool) handle {
+		ipt, err := open(v6)
+		return handle{ipt, err}
+	})
 	var errs []error
 	for i, v6 := range []bool{false, true} {
 		metadata, container := cfg.MetadataV4, cfg.ContainerV4
@@ -176,17 +175,12 @@ func (r *Rules) CutUnredirectedFlows(ctx context.Context) error { return r.cut(c
 
 // cut flushes every destination at once: each is a conntrack process, and at start-up their times would add up.
 func (r *Rules) cut(ctx context.Context, flush func(context.Context, netip.Addr) error) error {
-	errs := make([]error, len(r.destinations))
-	var wg sync.WaitGroup
-	for i, d := range r.destinations {
-		wg.Go(func() {
-			if err := flush(ctx, d); err != nil {
-				errs[i] = fmt.Errorf("cutting flows to %s: %w", d, err)
-			}
-		})
-	}
-	wg.Wait()
-	return errors.Join(errs...)
+	return errors.Join(atOnce(r.destinations, func(d netip.Addr) error {
+		if err := flush(ctx, d); err != nil {
+			return fmt.Errorf("cutting flows to %s: %w", d, err)
+		}
+		return nil
+	})...)
 }
 
 func (c Config) validate() error {
@@ -241,17 +235,20 @@ func (r *Rules) ensureAll(ctx context.Context) (repaired []string, present map[s
 	defer r.mu.Unlock()
 	// The families at once: each is its own binaries and tables, and at start-up their times would add up. (Legacy
 	// writers still take turns on the xtables lock.)
-	done := make([][]string, len(r.families))
-	errs := make([]error, len(r.families))
-	var wg sync.WaitGroup
-	for i, f := range r.families {
-		wg.Go(func() { done[i], errs[i] = r.ensureFamily(ctx, f) })
+	type ensured struct {
+		done []string
+		err  error
 	}
-	wg.Wait()
+	results := atOnce(r.families, func(f *family) ensured {
+		done, err := r.ensureFamily(ctx, f)
+		return ensured{done, err}
+	})
 	present = make(map[string]bool, len(r.families))
+	var errs []error
 	for i, f := range r.families {
-		repaired = append(repaired, done[i]...)
-		present[f.name] = errs[i] == nil
+		repaired = append(repaired, results[i].done...)
+		present[f.name] = results[i].err == nil
+		errs = append(errs, results[i].err)
 	}
 	return repaired, present, errors.Join(errs...)
 }

@@ -7,7 +7,6 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
-	"sync"
 )
 
 const (
@@ -407,15 +406,10 @@ func (f *family) read(ctx context.Context) (snapshot, error) {
 func (f *family) readByChain(ctx context.Context) (snapshot, error) {
 	// Every listing at once (they only read): one after the other, at start-up their times would add up.
 	watched := f.watchedChains()
-	listed := make([]ran, len(watched))
-	var wg sync.WaitGroup
-	for i, w := range watched {
-		wg.Go(func() {
-			out, err := f.ipt.ListChain(ctx, w.table, w.chain)
-			listed[i] = ran{out, err}
-		})
-	}
-	wg.Wait()
+	listed := atOnce(watched, func(w watchedChain) ran {
+		out, err := f.ipt.ListChain(ctx, w.table, w.chain)
+		return ran{out, err}
+	})
 	snap := snapshot{}
 	for i, w := range watched {
 		if chains, ok := snap[w.table]; ok && chains == nil {
