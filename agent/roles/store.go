@@ -3,6 +3,7 @@ package roles
 import (
 	"context"
 	"encoding/binary"
+	"iter"
 	"maps"
 	"slices"
 	"strings"
@@ -22,11 +23,16 @@ import (
 // map costs hundreds of bytes even with one entry. (Interning them cost more: each team's role ARN is its own.)
 type annotations string
 
+// isKnown reports whether the mapper reads annotation key.
+func isKnown(key string) bool {
+	return strings.HasPrefix(key, "eks.amazonaws.com/") || strings.HasPrefix(key, "iamlet.dev/")
+}
+
 // known encodes the annotations of m the mapper reads.
 func known(m map[string]string) annotations {
 	var keys []string
 	for k := range m {
-		if strings.HasPrefix(k, "eks.amazonaws.com/") || strings.HasPrefix(k, "iamlet.dev/") {
+		if isKnown(k) {
 			keys = append(keys, k)
 		}
 	}
@@ -41,16 +47,33 @@ func known(m map[string]string) annotations {
 	return annotations(b)
 }
 
+// each yields a's keys and values in order.
+func (a annotations) each() iter.Seq2[string, string] {
+	return func(yield func(string, string) bool) {
+		for s := string(a); s != ""; {
+			var k, v string
+			k, s = next(s)
+			v, s = next(s)
+			if !yield(k, v) {
+				return
+			}
+		}
+	}
+}
+
 func (a annotations) get(key string) (string, bool) {
-	for s := string(a); s != ""; {
-		var k, v string
-		k, s = next(s)
-		v, s = next(s)
+	for k, v := range a.each() {
 		if k == key {
 			return v, true
 		}
 	}
 	return "", false
+}
+
+// value is get without the presence flag.
+func (a annotations) value(key string) string {
+	v, _ := a.get(key)
+	return v
 }
 
 // next splits a length-prefixed field off s, as known wrote it.
@@ -67,27 +90,6 @@ func next(s string) (field, rest string) {
 		}
 	}
 	return "", "" // not what known wrote: cannot happen
-}
-
-// value is get without the presence flag.
-func (a annotations) value(key string) string {
-	v, _ := a.get(key)
-	return v
-}
-
-// all decodes a into a map.
-func (a annotations) all() map[string]string {
-	var m map[string]string
-	for s := string(a); s != ""; {
-		var k, v string
-		k, s = next(s)
-		v, s = next(s)
-		if m == nil {
-			m = make(map[string]string)
-		}
-		m[k] = v
-	}
-	return m
 }
 
 // objectKey names a ServiceAccount (namespace and name) or a Namespace (name only).
@@ -204,7 +206,14 @@ func (s *store) Transformer() cache.TransformFunc {
 			return obj, nil
 		}
 		slim := &metav1.PartialObjectMetadata{ObjectMeta: metav1.ObjectMeta{Name: m.GetName(), Namespace: m.GetNamespace()}}
-		slim.Annotations = known(m.GetAnnotations()).all()
+		for k, v := range m.GetAnnotations() {
+			if isKnown(k) {
+				if slim.Annotations == nil {
+					slim.Annotations = make(map[string]string)
+				}
+				slim.Annotations[k] = v
+			}
+		}
 		return slim, nil
 	}
 }

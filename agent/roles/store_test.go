@@ -1,6 +1,7 @@
 package roles
 
 import (
+	"maps"
 	"reflect"
 	"strings"
 	"testing"
@@ -38,7 +39,7 @@ func TestStoreKeepsWhatTheMapperReads(t *testing.T) {
 		t.Error("synced not closed by the first Replace")
 	}
 	want := map[string]string{AnnotationRoleARN: "arn:aws:iam::123456789012:role/r", AnnotationSessionPolicy: "{}"}
-	if got, ok := s.get(objectKey{"ns", "app"}); !ok || !reflect.DeepEqual(got.all(), want) {
+	if got, ok := s.get(objectKey{"ns", "app"}); !ok || !reflect.DeepEqual(maps.Collect(got.each()), want) {
 		t.Errorf("get(ns/app) = %q, %v, want %v", got, ok, want)
 	}
 	if got, ok := s.get(objectKey{"ns", "default"}); ok {
@@ -99,8 +100,8 @@ func TestAnnotationsEncoding(t *testing.T) {
 	}
 	a := known(in)
 	delete(in, "example.com/dropped")
-	if got := a.all(); !reflect.DeepEqual(got, in) {
-		t.Errorf("known(m).all() = %q, want %q", got, in)
+	if got := maps.Collect(a.each()); !reflect.DeepEqual(got, in) {
+		t.Errorf("known(m) decodes to %q, want %q", got, in)
 	}
 	for k, v := range in {
 		if got, ok := a.get(k); !ok || got != v {
