@@ -26,6 +26,7 @@ import (
 	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/iamlet/iamlet/agent/creds"
+	"github.com/iamlet/iamlet/agent/kube/kubetest"
 	"github.com/iamlet/iamlet/agent/roles"
 	"github.com/iamlet/iamlet/agent/satoken"
 	"github.com/iamlet/iamlet/agent/sts"
@@ -121,7 +122,7 @@ func newCredentialRig(t *testing.T, annotations map[string]string) *credentialRi
 		tr.Status.Token = testWebToken
 		return true, tr, nil
 	})
-	mapper := roles.New(kube, roles.Config{})
+	mapper := roles.New(kubetest.Client{Interface: kube}, roles.Config{})
 	ctx, cancel := context.WithCancel(context.Background())
 	mapper.Start(ctx)
 	t.Cleanup(func() {
@@ -141,7 +142,7 @@ func newCredentialRig(t *testing.T, annotations map[string]string) *credentialRi
 	log, logs := logBuffer()
 	m := newMetrics(prometheus.NewRegistry(), true)
 	stored := make(chan string, 16)
-	cache := creds.New(&fetcher{tokens: satoken.New(kube, satoken.MinTTL), confined: func() error { return nil }, sts: stsClient, metrics: m, issued: f, log: log, now: clk.Now},
+	cache := creds.New(&fetcher{tokens: satoken.New(kubetest.Client{Interface: kube}, satoken.MinTTL), confined: func() error { return nil }, sts: stsClient, metrics: m, issued: f, log: log, now: clk.Now},
 		creds.Config{Clock: clk, Observer: notifying{observer: observer{metrics: m, log: log}, stored: stored}})
 	return &credentialRig{
 		sts: stand, issued: issued, clock: clk, mapper: mapper, cache: cache, logs: logs, file: file, stored: stored, tokens: &tokens,

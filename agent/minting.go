@@ -9,10 +9,9 @@ import (
 
 	authv1 "k8s.io/api/authentication/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	"github.com/iamlet/iamlet/agent/kube"
 	"github.com/iamlet/iamlet/agent/satoken"
 )
 
@@ -22,16 +21,21 @@ const nodeNameExtra = "authentication.kubernetes.io/node-name"
 
 // mintingClient is the client pod tokens are requested with. As the node it impersonates only the user name
 // (system:node:NAME): constrained impersonation refuses groups or extras, and gives the node's fixed groups.
-func mintingClient(rc *rest.Config, mode satoken.Mode, nodeName string) (kubernetes.Interface, error) {
+func mintingClient(rc *rest.Config, mode satoken.Mode, nodeName string) (*kube.Client, error) {
 	if mode == satoken.AsNode {
 		rc = rest.CopyConfig(rc)
 		rc.Impersonate = rest.ImpersonationConfig{UserName: "system:node:" + nodeName}
 	}
-	c, err := kubernetes.NewForConfig(rc)
+	c, err := kube.New(rc)
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client for token minting: %w", err)
 	}
 	return c, nil
+}
+
+// whoAmI asks the apiserver who the client is (kube.Client).
+type whoAmI interface {
+	WhoAmI(ctx context.Context) (authv1.UserInfo, error)
 }
 
 // serviceAccountRef is the agent's own ServiceAccount.
@@ -40,12 +44,11 @@ type serviceAccountRef struct{ namespace, name string }
 // ownServiceAccount asks the apiserver who the agent is. The confinement check needs its ServiceAccount, and
 // minting as the node needs a token bound to a pod on this node (a DaemonSet pod's projected token), which the
 // apiserver shows as the node-name extra.
-func ownServiceAccount(ctx context.Context, kube kubernetes.Interface, mode satoken.Mode, nodeName string) (serviceAccountRef, error) {
-	rev, err := kube.AuthenticationV1().SelfSubjectReviews().Create(ctx, &authv1.SelfSubjectReview{}, metav1.CreateOptions{})
+func ownServiceAccount(ctx context.Context, api whoAmI, mode satoken.Mode, nodeName string) (serviceAccountRef, error) {
+	u, err := api.WhoAmI(ctx)
 	if err != nil {
 		return serviceAccountRef{}, fmt.Errorf("asking the apiserver who the agent is (selfsubjectreviews): %w", err)
 	}
-	u := rev.Status.UserInfo
 	qualified, ok := strings.CutPrefix(u.Username, "system:serviceaccount:")
 	ns, name, ok2 := strings.Cut(qualified, ":")
 	if !ok || !ok2 {

@@ -29,6 +29,7 @@ import (
 	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/iamlet/iamlet/agent/creds"
+	"github.com/iamlet/iamlet/agent/kube/kubetest"
 	"github.com/iamlet/iamlet/agent/pods"
 	"github.com/iamlet/iamlet/agent/roles"
 	"github.com/iamlet/iamlet/agent/satoken"
@@ -292,7 +293,7 @@ func TestCredentialPathLogsNoSecrets(t *testing.T) {
 
 			log, logs := logBuffer()
 			m := newMetrics(prometheus.NewRegistry(), true)
-			cache := creds.New(&fetcher{tokens: satoken.New(kube, satoken.MinTTL), confined: func() error { return nil }, sts: stsClient, metrics: m},
+			cache := creds.New(&fetcher{tokens: satoken.New(kubetest.Client{Interface: kube}, satoken.MinTTL), confined: func() error { return nil }, sts: stsClient, metrics: m},
 				creds.Config{Observer: observer{metrics: m, log: log}})
 			p := &provider{pods: stubPods{pod: testPod}, roles: stubRoles{role: testRole}, cache: cache, metrics: m, log: log}
 

@@ -14,9 +14,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/iamlet/iamlet/agent/creds"
+	"github.com/iamlet/iamlet/agent/kube"
 	"github.com/iamlet/iamlet/agent/pods"
 	"github.com/iamlet/iamlet/agent/roles"
 	"github.com/iamlet/iamlet/agent/satoken"
@@ -130,8 +130,8 @@ type agent struct {
 	host      *hostInterception // nil when hostNetwork pods are not intercepted
 	hostState func() string     // hostNetwork pods: covered, off, or not covered and why
 
-	kube   *kubernetes.Clientset
-	minter kubernetes.Interface
+	kube   *kube.Client
+	minter *kube.Client
 	sts    *sts.Client
 
 	m      *metrics
@@ -215,8 +215,8 @@ func (a *agent) connect(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if a.kube, err = kubernetes.NewForConfig(rc); err != nil {
-		return fmt.Errorf("kubernetes client: %w", err)
+	if a.kube, err = kube.New(rc); err != nil {
+		return err
 	}
 	if a.minter, err = mintingClient(rc, a.cfg.TokenMinting, a.cfg.NodeName); err != nil {
 		return err
@@ -502,7 +502,7 @@ func (a *agent) removeStartupTaint(ctx context.Context) {
 	tainted := prometheus.NewGauge(prometheus.GaugeOpts{Name: "iamlet_node_startup_taint",
 		Help: "1 while this node carries the start-up taint the agent removes once ready (--startup-taint)."})
 	a.reg.MustRegister(tainted)
-	t := startupTaint{kube: a.kube, node: a.cfg.NodeName, key: a.cfg.StartupTaint, log: a.log,
+	t := startupTaint{nodes: a.kube, node: a.cfg.NodeName, key: a.cfg.StartupTaint, log: a.log,
 		present: func(p bool) { tainted.Set(b2f(p)) }}
 	// Not before hostNetwork pods are covered too, where they can be: the taint is what keeps them off meanwhile.
 	a.wg.Go(func() {

@@ -8,19 +8,23 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 )
 
 // startupTaint keeps pods off a new node until the agent serves there: the node registers with the taint
 // (kubelet --register-with-taints, Karpenter startupTaints), and the agent removes it from its own node once
 // it is ready. The admission policy lets the agent remove only this taint, only from its own node.
 type startupTaint struct {
-	kube    kubernetes.Interface
+	nodes   nodeAPI
 	node    string
 	key     string
 	present func(bool) // reports whether the node still carries the taint
 	log     *slog.Logger
+}
+
+// nodeAPI reads and writes Nodes (kube.Client).
+type nodeAPI interface {
+	Node(ctx context.Context, name string) (*corev1.Node, error)
+	UpdateNode(ctx context.Context, n *corev1.Node, fieldManager string) error
 }
 
 // taintRecheck is how often a ready agent reads its node again: a kubelet restart can register the taint anew,
@@ -62,7 +66,7 @@ func (s startupTaint) run(ctx context.Context, ready func() bool) {
 // remove deletes the taint from the node, if it carries it; it reports whether it did.
 func (s startupTaint) remove(ctx context.Context) (bool, error) {
 	for {
-		n, err := s.kube.CoreV1().Nodes().Get(ctx, s.node, metav1.GetOptions{})
+		n, err := s.nodes.Node(ctx, s.node)
 		if err != nil {
 			return false, fmt.Errorf("reading node %s: %w", s.node, err)
 		}
@@ -78,7 +82,7 @@ func (s startupTaint) remove(ctx context.Context) (bool, error) {
 		s.present(true)
 		n.Spec.Taints = kept
 		// The read's resourceVersion makes this a compare-and-swap: a concurrent change to the node is read again.
-		_, err = s.kube.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{FieldManager: "iamlet"})
+		err = s.nodes.UpdateNode(ctx, n, "iamlet")
 		if apierrors.IsConflict(err) {
 			continue
 		}

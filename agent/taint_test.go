@@ -17,6 +17,8 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
+
+	"github.com/iamlet/iamlet/agent/kube/kubetest"
 )
 
 const testTaint = "iamlet.dev/agent-not-ready"
@@ -47,7 +49,7 @@ func TestStartupTaintWaitsForReadiness(t *testing.T) {
 		var ready atomic.Bool
 		var present atomic.Int32
 		present.Store(-1)
-		s := startupTaint{kube: kube, node: "node-1", key: testTaint, log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		s := startupTaint{nodes: kubetest.Client{Interface: kube}, node: "node-1", key: testTaint, log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 			present: func(p bool) { present.Store(int32(b2f(p))) }}
 		ctx, cancel := context.WithCancel(t.Context())
 		defer cancel()
@@ -91,7 +93,7 @@ func TestStartupTaintWaitsForReadiness(t *testing.T) {
 func TestStartupTaintAbsentIsOneReadAMinute(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		kube := fake.NewClientset(taintedNode())
-		s := startupTaint{kube: kube, node: "node-1", key: testTaint, log: slog.New(slog.NewTextHandler(io.Discard, nil)), present: func(bool) {}}
+		s := startupTaint{nodes: kubetest.Client{Interface: kube}, node: "node-1", key: testTaint, log: slog.New(slog.NewTextHandler(io.Discard, nil)), present: func(bool) {}}
 		ctx, cancel := context.WithCancel(t.Context())
 		go s.run(ctx, func() bool { return true })
 		time.Sleep(10*taintRecheck - time.Second)
@@ -125,7 +127,7 @@ func TestStartupTaintRetries(t *testing.T) {
 			return false, nil, nil
 		})
 		var sawPresent atomic.Bool
-		s := startupTaint{kube: kube, node: "node-1", key: testTaint, log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		s := startupTaint{nodes: kubetest.Client{Interface: kube}, node: "node-1", key: testTaint, log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 			present: func(p bool) { sawPresent.Store(sawPresent.Load() || p) }}
 		ctx, cancel := context.WithCancel(t.Context())
 		defer cancel()

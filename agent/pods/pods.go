@@ -15,10 +15,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/watch"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 )
 
@@ -53,24 +50,15 @@ type Index struct {
 	changed chan struct{} // closed and replaced on every event, to wake waiting lookups
 }
 
+// API lists and watches the pods of every namespace whose fields match a field selector (kube.Client).
+type API interface {
+	Pods(fieldSelector string) cache.ListerWatcher
+}
+
 // New watches the pods scheduled to nodeName. Lookup waits up to wait for an address not yet known.
-func New(client kubernetes.Interface, nodeName string, wait time.Duration) *Index {
-	selector := fields.OneTermEqualSelector("spec.nodeName", nodeName).String()
-	api := client.CoreV1().Pods(metav1.NamespaceAll)
-	lw := &cache.ListWatch{
-		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-			o.FieldSelector = selector
-			return api.List(ctx, o)
-		},
-		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-			o.FieldSelector = selector
-			return api.Watch(ctx, o)
-		},
-	}
-	// Wrapped as generated informers are, so that the reflector learns when client cannot stream lists
-	// (client-go's fake) instead of waiting forever for the end of a stream that never comes.
-	inf := cache.NewSharedIndexInformer(cache.ToListWatcherWithWatchListSemantics(lw, client), &corev1.Pod{}, 0,
-		cache.Indexers{byIP: ipKeys, byUID: hostUIDKeys})
+func New(api API, nodeName string, wait time.Duration) *Index {
+	lw := api.Pods(fields.OneTermEqualSelector("spec.nodeName", nodeName).String())
+	inf := cache.NewSharedIndexInformer(lw, &corev1.Pod{}, 0, cache.Indexers{byIP: ipKeys, byUID: hostUIDKeys})
 	// Keep only what identification needs: memory follows the node's pods, and a pod spec can be large.
 	_ = inf.SetTransform(slim)
 	ix := &Index{informer: inf, wait: wait, changed: make(chan struct{})}

@@ -15,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
 
+	"github.com/iamlet/iamlet/agent/kube/kubetest"
 	"github.com/iamlet/iamlet/agent/pods"
 )
 
@@ -57,7 +58,7 @@ func start(t *testing.T, wait time.Duration, objs ...*corev1.Pod) (*pods.Index, 
 		ros = append(ros, o)
 	}
 	client := fake.NewClientset(ros...)
-	ix := pods.New(client, node, wait)
+	ix := pods.New(kubetest.Client{Interface: client}, node, wait)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {

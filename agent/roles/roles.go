@@ -11,7 +11,6 @@ import (
 	"sync"
 	"time"
 
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 )
 
@@ -79,10 +78,16 @@ type Mapper struct {
 	wg         sync.WaitGroup
 }
 
-// New builds a mapper over client. Call Start, then wait for HasSynced.
-func New(client kubernetes.Interface, cfg Config) *Mapper {
+// API lists and watches ServiceAccounts and Namespaces, cluster-wide (kube.Client).
+type API interface {
+	ServiceAccounts() cache.ListerWatcher
+	Namespaces() cache.ListerWatcher
+}
+
+// New builds a mapper over api. Call Start, then wait for HasSynced.
+func New(api API, cfg Config) *Mapper {
 	m := &Mapper{cfg: cfg.withDefaults(), sas: newStore(false), namespaces: newStore(true)}
-	m.reflectors = reflectors(client, m.sas, m.namespaces)
+	m.reflectors = reflectors(api, m.sas, m.namespaces)
 	return m
 }
 

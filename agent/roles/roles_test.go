@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
 
+	"github.com/iamlet/iamlet/agent/kube/kubetest"
 	"github.com/iamlet/iamlet/agent/roles"
 )
 
@@ -226,7 +227,7 @@ func ptr(s string) *string { return &s }
 func start(t *testing.T, cfg roles.Config, objs ...runtime.Object) (*roles.Mapper, *fake.Clientset, <-chan struct{}) {
 	t.Helper()
 	client := fake.NewClientset(objs...)
-	m := roles.New(client, cfg)
+	m := roles.New(kubetest.Client{Interface: client}, cfg)
 	events := make(chan struct{}, 100)
 	m.AddHandler(func() { events <- struct{}{} })
 	ctx, cancel := context.WithCancel(context.Background())
@@ -246,7 +247,7 @@ func start(t *testing.T, cfg roles.Config, objs ...runtime.Object) (*roles.Mappe
 // context's error while they have not (here: never started).
 func TestWaitForSync(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		idle := roles.New(fake.NewClientset(), roles.Config{})
+		idle := roles.New(kubetest.Client{Interface: fake.NewClientset()}, roles.Config{})
 		ctx, cancel := context.WithCancel(context.Background())
 		cancel()
 		if err := idle.WaitForSync(ctx); !errors.Is(err, context.Canceled) {

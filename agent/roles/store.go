@@ -1,7 +1,6 @@
 package roles
 
 import (
-	"context"
 	"encoding/binary"
 	"iter"
 	"maps"
@@ -12,9 +11,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/watch"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 )
 
@@ -228,23 +224,9 @@ func (s *store) notify() {
 }
 
 // reflectors list and watch ServiceAccounts and Namespaces cluster-wide into sas and namespaces.
-func reflectors(client kubernetes.Interface, sas, namespaces *store) []*cache.Reflector {
-	saAPI := client.CoreV1().ServiceAccounts(metav1.NamespaceAll)
-	nsAPI := client.CoreV1().Namespaces()
-	lw := func(list func(context.Context, metav1.ListOptions) (runtime.Object, error),
-		watch func(context.Context, metav1.ListOptions) (watch.Interface, error)) cache.ListerWatcher {
-		// Wrapped as generated informers are, so that the reflector learns when client cannot stream lists
-		// (client-go's fake) instead of waiting forever for the end of a stream that never comes.
-		return cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{ListWithContextFunc: list, WatchFuncWithContext: watch}, client)
-	}
+func reflectors(api API, sas, namespaces *store) []*cache.Reflector {
 	return []*cache.Reflector{
-		cache.NewReflectorWithOptions(
-			lw(func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) { return saAPI.List(ctx, o) },
-				func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) { return saAPI.Watch(ctx, o) }),
-			&corev1.ServiceAccount{}, sas, cache.ReflectorOptions{Name: "iamlet serviceaccounts"}),
-		cache.NewReflectorWithOptions(
-			lw(func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) { return nsAPI.List(ctx, o) },
-				func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) { return nsAPI.Watch(ctx, o) }),
-			&corev1.Namespace{}, namespaces, cache.ReflectorOptions{Name: "iamlet namespaces"}),
+		cache.NewReflectorWithOptions(api.ServiceAccounts(), &corev1.ServiceAccount{}, sas, cache.ReflectorOptions{Name: "iamlet serviceaccounts"}),
+		cache.NewReflectorWithOptions(api.Namespaces(), &corev1.Namespace{}, namespaces, cache.ReflectorOptions{Name: "iamlet namespaces"}),
 	}
 }

@@ -8,7 +8,6 @@ import (
 
 	authv1 "k8s.io/api/authentication/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // Mode is the identity tokens are minted with.
@@ -58,9 +57,9 @@ var ErrNotConfined = errors.New("the apiserver granted a token not bound to any 
 // lifetime and an audience no STS trusts.
 func (s *Source) CheckConfined(ctx context.Context, namespace, serviceAccount string) error {
 	secs := int64(MinTTL.Seconds())
-	_, err := s.client.CoreV1().ServiceAccounts(namespace).CreateToken(ctx, serviceAccount, &authv1.TokenRequest{
+	_, err := s.api.CreateToken(ctx, namespace, serviceAccount, &authv1.TokenRequest{
 		Spec: authv1.TokenRequestSpec{Audiences: []string{CheckAudience}, ExpirationSeconds: &secs},
-	}, metav1.CreateOptions{})
+	})
 	switch {
 	case err == nil:
 		return fmt.Errorf("%w (asked for %s/%s, audience %s)", ErrNotConfined, namespace, serviceAccount, CheckAudience)

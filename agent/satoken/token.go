@@ -13,9 +13,7 @@ import (
 
 	authv1 "k8s.io/api/authentication/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/kubernetes"
 )
 
 // MinTTL is the shortest lifetime the apiserver grants. The token is used once, at once, so the agent
@@ -77,15 +75,20 @@ type Pod struct {
 	ServiceAccount string
 }
 
-// Source requests tokens.
-type Source struct {
-	client kubernetes.Interface
-	ttl    time.Duration
+// API asks for a token of a ServiceAccount: its TokenRequest subresource (kube.Client).
+type API interface {
+	CreateToken(ctx context.Context, namespace, serviceAccount string, req *authv1.TokenRequest) (*authv1.TokenRequest, error)
 }
 
-// New returns a source asking for tokens of lifetime ttl (MinTTL when shorter).
-func New(client kubernetes.Interface, ttl time.Duration) *Source {
-	return &Source{client: client, ttl: max(ttl, MinTTL)}
+// Source requests tokens.
+type Source struct {
+	api API
+	ttl time.Duration
+}
+
+// New returns a source asking api for tokens of lifetime ttl (MinTTL when shorter).
+func New(api API, ttl time.Duration) *Source {
+	return &Source{api: api, ttl: max(ttl, MinTTL)}
 }
 
 // Token returns a token for p's ServiceAccount, bound to p, for audience. The apiserver refuses it when
@@ -103,7 +106,7 @@ func (s *Source) Token(ctx context.Context, p Pod, audience string) (string, err
 			BoundObjectRef:    &authv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: p.Name, UID: p.UID},
 		},
 	}
-	out, err := s.client.CoreV1().ServiceAccounts(p.Namespace).CreateToken(ctx, p.ServiceAccount, req, metav1.CreateOptions{})
+	out, err := s.api.CreateToken(ctx, p.Namespace, p.ServiceAccount, req)
 	// Minting as the node, the Node authorizer and NodeRestriction judge from the apiserver's own view of pods,
 	// which can trail the agent's by a moment for a pod that just appeared: ask again briefly before giving up.
 	for wait := 50 * time.Millisecond; err != nil && Lagging(err) && wait <= graphLag; wait *= 2 {
@@ -112,7 +115,7 @@ func (s *Source) Token(ctx context.Context, p Pod, audience string) (string, err
 			return "", failed(err)
 		case <-time.After(wait):
 		}
-		out, err = s.client.CoreV1().ServiceAccounts(p.Namespace).CreateToken(ctx, p.ServiceAccount, req, metav1.CreateOptions{})
+		out, err = s.api.CreateToken(ctx, p.Namespace, p.ServiceAccount, req)
 	}
 	if err != nil {
 		return "", failed(err)

@@ -16,6 +16,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 
+	"github.com/iamlet/iamlet/agent/kube/kubetest"
 	"github.com/iamlet/iamlet/agent/satoken"
 )
 
@@ -23,14 +24,15 @@ const minted = "eyJhbGciOiJSUzI1NiJ9.minted.sig"
 
 // tokenAPI is a fake clientset whose TokenRequest answers with respond and records what it was asked.
 type tokenAPI struct {
-	*fake.Clientset
+	kubetest.Client
 	got []k8stesting.CreateAction
 }
 
 func newTokenAPI(t *testing.T, respond func(*authv1.TokenRequest) (*authv1.TokenRequest, error)) *tokenAPI {
 	t.Helper()
-	api := &tokenAPI{Clientset: fake.NewClientset()}
-	api.PrependReactor("create", "serviceaccounts", func(a k8stesting.Action) (bool, runtime.Object, error) {
+	fc := fake.NewClientset()
+	api := &tokenAPI{Client: kubetest.Client{Interface: fc}}
+	fc.PrependReactor("create", "serviceaccounts", func(a k8stesting.Action) (bool, runtime.Object, error) {
 		ca, ok := a.(k8stesting.CreateAction)
 		if !ok || a.GetSubresource() != "token" {
 			return false, nil, nil

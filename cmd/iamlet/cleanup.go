@@ -14,10 +14,9 @@ import (
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+
+	"github.com/iamlet/iamlet/agent/kube"
 )
 
 // The chart's uninstall clean-up (templates/cleanup.yaml): after `helm uninstall` has deleted the agent's DaemonSet,
@@ -60,14 +59,14 @@ func waitDaemonSetGone(ctx context.Context, ref string, timeout time.Duration) e
 	if !ok || ns == "" || name == "" {
 		return badValue(fmt.Errorf("--after-daemonset-deleted %q: want NAMESPACE/NAME", ref))
 	}
-	kube, err := inCluster()
+	api, err := inCluster()
 	if err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	for {
-		_, err := kube.AppsV1().DaemonSets(ns).Get(ctx, name, metav1.GetOptions{})
+		_, err := api.DaemonSet(ctx, ns, name)
 		if apierrors.IsNotFound(err) {
 			return nil
 		}
@@ -79,12 +78,12 @@ func waitDaemonSetGone(ctx context.Context, ref string, timeout time.Duration) e
 	}
 }
 
-func inCluster() (kubernetes.Interface, error) {
+func inCluster() (*kube.Client, error) {
 	rc, err := rest.InClusterConfig()
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client config: %w", err)
 	}
-	return kubernetes.NewForConfig(rc)
+	return kube.New(rc)
 }
 
 // cleanupHook is `iamlet cleanup-hook`: wait until the clean-up DaemonSet is ready on every node it is scheduled to
@@ -101,21 +100,20 @@ func cleanupHook(ctx context.Context, args []string, stderr io.Writer) error {
 	if *namespace == "" || *name == "" {
 		return badValue(errors.New("--namespace and --daemonset are required"))
 	}
-	kube, err := inCluster()
+	api, err := inCluster()
 	if err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
-	dss := kube.AppsV1().DaemonSets(*namespace)
 	for {
-		ds, err := dss.Get(ctx, *name, metav1.GetOptions{})
+		ds, err := api.DaemonSet(ctx, *namespace, *name)
 		switch {
 		case apierrors.IsNotFound(err):
 			return nil
 		case err == nil && ds.Status.ObservedGeneration >= ds.Generation && ds.Status.NumberReady == ds.Status.DesiredNumberScheduled:
 			fmt.Fprintf(stderr, "iamlet: interception rules removed on %d nodes\n", ds.Status.NumberReady)
-			if err := dss.Delete(ctx, *name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+			if err := api.DeleteDaemonSet(ctx, *namespace, *name); err != nil && !apierrors.IsNotFound(err) {
 				return fmt.Errorf("deleting the clean-up DaemonSet: %w", err)
 			}
 			return nil
@@ -142,7 +140,7 @@ func namespaceLabel(ctx context.Context, args []string, stderr io.Writer) error 
 	if *namespace == "" || !ok || key == "" {
 		return badValue(errors.New("--namespace and --label KEY=VALUE are required"))
 	}
-	kube, err := inCluster()
+	api, err := inCluster()
 	if err != nil {
 		return err
 	}
@@ -150,7 +148,7 @@ func namespaceLabel(ctx context.Context, args []string, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	if _, err := kube.CoreV1().Namespaces().Patch(ctx, *namespace, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+	if err := api.MergePatchNamespace(ctx, *namespace, patch); err != nil {
 		return fmt.Errorf("labelling namespace %s: %w", *namespace, err)
 	}
 	fmt.Fprintf(stderr, "iamlet: namespace %s labelled %s\n", *namespace, *label)

@@ -32,6 +32,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/iamlet/iamlet/agent/kube"
 	"github.com/iamlet/iamlet/e2e/stack"
 )
 
@@ -92,6 +93,7 @@ type bench struct {
 	s    *stack.Stack
 	o    options
 	kube kubernetes.Interface // unthrottled, for creating objects fast and for the baselines
+	api  *kube.Client         // the agent's own client, for running its informers
 	bins struct{ agent, loadgen, floor string }
 	res  *Results
 	ips  ipAlloc
@@ -189,6 +191,9 @@ func (b *bench) setup() error {
 	rc.QPS, rc.Burst = -1, 0 // no client-side throttling: the point is to load the apiserver
 	rc.UserAgent = "iamlet-bench"
 	if b.kube, err = kubernetes.NewForConfig(rc); err != nil {
+		return err
+	}
+	if b.api, err = kube.New(rc); err != nil {
 		return err
 	}
 	if b.cgroups, err = newMemCgroups(b.s.Run); err != nil {

@@ -12,8 +12,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 
+	"github.com/iamlet/iamlet/agent/kube"
 	"github.com/iamlet/iamlet/agent/pods"
 	"github.com/iamlet/iamlet/agent/roles"
 	"github.com/iamlet/iamlet/e2e/stack"
@@ -197,7 +197,7 @@ func (b *bench) startBaseline(ctx context.Context) (StartBaseline, error) {
 	// The agent's own informers (agent/pods, agent/roles), run here until synced: its initial lists of the
 	// node's pods and of all ServiceAccounts and Namespaces, the way it makes them.
 	t0 = time.Now()
-	if err := informersSynced(ctx, b.kube); err != nil {
+	if err := informersSynced(ctx, b.api); err != nil {
 		return sb, err
 	}
 	sb.SyncMS = ms(time.Since(t0))
@@ -225,11 +225,11 @@ func (b *bench) startBaseline(ctx context.Context) (StartBaseline, error) {
 
 // informersSynced runs the agent's pod index and role mapper against the apiserver until both have
 // synced, then stops them.
-func informersSynced(ctx context.Context, kube kubernetes.Interface) error {
+func informersSynced(ctx context.Context, api *kube.Client) error {
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	index := pods.New(kube, stack.NodeName, 0)
-	mapper := roles.New(kube, roles.Config{})
+	index := pods.New(api, stack.NodeName, 0)
+	mapper := roles.New(api, roles.Config{})
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
