@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -66,5 +68,36 @@ func TestNodeRegionGivesUp(t *testing.T) {
 	}
 	if want := `msg="asking the node's IMDS for the region; asking again" error="PUT /latest/api/token: status 500"`; !strings.Contains(logged.String(), want) {
 		t.Errorf("log = %q, want a line containing %q", logged.String(), want)
+	}
+}
+
+// TestConnectAsksTheRegionWithAnSTSEndpoint: as the chart ships (no --region), the region is the node's even where an
+// STS endpoint is set (a VPC endpoint): a chained role's AssumeRole is signed for it.
+func TestConnectAsksTheRegionWithAnSTSEndpoint(t *testing.T) {
+	imds := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPut {
+			_, _ = io.WriteString(w, "token")
+			return
+		}
+		_, _ = io.WriteString(w, `{"region":"eu-west-1"}`)
+	}))
+	defer imds.Close()
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := os.WriteFile(kubeconfig, []byte(`apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:1"}}]
+users: [{name: u, user: {token: t}}]
+contexts: [{name: c, context: {cluster: c, user: u}}]
+current-context: c
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a := &agent{cfg: Config{Kubeconfig: kubeconfig, NodeName: "node-1", NodeIMDS: imds.URL,
+		STSEndpoint: "https://sts.eu-west-1.amazonaws.com"}, log: slog.New(slog.DiscardHandler)}
+	if err := a.connect(context.Background()); err != nil {
+		t.Fatalf("connect() error = %v", err)
+	}
+	if a.cfg.Region != "eu-west-1" || a.cfg.NodeFacts.Region != "eu-west-1" {
+		t.Errorf("region %q, node facts' region %q; want the node's, eu-west-1", a.cfg.Region, a.cfg.NodeFacts.Region)
 	}
 }

@@ -94,7 +94,7 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 	if err := a.serveDebug(ctx); err != nil {
 		return err
 	}
-	a.log.Info("iamlet ready", "node", a.cfg.NodeName, "metadata", fmt.Sprint(a.cfg.MetadataAddrs))
+	a.log.Info("iamlet ready", "node", a.cfg.NodeName, "region", a.cfg.Region, "metadata", fmt.Sprint(a.cfg.MetadataAddrs))
 	endStartup()
 	<-ctx.Done()
 	a.log.Info("shutting down; interception rules stay in place")
@@ -209,7 +209,7 @@ func (a *agent) guardHostNetwork() {
 }
 
 // connect makes the Kubernetes, token-minting and STS clients, asking the node's IMDS for the region when none is
-// configured.
+// configured (--region, AWS_REGION).
 func (a *agent) connect(ctx context.Context) error {
 	rc, err := kubeConfig(a.cfg.Kubeconfig)
 	if err != nil {
@@ -221,7 +221,9 @@ func (a *agent) connect(ctx context.Context) error {
 	if a.minter, err = mintingClient(rc, a.cfg.TokenMinting, a.cfg.NodeName); err != nil {
 		return err
 	}
-	if a.cfg.Region == "" && a.cfg.STSEndpoint == "" {
+	// Asked even with an STS endpoint set: a chained role's AssumeRole is signed for the region, and a regional or VPC
+	// endpoint refuses a signature for another.
+	if a.cfg.Region == "" {
 		// Not while the guard cuts flows to the IMDS addresses: the cut would take this request's with them.
 		a.awaitSettled()
 		if a.cfg.Region, err = nodeRegion(ctx, a.cfg.NodeIMDS, a.cfg.NodeFacts.Region, a.log); err != nil {

@@ -145,6 +145,7 @@ func nodeRegion(ctx context.Context, endpoint, fallback string, log *slog.Logger
 	for backoff := 250 * time.Millisecond; ; backoff = min(2*backoff, 5*time.Second) {
 		region, err := node.Region(ctx)
 		if err == nil {
+			log.Info("region from the node's IMDS", "region", region)
 			return region, nil
 		}
 		log.Warn("asking the node's IMDS for the region; asking again", "error", err.Error())

@@ -120,6 +120,20 @@ func readyLogged(p *corev1.Pod, t0 time.Time) string {
 	return "no ready line in the agent's log"
 }
 
+// readyRegion is the region the agent's "iamlet ready" line names in its log.
+func readyRegion(log string) string {
+	for _, line := range strings.Split(log, "\n") {
+		var entry struct {
+			Msg    string `json:"msg"`
+			Region string `json:"region"`
+		}
+		if json.Unmarshal([]byte(line), &entry) == nil && entry.Msg == "iamlet ready" {
+			return entry.Region
+		}
+	}
+	return ""
+}
+
 func isReady(p *corev1.Pod) bool {
 	for _, c := range p.Status.Conditions {
 		if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue {
@@ -184,6 +198,11 @@ func TestRealNode(t *testing.T) {
 		out, err := node.Kubectl(nil, "-n", stack.AgentNamespace, "logs", agent.Name, "-c", "iamlet")
 		if err != nil || !strings.Contains(out, `"msg":"iamlet ready"`) {
 			t.Errorf("kubectl logs: %v\n%s", err, out)
+		}
+		// The chart passes no --region: the agent asked the node's IMDS, at start, with its own rules in place.
+		_, want, err := stack.Get("http://" + stack.IMDSv4 + "/latest/meta-data/placement/region")
+		if got := readyRegion(out); err != nil || got == "" || got != want {
+			t.Errorf("the agent's ready line says region %q; the node's IMDS says %q (%v)", got, want, err)
 		}
 		// A healthy start logs no error: an operator reading it at 3 a.m. must not be sent looking for one.
 		if strings.Contains(out, `"level":"ERROR"`) {
