@@ -127,10 +127,11 @@ func Get(url string) (int, string, error) {
 }
 
 // BuildProgram builds the main package pkg (relative to the module root) into dir/name, as the Dockerfile builds the
-// agent: static, without cgo and symbols. The memory the benchmarks measure is the mapped binary's too.
+// agent: static, without cgo. The memory the benchmarks measure is the mapped binary's too. The symbol table the
+// Dockerfile strips is kept, for the benchmarks' profiles: it is not mapped, so it costs no memory.
 func BuildProgram(dir, name, pkg string) (string, error) {
 	out := filepath.Join(dir, name)
-	cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", out, pkg)
+	cmd := exec.Command("go", "build", "-trimpath", "-o", out, pkg)
 	cmd.Dir = repoRoot()
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if b, err := cmd.CombinedOutput(); err != nil {
