@@ -37,6 +37,7 @@ type ContainerHandler struct {
 	log      *slog.Logger
 	metrics  *containerMetrics
 	bufs     bufferPool
+	docs     docCache
 }
 
 // NewContainerHandler returns the container credentials face answering with creds. Its metrics are registered on
@@ -120,13 +121,11 @@ func (h *ContainerHandler) serve(c *call) outcome {
 		rf, _ := providerRefusal(err)
 		return h.answer(c, rf) // the provider logged it
 	}
-	if why := creds.unusable(h.clock()); why != "" {
+	now := h.clock()
+	if why := creds.unusable(now); why != "" {
 		return h.refuse(c, refuseUnavailable, errors.New("provider returned unusable credentials: "+why))
 	}
-	buf := h.bufs.get()
-	*buf = appendContainerDocument(*buf, &creds)
-	writeResponse(c.w, http.StatusOK, contentTypeJSON, *buf)
-	h.bufs.put(buf)
+	writeResponse(c.w, http.StatusOK, contentTypeJSON, h.docs.document(&creds, docContainer, now))
 	return outcomeServed
 }
 

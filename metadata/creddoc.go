@@ -1,6 +1,7 @@
 package metadata
 
 import (
+	"sync"
 	"time"
 	"unicode/utf8"
 )
@@ -8,6 +9,72 @@ import (
 // timeLayout is the only timestamp shape every SDK parses: botocore uses strptime with a literal Z, so no fractions
 // and no offset.
 const timeLayout = "2006-01-02T15:04:05Z"
+
+// docKind is which of the three credential documents.
+type docKind uint8
+
+const (
+	docStandard  docKind = iota // the IMDS document
+	docExtended                 // the IMDS document with AccountId (security-credentials-extended)
+	docContainer                // the container credentials endpoint's
+)
+
+// maxDocs bounds the documents kept: a node's pods times their two documents, through a rotation.
+const maxDocs = 1024
+
+// docCache keeps the documents of the credential sets lately served, rendered. A pod's SDK reads the same set until
+// it rotates, and rendering one (a session token of a kilobyte and more, escaped byte by byte) cost a quarter of the
+// handler's time for each cached answer.
+type docCache struct {
+	mu   sync.RWMutex
+	docs map[docKey]*renderedDoc
+}
+
+type docKey struct {
+	accessKeyID string
+	kind        docKind
+}
+
+type renderedDoc struct {
+	creds Credentials // the whole set: a document is served only for the very set it was rendered from
+	body  []byte
+}
+
+// document returns c's document of kind; its body is shared, never to be written to. Documents of sets expired by
+// now go when the cache is full; if none has, all do.
+func (d *docCache) document(c *Credentials, kind docKind, now time.Time) []byte {
+	k := docKey{c.AccessKeyID, kind}
+	d.mu.RLock()
+	r := d.docs[k]
+	d.mu.RUnlock()
+	if r != nil && r.creds == *c {
+		return r.body
+	}
+	r = &renderedDoc{creds: *c}
+	switch kind {
+	case docContainer:
+		r.body = appendContainerDocument(nil, c)
+	default:
+		r.body = appendCredentialDocument(nil, c, kind == docExtended)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.docs == nil {
+		d.docs = make(map[docKey]*renderedDoc)
+	}
+	if len(d.docs) >= maxDocs {
+		for k, old := range d.docs {
+			if !now.Before(old.creds.Expiration) {
+				delete(d.docs, k)
+			}
+		}
+		if len(d.docs) >= maxDocs {
+			clear(d.docs)
+		}
+	}
+	d.docs[k] = r
+	return r.body
+}
 
 // appendCredentialDocument appends the IMDS credential document, field order as EC2 sends it. The extended
 // document adds AccountId when STS named one: an empty AccountId would read as an account to SDKs that

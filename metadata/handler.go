@@ -31,6 +31,7 @@ type Handler struct {
 	log       *slog.Logger
 	metrics   *imdsMetrics
 	bufs      bufferPool
+	docs      docCache
 }
 
 // NewHandler returns the IMDS face answering with creds. Its metrics are registered on reg (nil: not registered).
@@ -171,22 +172,27 @@ func (h *Handler) serveCredentials(c *call, rt route) outcome {
 		rf, _ := providerRefusal(err)
 		return h.answer(c, rf) // the provider logged it
 	}
-	if why := creds.unusable(h.clock()); why != "" {
+	now := h.clock()
+	if why := creds.unusable(now); why != "" {
 		return h.refuse(c, refuseUnavailable, errors.New("provider returned unusable credentials: "+why))
 	}
-	buf := h.bufs.get()
-	defer h.bufs.put(buf)
 	switch rt.kind {
 	case routeCredsList, routeCredsExtList:
+		buf := h.bufs.get()
 		*buf = append(*buf, creds.RoleName...) // no newline: botocore pastes the body into the next URL
-	default:
-		if !equalFoldASCII(rt.name, creds.RoleName) {
-			// Another role's name, most likely the node's: never passed on.
-			return h.refuse(c, refuseNotFound, nil)
-		}
-		*buf = appendCredentialDocument(*buf, &creds, rt.kind == routeCredsExtDoc)
+		writeResponse(c.w, http.StatusOK, contentTypeText, *buf)
+		h.bufs.put(buf)
+		return outcomeServed
 	}
-	writeResponse(c.w, http.StatusOK, contentTypeText, *buf)
+	if !equalFoldASCII(rt.name, creds.RoleName) {
+		// Another role's name, most likely the node's: never passed on.
+		return h.refuse(c, refuseNotFound, nil)
+	}
+	kind := docStandard
+	if rt.kind == routeCredsExtDoc {
+		kind = docExtended
+	}
+	writeResponse(c.w, http.StatusOK, contentTypeText, h.docs.document(&creds, kind, now))
 	return outcomeServed
 }
 

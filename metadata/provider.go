@@ -14,8 +14,8 @@ type Credentials struct {
 	SessionToken    string
 	Expiration      time.Time
 	LastUpdated     time.Time
-	// AccountID may be empty; the extended and container documents then carry "AccountId":"" rather than omitting
-	// the key, so every document has the same shape.
+	// AccountID may be empty; the extended and container documents then leave "AccountId" out: an empty one would
+	// read as an account to SDKs that build account-based endpoints.
 	AccountID string
 }
 

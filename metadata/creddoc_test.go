@@ -1,0 +1,81 @@
+package metadata
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+)
+
+func docCreds(keyID, token string, exp time.Time) Credentials {
+	return Credentials{RoleName: "pod-role", AccessKeyID: keyID, SecretAccessKey: "secret-" + keyID, SessionToken: token,
+		LastUpdated: exp.Add(-time.Hour), Expiration: exp, AccountID: "123456789012"}
+}
+
+// TestDocCacheServesOnlyItsOwnSet: a document comes back for the very set it was rendered from, in each of the three
+// shapes; a set that differs in anything, even with the same access key ID, gets its own.
+func TestDocCacheServesOnlyItsOwnSet(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	var d docCache
+	a := docCreds("ASIAAAAAAAAAAAAAAAAA", "token-a", now.Add(time.Hour))
+	for _, kind := range []docKind{docStandard, docExtended, docContainer} {
+		want := appendCredentialDocument(nil, &a, kind == docExtended)
+		if kind == docContainer {
+			want = appendContainerDocument(nil, &a)
+		}
+		for range 2 { // rendered, then kept
+			if got := d.document(&a, kind, now); string(got) != string(want) {
+				t.Errorf("document(kind %d) = %s, want %s", kind, got, want)
+			}
+		}
+	}
+	for name, other := range map[string]Credentials{
+		"another token":      docCreds(a.AccessKeyID, "token-b", a.Expiration),
+		"another expiration": docCreds(a.AccessKeyID, a.SessionToken, a.Expiration.Add(time.Minute)),
+		"another role":       func() Credentials { c := a; c.RoleName = "other"; return c }(),
+		"another account":    func() Credentials { c := a; c.AccountID = "210987654321"; return c }(),
+	} {
+		got := string(d.document(&other, docExtended, now))
+		if want := string(appendCredentialDocument(nil, &other, true)); got != want {
+			t.Errorf("%s: document = %s, want %s", name, got, want)
+		}
+		if got := string(d.document(&a, docExtended, now)); !strings.Contains(got, `"Token":"token-a"`) || strings.Contains(got, "token-b") {
+			t.Errorf("%s: the first set's document is now %s", name, got)
+		}
+	}
+}
+
+// TestDocCacheIsBounded: a full cache drops the documents of expired sets first, and everything when none has
+// expired; it never holds more than maxDocs.
+func TestDocCacheIsBounded(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	var d docCache
+	for i := range maxDocs {
+		exp := now.Add(time.Hour)
+		if i%2 == 0 {
+			exp = now.Add(-time.Minute) // expired by now
+		}
+		c := docCreds(fmt.Sprintf("ASIA%016d", i), "t", exp)
+		d.document(&c, docStandard, now)
+	}
+	if len(d.docs) != maxDocs {
+		t.Fatalf("%d documents kept, want %d", len(d.docs), maxDocs)
+	}
+	c := docCreds("ASIANEW0000000000000", "t", now.Add(time.Hour))
+	d.document(&c, docStandard, now)
+	if want := maxDocs/2 + 1; len(d.docs) != want {
+		t.Errorf("after one more on a full cache: %d documents, want the %d unexpired", len(d.docs), want)
+	}
+	for k, r := range d.docs {
+		if !now.Before(r.creds.Expiration) {
+			t.Errorf("expired set %s still kept", k.accessKeyID)
+		}
+	}
+	for i := range maxDocs {
+		c := docCreds(fmt.Sprintf("ASIAFRESH%011d", i), "t", now.Add(time.Hour))
+		d.document(&c, docStandard, now)
+		if len(d.docs) > maxDocs {
+			t.Fatalf("%d documents kept, want at most %d", len(d.docs), maxDocs)
+		}
+	}
+}
