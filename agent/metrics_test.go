@@ -71,6 +71,12 @@ iamlet_pod_credential_requests_total{namespace="team",outcome="miss",pod="b",rol
 	if n := testutil.CollectAndCount(m.lastRefresh); n != 1 {
 		t.Errorf("last refresh series after deletion = %d, want 1", n)
 	}
+
+	// Asked again (a pod's entry comes back), it counts from zero on an exported series, not on the forgotten one.
+	m.request(a, "hit")
+	if got := testutil.ToFloat64(m.podRequests.WithLabelValues(append(labelsOf(a), "hit")...)); got != 1 {
+		t.Errorf("pod a's hits after it came back = %v, want 1", got)
+	}
 }
 
 // TestPerPodSeriesOff: with per-pod series off the agent exports none, however many pods it serves, and the node's
@@ -116,4 +122,16 @@ func twoPods(m *metrics) (a, b creds.Request) {
 	m.stored(a, creds.Credentials{Expiration: time.Unix(7200, 0), Issued: time.Unix(3600, 0)})
 	m.stored(b, creds.Credentials{Expiration: time.Unix(9000, 0), Issued: time.Unix(5400, 0)})
 	return a, b
+}
+
+// BenchmarkRequestMetrics is what each answered request costs in metrics: the node's count and the pod's.
+func BenchmarkRequestMetrics(b *testing.B) {
+	m := newMetrics(prometheus.NewRegistry(), true)
+	a, _ := twoPods(m)
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			m.request(a, "hit")
+		}
+	})
 }
