@@ -45,16 +45,11 @@ func New(rc *rest.Config) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client: %w", err)
 	}
-	scheme := runtime.NewScheme()
-	for _, add := range []func(*runtime.Scheme) error{corev1.AddToScheme, authv1.AddToScheme, appsv1.AddToScheme} {
-		if err := add(scheme); err != nil {
-			return nil, fmt.Errorf("kubernetes client scheme: %w", err)
-		}
+	scheme, err := newScheme()
+	if err != nil {
+		return nil, err
 	}
-	// Status and the other unversioned types, as client-go's scheme has them.
-	metav1.AddToGroupVersion(scheme, schema.GroupVersion{Version: "v1"})
 	codecs := rest.CodecFactoryForGeneratedClient(scheme, serializer.NewCodecFactory(scheme)).WithoutConversion()
-
 	group := func(gv schema.GroupVersion, apiPath string) (*rest.RESTClient, error) {
 		gc := c
 		gc.GroupVersion, gc.APIPath, gc.NegotiatedSerializer = &gv, apiPath, codecs
@@ -70,6 +65,19 @@ func New(rc *rest.Config) (*Client, error) {
 		return nil, fmt.Errorf("kubernetes client: %w", err)
 	}
 	return k, nil
+}
+
+// newScheme holds the types the client's calls carry, and Status and the other unversioned types, as client-go's
+// scheme has them.
+func newScheme() (*runtime.Scheme, error) {
+	scheme := runtime.NewScheme()
+	for _, add := range []func(*runtime.Scheme) error{corev1.AddToScheme, authv1.AddToScheme, appsv1.AddToScheme} {
+		if err := add(scheme); err != nil {
+			return nil, fmt.Errorf("kubernetes client scheme: %w", err)
+		}
+	}
+	metav1.AddToGroupVersion(scheme, schema.GroupVersion{Version: "v1"})
+	return scheme, nil
 }
 
 // Pods lists and watches the pods of every namespace whose fields match fieldSelector.
