@@ -79,3 +79,41 @@ func TestDocCacheIsBounded(t *testing.T) {
 		}
 	}
 }
+
+// TestServedDocumentFollowsTheProvider: the handler answers with the set the provider gives for this request, however
+// often the previous one was served: a rotated set at once, and each pod its own.
+func TestServedDocumentFollowsTheProvider(t *testing.T) {
+	e := newTestEnv(t, nil)
+	get := func(caller string) string {
+		t.Helper()
+		w := e.do(t, "GET", "/latest/meta-data/iam/security-credentials/"+podRole, caller, nil)
+		if w.Code != 200 {
+			t.Fatalf("GET from %s = %d", caller, w.Code)
+		}
+		return w.Body.String()
+	}
+	first := podCredentials()
+	for range 3 {
+		if got := get(podAddr); !strings.Contains(got, `"Token":"`+first.SessionToken+`"`) {
+			t.Fatalf("document = %s, want the first set's", got)
+		}
+	}
+	rotated := first
+	rotated.AccessKeyID, rotated.SessionToken, rotated.Expiration = "ASIAPODEXAMPLE00002", "rotated-token", first.Expiration.Add(time.Hour)
+	e.prov.set(podAddr, rotated)
+	if got := get(podAddr); !strings.Contains(got, `"AccessKeyId":"ASIAPODEXAMPLE00002","SecretAccessKey":"pod/secret+key=EXAMPLE","Token":"rotated-token"`) {
+		t.Errorf("after rotation, document = %s, want the rotated set's", got)
+	}
+	sameKey := rotated
+	sameKey.SessionToken = "another-token-same-key-id"
+	e.prov.set(podAddr, sameKey)
+	if got := get(podAddr); !strings.Contains(got, `"Token":"another-token-same-key-id"`) {
+		t.Errorf("a set sharing an access key ID with the last one: document = %s, want its own", got)
+	}
+	other := podCredentials()
+	other.SessionToken = "other-pods-token" // same key ID as the first set, to a cache keyed on it alone
+	e.prov.set(otherPodAddr, other)
+	if got := get(otherPodAddr); !strings.Contains(got, `"Token":"other-pods-token"`) {
+		t.Errorf("another pod's document = %s, want its own", got)
+	}
+}
