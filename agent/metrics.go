@@ -29,15 +29,8 @@ type metrics struct {
 	repairs     prometheus.Counter
 
 	mu       sync.Mutex
-	series   map[creds.Key]*podSeries // each entry's per-pod series
-	expiries map[creds.Key]int64      // each entry's expiry (Unix seconds), for the earliest
-}
-
-// podSeries is one entry's per-pod series: their label values, for deletion, and the request counters by outcome,
-// resolved once instead of from five label values on every request.
-type podSeries struct {
-	labels   []string
-	requests map[string]prometheus.Counter
+	podKeys  map[creds.Key][]string // label values of each entry's per-pod series, for deletion
+	expiries map[creds.Key]int64    // each entry's expiry (Unix seconds), for the earliest
 }
 
 var podLabels = []string{"namespace", "pod", "service_account", "role_arn"}
@@ -99,7 +92,7 @@ func newMetrics(reg prometheus.Registerer, perPod bool) *metrics {
 			Name: "iamlet_iptables_drift_repairs_total",
 			Help: "Interception rules found missing or out of place and restored.",
 		}),
-		series:   make(map[creds.Key]*podSeries),
+		podKeys:  make(map[creds.Key][]string),
 		expiries: make(map[creds.Key]int64),
 	}
 	reg.MustRegister(m.requests, m.fetches, m.stale, m.sts, m.stsLatency, m.tokens, m.tokenLat, m.rules, m.reconciles, m.repairs,
@@ -129,22 +122,12 @@ func labelsOf(r creds.Request) []string {
 	return []string{r.Namespace, r.Pod, r.ServiceAccount, r.RoleARN}
 }
 
-// seriesOf is r's entry's series, made on first use. Call with mu held.
-func (m *metrics) seriesOf(r creds.Request) *podSeries {
-	k := r.Key()
-	ps := m.series[k]
-	if ps == nil {
-		ps = &podSeries{labels: labelsOf(r), requests: make(map[string]prometheus.Counter)}
-		m.series[k] = ps
-	}
-	return ps
-}
-
 func (m *metrics) stored(r creds.Request, c creds.Credentials) {
+	l := labelsOf(r)
 	m.mu.Lock()
-	defer m.mu.Unlock() // as forget: the gauges and the entry come and go together
-	l := m.seriesOf(r).labels
+	m.podKeys[r.Key()] = l
 	m.expiries[r.Key()] = c.Expiration.Unix()
+	m.mu.Unlock()
 	if !m.perPod {
 		return
 	}
@@ -153,35 +136,29 @@ func (m *metrics) stored(r creds.Request, c creds.Credentials) {
 }
 
 func (m *metrics) request(r creds.Request, outcome string) {
-	var perPod prometheus.Counter
 	m.mu.Lock()
-	ps := m.seriesOf(r)
-	if m.perPod {
-		if perPod = ps.requests[outcome]; perPod == nil {
-			perPod = m.podRequests.WithLabelValues(append(ps.labels[:len(ps.labels):len(ps.labels)], outcome)...)
-			ps.requests[outcome] = perPod
-		}
+	if _, ok := m.podKeys[r.Key()]; !ok {
+		m.podKeys[r.Key()] = labelsOf(r)
 	}
 	m.mu.Unlock()
 	m.requests.WithLabelValues(outcome).Inc()
-	if perPod != nil {
-		perPod.Inc()
+	if m.perPod {
+		m.podRequests.WithLabelValues(append(labelsOf(r), outcome)...).Inc()
 	}
 }
 
-// forget deletes every per-pod series of the entry. The series go under mu: a request between would otherwise keep
-// counting on a counter no longer exported.
+// forget deletes every per-pod series of the entry.
 func (m *metrics) forget(r creds.Request) {
 	m.mu.Lock()
-	defer m.mu.Unlock()
-	l := labelsOf(r)
-	if ps, ok := m.series[r.Key()]; ok {
-		l = ps.labels
-	}
-	delete(m.series, r.Key())
+	l, ok := m.podKeys[r.Key()]
+	delete(m.podKeys, r.Key())
 	delete(m.expiries, r.Key())
+	m.mu.Unlock()
 	if !m.perPod {
 		return
+	}
+	if !ok {
+		l = labelsOf(r)
 	}
 	m.expiry.DeleteLabelValues(l...)
 	m.lastRefresh.DeleteLabelValues(l...)

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -77,6 +78,17 @@ iamlet_pod_credential_requests_total{namespace="team",outcome="miss",pod="b",rol
 	if got := testutil.ToFloat64(m.podRequests.WithLabelValues(append(labelsOf(a), "hit")...)); got != 1 {
 		t.Errorf("pod a's hits after it came back = %v, want 1", got)
 	}
+
+	// A session policy changed: the pod's new entry shares the old one's series, and forgetting the old entry must
+	// not leave the new one counting where no scrape sees it.
+	narrowed := a
+	narrowed.Narrowing = "policy-2"
+	m.request(narrowed, "hit")
+	m.forget(a)
+	m.request(narrowed, "hit")
+	if n := testutil.CollectAndCount(m.podRequests); n != 2 { // b's miss, and the narrowed entry's hits
+		t.Errorf("per-pod request series after the old entry was forgotten = %d, want 2", n)
+	}
 }
 
 // TestPerPodSeriesOff: with per-pod series off the agent exports none, however many pods it serves, and the node's
@@ -134,4 +146,58 @@ func BenchmarkRequestMetrics(b *testing.B) {
 			m.request(a, "hit")
 		}
 	})
+}
+
+// TestScrapeWhilePodsComeAndGo: a scrape runs while pods' series are made and deleted. A collector blocks on a full
+// scrape buffer holding its vector's lock, so series must never be changed while holding the lock a scrape waits on
+// (earliestExpiry's): that froze the credential cache, every request and /metrics at a few hundred pods.
+func TestScrapeWhilePodsComeAndGo(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := newMetrics(reg, true)
+	const pods = 400 // hit and miss series each: more than a scrape's buffer of metrics
+	reqs := make([]creds.Request, pods)
+	for i := range reqs {
+		reqs[i] = creds.Request{PodUID: fmt.Sprint("uid-", i), Namespace: "team", Pod: fmt.Sprint("pod-", i), ServiceAccount: "sa",
+			RoleARN: "arn:aws:iam::123456789012:role/r"}
+		m.stored(reqs[i], creds.Credentials{Expiration: time.Unix(7200, 0), Issued: time.Unix(3600, 0)})
+		m.request(reqs[i], "hit")
+		m.request(reqs[i], "miss")
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for round := range 20 {
+			for _, r := range reqs {
+				if round%2 == 0 {
+					m.forget(r)
+				} else {
+					m.stored(r, creds.Credentials{Expiration: time.Unix(7200, 0), Issued: time.Unix(3600, 0)})
+					m.request(r, "hit")
+				}
+			}
+		}
+	}()
+	scraped := make(chan error, 1)
+	go func() {
+		for {
+			if _, err := reg.Gather(); err != nil {
+				scraped <- err
+				return
+			}
+			select {
+			case <-done:
+				scraped <- nil
+				return
+			default:
+			}
+		}
+	}()
+	select {
+	case err := <-scraped:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(2 * time.Minute): // where both loops take well under a second: only a deadlock
+		t.Fatal("series changes and scrapes deadlocked")
+	}
 }
