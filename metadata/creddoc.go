@@ -19,8 +19,8 @@ const (
 	docContainer                // the container credentials endpoint's
 )
 
-// maxDocs bounds the documents kept: a node's pods times their two documents, through a rotation.
-const maxDocs = 1024
+// maxDocs bounds the documents kept: a node's pods, their sets before and after a rotation, both IMDS documents.
+const maxDocs = 2048
 
 // docCache keeps the documents of the credential sets lately served, rendered. A pod's SDK reads the same set until
 // it rotates, and rendering one (a session token of a kilobyte and more, escaped byte by byte) cost a quarter of the
@@ -40,8 +40,9 @@ type renderedDoc struct {
 	body  []byte
 }
 
-// document returns c's document of kind; its body is shared, never to be written to. Documents of sets expired by
-// now go when the cache is full; if none has, all do.
+// document returns c's document of kind; its body is shared, never to be written to. A set not kept yet is kept once
+// the documents of sets expired by now are gone (a rotated set's within its last minutes); if that leaves the cache
+// full, all go.
 func (d *docCache) document(c *Credentials, kind docKind, now time.Time) []byte {
 	k := docKey{c.AccessKeyID, kind}
 	d.mu.RLock()
@@ -62,7 +63,7 @@ func (d *docCache) document(c *Credentials, kind docKind, now time.Time) []byte 
 	if d.docs == nil {
 		d.docs = make(map[docKey]*renderedDoc)
 	}
-	if len(d.docs) >= maxDocs {
+	if _, replaced := d.docs[k]; !replaced {
 		for k, old := range d.docs {
 			if !now.Before(old.creds.Expiration) {
 				delete(d.docs, k)

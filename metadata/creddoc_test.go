@@ -45,38 +45,38 @@ func TestDocCacheServesOnlyItsOwnSet(t *testing.T) {
 	}
 }
 
-// TestDocCacheIsBounded: a full cache drops the documents of expired sets first, and everything when none has
-// expired; it never holds more than maxDocs.
+// TestDocCacheIsBounded: a new set's document drops those of expired sets; a full cache of live ones is emptied
+// rather than grown; replacing a key's document evicts nothing else.
 func TestDocCacheIsBounded(t *testing.T) {
 	now := time.Unix(1_800_000_000, 0)
 	var d docCache
-	for i := range maxDocs {
-		exp := now.Add(time.Hour)
-		if i%2 == 0 {
-			exp = now.Add(-time.Minute) // expired by now
-		}
-		c := docCreds(fmt.Sprintf("ASIA%016d", i), "t", exp)
+	for i := range 10 {
+		c := docCreds(fmt.Sprintf("ASIAOLD%013d", i), "t", now.Add(time.Minute))
 		d.document(&c, docStandard, now)
+	}
+	later := now.Add(2 * time.Minute) // the ten have expired
+	c := docCreds("ASIANEW0000000000000", "t", later.Add(time.Hour))
+	d.document(&c, docStandard, later)
+	if len(d.docs) != 1 {
+		t.Errorf("after a new set once ten had expired: %d documents, want 1", len(d.docs))
+	}
+	for i := range maxDocs - 1 {
+		c := docCreds(fmt.Sprintf("ASIALIVE%012d", i), "t", later.Add(time.Hour))
+		d.document(&c, docStandard, later)
 	}
 	if len(d.docs) != maxDocs {
 		t.Fatalf("%d documents kept, want %d", len(d.docs), maxDocs)
 	}
-	c := docCreds("ASIANEW0000000000000", "t", now.Add(time.Hour))
-	d.document(&c, docStandard, now)
-	if want := maxDocs/2 + 1; len(d.docs) != want {
-		t.Errorf("after one more on a full cache: %d documents, want the %d unexpired", len(d.docs), want)
+	again := c
+	again.SessionToken = "re-issued" // the same key ID: replaces its document, evicts nothing
+	d.document(&again, docStandard, later)
+	if len(d.docs) != maxDocs {
+		t.Errorf("after replacing one document: %d kept, want %d", len(d.docs), maxDocs)
 	}
-	for k, r := range d.docs {
-		if !now.Before(r.creds.Expiration) {
-			t.Errorf("expired set %s still kept", k.accessKeyID)
-		}
-	}
-	for i := range maxDocs {
-		c := docCreds(fmt.Sprintf("ASIAFRESH%011d", i), "t", now.Add(time.Hour))
-		d.document(&c, docStandard, now)
-		if len(d.docs) > maxDocs {
-			t.Fatalf("%d documents kept, want at most %d", len(d.docs), maxDocs)
-		}
+	one := docCreds("ASIAONEMORE000000000", "t", later.Add(time.Hour))
+	d.document(&one, docStandard, later)
+	if len(d.docs) != 1 {
+		t.Errorf("after one more on a cache full of live sets: %d documents, want 1 (emptied, then it)", len(d.docs))
 	}
 }
 
