@@ -82,8 +82,30 @@ func TestConnectAsksTheRegionWithAnSTSEndpoint(t *testing.T) {
 		_, _ = io.WriteString(w, `{"region":"eu-west-1"}`)
 	}))
 	defer imds.Close()
-	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
-	if err := os.WriteFile(kubeconfig, []byte(`apiVersion: v1
+	a := &agent{cfg: Config{Kubeconfig: testKubeconfig(t), NodeName: "node-1", NodeIMDS: imds.URL,
+		STSEndpoint: "https://sts.eu-west-1.amazonaws.com"}, log: slog.New(slog.DiscardHandler)}
+	if err := a.connect(context.Background()); err != nil {
+		t.Fatalf("connect() error = %v", err)
+	}
+	if a.cfg.Region != "eu-west-1" || a.cfg.NodeFacts.Region != "eu-west-1" {
+		t.Errorf("region %q, node facts' region %q; want the node's, eu-west-1", a.cfg.Region, a.cfg.NodeFacts.Region)
+	}
+}
+
+// TestConnectWithoutANodeIMDS: with --node-imds empty (node facts synthesised) and an STS endpoint, the agent starts
+// without a region, as before: STS is signed for the region the endpoint names, or us-east-1.
+func TestConnectWithoutANodeIMDS(t *testing.T) {
+	a := &agent{cfg: Config{Kubeconfig: testKubeconfig(t), NodeName: "node-1", STSEndpoint: "http://127.0.0.1:9000"},
+		log: slog.New(slog.DiscardHandler)}
+	if err := a.connect(context.Background()); err != nil || a.cfg.Region != "" {
+		t.Errorf("connect() = %v, region %q; want no error and no region asked", err, a.cfg.Region)
+	}
+}
+
+func testKubeconfig(t *testing.T) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := os.WriteFile(p, []byte(`apiVersion: v1
 kind: Config
 clusters: [{name: c, cluster: {server: "https://127.0.0.1:1"}}]
 users: [{name: u, user: {token: t}}]
@@ -92,12 +114,5 @@ current-context: c
 `), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	a := &agent{cfg: Config{Kubeconfig: kubeconfig, NodeName: "node-1", NodeIMDS: imds.URL,
-		STSEndpoint: "https://sts.eu-west-1.amazonaws.com"}, log: slog.New(slog.DiscardHandler)}
-	if err := a.connect(context.Background()); err != nil {
-		t.Fatalf("connect() error = %v", err)
-	}
-	if a.cfg.Region != "eu-west-1" || a.cfg.NodeFacts.Region != "eu-west-1" {
-		t.Errorf("region %q, node facts' region %q; want the node's, eu-west-1", a.cfg.Region, a.cfg.NodeFacts.Region)
-	}
+	return p
 }

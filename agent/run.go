@@ -221,9 +221,9 @@ func (a *agent) connect(ctx context.Context) error {
 	if a.minter, err = mintingClient(rc, a.cfg.TokenMinting, a.cfg.NodeName); err != nil {
 		return err
 	}
-	// Asked even with an STS endpoint set: a chained role's AssumeRole is signed for the region, and a regional or VPC
-	// endpoint refuses a signature for another.
-	if a.cfg.Region == "" {
+	// The node's region is asked even with an STS endpoint set, where the node has an IMDS: an endpoint that is not
+	// AWS's (sts.New signs for the region an AWS one names) takes chained roles' signatures for it.
+	if a.cfg.Region == "" && (a.cfg.NodeIMDS != "" || a.cfg.STSEndpoint == "") {
 		// Not while the guard cuts flows to the IMDS addresses: the cut would take this request's with them.
 		a.awaitSettled()
 		if a.cfg.Region, err = nodeRegion(ctx, a.cfg.NodeIMDS, a.cfg.NodeFacts.Region, a.log); err != nil {

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 
@@ -97,7 +98,11 @@ func New(cfg Config) (*Client, error) {
 			},
 		}
 	}
+	// A chained role's AssumeRole is signed for this region, and AWS's STS endpoints refuse a signature for another.
 	region := cfg.Region
+	if r, ok := endpointRegion(cfg.Endpoint); ok {
+		region = r
+	}
 	if region == "" {
 		region = "us-east-1"
 	}
@@ -119,6 +124,31 @@ func New(cfg Config) (*Client, error) {
 		})
 	}
 	return &Client{regional: build(false), global: build(true)}, nil
+}
+
+// endpointRegion is the region an AWS STS endpoint serves, and so signs for: sts.REGION.amazonaws.com (sts-fips too,
+// and .amazonaws.com.cn), a VPC endpoint's *.sts.REGION.vpce.amazonaws.com, and us-east-1 for the global
+// sts.amazonaws.com. Any other endpoint (an STS that is not AWS's) names none.
+func endpointRegion(endpoint string) (string, bool) {
+	u, err := url.Parse(endpoint)
+	if err != nil {
+		return "", false
+	}
+	host := strings.ToLower(strings.TrimSuffix(u.Hostname(), "."))
+	if host == "sts.amazonaws.com" {
+		return "us-east-1", true
+	}
+	for _, suffix := range []string{".amazonaws.com", ".amazonaws.com.cn"} {
+		rest, ok := strings.CutSuffix(host, suffix)
+		if !ok {
+			continue
+		}
+		labels := strings.Split(strings.TrimSuffix(rest, ".vpce"), ".")
+		if n := len(labels); n >= 2 && (labels[n-2] == "sts" || labels[n-2] == "sts-fips") && labels[n-1] != "" {
+			return labels[n-1], true
+		}
+	}
+	return "", false
 }
 
 // globalResolver resolves STS's global endpoint by AWS's own rule: sts.amazonaws.com for the regions
