@@ -2,6 +2,7 @@ package agent
 
 import (
 	"fmt"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -149,20 +150,12 @@ func BenchmarkRequestMetrics(b *testing.B) {
 }
 
 // TestScrapeWhilePodsComeAndGo: a scrape runs while pods' series are made and deleted. A collector blocks on a full
-// scrape buffer holding its vector's lock, so series must never be changed while holding the lock a scrape waits on
+// scrape buffer holding its vector's lock, so series must never be changed while holding a lock a scrape waits on
 // (earliestExpiry's): that froze the credential cache, every request and /metrics at a few hundred pods.
 func TestScrapeWhilePodsComeAndGo(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	m := newMetrics(reg, true)
-	const pods = 400 // hit and miss series each: more than a scrape's buffer of metrics
-	reqs := make([]creds.Request, pods)
-	for i := range reqs {
-		reqs[i] = creds.Request{PodUID: fmt.Sprint("uid-", i), Namespace: "team", Pod: fmt.Sprint("pod-", i), ServiceAccount: "sa",
-			RoleARN: "arn:aws:iam::123456789012:role/r"}
-		m.stored(reqs[i], creds.Credentials{Expiration: time.Unix(7200, 0), Issued: time.Unix(3600, 0)})
-		m.request(reqs[i], "hit")
-		m.request(reqs[i], "miss")
-	}
+	reqs := manyPods(m, 400) // hit and miss series each: more than a scrape's buffer of metrics
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -177,6 +170,49 @@ func TestScrapeWhilePodsComeAndGo(t *testing.T) {
 			}
 		}
 	}()
+	scrapeUntil(t, reg, done)
+}
+
+// TestScrapeWhileTheCacheForgets: the same through the credential cache, which tells the metrics an entry is gone
+// while holding its lock; the scrape must not wait on that lock (the cache-entries gauge).
+func TestScrapeWhileTheCacheForgets(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := newMetrics(reg, true)
+	cache := creds.New(nil, creds.Config{Observer: observer{metrics: m, log: slog.New(slog.DiscardHandler)}})
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "iamlet_credentials_cache_entries", Help: "Entries."},
+		func() float64 { return float64(cache.Len()) }))
+	reqs := manyPods(m, 400)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range 10 {
+			manyPods(m, len(reqs))
+			cache.Retain(reqs)
+			cache.Retain(nil) // forgets each entry with the cache's lock held
+		}
+	}()
+	scrapeUntil(t, reg, done)
+	if n := cache.Len(); n != 0 {
+		t.Errorf("cache.Len() = %d after Retain(nil), want 0", n)
+	}
+}
+
+// manyPods makes n pods' per-pod series: expiry, last refresh, hits and misses.
+func manyPods(m *metrics, n int) []creds.Request {
+	reqs := make([]creds.Request, n)
+	for i := range reqs {
+		reqs[i] = creds.Request{PodUID: fmt.Sprint("uid-", i), Namespace: "team", Pod: fmt.Sprint("pod-", i), ServiceAccount: "sa",
+			RoleARN: "arn:aws:iam::123456789012:role/r"}
+		m.stored(reqs[i], creds.Credentials{Expiration: time.Unix(7200, 0), Issued: time.Unix(3600, 0)})
+		m.request(reqs[i], "hit")
+		m.request(reqs[i], "miss")
+	}
+	return reqs
+}
+
+// scrapeUntil scrapes reg until done is closed, and fails the test if the two deadlock.
+func scrapeUntil(t *testing.T, reg *prometheus.Registry, done <-chan struct{}) {
+	t.Helper()
 	scraped := make(chan error, 1)
 	go func() {
 		for {

@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/singleflight"
@@ -212,6 +213,9 @@ type Cache struct {
 	entries map[Key]*entry
 	nextID  uint64
 	wake    chan struct{}
+	// size is len(entries), kept beside it so that Len takes no lock: a metrics scrape reads it, and the cache calls
+	// its Observer, whose metrics wait on the scrape, with mu held.
+	size atomic.Int64
 }
 
 // New returns a cache that fetches with f.
@@ -252,6 +256,7 @@ func (c *Cache) addLocked(r Request) *entry {
 	c.nextID++
 	e := &entry{req: r, flight: strconv.FormatUint(c.nextID, 10)}
 	c.entries[r.Key()] = e
+	c.size.Store(int64(len(c.entries)))
 	return e
 }
 
@@ -438,6 +443,7 @@ func (c *Cache) Retain(want []Request) {
 	for k, e := range c.entries {
 		if _, ok := keep[k]; !ok {
 			delete(c.entries, k)
+			c.size.Store(int64(len(c.entries)))
 			e.dropped = true
 			c.cfg.Observer.Forgot(e.req)
 		}
@@ -593,11 +599,7 @@ type Entry struct {
 }
 
 // Len is the number of entries.
-func (c *Cache) Len() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.entries)
-}
+func (c *Cache) Len() int { return int(c.size.Load()) }
 
 // Snapshot lists the entries.
 func (c *Cache) Snapshot() []Entry {
