@@ -72,9 +72,12 @@ func TestNodeRegionGivesUp(t *testing.T) {
 }
 
 // TestConnectAsksTheRegionWithAnSTSEndpoint: as the chart ships (no --region), the region is the node's even where an
-// STS endpoint is set (a VPC endpoint): a chained role's AssumeRole is signed for it.
+// STS endpoint is set that is not AWS's: chained roles' AssumeRole is signed for it. An AWS endpoint names its own
+// region, and the node's IMDS is not asked.
 func TestConnectAsksTheRegionWithAnSTSEndpoint(t *testing.T) {
+	var asked atomic.Int32
 	imds := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		asked.Add(1)
 		if r.Method == http.MethodPut {
 			_, _ = io.WriteString(w, "token")
 			return
@@ -82,13 +85,22 @@ func TestConnectAsksTheRegionWithAnSTSEndpoint(t *testing.T) {
 		_, _ = io.WriteString(w, `{"region":"eu-west-1"}`)
 	}))
 	defer imds.Close()
-	a := &agent{cfg: Config{Kubeconfig: testKubeconfig(t), NodeName: "node-1", NodeIMDS: imds.URL,
-		STSEndpoint: "https://sts.eu-west-1.amazonaws.com"}, log: slog.New(slog.DiscardHandler)}
-	if err := a.connect(context.Background()); err != nil {
-		t.Fatalf("connect() error = %v", err)
+	connect := func(endpoint string) *agent {
+		t.Helper()
+		a := &agent{cfg: Config{Kubeconfig: testKubeconfig(t), NodeName: "node-1", NodeIMDS: imds.URL, STSEndpoint: endpoint},
+			log: slog.New(slog.DiscardHandler)}
+		if err := a.connect(context.Background()); err != nil {
+			t.Fatalf("connect(--sts-endpoint=%s) error = %v", endpoint, err)
+		}
+		return a
 	}
-	if a.cfg.Region != "eu-west-1" || a.cfg.NodeFacts.Region != "eu-west-1" {
-		t.Errorf("region %q, node facts' region %q; want the node's, eu-west-1", a.cfg.Region, a.cfg.NodeFacts.Region)
+	if a := connect("http://127.0.0.1:9000"); a.cfg.Region != "eu-west-1" || a.cfg.NodeFacts.Region != "eu-west-1" || asked.Load() == 0 {
+		t.Errorf("another STS: region %q, node facts' region %q, IMDS asked %d times; want the node's, eu-west-1",
+			a.cfg.Region, a.cfg.NodeFacts.Region, asked.Load())
+	}
+	asked.Store(0)
+	if a := connect("https://vpce-0a1b2c3d-abcdefgh.sts.ap-southeast-2.vpce.amazonaws.com"); a.cfg.Region != "" || asked.Load() != 0 {
+		t.Errorf("an AWS VPC endpoint: region %q, IMDS asked %d times; want neither (it names its region)", a.cfg.Region, asked.Load())
 	}
 }
 

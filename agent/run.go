@@ -221,9 +221,10 @@ func (a *agent) connect(ctx context.Context) error {
 	if a.minter, err = mintingClient(rc, a.cfg.TokenMinting, a.cfg.NodeName); err != nil {
 		return err
 	}
-	// The node's region is asked even with an STS endpoint set, where the node has an IMDS: an endpoint that is not
-	// AWS's (sts.New signs for the region an AWS one names) takes chained roles' signatures for it.
-	if a.cfg.Region == "" && (a.cfg.NodeIMDS != "" || a.cfg.STSEndpoint == "") {
+	// STS is signed for the region an AWS endpoint names (sts.New); for any other endpoint, where the node has an
+	// IMDS, for the node's region, as without an endpoint.
+	_, named := sts.EndpointRegion(a.cfg.STSEndpoint)
+	if a.cfg.Region == "" && (a.cfg.STSEndpoint == "" || (a.cfg.NodeIMDS != "" && !named)) {
 		// Not while the guard cuts flows to the IMDS addresses: the cut would take this request's with them.
 		a.awaitSettled()
 		if a.cfg.Region, err = nodeRegion(ctx, a.cfg.NodeIMDS, a.cfg.NodeFacts.Region, a.log); err != nil {

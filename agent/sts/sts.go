@@ -100,7 +100,7 @@ func New(cfg Config) (*Client, error) {
 	}
 	// A chained role's AssumeRole is signed for this region, and AWS's STS endpoints refuse a signature for another.
 	region := cfg.Region
-	if r, ok := endpointRegion(cfg.Endpoint); ok {
+	if r, ok := EndpointRegion(cfg.Endpoint); ok {
 		region = r
 	}
 	if region == "" {
@@ -126,10 +126,10 @@ func New(cfg Config) (*Client, error) {
 	return &Client{regional: build(false), global: build(true)}, nil
 }
 
-// endpointRegion is the region an AWS STS endpoint serves, and so signs for: sts.REGION.amazonaws.com (sts-fips too,
-// and .amazonaws.com.cn), a VPC endpoint's *.sts.REGION.vpce.amazonaws.com, and us-east-1 for the global
-// sts.amazonaws.com. Any other endpoint (an STS that is not AWS's) names none.
-func endpointRegion(endpoint string) (string, bool) {
+// EndpointRegion is the region an AWS STS endpoint serves, and so signs for: sts.REGION.amazonaws.com (sts-fips too,
+// .amazonaws.com.cn, and dual-stack .api.aws), a VPC endpoint's *.sts.REGION.vpce.amazonaws.com, and us-east-1 for
+// the global sts.amazonaws.com. Any other endpoint (an STS that is not AWS's) names none.
+func EndpointRegion(endpoint string) (string, bool) {
 	u, err := url.Parse(endpoint)
 	if err != nil {
 		return "", false
@@ -138,7 +138,7 @@ func endpointRegion(endpoint string) (string, bool) {
 	if host == "sts.amazonaws.com" {
 		return "us-east-1", true
 	}
-	for _, suffix := range []string{".amazonaws.com", ".amazonaws.com.cn"} {
+	for _, suffix := range []string{".amazonaws.com", ".amazonaws.com.cn", ".api.aws"} {
 		rest, ok := strings.CutSuffix(host, suffix)
 		if !ok {
 			continue
