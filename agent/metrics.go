@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"slices"
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -147,18 +148,26 @@ func (m *metrics) request(r creds.Request, outcome string) {
 	}
 }
 
-// forget deletes every per-pod series of the entry.
+// forget deletes every per-pod series of the entry, unless another entry has the same labels: the same pod and role
+// under a new session policy, stored before the old entry is forgotten, whose series these now are.
 func (m *metrics) forget(r creds.Request) {
 	m.mu.Lock()
 	l, ok := m.podKeys[r.Key()]
 	delete(m.podKeys, r.Key())
 	delete(m.expiries, r.Key())
-	m.mu.Unlock()
-	if !m.perPod {
-		return
-	}
 	if !ok {
 		l = labelsOf(r)
+	}
+	shared := false
+	for _, other := range m.podKeys {
+		if slices.Equal(other, l) {
+			shared = true
+			break
+		}
+	}
+	m.mu.Unlock()
+	if !m.perPod || shared {
+		return
 	}
 	m.expiry.DeleteLabelValues(l...)
 	m.lastRefresh.DeleteLabelValues(l...)

@@ -92,6 +92,30 @@ iamlet_pod_credential_requests_total{namespace="team",outcome="miss",pod="b",rol
 	}
 }
 
+// TestPerPodSeriesSurviveARekey: a session policy changed, so the cache stores the pod's new entry, then forgets the
+// old one; the pod's series (same labels) stay, with the new entry's values.
+func TestPerPodSeriesSurviveARekey(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := newMetrics(reg, true)
+	a, _ := twoPods(m)
+	m.request(a, "hit")
+	narrowed := a
+	narrowed.Narrowing = "policy-2"
+	m.stored(narrowed, creds.Credentials{Expiration: time.Unix(8000, 0), Issued: time.Unix(4000, 0)})
+	m.forget(a)
+	m.request(narrowed, "hit")
+	if got := testutil.ToFloat64(m.expiry.WithLabelValues(labelsOf(a)...)); got != 8000 {
+		t.Errorf("pod a's expiry after the re-key = %v, want the new entry's 8000", got)
+	}
+	if got := testutil.ToFloat64(m.podRequests.WithLabelValues(append(labelsOf(a), "hit")...)); got != 2 {
+		t.Errorf("pod a's hits across the re-key = %v, want 2", got)
+	}
+	m.forget(narrowed)
+	if n := testutil.CollectAndCount(m.expiry); n != 1 { // b's
+		t.Errorf("expiry series once both entries are forgotten = %d, want 1", n)
+	}
+}
+
 // TestPerPodSeriesOff: with per-pod series off the agent exports none, however many pods it serves, and the node's
 // aggregates (earliest expiry, requests by outcome) say what the alerts and the node view need.
 func TestPerPodSeriesOff(t *testing.T) {
