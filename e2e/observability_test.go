@@ -283,3 +283,33 @@ func TestPerPodSeriesSwitch(t *testing.T) {
 	}
 	t.Logf("iamlet_* series on one node with %d pods: per-pod on %d (%d with a pod label), off %d; %.1f per pod", n, onAll, onPerPod, offAll, float64(onAll-offAll)/n)
 }
+
+// TestRegionFromTheNodeIMDS: started as the manifests start it (no --region), the agent asked the node's IMDS for its
+// region, behind its own rules, and says so on its ready line.
+func TestRegionFromTheNodeIMDS(t *testing.T) {
+	sharedAgent(t)
+	_, want, err := stack.Get("http://" + stack.IMDSv4 + "/latest/meta-data/placement/region")
+	if err != nil || want == "" {
+		t.Fatalf("the node's IMDS region: %q, %v", want, err)
+	}
+	b, err := os.ReadFile(suite.agent.Log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var asked, ready string
+	for _, line := range strings.Split(string(b), "\n") {
+		var e struct{ Msg, Region string }
+		if json.Unmarshal([]byte(line), &e) != nil {
+			continue
+		}
+		switch e.Msg {
+		case "region from the node's IMDS":
+			asked = e.Region
+		case "iamlet ready":
+			ready = e.Region
+		}
+	}
+	if asked != want || ready != want {
+		t.Errorf("region asked of the node's IMDS %q, on the ready line %q; the node's IMDS says %q", asked, ready, want)
+	}
+}

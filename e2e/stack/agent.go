@@ -42,7 +42,8 @@ func (s *Stack) AgentArgs() []string {
 		// As the manifests pass $(HOST_IPS) (status.hostIPs): bare addresses, the port from --metadata-port.
 		"--metadata-addr=" + NodeIP + "," + NodeIPv6, "--metadata-port=" + AgentPort,
 		"--metrics-addr=" + NodeIP, "--memory-limit=" + AgentMemoryLimit, "--debug-addr=" + AgentDebugAddr,
-		"--region=us-east-1", "--sts-endpoint=" + STSEndpoint,
+		// No --region, as the manifests pass none: the agent asks the node's IMDS (the mock), as it does on EKS.
+		"--sts-endpoint=" + STSEndpoint,
 		"--node-imds=http://" + IMDSv4,
 		"--token-key-file=" + filepath.Join(s.Dir, "imds-token.key"),
 		"--log-level=debug",
