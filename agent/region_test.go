@@ -6,8 +6,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -71,10 +69,10 @@ func TestNodeRegionGivesUp(t *testing.T) {
 	}
 }
 
-// TestConnectAsksTheRegionWithAnSTSEndpoint: as the chart ships (no --region), the region is the node's even where an
+// TestConnectSTSAsksTheRegionWithAnSTSEndpoint: as the chart ships (no --region), the region is the node's even where an
 // STS endpoint is set that is not AWS's: chained roles' AssumeRole is signed for it. An AWS endpoint names its own
 // region, and the node's IMDS is not asked.
-func TestConnectAsksTheRegionWithAnSTSEndpoint(t *testing.T) {
+func TestConnectSTSAsksTheRegionWithAnSTSEndpoint(t *testing.T) {
 	var asked atomic.Int32
 	imds := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		asked.Add(1)
@@ -87,10 +85,10 @@ func TestConnectAsksTheRegionWithAnSTSEndpoint(t *testing.T) {
 	defer imds.Close()
 	connect := func(endpoint string) *agent {
 		t.Helper()
-		a := &agent{cfg: Config{Kubeconfig: testKubeconfig(t), NodeName: "node-1", NodeIMDS: imds.URL, STSEndpoint: endpoint},
-			log: slog.New(slog.DiscardHandler)}
-		if err := a.connect(context.Background()); err != nil {
-			t.Fatalf("connect(--sts-endpoint=%s) error = %v", endpoint, err)
+		a := &agent{cfg: Config{NodeName: "node-1", NodeIMDS: imds.URL, STSEndpoint: endpoint},
+			log: slog.New(slog.DiscardHandler), fetch: &fetcher{}}
+		if err := a.connectSTS(context.Background())(); err != nil || a.fetch.sts == nil {
+			t.Fatalf("connectSTS(--sts-endpoint=%s) = %v, fetcher's STS client %v", endpoint, err, a.fetch.sts)
 		}
 		return a
 	}
@@ -104,27 +102,12 @@ func TestConnectAsksTheRegionWithAnSTSEndpoint(t *testing.T) {
 	}
 }
 
-// TestConnectWithoutANodeIMDS: with --node-imds empty (node facts synthesised) and an STS endpoint, the agent starts
+// TestConnectSTSWithoutANodeIMDS: with --node-imds empty (node facts synthesised) and an STS endpoint, the agent starts
 // without a region, as before: STS is signed for the region the endpoint names, or us-east-1.
-func TestConnectWithoutANodeIMDS(t *testing.T) {
-	a := &agent{cfg: Config{Kubeconfig: testKubeconfig(t), NodeName: "node-1", STSEndpoint: "http://127.0.0.1:9000"},
-		log: slog.New(slog.DiscardHandler)}
-	if err := a.connect(context.Background()); err != nil || a.cfg.Region != "" {
-		t.Errorf("connect() = %v, region %q; want no error and no region asked", err, a.cfg.Region)
+func TestConnectSTSWithoutANodeIMDS(t *testing.T) {
+	a := &agent{cfg: Config{NodeName: "node-1", STSEndpoint: "http://127.0.0.1:9000"},
+		log: slog.New(slog.DiscardHandler), fetch: &fetcher{}}
+	if err := a.connectSTS(context.Background())(); err != nil || a.cfg.Region != "" || a.fetch.sts == nil {
+		t.Errorf("connectSTS() = %v, region %q, fetcher's STS client %v; want a client and no region asked", err, a.cfg.Region, a.fetch.sts)
 	}
-}
-
-func testKubeconfig(t *testing.T) string {
-	t.Helper()
-	p := filepath.Join(t.TempDir(), "kubeconfig")
-	if err := os.WriteFile(p, []byte(`apiVersion: v1
-kind: Config
-clusters: [{name: c, cluster: {server: "https://127.0.0.1:1"}}]
-users: [{name: u, user: {token: t}}]
-contexts: [{name: c, context: {cluster: c, user: u}}]
-current-context: c
-`), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return p
 }

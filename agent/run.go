@@ -48,7 +48,7 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 	// Right behind the guard, never fatal: a node that cannot tell hostNetwork pods apart says so and serves the others.
 	a.guardHostNetwork()
 	// Only now what can wait on the network (the apiserver, the node's IMDS for the region): pods are refused meanwhile.
-	if err := a.connect(ctx); err != nil {
+	if err := a.connect(); err != nil {
 		return err
 	}
 	// Parts wired but not started; the issuance file is closed last, once every fetch that writes it has stopped.
@@ -66,11 +66,17 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 	if err := a.serveOps(ctx, gatherer); err != nil {
 		return err
 	}
+	// The region (the node's IMDS, when not configured) is asked while the informers sync.
+	awaitSTS := a.connectSTS(ctx)
+	defer func() { _ = awaitSTS() }()
 	// Handlers subscribed before the informers start, so no change is missed; Shutdown waits for informers to see cancel.
 	a.startInformers(ctx)
 	defer func() { cancel(); a.mapper.Shutdown() }()
 	// Everything below reads the index: nothing is prefetched, reconciled or answered from a partial one.
 	if err := a.sync(ctx); err != nil {
+		return err
+	}
+	if err := awaitSTS(); err != nil {
 		return err
 	}
 	// Which hostNetwork pods are node-trusted is known only now that the pods are.
@@ -208,9 +214,8 @@ func (a *agent) guardHostNetwork() {
 	a.host, a.hostState = host, host.status
 }
 
-// connect makes the Kubernetes, token-minting and STS clients, asking the node's IMDS for the region when none is
-// configured (--region, AWS_REGION).
-func (a *agent) connect(ctx context.Context) error {
+// connect makes the Kubernetes and token-minting clients.
+func (a *agent) connect() error {
 	rc, err := kubeConfig(a.cfg.Kubeconfig)
 	if err != nil {
 		return err
@@ -218,24 +223,41 @@ func (a *agent) connect(ctx context.Context) error {
 	if a.kube, err = kube.New(rc); err != nil {
 		return err
 	}
-	if a.minter, err = mintingClient(rc, a.cfg.TokenMinting, a.cfg.NodeName); err != nil {
-		return err
-	}
+	a.minter, err = mintingClient(rc, a.cfg.TokenMinting, a.cfg.NodeName)
+	return err
+}
+
+// connectSTS makes the STS client, asking the node's IMDS for the region when none is configured (--region,
+// AWS_REGION), in the background: the ask waits for the guard's flow cut, and both beside the informers' sync rather
+// than before it. The returned func waits for it and hands the client to the fetcher (built without one); call it
+// before anything fetches.
+func (a *agent) connectSTS(ctx context.Context) (await func() error) {
 	// STS is signed for the region an AWS endpoint names (sts.New); for any other endpoint, where the node has an
 	// IMDS, for the node's region, as without an endpoint.
 	_, named := sts.EndpointRegion(a.cfg.STSEndpoint)
-	if a.cfg.Region == "" && (a.cfg.STSEndpoint == "" || (a.cfg.NodeIMDS != "" && !named)) {
-		// Not while the guard cuts flows to the IMDS addresses: the cut would take this request's with them.
-		a.awaitSettled()
-		if a.cfg.Region, err = nodeRegion(ctx, a.cfg.NodeIMDS, a.cfg.NodeFacts.Region, a.log); err != nil {
-			return err
+	ask := a.cfg.Region == "" && (a.cfg.STSEndpoint == "" || (a.cfg.NodeIMDS != "" && !named))
+	var err error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if ask {
+			// Not while the guard cuts flows to the IMDS addresses: the cut would take this request's with them.
+			a.awaitSettled()
+			if a.cfg.Region, err = nodeRegion(ctx, a.cfg.NodeIMDS, a.cfg.NodeFacts.Region, a.log); err != nil {
+				return
+			}
 		}
+		if a.cfg.NodeFacts.Region == "" {
+			a.cfg.NodeFacts.Region = a.cfg.Region
+		}
+		if a.sts, err = sts.New(sts.Config{Region: a.cfg.Region, Endpoint: a.cfg.STSEndpoint}); err == nil {
+			a.fetch.sts = a.sts
+		}
+	}()
+	return func() error {
+		<-done
+		return err
 	}
-	if a.cfg.NodeFacts.Region == "" {
-		a.cfg.NodeFacts.Region = a.cfg.Region
-	}
-	a.sts, err = sts.New(sts.Config{Region: a.cfg.Region, Endpoint: a.cfg.STSEndpoint})
-	return err
 }
 
 // build makes the agent's parts, wires them to each other and registers the gauges that read them; nothing runs,
@@ -251,7 +273,7 @@ func (a *agent) build() error {
 	}
 	a.st.rulesOK.Store(true) // installed by guard, or not ours to manage
 	a.tokens = satoken.New(a.minter, satoken.MinTTL)
-	a.fetch = &fetcher{tokens: a.tokens, confined: a.st.confinedErr, sts: a.sts, metrics: a.m, log: a.log}
+	a.fetch = &fetcher{tokens: a.tokens, confined: a.st.confinedErr, metrics: a.m, log: a.log} // sts: connectSTS
 	if a.cfg.IssuanceFile != "" {
 		var err error
 		if a.fetch.issued, err = openIssuanceFile(a.cfg.IssuanceFile); err != nil {
