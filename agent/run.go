@@ -47,7 +47,7 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 	defer a.awaitSettled()
 	// Right behind the guard, never fatal: a node that cannot tell hostNetwork pods apart says so and serves the others.
 	a.guardHostNetwork()
-	// Only now what can wait on the network (the apiserver, the node's IMDS for the region): pods are refused meanwhile.
+	// Only now what can wait on the network (the apiserver; below, the node's IMDS for the region): pods are refused meanwhile.
 	if err := a.connect(); err != nil {
 		return err
 	}
