@@ -107,24 +107,6 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 	return nil
 }
 
-// startupMemory slows the collector for start-up, and returns the func that ends start-up's memory regime: the
-// collector's pace back to what it was, and start-up's garbage (the cluster-wide lists as they streamed in) handed
-// back to the kernel at once rather than over minutes, so the agent's memory is what it holds. Ending twice is
-// ending once.
-//
-// Collecting at every few MiB of the burst would spend the cores the lists need; a memory limit still caps the heap.
-func startupMemory() (end func()) {
-	pace := debug.SetGCPercent(startupGCPercent)
-	return sync.OnceFunc(func() {
-		debug.SetGCPercent(pace)
-		debug.FreeOSMemory()
-	})
-}
-
-// startupGCPercent is GOGC until the agent is ready. 500 started faster still but left the heap more scattered:
-// 0.9 MiB more held after the pages went back (make bench -only scale, 10 node pods, 10,000 cluster pods).
-const startupGCPercent = 300
-
 // agent is what Run's steps share: the early steps fill it in, the later ones use it. It lives for one Run.
 type agent struct {
 	cfg Config // Run's copy: connect fills in the region
@@ -282,9 +264,7 @@ func (a *agent) build() error {
 	}
 	a.cache = creds.New(a.fetch, creds.Config{PrefetchQPS: a.cfg.PrefetchQPS, PrefetchBurst: a.cfg.PrefetchBurst,
 		RefreshQPS: a.cfg.RefreshQPS, Observer: observer{metrics: a.m, log: a.log},
-		// A run of fetches (a node's pods at start, a scale-up) leaves garbage in pages the runtime would hand
-		// back only over minutes: one collection of a few-MiB heap, a millisecond or two, returns them at once.
-		Idle: debug.FreeOSMemory})
+		Idle: releaseAfterFetches(releaseEvery, heapAllocated, debug.FreeOSMemory)})
 	a.prov = &provider{pods: a.index, roles: a.mapper, cache: a.cache, metrics: a.m, log: a.log, dryRun: a.cfg.DryRun,
 		trusted: trustList(a.cfg.NodeTrusted).trusts}
 	a.report()

@@ -171,6 +171,8 @@ func (b *bench) churnRun(ctx context.Context, load churnLoad, run int, pool []*n
 		return res, err
 	}
 	res.STSCalls = stsCalls(m1) - stsCalls(m0)
+	res.AgentCPUSecs = m1.Sum("process_cpu_seconds_total", nil) - m0.Sum("process_cpu_seconds_total", nil)
+	res.GCCycles = gcCycles(m1) - gcCycles(m0)
 	for i, np := range netOf {
 		if np == nil {
 			continue

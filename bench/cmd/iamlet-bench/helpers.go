@@ -165,6 +165,15 @@ func histSum(m stack.Metrics, name string) float64 {
 
 func stsCalls(m stack.Metrics) float64 { return m.Sum("iamlet_sts_requests_total", nil) }
 
+// gcCycles is how many garbage collections the Go runtime has completed: the count of its pause summary.
+func gcCycles(m stack.Metrics) float64 {
+	f, ok := m["go_gc_duration_seconds"]
+	if !ok || len(f.GetMetric()) == 0 {
+		return 0
+	}
+	return float64(f.GetMetric()[0].GetSummary().GetSampleCount())
+}
+
 // status reads the agent's /status.
 func status() (agent.Status, error) {
 	var st agent.Status

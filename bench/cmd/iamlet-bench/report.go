@@ -352,9 +352,10 @@ func churnSection(p printer, r *Results) {
 	p("answered; hit or miss is the agent's `iamlet_pod_credential_requests_total{outcome}` for that pod. The agent runs with\n")
 	p("its defaults (`--prefetch-qps=50` after `--prefetch-burst=110` for new pods). %d runs per load; latencies pooled over\n", churnRuns)
 	p("the runs. The last column is the apiserver's time to answer the status update (it stored the address before): the\n")
-	p("agent's own delay is at most that much shorter.\n\n")
-	p("| load | pods/run | creation took | to cached p50 | p90 | p99 | max | not cached | first requests: hits / checked | misses | failed | STS calls per pod | status update p50 |\n")
-	p("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	p("agent's own delay is at most that much shorter. The agent's CPU and garbage collections (forced ones included) are\n")
+	p("per run, medians, from its own metrics; they include answering the benchmark's `/status` polls, every 100 ms.\n\n")
+	p("| load | pods/run | creation took | to cached p50 | p90 | p99 | max | not cached | first requests: hits / checked | misses | failed | STS calls per pod | status update p50 | agent CPU per run | collections per run |\n")
+	p("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, label := range churnLabels(r) {
 		var runs []ChurnRun
 		for _, c := range r.Churn {
@@ -363,10 +364,11 @@ func churnSection(p printer, r *Results) {
 			}
 		}
 		c := sumChurn(runs)
-		p("| %s | %d | %.1f s | %s | %s | %s | %s | %d | %d / %d (%.0f%%) | %d | %d | %.2f | %.0f ms |\n", label, runs[0].Pods,
+		p("| %s | %d | %.1f s | %s | %s | %s | %s | %d | %d / %d (%.0f%%) | %d | %d | %.2f | %.0f ms | %s | %.0f |\n", label, runs[0].Pods,
 			medianOf(runs, func(c ChurnRun) float64 { return c.CreateSecs }),
 			msOrS(percentile(c.ToCachedMS, .5)), msOrS(percentile(c.ToCachedMS, .9)), msOrS(percentile(c.ToCachedMS, .99)), msOrS(percentile(c.ToCachedMS, 1)),
-			c.NotCached, c.Hits, c.Checked, pct(c.Hits, c.Checked), c.Misses, c.Failed, c.STSCalls/float64(max(c.Pods, 1)), median(c.StatusMS))
+			c.NotCached, c.Hits, c.Checked, pct(c.Hits, c.Checked), c.Misses, c.Failed, c.STSCalls/float64(max(c.Pods, 1)), median(c.StatusMS),
+			msOrS(1000*medianOf(runs, func(c ChurnRun) float64 { return c.AgentCPUSecs })), medianOf(runs, func(c ChurnRun) float64 { return c.GCCycles }))
 	}
 }
 

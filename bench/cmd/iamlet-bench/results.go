@@ -114,6 +114,10 @@ type ChurnRun struct {
 	Failed   int     `json:"failed"`
 	LateMS   float64 `json:"late_ms"` // the latest a first request was sent after IP+1s (exec overhead)
 	STSCalls float64 `json:"sts_calls"`
+	// The agent's own cost of the run (its /status polled every 100 ms included): CPU seconds, and garbage
+	// collections, forced ones included.
+	AgentCPUSecs float64 `json:"agent_cpu_secs,omitempty"`
+	GCCycles     float64 `json:"gc_cycles,omitempty"`
 }
 
 // ScaleRun is one agent process with NodePods on its node and ClusterPods elsewhere (workloads 4, 6).
