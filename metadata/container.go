@@ -96,6 +96,9 @@ func (h *ContainerHandler) serve(c *call) outcome {
 		return h.refuse(c, refuseBadCaller, nil)
 	}
 	c.caller = caller
+	if relayed(c.r.Header) {
+		return h.refuse(c, refuseForwarded, nil)
+	}
 	if !equalFoldASCII(rp.p, h.path) {
 		return h.refuse(c, refuseNotFound, nil)
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -105,6 +106,17 @@ func TestContainerRefusals(t *testing.T) {
 				t.Errorf("%s %q: error = %+v, want Code %q and a message", tt.method, tt.target, doc, tt.wantCode)
 			}
 		})
+	}
+}
+
+// TestContainerRefusesRelayed: a request a proxy relayed comes from the proxy pod's address, and would get its role.
+func TestContainerRefusesRelayed(t *testing.T) {
+	for _, relay := range []string{"X-Forwarded-For", "Forwarded", "Via", "X-Real-Ip"} {
+		h, _ := newTestContainer(t, nil)
+		w := serve(t, h, "GET", "/v1/credentials", podAddr, http.Header{"Authorization": {"tok"}, relay: {"10.9.9.9"}})
+		if w.Code != http.StatusForbidden || strings.Contains(w.Body.String(), "AccessKeyId") {
+			t.Errorf("GET /v1/credentials with %s = %d %q, want 403 and no credentials", relay, w.Code, w.Body.String())
+		}
 	}
 }
 

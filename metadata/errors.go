@@ -28,7 +28,7 @@ const (
 	refuseBadToken      // an IMDSv2 token that is malformed, expired, or minted for another caller
 	refuseTokenRequired // RequireV2 and no token
 	refuseBadTTL        // token PUT without a valid TTL header
-	refuseForwarded     // token PUT through a proxy: the real caller cannot be identified
+	refuseForwarded     // relayed by a proxy: the source address is the proxy's, not the requester's
 	refuseBadPath       // undecodable, double-encoded or control characters
 	refuseBody          // a request with a body: no metadata request has one
 	refuseBadCaller     // RemoteAddr is not an IP:port (never on a real listener)
@@ -65,7 +65,7 @@ func (r refusal) info() refusalInfo {
 	case refuseBadTTL:
 		return refusalInfo{http.StatusBadRequest, outcomeBadRequest, "token TTL must be an integer between 1 and 21600", "BadRequest"}
 	case refuseForwarded:
-		return refusalInfo{http.StatusForbidden, outcomeBadRequest, "forwarded requests cannot get a token", "Forbidden"}
+		return refusalInfo{http.StatusForbidden, outcomeBadRequest, "requests relayed by a proxy are refused: set NO_PROXY for the metadata address", "Forbidden"}
 	case refuseBadPath:
 		return refusalInfo{http.StatusBadRequest, outcomeBadRequest, "malformed path", "BadRequest"}
 	case refuseBody:

@@ -98,6 +98,9 @@ func (h *Handler) serve(c *call) (class, outcome) {
 
 	rt := match(rp)
 	cls := rt.class()
+	if relayed(c.r.Header) {
+		return cls, h.refuse(c, refuseForwarded, nil)
+	}
 	if rt.kind == routeNone {
 		return cls, h.refuse(c, refuseNodePath, nil)
 	}
@@ -133,9 +136,6 @@ func (h *Handler) serveToken(c *call) outcome {
 	if c.r.Method != http.MethodPut {
 		c.w.Header().Set("Allow", allowToken)
 		return h.refuse(c, refuseMethod, nil)
-	}
-	if len(c.r.Header.Values("X-Forwarded-For")) > 0 || len(c.r.Header.Values("Forwarded")) > 0 {
-		return h.refuse(c, refuseForwarded, nil)
 	}
 	ttl, ok := parseTTL(c.r.Header.Values(headerTokenTTL))
 	if !ok {
@@ -302,6 +302,19 @@ func (b *bufferPool) put(s *[]byte) {
 }
 
 // hasBody reports whether the request declares a body (SDKs send none, or Content-Length: 0).
+// relayed reports whether a proxy says it relayed the request. Its source address is then the proxy's: served, a pod
+// that any other pod can send requests through would hand out its own role (an HTTP_PROXY without NO_PROXY for the
+// metadata addresses, an open forward proxy). The IMDS refuses only a forwarded token PUT; the IMDSv1 fallback
+// that follows that refusal would otherwise be served.
+func relayed(h http.Header) bool {
+	for _, k := range [...]string{"X-Forwarded-For", "Forwarded", "Via", "X-Real-Ip"} {
+		if _, ok := h[k]; ok {
+			return true
+		}
+	}
+	return false
+}
+
 func hasBody(r *http.Request) bool {
 	return r.ContentLength > 0 || len(r.TransferEncoding) > 0
 }

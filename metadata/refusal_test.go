@@ -119,6 +119,12 @@ func TestRefusals(t *testing.T) {
 
 		// protocol refusals on allowed paths
 		{"PUT", "/latest/api/token", "", "X-aws-ec2-metadata-token-ttl-seconds: 60\r\nX-Forwarded-For: 10.9.9.9\r\n", 403},
+		// relayed by a proxy: the source address would be the proxy pod's, and so would the role
+		{"GET", "/latest/meta-data/iam/security-credentials/" + podRole, "", "X-Forwarded-For: 10.9.9.9\r\n", 403},
+		{"GET", "/latest/meta-data/iam/security-credentials/" + podRole, "valid", "Via: 1.1 squid\r\n", 403},
+		{"GET", "/latest/meta-data/iam/security-credentials/", "", "forwarded: for=10.9.9.9\r\n", 403},
+		{"GET", "/latest/meta-data/iam/security-credentials/" + podRole, "", "x-real-ip: 10.9.9.9\r\n", 403},
+		{"GET", "/latest/meta-data/instance-id", "", "X-Forwarded-For: \r\n", 403},
 		{"GET", "/latest/api/token", "", "", 405},
 		{"POST", "/latest/meta-data/iam/security-credentials/", "", "", 405},
 		{"DELETE", "/latest/meta-data/iam/security-credentials/" + podRole, "valid", "", 405},
