@@ -31,3 +31,17 @@ func TestRequestsWithABodyAreRefused(t *testing.T) {
 		}
 	}
 }
+
+// TestChunkedBodiesAreRefused: over the wire, a chunked body with data is refused as any body is; only one that ends at
+// once counts as none (TestTokenOverTheWire).
+func TestChunkedBodiesAreRefused(t *testing.T) {
+	e := newTestEnv(t, nil)
+	srv := httptest.NewServer(e.h)
+	defer srv.Close()
+	for _, body := range []string{"1\r\nx\r\n0\r\n\r\n", "400\r\n" + strings.Repeat("x", 1024) + "\r\n0\r\n\r\n"} {
+		req := "PUT /latest/api/token HTTP/1.1\r\nHost: x\r\nX-Aws-Ec2-Metadata-Token-Ttl-Seconds: 60\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + body
+		if resp, _ := rawRequest(t, srv.Listener.Addr().String(), req); resp.StatusCode != http.StatusBadRequest {
+			t.Errorf("token PUT with a chunked body of %d bytes = %d, want 400", len(body), resp.StatusCode)
+		}
+	}
+}

@@ -2,6 +2,7 @@ package metadata
 
 import (
 	"errors"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/netip"
@@ -301,7 +302,6 @@ func (b *bufferPool) put(s *[]byte) {
 	}
 }
 
-// hasBody reports whether the request declares a body (SDKs send none, or Content-Length: 0).
 // relayed reports whether a proxy says it relayed the request. Its source address is then the proxy's: served, a pod
 // that any other pod can send requests through would hand out its own role (an HTTP_PROXY without NO_PROXY for the
 // metadata addresses, an open forward proxy). The IMDS refuses only a forwarded token PUT; the IMDSv1 fallback
@@ -315,6 +315,17 @@ func relayed(h http.Header) bool {
 	return false
 }
 
+// hasBody reports whether the request has a body (SDKs send none, or Content-Length: 0). A chunked body that ends at
+// once is none: clients send one for a body of unknown length (a Go request with a Body reader, Python's requests
+// with a generator). Its end is read, within the server's read timeout; any byte of a body is refused unread.
 func hasBody(r *http.Request) bool {
-	return r.ContentLength > 0 || len(r.TransferEncoding) > 0
+	if r.ContentLength > 0 {
+		return true
+	}
+	if len(r.TransferEncoding) == 0 {
+		return false
+	}
+	var b [1]byte
+	n, err := r.Body.Read(b[:])
+	return n > 0 || err != io.EOF
 }

@@ -105,7 +105,7 @@ func parseTTL(values []string) (int, bool) {
 		return 0, false
 	}
 	v := values[0]
-	if len(v) == 0 || len(v) > 5 {
+	if len(v) == 0 || len(v) > 16 { // leading zeros are allowed, a page of them is not
 		return 0, false
 	}
 	n := 0
@@ -114,10 +114,9 @@ func parseTTL(values []string) (int, bool) {
 		if c < '0' || c > '9' {
 			return 0, false
 		}
-		n = n*10 + int(c-'0')
+		if n = n*10 + int(c-'0'); n > maxTokenTTL {
+			return 0, false
+		}
 	}
-	if n < 1 || n > maxTokenTTL {
-		return 0, false
-	}
-	return n, true
+	return n, n >= 1
 }

@@ -33,6 +33,9 @@ func TestTokenPUTTTL(t *testing.T) {
 		{"one", []string{"1"}, 200, "1"},
 		{"max", []string{"21600"}, 200, "21600"},
 		{"leading zero", []string{"0300"}, 200, "300"},
+		{"leading zeros", []string{"000060"}, 200, "60"},
+		{"zeros", []string{"000000"}, 400, ""},
+		{"too long", []string{"00000000000000060"}, 400, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -202,6 +205,8 @@ func TestTokenOverTheWire(t *testing.T) {
 		{"EC2 docs spelling", "PUT /latest/api/token HTTP/1.1\r\nHost: x\r\nX-aws-ec2-metadata-token-ttl-seconds: 60\r\n\r\n"},
 		{"shouting", "PUT /latest/api/token HTTP/1.1\r\nHost: x\r\nX-AWS-EC2-METADATA-TOKEN-TTL-SECONDS: 60\r\nContent-Length: 0\r\n\r\n"},
 		{"HTTP/1.0", "PUT /latest/api/token HTTP/1.0\r\nx-aws-EC2-metadata-token-ttl-SECONDS: 60\r\n\r\n"},
+		// A body of unknown length that turned out empty (Go's client with a Body reader, Python requests with a generator).
+		{"chunked, empty", "PUT /latest/api/token HTTP/1.1\r\nHost: x\r\nX-Aws-Ec2-Metadata-Token-Ttl-Seconds: 60\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
