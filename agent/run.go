@@ -246,7 +246,11 @@ func (a *agent) connectSTS(ctx context.Context) (await func() error) {
 // fetches or answers yet.
 func (a *agent) build() error {
 	a.m = newMetrics(a.reg, a.cfg.PerPodMetrics)
-	a.index = pods.New(a.kube, a.cfg.NodeName, a.cfg.UnknownPodWait)
+	booted, err := bootTime("/proc/stat")
+	if err != nil {
+		return err
+	}
+	a.index = pods.New(a.kube, a.cfg.NodeName, booted, a.cfg.UnknownPodWait)
 	a.mapper = roles.New(a.kube, roles.Config{DefaultAudience: a.cfg.DefaultAudience, DefaultDuration: a.cfg.SessionDuration,
 		RequireNamespaceAllowlist: a.cfg.RequireNamespaceAllowlist})
 	a.st = &state{minting: a.cfg.TokenMinting, hostNetwork: a.hostState}
@@ -257,7 +261,6 @@ func (a *agent) build() error {
 	a.tokens = satoken.New(a.minter, satoken.MinTTL)
 	a.fetch = &fetcher{tokens: a.tokens, confined: a.st.confinedErr, metrics: a.m, log: a.log} // sts: connectSTS
 	if a.cfg.IssuanceFile != "" {
-		var err error
 		if a.fetch.issued, err = openIssuanceFile(a.cfg.IssuanceFile); err != nil {
 			return err
 		}

@@ -182,6 +182,40 @@ func TestTwoPodsOneAddress(t *testing.T) {
 	}
 }
 
+// TestAddressFromBeforeTheNodeBootIdentifiesNobody: after a reboot (or a sandbox made anew) a pod keeps its old
+// addresses in the API until the kubelet reports its new sandbox, while the CNI may already have given them to another
+// pod. A pod whose sandbox the kubelet reports not ready, or ready since before the node booted, identifies nobody;
+// once the kubelet reports a sandbox made since, the pod is served again.
+func TestAddressFromBeforeTheNodeBootIdentifiesNobody(t *testing.T) {
+	sharedAgent(t)
+	p := suite.NewPod(t, "rebooted", stack.PodOptions{ServiceAccount: saA})
+	for _, c := range []struct {
+		name  string
+		ready bool
+		at    time.Time
+		want  string
+	}{
+		{"no condition (a kubelet before 1.29)", true, time.Time{}, "200"},
+		// A year ago: before this machine, the simulated node, booted.
+		{"sandbox ready before the node booted", true, time.Now().AddDate(-1, 0, 0), "403"},
+		{"sandbox made since the node booted", true, time.Now(), "200"},
+		{"sandbox gone", false, time.Now(), "403"},
+	} {
+		if !c.at.IsZero() {
+			p.SetSandbox(t, c.ready, c.at)
+		}
+		var last string
+		if !eventually(machineDeadline, func() bool {
+			r := p.Exec(context.Background(), nil, clientBin(t, "probe"), "-token", "/latest/meta-data/iam/security-credentials/")
+			last = r.Output()
+			ans := stack.ParseProbe(r.Stdout)
+			return len(ans) == 1 && ans[0].Status == c.want
+		}) {
+			t.Errorf("%s: want %s, got:\n%s", c.name, c.want, last)
+		}
+	}
+}
+
 // TestRoleOfAnotherNamespace: with allow-lists required, a ServiceAccount naming a role that only
 // another namespace may use is refused, while that namespace's own ServiceAccount is served.
 func TestRoleOfAnotherNamespace(t *testing.T) {

@@ -42,7 +42,7 @@ func benchIndex(b *testing.B, n int) (*pods.Index, []netip.Addr) {
 				PodIPs: []corev1.PodIP{{IP: ip.String()}, {IP: v6.String()}}},
 		})
 	}
-	ix := pods.New(kubetest.Client{Interface: fake.NewClientset(objs...)}, benchNode, 0)
+	ix := pods.New(kubetest.Client{Interface: fake.NewClientset(objs...)}, benchNode, time.Time{}, 0)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {

@@ -55,9 +55,17 @@ type API interface {
 	Pods(fieldSelector string) cache.ListerWatcher
 }
 
-// New watches the pods scheduled to nodeName. Lookup waits up to wait for an address not yet known.
-func New(api API, nodeName string, wait time.Duration) *Index {
+// New watches the pods scheduled to nodeName, which booted at booted. Lookup waits up to wait for an address not yet
+// known.
+func New(api API, nodeName string, booted time.Time, wait time.Duration) *Index {
 	lw := api.Pods(fields.OneTermEqualSelector("spec.nodeName", nodeName).String())
+	ipKeys := func(obj any) ([]string, error) {
+		p, ok := obj.(*corev1.Pod)
+		if !ok || !live(p) || (!p.Spec.HostNetwork && !sandboxCurrent(p, booted)) {
+			return nil, nil
+		}
+		return podIPs(p), nil
+	}
 	inf := cache.NewSharedIndexInformer(lw, &corev1.Pod{}, 0, cache.Indexers{byIP: ipKeys, byUID: hostUIDKeys})
 	// Keep only what identification needs: memory follows the node's pods, and a pod spec can be large.
 	_ = inf.SetTransform(slim)
@@ -207,12 +215,19 @@ func live(p *corev1.Pod) bool {
 	return p.Status.Phase == corev1.PodPending || p.Status.Phase == corev1.PodRunning
 }
 
-func ipKeys(obj any) ([]string, error) {
-	p, ok := obj.(*corev1.Pod)
-	if !ok || !live(p) {
-		return nil, nil
+// sandboxCurrent reports whether the kubelet vouches for the pod's addresses now: the sandbox that holds them is
+// ready (PodReadyToStartContainers) and became so since the node booted. A pod whose sandbox went away (the node
+// rebooted, the sandbox was made anew) keeps its old addresses in the API until the kubelet reports new ones, while
+// the CNI may already have given them to another pod, which would be served this pod's role. A hostNetwork pod's
+// address is the node's and identifies no one anyway. Without the condition (a kubelet before 1.29, or the feature
+// off) there is nothing to check.
+func sandboxCurrent(p *corev1.Pod, booted time.Time) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReadyToStartContainers {
+			return c.Status == corev1.ConditionTrue && !c.LastTransitionTime.Time.Before(booted)
+		}
 	}
-	return podIPs(p), nil
+	return true
 }
 
 func hostUIDKeys(obj any) ([]string, error) {
@@ -281,6 +296,17 @@ func slim(obj any) (any, error) {
 			ServiceAccountName: p.Spec.ServiceAccountName,
 			HostNetwork:        p.Spec.HostNetwork,
 		},
-		Status: corev1.PodStatus{Phase: p.Status.Phase, PodIP: p.Status.PodIP, PodIPs: p.Status.PodIPs},
+		Status: corev1.PodStatus{Phase: p.Status.Phase, PodIP: p.Status.PodIP, PodIPs: p.Status.PodIPs,
+			Conditions: sandboxCondition(p.Status.Conditions)},
 	}, nil
+}
+
+// sandboxCondition is the one condition identification reads, PodReadyToStartContainers, without its message.
+func sandboxCondition(cs []corev1.PodCondition) []corev1.PodCondition {
+	for _, c := range cs {
+		if c.Type == corev1.PodReadyToStartContainers {
+			return []corev1.PodCondition{{Type: c.Type, Status: c.Status, LastTransitionTime: c.LastTransitionTime}}
+		}
+	}
+	return nil
 }

@@ -49,6 +49,17 @@ func terminating(p *corev1.Pod) {
 }
 func noServiceAccount(p *corev1.Pod) { p.Spec.ServiceAccountName = "" }
 
+// booted is when the index's node booted.
+var booted = time.Date(2026, 11, 30, 6, 0, 0, 0, time.UTC)
+
+// sandbox gives the pod the kubelet's PodReadyToStartContainers condition, last changed at.
+func sandbox(ready corev1.ConditionStatus, at time.Time) podOpt {
+	return func(p *corev1.Pod) {
+		p.Status.Conditions = append(p.Status.Conditions, corev1.PodCondition{Type: corev1.PodReadyToStartContainers,
+			Status: ready, LastTransitionTime: metav1.NewTime(at), Message: "long text the index need not keep"})
+	}
+}
+
 // start runs an index over a fake clientset holding objs until the test ends, and waits for it to sync.
 // Call it inside a synctest bubble.
 func start(t *testing.T, wait time.Duration, objs ...*corev1.Pod) (*pods.Index, *fake.Clientset) {
@@ -58,7 +69,7 @@ func start(t *testing.T, wait time.Duration, objs ...*corev1.Pod) (*pods.Index, 
 		ros = append(ros, o)
 	}
 	client := fake.NewClientset(ros...)
-	ix := pods.New(kubetest.Client{Interface: client}, node, wait)
+	ix := pods.New(kubetest.Client{Interface: client}, node, booted, wait)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
@@ -109,6 +120,19 @@ func TestLookup(t *testing.T) {
 			pod("old", []string{"10.0.0.5"}, terminating),
 			pod("new", []string{"10.0.0.5"}, phase(corev1.PodPending)),
 		}, "10.0.0.5", "new", nil},
+		{"sandbox ready since the node booted", []*corev1.Pod{pod("web", []string{"10.0.0.5"}, sandbox(corev1.ConditionTrue, booted.Add(time.Minute)))}, "10.0.0.5", "web", nil},
+		{"sandbox ready as the node booted", []*corev1.Pod{pod("web", []string{"10.0.0.5"}, sandbox(corev1.ConditionTrue, booted))}, "10.0.0.5", "web", nil},
+		// The node rebooted and the kubelet has not reported the pod's new sandbox yet: its address may be another's.
+		{"sandbox from before the node booted", []*corev1.Pod{pod("web", []string{"10.0.0.5"}, sandbox(corev1.ConditionTrue, booted.Add(-time.Second)))}, "10.0.0.5", "", pods.ErrNotFound},
+		{"sandbox gone", []*corev1.Pod{pod("web", []string{"10.0.0.5"}, sandbox(corev1.ConditionFalse, booted.Add(time.Hour)))}, "10.0.0.5", "", pods.ErrNotFound},
+		{"sandbox unknown", []*corev1.Pod{pod("web", []string{"10.0.0.5"}, sandbox(corev1.ConditionUnknown, booted.Add(time.Hour)))}, "10.0.0.5", "", pods.ErrNotFound},
+		{"stale address and its new holder", []*corev1.Pod{
+			pod("before-reboot", []string{"10.0.0.5"}, sandbox(corev1.ConditionTrue, booted.Add(-time.Hour))),
+			pod("new", []string{"10.0.0.5"}, sandbox(corev1.ConditionTrue, booted.Add(time.Minute))),
+		}, "10.0.0.5", "new", nil},
+		{"host network with a sandbox from before the node booted", []*corev1.Pod{
+			pod("agent", []string{"192.168.1.10"}, hostNetwork, sandbox(corev1.ConditionTrue, booted.Add(-time.Hour))),
+		}, "192.168.1.10", "", pods.ErrHostNetwork},
 		{"two live pods", []*corev1.Pod{pod("a", []string{"10.0.0.5"}), pod("b", []string{"10.0.0.5"})}, "10.0.0.5", "", pods.ErrAmbiguous},
 		{"two live pods by ipv6", []*corev1.Pod{pod("a", []string{"10.0.0.5", "fd00::5"}), pod("b", []string{"10.0.0.6", "fd00::5"})}, "fd00::5", "", pods.ErrAmbiguous},
 		{"host network", []*corev1.Pod{pod("agent", []string{"192.168.1.10"}, hostNetwork)}, "192.168.1.10", "", pods.ErrHostNetwork},

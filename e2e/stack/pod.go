@@ -275,14 +275,31 @@ func (p *Pod) create(t TB, o PodOptions) {
 // given it an address. Tests use it to make the API lag the network, or to give two pods one address.
 func (p *Pod) SetStatus(t TB, ip, ip6 string) {
 	t.Helper()
+	p.updateStatus(t, func(st *corev1.PodStatus) {
+		*st = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip, PodIPs: []corev1.PodIP{{IP: ip}, {IP: ip6}}, HostIP: NodeIP}
+	})
+}
+
+// SetSandbox gives the pod the kubelet's PodReadyToStartContainers condition: its sandbox ready or not, since at.
+func (p *Pod) SetSandbox(t TB, ready bool, at time.Time) {
+	t.Helper()
+	c := corev1.PodCondition{Type: corev1.PodReadyToStartContainers, Status: corev1.ConditionFalse, LastTransitionTime: metav1.NewTime(at)}
+	if ready {
+		c.Status = corev1.ConditionTrue
+	}
+	p.updateStatus(t, func(st *corev1.PodStatus) { st.Conditions = []corev1.PodCondition{c} })
+}
+
+// updateStatus reads the Pod object, changes its status and writes it back.
+func (p *Pod) updateStatus(t TB, change func(*corev1.PodStatus)) {
+	t.Helper()
 	ctx := context.Background()
 	api := p.s.Kube.CoreV1().Pods(p.Namespace)
 	cur, err := api.Get(ctx, p.Name, metav1.GetOptions{})
 	if err != nil {
 		t.Fatalf("get pod %s/%s: %v", p.Namespace, p.Name, err)
 	}
-	cur.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip,
-		PodIPs: []corev1.PodIP{{IP: ip}, {IP: ip6}}, HostIP: NodeIP}
+	change(&cur.Status)
 	if _, err := api.UpdateStatus(ctx, cur, metav1.UpdateOptions{}); err != nil {
 		t.Fatalf("set status of pod %s/%s: %v", p.Namespace, p.Name, err)
 	}

@@ -228,7 +228,7 @@ func (b *bench) startBaseline(ctx context.Context) (StartBaseline, error) {
 func informersSynced(ctx context.Context, api *kube.Client) error {
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	index := pods.New(api, stack.NodeName, 0)
+	index := pods.New(api, stack.NodeName, time.Time{}, 0)
 	mapper := roles.New(api, roles.Config{})
 	done := make(chan struct{})
 	go func() {
