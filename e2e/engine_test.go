@@ -154,6 +154,33 @@ func ipIndex(t *testing.T, ip string) int {
 	return n
 }
 
+// TestSessionDurationChangeTakesEffectAtOnce: lowering a ServiceAccount's session duration, to limit what a leaked
+// set is worth, starts a new and shorter session for its pods at once, not at the old session's next rotation.
+func TestSessionDurationChangeTakesEffectAtOnce(t *testing.T) {
+	sharedAgent(t)
+	ctx := context.Background()
+	sa := newServiceAccount(t, "default", "shortened", map[string]string{roles.AnnotationRoleARN: stack.RoleARN(stack.AudienceA)})
+	p := suite.NewPod(t, "shortened", stack.PodOptions{ServiceAccount: sa})
+	expiresWithin := func(lo, hi time.Duration) func(stack.Metrics) bool {
+		return func(m stack.Metrics) bool {
+			v, ok := m.Value("iamlet_credentials_expiry_timestamp_seconds", podLabels(p))
+			left := time.Until(time.Unix(int64(v), 0))
+			return ok && left > lo && left <= hi
+		}
+	}
+	waitMetric(t, "an hour-long session", machineDeadline, expiresWithin(45*time.Minute, time.Hour))
+	before := akid(t, untilClientSays(t, p, "get ok", "the hour-long session").Stdout)
+
+	patch := `{"metadata":{"annotations":{"` + roles.AnnotationSessionDuration + `":"15m"}}}`
+	if _, err := suite.Kube.CoreV1().ServiceAccounts("default").Patch(ctx, sa, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitMetric(t, "a 15-minute session", machineDeadline, expiresWithin(0, 15*time.Minute))
+	if after := akid(t, untilClientSays(t, p, "get ok", "the 15-minute session").Stdout); after == before {
+		t.Errorf("after the session duration was lowered the pod was still served the hour-long session (%s)", before)
+	}
+}
+
 // TestRoleAnnotationChangeSwitchesRole: changing the ServiceAccount's role annotation switches the
 // role its pod receives, without restarting anything.
 func TestRoleAnnotationChangeSwitchesRole(t *testing.T) {

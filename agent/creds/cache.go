@@ -20,11 +20,15 @@ import (
 
 // Key identifies a cache entry. Keying by pod UID, not IP or role alone, is what keeps one pod's
 // credentials from ever reaching another pod, even one that reuses its IP or its role.
+// Every field that shapes the session is in it, so that a changed annotation is a new session at once rather than at
+// the next rotation: a session duration lowered to limit exposure must not leave hours of the old one served.
 type Key struct {
-	PodUID  string
-	RoleARN string
-	// Narrowing is a digest of the session policies and chained role, so that a changed one is a new session at
-	// once rather than at the next rotation; empty for a plain role.
+	PodUID   string
+	RoleARN  string
+	Audience string
+	Duration time.Duration
+	Regional bool
+	// Narrowing is a digest of the session policies and chained role; empty for a plain role.
 	Narrowing string
 }
 
@@ -51,7 +55,9 @@ type Request struct {
 }
 
 // Key returns the request's cache key.
-func (r Request) Key() Key { return Key{PodUID: r.PodUID, RoleARN: r.RoleARN, Narrowing: r.Narrowing} }
+func (r Request) Key() Key {
+	return Key{PodUID: r.PodUID, RoleARN: r.RoleARN, Audience: r.Audience, Duration: r.Duration, Regional: r.Regional, Narrowing: r.Narrowing}
+}
 
 // Credentials are one role session's credentials.
 type Credentials struct {

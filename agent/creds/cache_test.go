@@ -699,6 +699,10 @@ func TestRunPrefetchesNewPodsWhileRefreshesQueue(t *testing.T) {
 
 func TestRetainEvicts(t *testing.T) {
 	web, reader, writer := request("web", "reader"), request("web", "reader"), request("web", "writer")
+	shorter, otherAudience, regional := reader, reader, reader
+	shorter.Duration = reader.Duration / 4
+	otherAudience.Audience = "sts.example"
+	regional.Regional = !reader.Regional
 	tests := []struct {
 		name       string
 		retain     [][]creds.Request // successive Retain calls, each after the prefetches settle
@@ -708,6 +712,10 @@ func TestRetainEvicts(t *testing.T) {
 		{"pod deleted", [][]creds.Request{{web}, {}}, nil, []string{"forgot:web"}},
 		{"role changed", [][]creds.Request{{reader}, {writer}}, []creds.Key{writer.Key()}, []string{"forgot:web"}},
 		{"unchanged", [][]creds.Request{{reader}, {reader}}, []creds.Key{reader.Key()}, nil},
+		// A session shaped otherwise is a new session at once, not at the next rotation.
+		{"duration lowered", [][]creds.Request{{reader}, {shorter}}, []creds.Key{shorter.Key()}, []string{"forgot:web"}},
+		{"audience changed", [][]creds.Request{{reader}, {otherAudience}}, []creds.Key{otherAudience.Key()}, []string{"forgot:web"}},
+		{"regional endpoint changed", [][]creds.Request{{reader}, {regional}}, []creds.Key{regional.Key()}, []string{"forgot:web"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
