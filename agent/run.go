@@ -190,7 +190,8 @@ func (a *agent) guardHostNetwork() {
 	host, err := startHostInterception(a.cfg, a.log)
 	if err != nil {
 		a.hostState = func() string { return "not covered: " + err.Error() }
-		a.log.Error("hostNetwork pods are NOT covered: they may reach the node's IMDS", "error", err.Error())
+		a.log.Error("hostNetwork pods are NOT covered: they may reach the node's IMDS; the start-up taint stays, if the node has one",
+			"error", err.Error())
 		return
 	}
 	a.host, a.hostState = host, host.status
@@ -512,10 +513,20 @@ func (a *agent) removeStartupTaint(ctx context.Context) {
 	a.reg.MustRegister(tainted)
 	t := startupTaint{nodes: a.kube, node: a.cfg.NodeName, key: a.cfg.StartupTaint, log: a.log,
 		present: func(p bool) { tainted.Set(b2f(p)) }}
-	// Not before hostNetwork pods are covered too, where they can be: the taint is what keeps them off meanwhile.
+	// Not before hostNetwork pods are covered too: the taint is what keeps them off meanwhile. Where they cannot be
+	// (no cgroup v2, no tracing), it stays: a node that cannot confine them is not ready for pods, unless the
+	// operator chose so (--host-network-pods=false).
 	a.wg.Go(func() {
-		t.run(ctx, func() bool { ok, _ := a.st.ready(); return ok && (a.host == nil || a.host.status() == hostCovered) })
+		t.run(ctx, func() bool { ok, _ := a.st.ready(); return ok && a.hostNetworkCovered() })
 	})
+}
+
+// hostNetworkCovered reports whether hostNetwork pods are as the operator asked: intercepted, or not asked for.
+func (a *agent) hostNetworkCovered() bool {
+	if a.rules == nil || !a.cfg.HostNetworkPods {
+		return true
+	}
+	return a.host != nil && a.host.status() == hostCovered
 }
 
 // serveDebug serves the read-only /status, when it has an address, until ctx is done.
