@@ -69,8 +69,13 @@ func ownServiceAccount(ctx context.Context, api whoAmI, mode satoken.Mode, nodeN
 // checkConfinement runs the confinement check and records its verdict. A check that could not reach a verdict
 // (the apiserver unreachable) keeps the previous one, so a blip neither opens nor closes minting; a refusal for
 // another reason (minting not permitted at all) is a verdict, since nothing could be minted either.
-func checkConfinement(ctx context.Context, tokens *satoken.Source, self serviceAccountRef, st *state, log *slog.Logger) {
+//
+// Minting as the node, direct is the agent's ServiceAccount's own client: it must hold no grant to mint at all.
+func checkConfinement(ctx context.Context, tokens, direct *satoken.Source, self serviceAccountRef, st *state, log *slog.Logger) {
 	err := tokens.CheckConfined(ctx, self.namespace, self.name)
+	if err == nil && direct != nil {
+		err = direct.CheckNoGrant(ctx, self.namespace, self.name)
+	}
 	switch {
 	case err == nil:
 		if st.confinedErr() != nil {
@@ -95,7 +100,7 @@ func confinementRemedy(m satoken.Mode) string {
 	if m == satoken.ClusterWide {
 		return "install the iamlet-token-requests ValidatingAdmissionPolicy and its binding from the same release as the RBAC"
 	}
-	return "enable the NodeRestriction admission plugin and constrained impersonation (Kubernetes 1.35+), and grant the agent's ServiceAccount the impersonate:associated-node RBAC from the same release"
+	return "enable the NodeRestriction admission plugin and constrained impersonation (Kubernetes 1.35+), grant the agent's ServiceAccount the impersonate:associated-node RBAC from the same release, and bind it no cluster-wide minting RBAC"
 }
 
 // isUnreachable tells an apiserver that could not answer from one that answered no.

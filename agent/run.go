@@ -371,7 +371,11 @@ func (a *agent) confineMinting(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	checkConfinement(ctx, a.tokens, self, a.st, a.log)
+	var direct *satoken.Source // minting as the node, the ServiceAccount itself must hold no grant to mint
+	if a.cfg.TokenMinting == satoken.AsNode {
+		direct = satoken.New(a.kube, satoken.MinTTL)
+	}
+	checkConfinement(ctx, a.tokens, direct, self, a.st, a.log)
 	a.wg.Go(func() {
 		for {
 			// A failed check is repeated soon, so a blip at start costs seconds of readiness, not minutes.
@@ -383,7 +387,7 @@ func (a *agent) confineMinting(ctx context.Context) error {
 			case <-ctx.Done():
 				return
 			case <-time.After(next):
-				checkConfinement(ctx, a.tokens, self, a.st, a.log)
+				checkConfinement(ctx, a.tokens, direct, self, a.st, a.log)
 			}
 		}
 	})

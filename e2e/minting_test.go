@@ -219,3 +219,56 @@ func TestNodeMintingNeedsAPodBoundToken(t *testing.T) {
 		t.Errorf("want exit status 1 naming the identity; got %v\n%s", err, log)
 	}
 }
+
+// TestLeftoverClusterGrantIsNotConfined: minting as the node (the chart's default) while the cluster-wide minting RBAC
+// is still bound (applied once and never pruned), root on any node could mint for every ServiceAccount in the cluster
+// with the agent's own token. The agent says minting is not confined and is not ready until the grant is gone.
+func TestLeftoverClusterGrantIsNotConfined(t *testing.T) {
+	stopSharedAgent()
+	t.Cleanup(func() { restoreStackInstall(t) })
+	rendered, err := stack.HelmTemplate("iamlet", agentNamespace, "--set", "tokenMinting=cluster")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := kubectl(rendered, "apply", "-f", "-"); err != nil {
+		t.Fatalf("kubectl apply: %v\n%s", err, out)
+	}
+	// Once RBAC allows the agent's own request, only the admission policy refuses it.
+	direct := agentClient(t, "")
+	var last error
+	if !eventually(machineDeadline, func() bool {
+		secs := int64(600)
+		_, last = direct.CoreV1().ServiceAccounts(agentNamespace).CreateToken(context.Background(), "iamlet",
+			&authv1.TokenRequest{Spec: authv1.TokenRequestSpec{Audiences: []string{"iamlet.dev/confinement-check"}, ExpirationSeconds: &secs}}, metav1.CreateOptions{})
+		return last == nil || !strings.Contains(last.Error(), `cannot create resource "serviceaccounts/token"`)
+	}) {
+		t.Fatalf("RBAC still refuses the agent's own token request with the cluster-wide grant bound: %v", last)
+	}
+
+	p, err := stack.StartProc(suite.Dir, "iamlet-leftover-grant", nil, suite.agentBin, suite.AgentArgs()...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Stop)
+	const why = "node-confined minting: the agent's ServiceAccount " + agentNamespace + "/iamlet may request tokens itself"
+	var code int
+	var body string
+	if !eventually(machineDeadline, func() bool {
+		code, body, _ = stack.Get("http://" + stack.AgentMetricsAddr + "/readyz")
+		return strings.Contains(body, why)
+	}) {
+		t.Fatalf("/readyz = %d %q, want 503 naming %q", code, body, why)
+	}
+	if code != 503 {
+		t.Errorf("/readyz = %d %q, want 503", code, body)
+	}
+
+	// The grant removed: the next check, within seconds while not confined, passes.
+	restoreStackInstall(t)
+	if !eventually(machineDeadline, func() bool {
+		code, body, _ = stack.Get("http://" + stack.AgentMetricsAddr + "/readyz")
+		return code == 200
+	}) {
+		t.Fatalf("with the grant removed /readyz = %d %q, want 200", code, body)
+	}
+}

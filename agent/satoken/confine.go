@@ -43,8 +43,8 @@ func (m Mode) Describe() string {
 // mistake is useless there.
 const CheckAudience = "iamlet.dev/confinement-check"
 
-// ErrNotConfined means the apiserver granted a token it must refuse.
-var ErrNotConfined = errors.New("the apiserver granted a token not bound to any pod: token minting is not confined")
+// ErrNotConfined means the apiserver granted a token it must refuse, or would have.
+var ErrNotConfined = errors.New("token minting is not confined")
 
 // CheckConfined asks, with the identity tokens are minted with, for a token the apiserver must refuse: one for
 // the agent's own ServiceAccount, bound to no object. As the node, NodeRestriction refuses it ("node requested
@@ -62,10 +62,31 @@ func (s *Source) CheckConfined(ctx context.Context, namespace, serviceAccount st
 	})
 	switch {
 	case err == nil:
-		return fmt.Errorf("%w (asked for %s/%s, audience %s)", ErrNotConfined, namespace, serviceAccount, CheckAudience)
+		return fmt.Errorf("the apiserver granted a token not bound to any pod (asked for %s/%s, audience %s): %w", namespace, serviceAccount, CheckAudience, ErrNotConfined)
 	case apierrors.IsForbidden(err) && strings.Contains(strings.ToLower(err.Error()), "bound to a pod"):
 		return nil
 	default:
 		return fmt.Errorf("confinement check (an unbound token for %s/%s): %w", namespace, serviceAccount, err)
+	}
+}
+
+// CheckNoGrant asks, as the agent's ServiceAccount itself rather than as its node, for the token CheckConfined asks
+// for. Minting as the node, the ServiceAccount holds no grant to request tokens, and only RBAC's refusal passes: a
+// grant left bound (the cluster-wide minting RBAC applied once and never pruned) would let root on any node mint for
+// every ServiceAccount in the cluster while the agent reported node-confined minting. A refusal by anything after
+// RBAC (the admission policy) means RBAC allowed it. Errors are as CheckConfined's.
+func (s *Source) CheckNoGrant(ctx context.Context, namespace, serviceAccount string) error {
+	secs := int64(MinTTL.Seconds())
+	_, err := s.api.CreateToken(ctx, namespace, serviceAccount, &authv1.TokenRequest{
+		Spec: authv1.TokenRequestSpec{Audiences: []string{CheckAudience}, ExpirationSeconds: &secs},
+	})
+	switch {
+	case apierrors.IsForbidden(err) && strings.Contains(err.Error(), `cannot create resource "serviceaccounts/token"`):
+		return nil
+	case err == nil || apierrors.IsForbidden(err):
+		return fmt.Errorf("the agent's ServiceAccount %s/%s may request tokens itself, not only as its node (a cluster-wide minting grant is bound): %w",
+			namespace, serviceAccount, ErrNotConfined)
+	default:
+		return fmt.Errorf("confinement check (a token as the ServiceAccount %s/%s itself): %w", namespace, serviceAccount, err)
 	}
 }

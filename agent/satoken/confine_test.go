@@ -2,6 +2,7 @@ package satoken_test
 
 import (
 	"errors"
+	"strings"
 	"testing"
 
 	authv1 "k8s.io/api/authentication/v1"
@@ -49,6 +50,43 @@ func TestCheckConfined(t *testing.T) {
 			if api.got[0].GetNamespace() != "iamlet-system" || req.Spec.BoundObjectRef != nil ||
 				len(req.Spec.Audiences) != 1 || req.Spec.Audiences[0] != satoken.CheckAudience || *req.Spec.ExpirationSeconds != 600 {
 				t.Errorf("the check asked for %s/%+v, want an unbound 600 s token for %s in iamlet-system", api.got[0].GetNamespace(), req.Spec, satoken.CheckAudience)
+			}
+		})
+	}
+}
+
+// TestCheckNoGrant: minting as the node, only RBAC's refusal of the ServiceAccount's own request passes; a token
+// granted, or refused only by the admission policy (RBAC allowed it), means a cluster-wide grant is bound.
+func TestCheckNoGrant(t *testing.T) {
+	sa := schema.GroupResource{Resource: "serviceaccounts"}
+	cases := []struct {
+		name        string
+		err         error
+		pass        bool
+		notConfined bool
+	}{
+		{"RBAC refuses", apierrors.NewForbidden(sa, "iamlet", errors.New(
+			`User "system:serviceaccount:iamlet-system:iamlet" cannot create resource "serviceaccounts/token" in API group "" in the namespace "iamlet-system"`)), true, false},
+		{"granted", nil, false, true},
+		{"the admission policy refuses", apierrors.NewForbidden(sa, "iamlet", errors.New(
+			"ValidatingAdmissionPolicy 'iamlet-token-requests' with binding 'iamlet-token-requests' denied request: iamlet may only request tokens bound to a Pod")), false, true},
+		{"apiserver unavailable", apierrors.NewServiceUnavailable("down"), false, false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			api := newTokenAPI(t, func(tr *authv1.TokenRequest) (*authv1.TokenRequest, error) {
+				if c.err != nil {
+					return nil, c.err
+				}
+				tr.Status.Token = minted
+				return tr, nil
+			})
+			err := satoken.New(api, satoken.MinTTL).CheckNoGrant(t.Context(), "iamlet-system", "iamlet")
+			if (err == nil) != c.pass || errors.Is(err, satoken.ErrNotConfined) != c.notConfined {
+				t.Errorf("CheckNoGrant = %v, want pass=%v notConfined=%v", err, c.pass, c.notConfined)
+			}
+			if err != nil && strings.Contains(err.Error(), minted) {
+				t.Errorf("CheckNoGrant's error carries the token: %v", err)
 			}
 		})
 	}
