@@ -149,16 +149,9 @@ func TestMintingNotConfinedIsNotReady(t *testing.T) {
 	}
 	t.Cleanup(p.Stop)
 	const why = "cluster-wide minting: the apiserver granted a token not bound to any pod"
-	var code int
-	var body string
-	if !eventually(machineDeadline, func() bool {
-		code, body, _ = stack.Get("http://" + stack.AgentMetricsAddr + "/readyz")
-		return strings.Contains(body, why)
-	}) {
-		t.Fatalf("/readyz = %d %q, want 503 naming %q", code, body, why)
-	}
+	code, body := waitReadyz(t, func(_ int, body string) bool { return strings.Contains(body, why) })
 	if code != 503 {
-		t.Errorf("/readyz = %d %q, want 503", code, body)
+		t.Errorf("/readyz = %d %q, want 503 naming %q", code, body, why)
 	}
 	pod := suite.NewPod(t, "unconfined", stack.PodOptions{ServiceAccount: saA})
 	r := pod.Exec(context.Background(), nil, clientBin(t, "probe"), "-token", roleListPath)
@@ -188,12 +181,7 @@ func TestMintingNotConfinedIsNotReady(t *testing.T) {
 	if out, err := kubectl(rendered, "apply", "-f", "-"); err != nil {
 		t.Fatalf("kubectl apply: %v\n%s", err, out)
 	}
-	if !eventually(machineDeadline, func() bool {
-		code, body, _ = stack.Get("http://" + stack.AgentMetricsAddr + "/readyz")
-		return code == 200
-	}) {
-		t.Fatalf("with the policy bound again /readyz = %d %q, want 200", code, body)
-	}
+	code, body = waitReadyz(t, func(code int, _ string) bool { return code == 200 })
 	if !strings.Contains(body, "ok: cluster-wide minting") {
 		t.Errorf("/readyz = %q, want it to name cluster-wide minting", body)
 	}
@@ -251,24 +239,28 @@ func TestLeftoverClusterGrantIsNotConfined(t *testing.T) {
 	}
 	t.Cleanup(p.Stop)
 	const why = "node-confined minting: the agent's ServiceAccount " + agentNamespace + "/iamlet may request tokens itself"
-	var code int
-	var body string
-	if !eventually(machineDeadline, func() bool {
-		code, body, _ = stack.Get("http://" + stack.AgentMetricsAddr + "/readyz")
-		return strings.Contains(body, why)
-	}) {
-		t.Fatalf("/readyz = %d %q, want 503 naming %q", code, body, why)
-	}
+	code, body := waitReadyz(t, func(_ int, body string) bool { return strings.Contains(body, why) })
 	if code != 503 {
-		t.Errorf("/readyz = %d %q, want 503", code, body)
+		t.Errorf("/readyz = %d %q, want 503 naming %q", code, body, why)
 	}
 
 	// The grant removed: the next check, within seconds while not confined, passes.
 	restoreStackInstall(t)
+	waitReadyz(t, func(code int, _ string) bool { return code == 200 })
+}
+
+// waitReadyz polls the agent's /readyz until done accepts its answer, which it returns; it fails the test at the
+// machine's deadline with the last answer.
+func waitReadyz(t *testing.T, done func(code int, body string) bool) (int, string) {
+	t.Helper()
+	var code int
+	var body string
+	var err error
 	if !eventually(machineDeadline, func() bool {
-		code, body, _ = stack.Get("http://" + stack.AgentMetricsAddr + "/readyz")
-		return code == 200
+		code, body, err = stack.Get("http://" + stack.AgentMetricsAddr + "/readyz")
+		return err == nil && done(code, body)
 	}) {
-		t.Fatalf("with the grant removed /readyz = %d %q, want 200", code, body)
+		t.Fatalf("/readyz = %d %q (%v): not the answer waited for", code, body, err)
 	}
+	return code, body
 }
