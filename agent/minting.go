@@ -19,8 +19,9 @@ import (
 // impersonation lets the token's holder act as that node, and no other.
 const nodeNameExtra = "authentication.kubernetes.io/node-name"
 
-// mintingClient is the client pod tokens are requested with. As the node it impersonates only the user name
-// (system:node:NAME): constrained impersonation refuses groups or extras, and gives the node's fixed groups.
+// mintingClient is the client pod tokens are requested and the node's pods read with. As the node it impersonates
+// only the user name (system:node:NAME): constrained impersonation refuses groups or extras, and gives the node's
+// fixed groups.
 func mintingClient(rc *rest.Config, mode satoken.Mode, nodeName string) (*kube.Client, error) {
 	if mode == satoken.AsNode {
 		rc = rest.CopyConfig(rc)

@@ -118,8 +118,8 @@ type agent struct {
 	host      *hostInterception // nil when hostNetwork pods are not intercepted
 	hostState func() string     // hostNetwork pods: covered, off, or not covered and why
 
-	kube   *kube.Client
-	minter *kube.Client
+	kube   *kube.Client // as the agent's ServiceAccount
+	minter *kube.Client // as its node, minting as the node (mintingClient): tokens and the node's pods
 	sts    *sts.Client
 
 	m      *metrics
@@ -251,7 +251,8 @@ func (a *agent) build() error {
 	if err != nil {
 		return err
 	}
-	a.index = pods.New(a.kube, a.cfg.NodeName, booted, a.cfg.UnknownPodWait)
+	// As the node, the agent may read only that node's pods (the Node authorizer), and its ServiceAccount none.
+	a.index = pods.New(a.minter, a.cfg.NodeName, booted, a.cfg.UnknownPodWait)
 	a.mapper = roles.New(a.kube, roles.Config{DefaultAudience: a.cfg.DefaultAudience, DefaultDuration: a.cfg.SessionDuration,
 		RequireNamespaceAllowlist: a.cfg.RequireNamespaceAllowlist})
 	a.st = &state{minting: a.cfg.TokenMinting, hostNetwork: a.hostState}

@@ -259,7 +259,8 @@ func restoreStackInstall(t *testing.T) {
 // do: exactly the reads and the node-confined minting it needs, plus what every authenticated ServiceAccount has.
 func TestRBACAgentHasOnlyWhatItNeeds(t *testing.T) {
 	need := []string{
-		"pods get", "pods list", "pods watch",
+		// Pods only as its own node, whose pods alone the Node authorizer lets it list and watch.
+		"pods impersonate-on:associated-node:list", "pods impersonate-on:associated-node:watch",
 		"serviceaccounts get", "serviceaccounts list", "serviceaccounts watch",
 		"namespaces get", "namespaces list", "namespaces watch",
 		// Minting only as its own node; no serviceaccounts/token create of its own.

@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"context"
+	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -263,4 +265,57 @@ func waitReadyz(t *testing.T, done func(code int, body string) bool) (int, strin
 		t.Fatalf("/readyz = %d %q (%v): not the answer waited for", code, body, err)
 	}
 	return code, body
+}
+
+// TestAgentReadsOnlyItsNodesPods: with the chart's RBAC, the agent's token (what root on its node holds) lists and
+// watches pods only as its own node, and the Node authorizer lets a node see only the pods bound to it: no pod of
+// another node, no pod spec cluster-wide, and nothing as the ServiceAccount itself.
+func TestAgentReadsOnlyItsNodesPods(t *testing.T) {
+	sharedAgent(t) // the stack's install in place
+	ctx := context.Background()
+	mine := suite.NewPod(t, "reads-mine", stack.PodOptions{ServiceAccount: saA})
+	self, asNode := agentClient(t, ""), agentClient(t, stack.NodeName)
+	onNode := func(n string) metav1.ListOptions {
+		return metav1.ListOptions{FieldSelector: "spec.nodeName=" + n}
+	}
+	list := func(c kubernetes.Interface, opts metav1.ListOptions) error {
+		l, err := c.CoreV1().Pods("").List(ctx, opts)
+		if err == nil && opts.FieldSelector != "" && !slices.ContainsFunc(l.Items, func(p corev1.Pod) bool { return p.Name == mine.Name }) {
+			return fmt.Errorf("listed %d pods, none of them %s", len(l.Items), mine.Name)
+		}
+		return err
+	}
+	watch := func(c kubernetes.Interface, opts metav1.ListOptions) error {
+		w, err := c.CoreV1().Pods("").Watch(ctx, opts)
+		if err == nil {
+			w.Stop()
+		}
+		return err
+	}
+	for _, c := range []struct {
+		name    string
+		do      func() error
+		allowed bool
+	}{
+		{"as its node, its node's pods", func() error { return list(asNode, onNode(stack.NodeName)) }, true},
+		{"as its node, watching its node's pods", func() error { return watch(asNode, onNode(stack.NodeName)) }, true},
+		{"as its node, every pod", func() error { return list(asNode, metav1.ListOptions{}) }, false},
+		{"as its node, another node's pods", func() error { return list(asNode, onNode(stack.NodeName2)) }, false},
+		{"as its node, watching every pod", func() error { return watch(asNode, metav1.ListOptions{}) }, false},
+		{"as itself, every pod", func() error { return list(self, metav1.ListOptions{}) }, false},
+		{"as itself, its node's pods", func() error { return list(self, onNode(stack.NodeName)) }, false},
+		{"as another node, that node's pods", func() error { return list(agentClient(t, stack.NodeName2), onNode(stack.NodeName2)) }, false},
+	} {
+		var err error
+		if !eventually(machineDeadline, func() bool { // RBAC takes effect once the authorizer's cache has it
+			err = c.do()
+			return (err == nil) == c.allowed && (c.allowed || apierrors.IsForbidden(err))
+		}) {
+			want := "allowed"
+			if !c.allowed {
+				want = "forbidden"
+			}
+			t.Errorf("%s: %v, want %s", c.name, err, want)
+		}
+	}
 }
