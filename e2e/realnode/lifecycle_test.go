@@ -25,9 +25,9 @@ import (
 // on the node could, the apiserver lets the agent mint only as its own node, only for that node's pods.
 func kubeletTokenMinting(t *testing.T, agent *corev1.Pod) {
 	ctx := context.Background()
-	token, err := node.Kubectl(nil, "-n", stack.AgentNamespace, "exec", agent.Name, "-c", "iamlet", "--",
-		"cat", "/var/run/secrets/kubernetes.io/serviceaccount/token")
-	if err != nil || strings.Count(token, ".") != 2 {
+	token, err := node.ExecRead(stack.AgentNamespace, agent.Name, "iamlet", deadline,
+		func(out string) bool { return strings.Count(out, ".") == 2 }, "cat", "/var/run/secrets/kubernetes.io/serviceaccount/token")
+	if err != nil {
 		t.Fatalf("reading the agent's projected token: %v: %.80s", err, token)
 	}
 	client := func(asNode string) kubernetes.Interface {

@@ -208,14 +208,17 @@ func TestRealNode(t *testing.T) {
 		if strings.Contains(out, `"level":"ERROR"`) {
 			t.Errorf("the agent logged an error on a healthy start:\n%s", out)
 		}
-		out, err = node.Kubectl(nil, "-n", stack.AgentNamespace, "exec", agent.Name, "-c", "iamlet", "--", "iamlet", "status")
+		out, err = node.ExecRead(stack.AgentNamespace, agent.Name, "iamlet", deadline, func(out string) bool {
+			return strings.Contains(out, "ready: true") && strings.Contains(out, "hostNetwork pods: covered")
+		}, "iamlet", "status")
 		t.Logf("iamlet status:\n%s", out)
-		if err != nil || !strings.Contains(out, "ready: true") || !strings.Contains(out, "hostNetwork pods: covered") {
+		if err != nil {
 			t.Errorf("kubectl exec iamlet status: %v, want ready with hostNetwork pods covered", err)
 		}
 		// The Dockerfile stamps the build's VERSION into the binary.
-		out, err = node.Kubectl(nil, "-n", stack.AgentNamespace, "exec", agent.Name, "-c", "iamlet", "--", "iamlet", "version")
-		if err != nil || !strings.HasPrefix(out, "iamlet "+stack.AgentImageVersion+" ") {
+		out, err = node.ExecRead(stack.AgentNamespace, agent.Name, "iamlet", deadline,
+			func(out string) bool { return strings.HasPrefix(out, "iamlet "+stack.AgentImageVersion+" ") }, "iamlet", "version")
+		if err != nil {
 			t.Errorf("iamlet version in the image: %v %q, want iamlet %s ...", err, out, stack.AgentImageVersion)
 		}
 	})

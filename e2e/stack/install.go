@@ -53,6 +53,29 @@ func (s *Stack) Kubectl(stdin []byte, args ...string) (string, error) {
 	return string(out), err
 }
 
+// ExecRead runs a read-only command in a container and returns its standard output once done accepts it, or the
+// last answer at the deadline. kubectl's exec over websockets now and then drops the first frame of output (it logs
+// "Unknown stream id 1, discarding"), so a read whose answer did not arrive is run again.
+func (s *Stack) ExecRead(namespace, pod, container string, deadline time.Duration, done func(stdout string) bool, argv ...string) (string, error) {
+	end := time.Now().Add(deadline)
+	for {
+		cmd := exec.Command("kubectl", append([]string{"--kubeconfig", s.Kubeconfig, "-n", namespace, "exec", pod, "-c", container, "--"}, argv...)...)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if err == nil && done(string(out)) {
+			return string(out), nil
+		}
+		if time.Now().After(end) {
+			if err == nil {
+				err = fmt.Errorf("not the answer waited for (stderr: %s)", bytes.TrimSpace(stderr.Bytes()))
+			}
+			return string(out), fmt.Errorf("kubectl exec %s/%s -c %s %v: %w", namespace, pod, container, argv, err)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
 // installAgent installs the chart's objects the way a user does (helm template | kubectl apply; no controller
 // manager runs here, so the DaemonSet makes no pods), then gives the agent what the kubelet gives a DaemonSet
 // pod: a Pod object bound to NodeName and a ServiceAccount token bound to that pod. The agent runs with that
