@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"maps"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -90,6 +91,20 @@ func (l *lazyHostCaller) get() hostCaller {
 		}
 	})
 	return l.hc
+}
+
+// tokenScope binds a hostNetwork caller's IMDSv2 tokens to its pod (metadata.Config.TokenScope): hostNetwork pods
+// share the node's address, which alone would let one pod's token serve another. A pod's tokens are bound to its
+// own address alone; a host caller not traced to a pod (refused anyway) gets a scope no pod has.
+func tokenScope(r *http.Request) string {
+	hc, host := hostCallerOf(r.Context())
+	switch {
+	case !host:
+		return ""
+	case hc.err != nil:
+		return "host/untraced"
+	}
+	return "pod/" + string(hc.uid)
 }
 
 // hostCallerOf is the traced caller of a hostNetwork listener's connection, if ctx is one's.

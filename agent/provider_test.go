@@ -406,10 +406,20 @@ func TestHostCallersAreTracedThroughTheListeners(t *testing.T) {
 	if got := rateKey(r); got != "pod/uid-shipper" {
 		t.Errorf("rate key of a hostNetwork caller = %q, want its pod's", got)
 	}
+	if got := tokenScope(r); got != "pod/uid-shipper" {
+		t.Errorf("token scope of a hostNetwork caller = %q, want its pod's", got)
+	}
+	untraced := httptest.NewRequestWithContext(identify(context.Background(), stubConn{}), http.MethodGet, "/", nil)
+	if got := tokenScope(untraced); got == "" || strings.HasPrefix(got, "pod/") {
+		t.Errorf("token scope of an untraced host caller = %q, want one of its own", got)
+	}
 	r = httptest.NewRequest(http.MethodGet, "/", nil)
 	r.RemoteAddr = "10.0.0.5:40000"
 	if got := rateKey(r); got != "10.0.0.5" {
 		t.Errorf("rate key of a pod = %q, want its address", got)
+	}
+	if got := tokenScope(r); got != "" {
+		t.Errorf("token scope of a pod = %q, want none (its address alone)", got)
 	}
 }
 

@@ -418,7 +418,8 @@ func (a *agent) listen(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	mcfg := metadata.Config{RequireV2: a.cfg.RequireIMDSv2, TokenKey: key, Upstream: a.cfg.NodeIMDS, Node: a.cfg.NodeFacts, Logger: a.log}
+	mcfg := metadata.Config{RequireV2: a.cfg.RequireIMDSv2, TokenKey: key, TokenScope: tokenScope, Upstream: a.cfg.NodeIMDS,
+		Node: a.cfg.NodeFacts, Logger: a.log}
 	imds, err := metadata.NewHandler(mcfg, a.prov, a.reg)
 	if err != nil {
 		return fmt.Errorf("metadata face: %w", err)

@@ -173,6 +173,34 @@ func TestHostNetworkPodsNeverGetTheNode(t *testing.T) {
 	}
 }
 
+// TestHostNetworkTokensStayWithTheirPod: hostNetwork pods share the node's address, so an IMDSv2 token is bound to
+// the pod the agent traced its socket to: one hostNetwork pod's token is refused from another (401), as a pod's is
+// from another pod's address, and is accepted from its own.
+func TestHostNetworkTokensStayWithTheirPod(t *testing.T) {
+	sharedAgent(t)
+	ctx := context.Background()
+	a := suite.NewHostPod(t, "host-token-a", stack.QoSBestEffort, stack.PodOptions{ServiceAccount: saA})
+	b := suite.NewHostPod(t, "host-token-b", stack.QoSBurstable, stack.PodOptions{ServiceAccount: saB})
+	waitCached(t, a.Pod, b.Pod)
+	probe := clientBin(t, "probe")
+	r := a.Exec(ctx, nil, probe, "-H", "X-aws-ec2-metadata-token-ttl-seconds: 60", "PUT /latest/api/token")
+	ans := stack.ParseProbe(r.Stdout)
+	if len(ans) != 1 || ans[0].Status != "200" || ans[0].Body == "" {
+		t.Fatalf("token PUT in %s: want 200 and a token, got:\n%s", a, r.Output())
+	}
+	withToken := []string{probe, "-H", "X-aws-ec2-metadata-token: " + ans[0].Body, "/latest/meta-data/iam/security-credentials/"}
+	for _, c := range []struct {
+		in   *stack.HostPod
+		want string
+	}{{a, "200"}, {b, "401"}} {
+		r := c.in.Exec(ctx, nil, withToken...)
+		stack.AssertNoNodeSecrets(t, c.in.Name, r.Output())
+		if ans := stack.ParseProbe(r.Stdout); len(ans) != 1 || ans[0].Status != c.want {
+			t.Errorf("%s's token used in %s: want %s, got:\n%s", a, c.in, c.want, r.Output())
+		}
+	}
+}
+
 // TestHostNetworkPodDeletedWhileItsProcessLingers: a process left in a deleted hostNetwork pod's cgroup names a pod
 // that no longer exists: it is refused, never served that pod's role nor the node's.
 func TestHostNetworkPodDeletedWhileItsProcessLingers(t *testing.T) {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"net/url"
 	"time"
 )
@@ -22,6 +23,10 @@ type Config struct {
 	Node NodeFacts
 	// Clock is the time source for token expiry, credential checks and the node fact cache; nil means time.Now.
 	Clock func() time.Time
+	// TokenScope, if set, names what an IMDSv2 token is bound to beside the caller's address: callers that share an
+	// address (hostNetwork pods share the node's) are told apart by it, and one's token is refused from another. ""
+	// binds a token to the address alone.
+	TokenScope func(*http.Request) string
 	// Logger receives one line per request the handler refuses itself (not those the provider refused and logged);
 	// nil discards.
 	Logger *slog.Logger

@@ -26,6 +26,7 @@ const (
 type Handler struct {
 	requireV2 bool
 	tokens    *tokenSigner
+	scope     func(*http.Request) string // nil: tokens are bound to the address alone
 	creds     CredentialProvider
 	node      *nodeSource
 	clock     func() time.Time
@@ -56,6 +57,7 @@ func NewHandler(cfg Config, creds CredentialProvider, reg prometheus.Registerer)
 	return &Handler{
 		requireV2: cfg.RequireV2,
 		tokens:    tokens,
+		scope:     cfg.TokenScope,
 		creds:     creds,
 		node:      newNodeSource(base, cfg.Node, clock, log),
 		clock:     clock,
@@ -143,12 +145,20 @@ func (h *Handler) serveToken(c *call) outcome {
 		return h.refuse(c, refuseBadTTL, nil)
 	}
 	buf := h.bufs.get()
-	*buf = h.tokens.appendToken(*buf, c.caller, h.clock().Add(time.Duration(ttl)*time.Second))
+	*buf = h.tokens.appendToken(*buf, c.caller, h.tokenScope(c.r), h.clock().Add(time.Duration(ttl)*time.Second))
 	// G1 and G2 treat a token answer without this header as a failed token call.
 	c.w.Header().Set(headerTokenTTL, strconv.Itoa(ttl))
 	writeResponse(c.w, http.StatusOK, contentTypeText, *buf)
 	h.bufs.put(buf)
 	return outcomeServed
+}
+
+// tokenScope is what the request's tokens are bound to beside its caller's address (Config.TokenScope).
+func (h *Handler) tokenScope(r *http.Request) string {
+	if h.scope == nil {
+		return ""
+	}
+	return h.scope(r)
 }
 
 // checkToken enforces IMDSv2 on a data request: a token, if sent, must be valid for this caller; no token is
@@ -161,7 +171,7 @@ func (h *Handler) checkToken(c *call) refusal {
 			return refuseTokenRequired
 		}
 		return refuseNone
-	case len(vals) == 1 && h.tokens.valid(vals[0], c.caller, h.clock()):
+	case len(vals) == 1 && h.tokens.valid(vals[0], c.caller, h.tokenScope(c.r), h.clock()):
 		return refuseNone
 	}
 	return refuseBadToken

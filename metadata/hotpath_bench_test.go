@@ -37,10 +37,10 @@ func BenchmarkTokenValid(b *testing.B) {
 	}
 	caller := netip.MustParseAddr("10.200.0.2")
 	now := time.Unix(1_800_000_000, 0)
-	tok := string(s.appendToken(nil, caller, now.Add(6*time.Hour)))
+	tok := string(s.appendToken(nil, caller, "", now.Add(6*time.Hour)))
 	b.ReportAllocs()
 	for b.Loop() {
-		if !s.valid(tok, caller, now) {
+		if !s.valid(tok, caller, "", now) {
 			b.Fatal("valid() = false, want true")
 		}
 	}

@@ -7,14 +7,16 @@ import (
 	"encoding/binary"
 	"errors"
 	"hash"
+	"io"
 	"net/netip"
 	"sync"
 	"time"
 )
 
 // IMDSv2 session tokens are stateless: base64url(version || expiry || HMAC-SHA256(key, label || version || caller ||
-// expiry)), with the caller's address in its 16-byte form and the expiry in Unix seconds. Nothing is stored, so a
-// token survives a restart that keeps the key, and a token minted for one pod IP never validates for another.
+// expiry [|| 0 || scope])), with the caller's address in its 16-byte form, the expiry in Unix seconds and the scope
+// (Config.TokenScope) only when there is one. Nothing is stored, so a token survives a restart that keeps the key, and
+// a token minted for one pod IP, or one hostNetwork pod, never validates for another.
 const (
 	headerToken    = "X-Aws-Ec2-Metadata-Token"
 	headerTokenTTL = "X-Aws-Ec2-Metadata-Token-Ttl-Seconds"
@@ -52,8 +54,8 @@ func newTokenSigner(key []byte) (*tokenSigner, error) {
 	return s, nil
 }
 
-// mac fills st.sum with the MAC of (caller, version, expiry).
-func (st *macState) mac(caller netip.Addr, version byte, expiry [8]byte) {
+// mac fills st.sum with the MAC of (caller, version, expiry, scope).
+func (st *macState) mac(caller netip.Addr, version byte, expiry [8]byte, scope string) {
 	ip := caller.As16()
 	n := copy(st.msg[:], tokenMACLabel)
 	st.msg[n] = version
@@ -61,24 +63,28 @@ func (st *macState) mac(caller netip.Addr, version byte, expiry [8]byte) {
 	copy(st.msg[n:], expiry[:])
 	st.h.Reset()
 	st.h.Write(st.msg[:])
+	if scope != "" {
+		st.h.Write([]byte{0})
+		io.WriteString(st.h, scope)
+	}
 	st.h.Sum(st.sum[:0])
 }
 
-// appendToken appends a token for caller valid until expiry to dst.
-func (s *tokenSigner) appendToken(dst []byte, caller netip.Addr, expiry time.Time) []byte {
+// appendToken appends a token for caller (and scope) valid until expiry to dst.
+func (s *tokenSigner) appendToken(dst []byte, caller netip.Addr, scope string, expiry time.Time) []byte {
 	st := s.macs.Get().(*macState)
 	defer s.macs.Put(st)
 	var exp [8]byte
 	binary.BigEndian.PutUint64(exp[:], uint64(expiry.Unix()))
-	st.mac(caller, tokenVersion, exp)
+	st.mac(caller, tokenVersion, exp, scope)
 	st.raw[0] = tokenVersion
 	copy(st.raw[1:9], exp[:])
 	copy(st.raw[9:], st.sum[:])
 	return s.enc.AppendEncode(dst, st.raw[:])
 }
 
-// valid reports whether token was minted by this key for caller and has not expired at now.
-func (s *tokenSigner) valid(token string, caller netip.Addr, now time.Time) bool {
+// valid reports whether token was minted by this key for caller and scope and has not expired at now.
+func (s *tokenSigner) valid(token string, caller netip.Addr, scope string, now time.Time) bool {
 	if len(token) != tokenLen {
 		return false
 	}
@@ -91,7 +97,7 @@ func (s *tokenSigner) valid(token string, caller netip.Addr, now time.Time) bool
 	}
 	var exp [8]byte
 	copy(exp[:], st.raw[1:9])
-	st.mac(caller, tokenVersion, exp)
+	st.mac(caller, tokenVersion, exp, scope)
 	if !hmac.Equal(st.sum[:], st.raw[9:]) {
 		return false
 	}

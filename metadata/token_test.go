@@ -228,3 +228,38 @@ func TestTokenOverTheWire(t *testing.T) {
 		})
 	}
 }
+
+// TestTokenScope: callers that share an address (hostNetwork pods share the node's) are told apart by the token's
+// scope: one's token is refused from another, and a token without a scope is not one with.
+func TestTokenScope(t *testing.T) {
+	const scopeHeader = "X-Test-Scope" // stands in for what the agent reads from the connection
+	e := newTestEnv(t, func(c *Config) { c.TokenScope = func(r *http.Request) string { return r.Header.Get(scopeHeader) } })
+	plain := newTestEnv(t, nil) // the same key, no scope
+	put := func(scope string) string {
+		w := e.do(t, http.MethodPut, pathToken, podAddr, http.Header{headerTokenTTL: {"60"}, scopeHeader: {scope}})
+		if w.Code != http.StatusOK {
+			t.Fatalf("PUT %s with scope %q = %d, want 200", pathToken, scope, w.Code)
+		}
+		return w.Body.String()
+	}
+	get := func(tok, scope string) int {
+		return e.do(t, http.MethodGet, "/latest/meta-data/iam/security-credentials/", podAddr,
+			http.Header{headerToken: {tok}, scopeHeader: {scope}}).Code
+	}
+	shipper, cni, none := put("pod/uid-shipper"), put("pod/uid-cni"), put("")
+	for _, c := range []struct {
+		name, token, scope string
+		want               int
+	}{
+		{"own scope", shipper, "pod/uid-shipper", 200},
+		{"another pod's token", cni, "pod/uid-shipper", 401},
+		{"a scoped token without its scope", shipper, "", 401},
+		{"an unscoped token with a scope", none, "pod/uid-shipper", 401},
+		{"unscoped", none, "", 200},
+		{"an unscoped token of a handler without scopes", plain.token(t, podAddr, 60), "", 200},
+	} {
+		if got := get(c.token, c.scope); got != c.want {
+			t.Errorf("%s: GET with scope %q = %d, want %d", c.name, c.scope, got, c.want)
+		}
+	}
+}
