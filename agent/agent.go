@@ -185,6 +185,7 @@ type state struct {
 	synced, listening, rulesOK atomic.Bool
 	minting                    satoken.Mode
 	hostNetwork                func() string // hostNetwork pods: covered, off, or not covered and why
+	podsRefused                func() error  // the pod index's refusal by the apiserver (pods.Index.Refused); nil: none
 	// confinement is the last confinement check's failure; nil before the first check.
 	confinement atomic.Pointer[error]
 }
@@ -207,6 +208,11 @@ func (s *state) ready() (bool, string) {
 		return false, "metadata listener not up"
 	case !s.rulesOK.Load():
 		return false, "interception rules not in place"
+	}
+	if s.podsRefused != nil {
+		if err := s.podsRefused(); err != nil {
+			return false, err.Error()
+		}
 	}
 	if err := s.confinedErr(); err != nil {
 		return false, s.minting.Describe() + ": " + err.Error()

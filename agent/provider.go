@@ -71,8 +71,11 @@ func (p *provider) Credentials(ctx context.Context, caller netip.Addr) (metadata
 	pod, err := p.identify(ctx, caller)
 	if err != nil {
 		reason := "unknown_pod"
-		if errors.Is(err, errTrustedNotExempt) {
+		switch {
+		case errors.Is(err, errTrustedNotExempt):
 			reason = "not_exempt"
+		case errors.Is(err, pods.ErrRefused):
+			reason = "pods_refused"
 		}
 		attrs := []slog.Attr{slog.Bool("audit", true), slog.String("caller", caller.String()),
 			slog.String("outcome", "refused"), slog.String("reason", reason), slog.String("error", err.Error())}
@@ -80,7 +83,7 @@ func (p *provider) Credentials(ctx context.Context, caller netip.Addr) (metadata
 			attrs = append(attrs, slog.Bool("host_network", true), slog.String("pod_uid", string(hc.uid)))
 		}
 		refusal := fmt.Errorf("%w: %s: %w", metadata.ErrUnknownCaller, caller, err)
-		if reason == "not_exempt" {
+		if reason != "unknown_pod" { // not the caller's fault: it asks again shortly
 			refusal = fmt.Errorf("%w: %w", metadata.ErrUnavailable, err)
 		}
 		return metadata.Credentials{}, p.refused(ctx, refusal, attrs)

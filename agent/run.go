@@ -255,7 +255,7 @@ func (a *agent) build() error {
 	a.index = pods.New(a.minter, a.cfg.NodeName, booted, a.cfg.UnknownPodWait)
 	a.mapper = roles.New(a.kube, roles.Config{DefaultAudience: a.cfg.DefaultAudience, DefaultDuration: a.cfg.SessionDuration,
 		RequireNamespaceAllowlist: a.cfg.RequireNamespaceAllowlist})
-	a.st = &state{minting: a.cfg.TokenMinting, hostNetwork: a.hostState}
+	a.st = &state{minting: a.cfg.TokenMinting, hostNetwork: a.hostState, podsRefused: a.index.Refused}
 	if a.host != nil {
 		a.host.reconcile(nil, false, time.Now()) // host-rules' state only: which pods are trusted waits for the informers
 	}

@@ -10,12 +10,16 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/tools/cache"
 )
 
@@ -34,6 +38,9 @@ var (
 	ErrNotFound    = errors.New("no live pod on this node has this address")
 	ErrAmbiguous   = errors.New("more than one live pod on this node has this address")
 	ErrHostNetwork = errors.New("address belongs to a hostNetwork pod, which cannot be told apart from the node")
+	// ErrRefused: the apiserver refuses to list or watch the node's pods (its RBAC changed under the agent), so what
+	// the index last saw may be stale: a deleted pod's address may be another's by now.
+	ErrRefused = errors.New("the apiserver refuses the agent's list of this node's pods, so the index may be stale")
 )
 
 const (
@@ -48,6 +55,8 @@ type Index struct {
 
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced on every event, to wake waiting lookups
+
+	refused atomic.Pointer[error] // the apiserver's last answer to the informer's list or watch, if a refusal
 }
 
 // API lists and watches the pods of every namespace whose fields match a field selector (kube.Client).
@@ -58,7 +67,8 @@ type API interface {
 // New watches the pods scheduled to nodeName, which booted at booted. Lookup waits up to wait for an address not yet
 // known.
 func New(api API, nodeName string, booted time.Time, wait time.Duration) *Index {
-	lw := api.Pods(fields.OneTermEqualSelector("spec.nodeName", nodeName).String())
+	ix := &Index{wait: wait, changed: make(chan struct{})}
+	lw := ix.noteRefusals(api.Pods(fields.OneTermEqualSelector("spec.nodeName", nodeName).String()))
 	ipKeys := func(obj any) ([]string, error) {
 		p, ok := obj.(*corev1.Pod)
 		if !ok || !live(p) || (!p.Spec.HostNetwork && !sandboxCurrent(p, booted)) {
@@ -69,7 +79,7 @@ func New(api API, nodeName string, booted time.Time, wait time.Duration) *Index 
 	inf := cache.NewSharedIndexInformer(lw, &corev1.Pod{}, 0, cache.Indexers{byIP: ipKeys, byUID: hostUIDKeys})
 	// Keep only what identification needs: memory follows the node's pods, and a pod spec can be large.
 	_ = inf.SetTransform(slim)
-	ix := &Index{informer: inf, wait: wait, changed: make(chan struct{})}
+	ix.informer = inf
 	_, _ = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { ix.notify() },
 		UpdateFunc: func(any, any) { ix.notify() },
@@ -146,10 +156,13 @@ func (ix *Index) Lookup(ctx context.Context, ip netip.Addr) (Pod, error) {
 }
 
 // waitFor runs lookup until it finds a pod or fails otherwise than ErrNotFound, again after each event, for up to
-// the configured bound.
+// the configured bound. While the apiserver refuses the index's list, nobody is identified.
 func (ix *Index) waitFor(ctx context.Context, what string, lookup func() (Pod, error)) (Pod, error) {
 	var timer *time.Timer
 	for {
+		if err := ix.Refused(); err != nil {
+			return Pod{}, err
+		}
 		changed := ix.changes() // taken before the read, so no event can slip between them
 		p, err := lookup()
 		if !errors.Is(err, ErrNotFound) || ix.wait <= 0 {
@@ -195,6 +208,62 @@ func (ix *Index) lookup(key string) (Pod, error) {
 	}
 }
 
+// Refused is ErrRefused, with the apiserver's words, while the apiserver refuses the index's list or watch; nil once
+// it answers. A failure to reach it is no refusal: while the apiserver is down no pod is created or deleted either.
+func (ix *Index) Refused() error {
+	if e := ix.refused.Load(); e != nil {
+		return *e
+	}
+	return nil
+}
+
+// noteRefusals wraps lw so that the index knows whether the apiserver last refused or answered its list and watch:
+// an informer keeps what it last saw through any error, which after a refusal (RBAC changed under the agent, a
+// rollback) would go on naming deleted pods.
+func (ix *Index) noteRefusals(lw cache.ListerWatcher) cache.ListerWatcher {
+	u, ok := lw.(interface{ IsWatchListSemanticsUnSupported() bool })
+	return &refusalNoter{lw: cache.ToListerWatcherWithContext(lw), ix: ix, noWatchList: ok && u.IsWatchListSemanticsUnSupported()}
+}
+
+type refusalNoter struct {
+	lw          cache.ListerWatcherWithContext
+	ix          *Index
+	noWatchList bool
+}
+
+func (r *refusalNoter) note(err error) {
+	switch {
+	case err == nil:
+		r.ix.refused.Store(nil)
+	case apierrors.IsForbidden(err) || apierrors.IsUnauthorized(err):
+		e := fmt.Errorf("%w: %w", ErrRefused, err)
+		r.ix.refused.Store(&e)
+	}
+}
+
+func (r *refusalNoter) ListWithContext(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+	obj, err := r.lw.ListWithContext(ctx, o)
+	r.note(err)
+	return obj, err
+}
+
+func (r *refusalNoter) WatchWithContext(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+	w, err := r.lw.WatchWithContext(ctx, o)
+	r.note(err)
+	return w, err
+}
+
+func (r *refusalNoter) List(o metav1.ListOptions) (runtime.Object, error) {
+	return r.ListWithContext(context.Background(), o)
+}
+
+func (r *refusalNoter) Watch(o metav1.ListOptions) (watch.Interface, error) {
+	return r.WatchWithContext(context.Background(), o)
+}
+
+// IsWatchListSemanticsUnSupported passes on what the wrapped ListerWatcher says (client-go's fake does not stream).
+func (r *refusalNoter) IsWatchListSemanticsUnSupported() bool { return r.noWatchList }
+
 // Live lists the live, non-hostNetwork pods of the node.
 func (ix *Index) Live() []Pod {
 	var out []Pod
@@ -220,15 +289,19 @@ func live(p *corev1.Pod) bool {
 // rebooted, the sandbox was made anew) keeps its old addresses in the API until the kubelet reports new ones, while
 // the CNI may already have given them to another pod, which would be served this pod's role. A hostNetwork pod's
 // address is the node's and identifies no one anyway. Without the condition (a kubelet before 1.29, or the feature
-// off) there is nothing to check.
+// off) there is nothing to check. The boot time is the kernel's, wall time less time since boot, so a clock stepped
+// after boot moves it: bootSkew spares the sandboxes of a node's first minute such a step would otherwise disown.
 func sandboxCurrent(p *corev1.Pod, booted time.Time) bool {
 	for _, c := range p.Status.Conditions {
 		if c.Type == corev1.PodReadyToStartContainers {
-			return c.Status == corev1.ConditionTrue && !c.LastTransitionTime.Time.Before(booted)
+			return c.Status == corev1.ConditionTrue && !c.LastTransitionTime.Time.Before(booted.Add(-bootSkew))
 		}
 	}
 	return true
 }
+
+// bootSkew is how far a clock step after boot may move the boot time the kernel reports.
+const bootSkew = time.Minute
 
 func hostUIDKeys(obj any) ([]string, error) {
 	p, ok := obj.(*corev1.Pod)

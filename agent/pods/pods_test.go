@@ -5,15 +5,22 @@ import (
 	"errors"
 	"net/netip"
 	"slices"
+	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/watch"
+	clientfeatures "k8s.io/client-go/features"
+	clientfeaturestesting "k8s.io/client-go/features/testing"
 	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/tools/cache"
 
 	"github.com/iamlet/iamlet/agent/kube/kubetest"
 	"github.com/iamlet/iamlet/agent/pods"
@@ -123,7 +130,9 @@ func TestLookup(t *testing.T) {
 		{"sandbox ready since the node booted", []*corev1.Pod{pod("web", []string{"10.0.0.5"}, sandbox(corev1.ConditionTrue, booted.Add(time.Minute)))}, "10.0.0.5", "web", nil},
 		{"sandbox ready as the node booted", []*corev1.Pod{pod("web", []string{"10.0.0.5"}, sandbox(corev1.ConditionTrue, booted))}, "10.0.0.5", "web", nil},
 		// The node rebooted and the kubelet has not reported the pod's new sandbox yet: its address may be another's.
-		{"sandbox from before the node booted", []*corev1.Pod{pod("web", []string{"10.0.0.5"}, sandbox(corev1.ConditionTrue, booted.Add(-time.Second)))}, "10.0.0.5", "", pods.ErrNotFound},
+		{"sandbox from before the node booted", []*corev1.Pod{pod("web", []string{"10.0.0.5"}, sandbox(corev1.ConditionTrue, booted.Add(-61*time.Second)))}, "10.0.0.5", "", pods.ErrNotFound},
+		// The kernel's boot time moves with a clock stepped after boot: a minute's step is allowed for.
+		{"sandbox ready a little before the node's boot time", []*corev1.Pod{pod("web", []string{"10.0.0.5"}, sandbox(corev1.ConditionTrue, booted.Add(-time.Minute)))}, "10.0.0.5", "web", nil},
 		{"sandbox gone", []*corev1.Pod{pod("web", []string{"10.0.0.5"}, sandbox(corev1.ConditionFalse, booted.Add(time.Hour)))}, "10.0.0.5", "", pods.ErrNotFound},
 		{"sandbox unknown", []*corev1.Pod{pod("web", []string{"10.0.0.5"}, sandbox(corev1.ConditionUnknown, booted.Add(time.Hour)))}, "10.0.0.5", "", pods.ErrNotFound},
 		{"stale address and its new holder", []*corev1.Pod{
@@ -336,5 +345,92 @@ func TestHostPod(t *testing.T) {
 		if err := <-found; err != nil {
 			t.Errorf("HostPod of a pod indexed during the wait: %v", err)
 		}
+	})
+}
+
+// refusingAPI serves a node's pods until told to refuse (its RBAC changed under the agent): then its list and watch
+// answer 403, and the watch it had open ends, as the apiserver's would in time.
+type refusingAPI struct {
+	mu      sync.Mutex
+	pods    []corev1.Pod
+	refuse  bool
+	watches []*watch.FakeWatcher
+}
+
+func (a *refusingAPI) Pods(string) cache.ListerWatcher {
+	forbidden := func() error {
+		return apierrors.NewForbidden(schema.GroupResource{Resource: "pods"}, "", errors.New(`User "system:node:node-a" cannot list resource "pods"`))
+	}
+	return &cache.ListWatch{
+		ListWithContextFunc: func(context.Context, metav1.ListOptions) (runtime.Object, error) {
+			a.mu.Lock()
+			defer a.mu.Unlock()
+			if a.refuse {
+				return nil, forbidden()
+			}
+			return &corev1.PodList{ListMeta: metav1.ListMeta{ResourceVersion: "1"}, Items: a.pods}, nil
+		},
+		WatchFuncWithContext: func(context.Context, metav1.ListOptions) (watch.Interface, error) {
+			a.mu.Lock()
+			defer a.mu.Unlock()
+			if a.refuse {
+				return nil, forbidden()
+			}
+			w := watch.NewFake()
+			a.watches = append(a.watches, w)
+			return w, nil
+		},
+	}
+}
+
+func (a *refusingAPI) setRefuse(refuse bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.refuse = refuse
+	if refuse {
+		for _, w := range a.watches {
+			w.Stop()
+		}
+		a.watches = nil
+	}
+}
+
+// TestRefusedListIdentifiesNobody: an informer keeps what it last saw through any error; once the apiserver refuses
+// its list (RBAC changed under the agent, a rollback), what it saw may name deleted pods, so nobody is identified
+// until the apiserver answers again.
+func TestRefusedListIdentifiesNobody(t *testing.T) {
+	clientfeaturestesting.SetFeatureDuringTest(t, clientfeatures.WatchListClient, false)
+	synctest.Test(t, func(t *testing.T) {
+		api := &refusingAPI{pods: []corev1.Pod{*pod("web", []string{"10.0.0.5"})}}
+		ix := pods.New(api, node, booted, time.Second)
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		go ix.Run(ctx)
+		synctest.Wait()
+		ip := netip.MustParseAddr("10.0.0.5")
+		if p, err := ix.Lookup(ctx, ip); err != nil || p.Name != "web" || ix.Refused() != nil {
+			t.Fatalf("before the refusal: Lookup = %q, %v; Refused = %v; want web, nil, nil", p.Name, err, ix.Refused())
+		}
+
+		api.setRefuse(true)
+		time.Sleep(time.Minute) // the watch ended: past the informer's back-off it lists again, and is refused
+		synctest.Wait()
+		if _, err := ix.Lookup(ctx, ip); !errors.Is(err, pods.ErrRefused) {
+			t.Errorf("while the apiserver refuses the list: Lookup = %v, want ErrRefused", err)
+		}
+		if !errors.Is(ix.Refused(), pods.ErrRefused) {
+			t.Errorf("Refused() = %v, want ErrRefused", ix.Refused())
+		}
+
+		api.setRefuse(false)
+		// Past the informer's back-off and the error handler's: apimachinery keeps the last error's time in a global,
+		// which a test outside this bubble may have set in real time, decades after the bubble's clock.
+		time.Sleep(50 * 365 * 24 * time.Hour)
+		synctest.Wait()
+		if p, err := ix.Lookup(ctx, ip); err != nil || p.Name != "web" || ix.Refused() != nil {
+			t.Errorf("once answered again: Lookup = %q, %v; Refused = %v; want web, nil, nil", p.Name, err, ix.Refused())
+		}
+		cancel()
+		synctest.Wait()
 	})
 }
