@@ -213,6 +213,12 @@ func TestAddressFromBeforeTheNodeBootIdentifiesNobody(t *testing.T) {
 		}) {
 			t.Errorf("%s: want %s, got:\n%s", c.name, c.want, last)
 		}
+		if c.want == "403" { // told apart from a stranger's address: counted
+			waitMetric(t, "the pod counted as unvouched", machineDeadline, func(m stack.Metrics) bool {
+				v, ok := m.Value("iamlet_pods_unvouched", nil)
+				return ok && v >= 1
+			})
+		}
 	}
 }
 

@@ -52,6 +52,7 @@ const (
 type Index struct {
 	informer cache.SharedIndexInformer
 	wait     time.Duration
+	booted   time.Time
 
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced on every event, to wake waiting lookups
@@ -67,7 +68,7 @@ type API interface {
 // New watches the pods scheduled to nodeName, which booted at booted. Lookup waits up to wait for an address not yet
 // known.
 func New(api API, nodeName string, booted time.Time, wait time.Duration) *Index {
-	ix := &Index{wait: wait, changed: make(chan struct{})}
+	ix := &Index{wait: wait, booted: booted, changed: make(chan struct{})}
 	lw := ix.noteRefusals(api.Pods(fields.OneTermEqualSelector("spec.nodeName", nodeName).String()))
 	ipKeys := func(obj any) ([]string, error) {
 		p, ok := obj.(*corev1.Pod)
@@ -206,6 +207,18 @@ func (ix *Index) lookup(key string) (Pod, error) {
 	default:
 		return Pod{}, ErrAmbiguous
 	}
+}
+
+// Unvouched counts the live pods whose address identifies nobody because the kubelet does not vouch for it
+// (sandboxCurrent): after a reboot, those waiting for the kubelet to report their new sandbox.
+func (ix *Index) Unvouched() int {
+	n := 0
+	for _, o := range ix.informer.GetStore().List() {
+		if p, ok := o.(*corev1.Pod); ok && live(p) && !p.Spec.HostNetwork && len(podAddrs(p)) > 0 && !sandboxCurrent(p, ix.booted) {
+			n++
+		}
+	}
+	return n
 }
 
 // Refused is ErrRefused, with the apiserver's words, while the apiserver refuses the index's list or watch; nil once

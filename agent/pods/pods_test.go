@@ -348,6 +348,24 @@ func TestHostPod(t *testing.T) {
 	})
 }
 
+// TestUnvouched: the live pods left out of the address index because the kubelet does not vouch for their
+// sandbox are counted, so an operator can tell them from strangers.
+func TestUnvouched(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ix, _ := start(t, 0,
+			pod("current", []string{"10.0.0.1"}, sandbox(corev1.ConditionTrue, booted.Add(time.Hour))),
+			pod("before-reboot", []string{"10.0.0.2"}, sandbox(corev1.ConditionTrue, booted.Add(-time.Hour))),
+			pod("sandbox-gone", []string{"10.0.0.3"}, sandbox(corev1.ConditionFalse, booted.Add(time.Hour))),
+			pod("no-condition", []string{"10.0.0.4"}),
+			pod("done", []string{"10.0.0.5"}, phase(corev1.PodSucceeded), sandbox(corev1.ConditionFalse, booted.Add(time.Hour))),
+			pod("host", []string{"192.168.1.10"}, hostNetwork, sandbox(corev1.ConditionTrue, booted.Add(-time.Hour))),
+		)
+		if got := ix.Unvouched(); got != 2 {
+			t.Errorf("Unvouched() = %d, want 2 (before-reboot, sandbox-gone)", got)
+		}
+	})
+}
+
 // refusingAPI serves a node's pods until told to refuse (its RBAC changed under the agent): then its list and watch
 // answer 403, and the watch it had open ends, as the apiserver's would in time.
 type refusingAPI struct {
