@@ -106,3 +106,32 @@ func TestExemptionsRoundTrip(t *testing.T) {
 		t.Errorf("the file is not a JSON list of two: %s", b)
 	}
 }
+
+// TestHostNetworkCoveredKeepsTheTaint: the start-up taint waits for hostNetwork pods to be covered where the operator
+// asked for them to be (--host-network-pods with the agent's rules), including where their coverage could not be set
+// up at all; it does not wait where they were not asked for.
+func TestHostNetworkCoveredKeepsTheTaint(t *testing.T) {
+	covered := &hostInterception{}                   // no state: covered
+	waiting := &hostInterception{state: hostWaiting} // host-rules has not reported
+	for _, c := range []struct {
+		name  string
+		asked bool
+		rules bool
+		host  *hostInterception
+		want  bool
+	}{
+		{"covered", true, true, covered, true},
+		{"waiting for host-rules", true, true, waiting, false},
+		{"could not be set up (no cgroup v2, no tracing)", true, true, nil, false},
+		{"not asked for (--host-network-pods=false)", false, true, nil, true},
+		{"rules not ours to manage (--iptables=false)", true, false, nil, true},
+	} {
+		a := &agent{cfg: Config{HostNetworkPods: c.asked}, host: c.host}
+		if c.rules {
+			a.rules = &iptables.Rules{}
+		}
+		if got := a.hostNetworkCovered(); got != c.want {
+			t.Errorf("%s: hostNetworkCovered() = %v, want %v", c.name, got, c.want)
+		}
+	}
+}

@@ -3,6 +3,7 @@ package stack
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -68,9 +69,10 @@ func (s *Stack) ExecRead(namespace, pod, container string, deadline time.Duratio
 		}
 		if time.Now().After(end) {
 			if err == nil {
-				err = fmt.Errorf("not the answer waited for (stderr: %s)", bytes.TrimSpace(stderr.Bytes()))
+				err = errors.New("not the answer waited for")
 			}
-			return string(out), fmt.Errorf("kubectl exec %s/%s -c %s %v: %w", namespace, pod, container, argv, err)
+			return string(out), fmt.Errorf("kubectl exec %s/%s -c %s %v: %w (stderr: %s)", namespace, pod, container, argv, err,
+				bytes.TrimSpace(stderr.Bytes()))
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
