@@ -184,7 +184,7 @@ func (a *agent) awaitSettled() {
 // guardHostNetwork checks that hostNetwork callers can be traced to their pods (the host-rules container writes their
 // rules); where they cannot, it says so, loudly, and the agent runs on for every other pod.
 func (a *agent) guardHostNetwork() {
-	if a.rules == nil || !a.cfg.HostNetworkPods {
+	if !a.hostNetworkAsked() {
 		return
 	}
 	host, err := startHostInterception(a.cfg, a.log)
@@ -532,11 +532,12 @@ func (a *agent) removeStartupTaint(ctx context.Context) {
 
 // hostNetworkCovered reports whether hostNetwork pods are as the operator asked: intercepted, or not asked for.
 func (a *agent) hostNetworkCovered() bool {
-	if a.rules == nil || !a.cfg.HostNetworkPods {
-		return true
-	}
-	return a.host != nil && a.host.status() == hostCovered
+	return !a.hostNetworkAsked() || (a.host != nil && a.host.status() == hostCovered)
 }
+
+// hostNetworkAsked reports whether the operator asked for hostNetwork pods to be intercepted: with the agent's own
+// rules and --host-network-pods.
+func (a *agent) hostNetworkAsked() bool { return a.rules != nil && a.cfg.HostNetworkPods }
 
 // serveDebug serves the read-only /status, when it has an address, until ctx is done.
 func (a *agent) serveDebug(ctx context.Context) error {

@@ -120,25 +120,14 @@ func TestNodeConfinedMinting(t *testing.T) {
 // status and metrics, and mints nothing for new pods. Once the binding is back the next check, seconds later while
 // not confined, makes it ready.
 func TestMintingNotConfinedIsNotReady(t *testing.T) {
-	stopSharedAgent()
-	t.Cleanup(func() { restoreStackInstall(t) })
-	rendered, err := stack.HelmTemplate("iamlet", agentNamespace, "--set", "tokenMinting=cluster")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if out, err := kubectl(rendered, "apply", "-f", "-"); err != nil {
-		t.Fatalf("kubectl apply: %v\n%s", err, out)
-	}
+	rendered := installClusterMinting(t)
 	if out, err := kubectl(nil, "delete", "validatingadmissionpolicybinding/"+tokenPolicy); err != nil {
 		t.Fatalf("kubectl delete: %v\n%s", err, out)
 	}
 	// The check the agent makes: once the apiserver grants it, the broken installation is in effect.
 	direct := agentClient(t, "")
 	if !eventually(machineDeadline, func() bool {
-		secs := int64(600)
-		_, err := direct.CoreV1().ServiceAccounts(agentNamespace).CreateToken(context.Background(), "iamlet",
-			&authv1.TokenRequest{Spec: authv1.TokenRequestSpec{Audiences: []string{"iamlet.dev/confinement-check"}, ExpirationSeconds: &secs}}, metav1.CreateOptions{})
-		return err == nil
+		return unboundToken(direct) == nil
 	}) {
 		t.Fatal("the apiserver still refuses an unbound token without the policy binding")
 	}
@@ -214,22 +203,12 @@ func TestNodeMintingNeedsAPodBoundToken(t *testing.T) {
 // is still bound (applied once and never pruned), root on any node could mint for every ServiceAccount in the cluster
 // with the agent's own token. The agent says minting is not confined and is not ready until the grant is gone.
 func TestLeftoverClusterGrantIsNotConfined(t *testing.T) {
-	stopSharedAgent()
-	t.Cleanup(func() { restoreStackInstall(t) })
-	rendered, err := stack.HelmTemplate("iamlet", agentNamespace, "--set", "tokenMinting=cluster")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if out, err := kubectl(rendered, "apply", "-f", "-"); err != nil {
-		t.Fatalf("kubectl apply: %v\n%s", err, out)
-	}
+	installClusterMinting(t)
 	// Once RBAC allows the agent's own request, only the admission policy refuses it.
 	direct := agentClient(t, "")
 	var last error
 	if !eventually(machineDeadline, func() bool {
-		secs := int64(600)
-		_, last = direct.CoreV1().ServiceAccounts(agentNamespace).CreateToken(context.Background(), "iamlet",
-			&authv1.TokenRequest{Spec: authv1.TokenRequestSpec{Audiences: []string{"iamlet.dev/confinement-check"}, ExpirationSeconds: &secs}}, metav1.CreateOptions{})
+		last = unboundToken(direct)
 		return last == nil || !strings.Contains(last.Error(), `cannot create resource "serviceaccounts/token"`)
 	}) {
 		t.Fatalf("RBAC still refuses the agent's own token request with the cluster-wide grant bound: %v", last)
@@ -318,4 +297,28 @@ func TestAgentReadsOnlyItsNodesPods(t *testing.T) {
 			t.Errorf("%s: %v, want %s", c.name, err, want)
 		}
 	}
+}
+
+// installClusterMinting stops the shared agent and applies the chart as tokenMinting=cluster renders it, over the
+// stack's installation, which is restored when the test ends; it returns what it applied.
+func installClusterMinting(t *testing.T) []byte {
+	t.Helper()
+	stopSharedAgent()
+	t.Cleanup(func() { restoreStackInstall(t) })
+	rendered, err := stack.HelmTemplate("iamlet", agentNamespace, "--set", "tokenMinting=cluster")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := kubectl(rendered, "apply", "-f", "-"); err != nil {
+		t.Fatalf("kubectl apply: %v\n%s", err, out)
+	}
+	return rendered
+}
+
+// unboundToken asks, with c, for the token the agent's confinement check asks for: the agent's own, bound to nothing.
+func unboundToken(c kubernetes.Interface) error {
+	secs := int64(600)
+	_, err := c.CoreV1().ServiceAccounts(agentNamespace).CreateToken(context.Background(), "iamlet",
+		&authv1.TokenRequest{Spec: authv1.TokenRequestSpec{Audiences: []string{"iamlet.dev/confinement-check"}, ExpirationSeconds: &secs}}, metav1.CreateOptions{})
+	return err
 }

@@ -72,7 +72,7 @@ func New(api API, nodeName string, booted time.Time, wait time.Duration) *Index 
 	lw := ix.noteRefusals(api.Pods(fields.OneTermEqualSelector("spec.nodeName", nodeName).String()))
 	ipKeys := func(obj any) ([]string, error) {
 		p, ok := obj.(*corev1.Pod)
-		if !ok || !live(p) || (!p.Spec.HostNetwork && !sandboxCurrent(p, booted)) {
+		if !ok || !live(p) || !addressVouched(p, booted) {
 			return nil, nil
 		}
 		return podIPs(p), nil
@@ -214,7 +214,7 @@ func (ix *Index) lookup(key string) (Pod, error) {
 func (ix *Index) Unvouched() int {
 	n := 0
 	for _, o := range ix.informer.GetStore().List() {
-		if p, ok := o.(*corev1.Pod); ok && live(p) && !p.Spec.HostNetwork && len(podAddrs(p)) > 0 && !sandboxCurrent(p, ix.booted) {
+		if p, ok := o.(*corev1.Pod); ok && live(p) && len(podAddrs(p)) > 0 && !addressVouched(p, ix.booted) {
 			n++
 		}
 	}
@@ -295,6 +295,12 @@ func live(p *corev1.Pod) bool {
 		return false
 	}
 	return p.Status.Phase == corev1.PodPending || p.Status.Phase == corev1.PodRunning
+}
+
+// addressVouched reports whether a live pod's addresses may be indexed: a hostNetwork pod's are the node's (indexed
+// so that they identify nobody); any other's only while its sandbox is current.
+func addressVouched(p *corev1.Pod, booted time.Time) bool {
+	return p.Spec.HostNetwork || sandboxCurrent(p, booted)
 }
 
 // sandboxCurrent reports whether the kubelet vouches for the pod's addresses now: the sandbox that holds them is

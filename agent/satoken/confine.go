@@ -56,10 +56,7 @@ var ErrNotConfined = errors.New("token minting is not confined")
 // an unbound token cannot be revoked short of deleting the ServiceAccount, so the check asks for the shortest
 // lifetime and an audience no STS trusts.
 func (s *Source) CheckConfined(ctx context.Context, namespace, serviceAccount string) error {
-	secs := int64(MinTTL.Seconds())
-	_, err := s.api.CreateToken(ctx, namespace, serviceAccount, &authv1.TokenRequest{
-		Spec: authv1.TokenRequestSpec{Audiences: []string{CheckAudience}, ExpirationSeconds: &secs},
-	})
+	err := s.askUnbound(ctx, namespace, serviceAccount)
 	switch {
 	case err == nil:
 		return fmt.Errorf("the apiserver granted a token not bound to any pod (asked for %s/%s, audience %s): %w", namespace, serviceAccount, CheckAudience, ErrNotConfined)
@@ -76,10 +73,7 @@ func (s *Source) CheckConfined(ctx context.Context, namespace, serviceAccount st
 // every ServiceAccount in the cluster while the agent reported node-confined minting. A refusal by anything after
 // RBAC (the admission policy) means RBAC allowed it. Errors are as CheckConfined's.
 func (s *Source) CheckNoGrant(ctx context.Context, namespace, serviceAccount string) error {
-	secs := int64(MinTTL.Seconds())
-	_, err := s.api.CreateToken(ctx, namespace, serviceAccount, &authv1.TokenRequest{
-		Spec: authv1.TokenRequestSpec{Audiences: []string{CheckAudience}, ExpirationSeconds: &secs},
-	})
+	err := s.askUnbound(ctx, namespace, serviceAccount)
 	switch {
 	case apierrors.IsForbidden(err) && strings.Contains(err.Error(), `cannot create resource "serviceaccounts/token"`):
 		return nil
@@ -89,4 +83,14 @@ func (s *Source) CheckNoGrant(ctx context.Context, namespace, serviceAccount str
 	default:
 		return fmt.Errorf("confinement check (a token as the ServiceAccount %s/%s itself): %w", namespace, serviceAccount, err)
 	}
+}
+
+// askUnbound asks for the checks' token: for the ServiceAccount itself, bound to no object, for CheckAudience, for
+// the shortest lifetime. A token granted is dropped unused.
+func (s *Source) askUnbound(ctx context.Context, namespace, serviceAccount string) error {
+	secs := int64(MinTTL.Seconds())
+	_, err := s.api.CreateToken(ctx, namespace, serviceAccount, &authv1.TokenRequest{
+		Spec: authv1.TokenRequestSpec{Audiences: []string{CheckAudience}, ExpirationSeconds: &secs},
+	})
+	return err
 }
