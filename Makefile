@@ -59,7 +59,7 @@ soak: install-stack
 
 # Benchmarks (issues 8, 18; bench/README.md): the hot path's Go micro-benchmarks, then the real stack (root, network
 # namespaces, taskset) with iamlet and a same-run baseline for every figure. Writes bench/results.md and bench/results.json.
-BENCH_PKGS ?= ./metadata/ ./agent/creds/ ./agent/pods/
+BENCH_PKGS ?= ./metadata/ ./agent/ ./agent/creds/ ./agent/pods/
 bench: install-stack
 	$(GO) test -run '^$$' -bench . -benchmem -count 3 -benchtime 300ms $(BENCH_PKGS) > bench/micro.tmp || { cat bench/micro.tmp; exit 1; }
 	@cat bench/micro.tmp

@@ -30,8 +30,38 @@ type metrics struct {
 	repairs     prometheus.Counter
 
 	mu       sync.Mutex
-	podKeys  map[creds.Key][]string // label values of each entry's per-pod series, for deletion
-	expiries map[creds.Key]int64    // each entry's expiry (Unix seconds), for the earliest
+	podKeys  map[creds.Key]*podSeries // each entry's per-pod series, for counting and deletion
+	expiries map[creds.Key]int64      // each entry's expiry (Unix seconds), for the earliest
+
+	// The node's request counters, by outcome, resolved once each: a request then costs an increment, not a label
+	// lookup. Resolved on first use, so an outcome that never happened has no series.
+	nodeMu       sync.Mutex
+	nodeRequests [len(outcomes)]prometheus.Counter
+}
+
+// outcomes are the values of the requests' outcome label.
+var outcomes = [...]string{"hit", "miss", "stale", "error"}
+
+func outcomeIndex(outcome string) int {
+	switch outcome {
+	case "hit":
+		return 0
+	case "miss":
+		return 1
+	case "stale":
+		return 2
+	}
+	return 3
+}
+
+// podSeries is one entry's per-pod label values and its request counters, resolved on first use. Its own lock, not
+// metrics.mu, guards the counters: resolving one changes a vector, which must never happen under a lock a scrape
+// waits on (earliestExpiry takes metrics.mu).
+type podSeries struct {
+	labels []string
+
+	mu       sync.Mutex
+	requests [len(outcomes)]prometheus.Counter
 }
 
 var podLabels = []string{"namespace", "pod", "service_account", "role_arn"}
@@ -93,7 +123,7 @@ func newMetrics(reg prometheus.Registerer, perPod bool) *metrics {
 			Name: "iamlet_iptables_drift_repairs_total",
 			Help: "Interception rules found missing or out of place and restored.",
 		}),
-		podKeys:  make(map[creds.Key][]string),
+		podKeys:  make(map[creds.Key]*podSeries),
 		expiries: make(map[creds.Key]int64),
 	}
 	reg.MustRegister(m.requests, m.fetches, m.stale, m.sts, m.stsLatency, m.tokens, m.tokenLat, m.rules, m.reconciles, m.repairs,
@@ -124,9 +154,8 @@ func labelsOf(r creds.Request) []string {
 }
 
 func (m *metrics) stored(r creds.Request, c creds.Credentials) {
-	l := labelsOf(r)
 	m.mu.Lock()
-	m.podKeys[r.Key()] = l
+	l := m.seriesLocked(r).labels
 	m.expiries[r.Key()] = c.Expiration.Unix()
 	m.mu.Unlock()
 	if !m.perPod {
@@ -136,31 +165,59 @@ func (m *metrics) stored(r creds.Request, c creds.Credentials) {
 	m.lastRefresh.WithLabelValues(l...).Set(float64(c.Issued.Unix()))
 }
 
+// request counts an answered request: every request of every pod passes here, so it resolves no labels after the
+// first of each kind.
 func (m *metrics) request(r creds.Request, outcome string) {
+	o := outcomeIndex(outcome)
+	s := m.series(r)
+	m.nodeMu.Lock()
+	c := m.nodeRequests[o]
+	if c == nil {
+		c = m.requests.WithLabelValues(outcomes[o])
+		m.nodeRequests[o] = c
+	}
+	m.nodeMu.Unlock()
+	c.Inc()
+	if !m.perPod {
+		return
+	}
+	s.mu.Lock()
+	c = s.requests[o]
+	if c == nil {
+		c = m.podRequests.WithLabelValues(append(s.labels[:len(podLabels):len(podLabels)], outcomes[o])...)
+		s.requests[o] = c
+	}
+	s.mu.Unlock()
+	c.Inc()
+}
+
+// series is r's entry's podSeries, made on first use.
+func (m *metrics) series(r creds.Request) *podSeries {
 	m.mu.Lock()
-	if _, ok := m.podKeys[r.Key()]; !ok {
-		m.podKeys[r.Key()] = labelsOf(r)
+	defer m.mu.Unlock()
+	return m.seriesLocked(r)
+}
+
+func (m *metrics) seriesLocked(r creds.Request) *podSeries {
+	k := r.Key()
+	s := m.podKeys[k]
+	if s == nil {
+		s = &podSeries{labels: labelsOf(r)}
+		m.podKeys[k] = s
 	}
-	m.mu.Unlock()
-	m.requests.WithLabelValues(outcome).Inc()
-	if m.perPod {
-		m.podRequests.WithLabelValues(append(labelsOf(r), outcome)...).Inc()
-	}
+	return s
 }
 
 // forget deletes every per-pod series of the entry, unless another entry has the same labels: the same pod and role
 // under a new session policy, stored before the old entry is forgotten, whose series these now are.
 func (m *metrics) forget(r creds.Request) {
+	l := labelsOf(r)
 	m.mu.Lock()
-	l, ok := m.podKeys[r.Key()]
 	delete(m.podKeys, r.Key())
 	delete(m.expiries, r.Key())
-	if !ok {
-		l = labelsOf(r)
-	}
 	shared := false
 	for _, other := range m.podKeys {
-		if slices.Equal(other, l) {
+		if slices.Equal(other.labels, l) {
 			shared = true
 			break
 		}

@@ -341,7 +341,7 @@ func podIPs(p *corev1.Pod) []string {
 
 // podAddrs are the pod's addresses, bare (IPv4-mapped ones as IPv4) and each once.
 func podAddrs(p *corev1.Pod) []netip.Addr {
-	var addrs []netip.Addr
+	addrs := make([]netip.Addr, 0, 1+len(p.Status.PodIPs))
 	add := func(s string) {
 		if a, err := netip.ParseAddr(s); err == nil && !slices.Contains(addrs, a.Unmap()) {
 			addrs = append(addrs, a.Unmap())
