@@ -28,7 +28,7 @@ func Scrape() (Metrics, error) {
 }
 
 // Value is the value of the series of family name whose labels include all of want, and whether one
-// exists. Counters, gauges and untyped series are read; for histograms it is the sample count.
+// exists. Counters, gauges and untyped series are read; for histograms and summaries it is the sample count.
 func (m Metrics) Value(name string, want map[string]string) (float64, bool) {
 	for _, s := range m.series(name, want) {
 		switch {
@@ -38,6 +38,8 @@ func (m Metrics) Value(name string, want map[string]string) (float64, bool) {
 			return s.Gauge.GetValue(), true
 		case s.Histogram != nil:
 			return float64(s.Histogram.GetSampleCount()), true
+		case s.Summary != nil:
+			return float64(s.Summary.GetSampleCount()), true
 		case s.Untyped != nil:
 			return s.Untyped.GetValue(), true
 		}

@@ -45,7 +45,7 @@ func (b *bench) cached(ctx context.Context) error {
 		logf("cached: fewer than 2 CPUs to run on; server and load generator are not pinned")
 	}
 	return phase(func(t *tb) error {
-		ag, err := b.startAgentOn("iamlet-cached", server, "--max-conns-per-pod=0", "--requests-per-pod=0")
+		ag, err := b.startAgentOn("iamlet-cached", server, nil, "--max-conns-per-pod=0", "--requests-per-pod=0")
 		if err != nil {
 			return err
 		}
@@ -77,45 +77,32 @@ func (b *bench) cached(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		var coll CollectorPoint
 		dur, runs := "2s", b.o.runs
 		if b.o.quick {
 			dur, runs = "1s", 3
 		}
+		agentAt, floorAt := endpoint{agentURL, ag.p.Pid()}, endpoint{floorURL, floor.Pid()}
 		for _, c := range cachedConcurrency {
 			pt := CachedPoint{Clients: c}
-			for r := range runs {
-				// Alternate which goes first, so drift in the machine's load falls on both alike.
-				order := []bool{true, false}
-				if r%2 == 1 {
-					order = []bool{false, true}
-				}
-				for _, toAgent := range order {
-					url, pid := floorURL, floor.Pid()
-					if toAgent {
-						url, pid = agentURL, ag.p.Pid()
-					}
-					cpu0 := cpuOf(pid)
-					l, err := b.loadgenOn(ctx, pod.NetNS, load, "-url", url, "-c", strconv.Itoa(c), "-d", dur, "-warmup", "300ms", "-token", "-expect", credsExpect)
-					if err != nil {
-						return err
-					}
-					if l.All > 0 {
-						l.ServerCPUPerReq = float64((cpuOf(pid) - cpu0).Microseconds()) / float64(l.All)
-					}
-					if toAgent {
-						pt.Agent = append(pt.Agent, l)
-					} else {
-						pt.Floor = append(pt.Floor, l)
-					}
-					who := "floor "
-					if toAgent {
-						who = "iamlet"
-					}
-					logf("cached c=%-3d run %d %s: %7.0f req/s p50 %6.0fus p99 %6.0fus p99.9 %6.0fus, loadgen CPU %.0f%%, errors %d %s",
-						c, r+1, who, l.RPS, l.P50, l.P99, l.P999, loadgenCPU(l), l.Errors, l.FirstError)
+			var gc0 stack.Metrics
+			if c == cachedTarget {
+				if gc0, err = scrape(); err != nil {
+					return err
 				}
 			}
+			if pt.Agent, pt.Floor, err = b.alternate(ctx, pod.NetNS, load, c, runs, dur, agentAt, floorAt); err != nil {
+				return err
+			}
 			b.res.Cached = append(b.res.Cached, pt)
+			if c == cachedTarget {
+				if coll.DefaultAllocPerAnswer, coll.DefaultGCPer1000, err = collectorRates(gc0); err != nil {
+					return err
+				}
+				if coll.DefaultMem, err = procMem(ag.p.Pid()); err != nil {
+					return err
+				}
+			}
 		}
 		m1, err := scrape()
 		if err != nil {
@@ -134,11 +121,106 @@ func (b *bench) cached(ctx context.Context) error {
 				}
 			}
 		}
-		served := map[string]string{"class": "credentials", "outcome": "served"}
-		b.res.Economy.CachedRequests = m1.Sum("iamlet_metadata_requests_total", served) - m0.Sum("iamlet_metadata_requests_total", served)
+		b.res.Economy.CachedRequests = servedCreds(m1) - servedCreds(m0)
 		b.res.Economy.CachedSTSCalls = stsCalls(m1) - stsCalls(m0)
+
+		// The collector's share: the same load at cachedTarget clients on an agent started with GOGC set, beside the
+		// floor again. The default agent goes first: both listen on the same address.
+		ag.stop()
+		slow, err := b.startAgentOn("iamlet-cached-gogc", server, []string{"GOGC=" + strconv.Itoa(collectorGOGC)}, "--max-conns-per-pod=0", "--requests-per-pod=0")
+		if err != nil {
+			return err
+		}
+		t.Cleanup(slow.stop)
+		if err := waitStatus(ctx, "the load pod's credentials, GOGC="+strconv.Itoa(collectorGOGC), 30*time.Second, func(st agentStatus) bool {
+			return podStates(st)["default/load"].State == "valid"
+		}); err != nil {
+			return err
+		}
+		gc0, err := scrape()
+		if err != nil {
+			return err
+		}
+		coll.GOGC = collectorGOGC
+		if coll.Agent, coll.Floor, err = b.alternate(ctx, pod.NetNS, load, cachedTarget, runs, dur, endpoint{agentURL, slow.p.Pid()}, floorAt); err != nil {
+			return err
+		}
+		if coll.AllocPerAnswer, coll.GCPer1000, err = collectorRates(gc0); err != nil {
+			return err
+		}
+		if coll.Mem, err = procMem(slow.p.Pid()); err != nil {
+			return err
+		}
+		b.res.Collector = &coll
 		return nil
 	})
+}
+
+// collectorGOGC is the collector's pace on workload 1's second agent: a quarter as many collections as the default's,
+// for four times the heap's headroom.
+const collectorGOGC = 400
+
+// endpoint is where the load generator sends a run, and the process that answers it.
+type endpoint struct {
+	url string
+	pid int
+}
+
+// alternate runs the load generator in netns, pinned to cpu, at c clients for dur, runs times against each of agent
+// and floor, alternating which goes first so drift in the machine's load falls on both alike.
+func (b *bench) alternate(ctx context.Context, netns string, cpu, c, runs int, dur string, agent, floor endpoint) (a, f []Load, err error) {
+	for r := range runs {
+		order := []bool{true, false}
+		if r%2 == 1 {
+			order = []bool{false, true}
+		}
+		for _, toAgent := range order {
+			to, who := floor, "floor "
+			if toAgent {
+				to, who = agent, "iamlet"
+			}
+			cpu0 := cpuOf(to.pid)
+			l, err := b.loadgenOn(ctx, netns, cpu, "-url", to.url, "-c", strconv.Itoa(c), "-d", dur, "-warmup", "300ms", "-token", "-expect", credsExpect)
+			if err != nil {
+				return nil, nil, err
+			}
+			if l.All > 0 {
+				l.ServerCPUPerReq = float64((cpuOf(to.pid) - cpu0).Microseconds()) / float64(l.All)
+			}
+			if toAgent {
+				a = append(a, l)
+			} else {
+				f = append(f, l)
+			}
+			logf("cached c=%-3d run %d %s: %7.0f req/s p50 %6.0fus p99 %6.0fus p99.9 %6.0fus, loadgen CPU %.0f%%, errors %d %s",
+				c, r+1, who, l.RPS, l.P50, l.P99, l.P999, loadgenCPU(l), l.Errors, l.FirstError)
+		}
+	}
+	return a, f, nil
+}
+
+// collectorRates are the agent's bytes allocated per credential answer and collections per 1,000 answers since it was
+// scraped as before.
+func collectorRates(before stack.Metrics) (allocPerAnswer, gcPer1000 float64, err error) {
+	after, err := scrape()
+	if err != nil {
+		return 0, 0, err
+	}
+	served := servedCreds(after) - servedCreds(before)
+	if served <= 0 {
+		return 0, 0, fmt.Errorf("no credential answers counted between two scrapes")
+	}
+	delta := func(name string) float64 {
+		v0, _ := before.Value(name, nil)
+		v1, _ := after.Value(name, nil)
+		return v1 - v0
+	}
+	return delta("go_memstats_alloc_bytes_total") / served, 1000 * delta("go_gc_duration_seconds") / served, nil
+}
+
+// servedCreds is the credential answers the agent has served.
+func servedCreds(m stack.Metrics) float64 {
+	return m.Sum("iamlet_metadata_requests_total", map[string]string{"class": "credentials", "outcome": "served"})
 }
 
 // pinCPUs picks the first two CPUs this process may run on: one for the server, one for the load

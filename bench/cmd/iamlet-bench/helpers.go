@@ -40,11 +40,11 @@ type agentProc struct {
 // startAgent runs iamlet with the stack's flags, at production log level, plus extra, and waits for
 // /readyz, polled every 5 ms so start-up is timed closely. Stop it with stop.
 func (b *bench) startAgent(name string, extra ...string) (*agentProc, error) {
-	return b.startAgentOn(name, -1, extra...)
+	return b.startAgentOn(name, -1, nil, extra...)
 }
 
-// startAgentOn is startAgent with the agent pinned to cpu (none if cpu < 0).
-func (b *bench) startAgentOn(name string, cpu int, extra ...string) (*agentProc, error) {
+// startAgentOn is startAgent with the agent pinned to cpu (none if cpu < 0) and env added to its environment.
+func (b *bench) startAgentOn(name string, cpu int, env []string, extra ...string) (*agentProc, error) {
 	args := append(b.s.AgentArgs(), "--log-level=info")
 	args = append(args, extra...)
 	var logFrom int64
@@ -53,7 +53,7 @@ func (b *bench) startAgentOn(name string, cpu int, extra ...string) (*agentProc,
 	}
 	argv, cg := b.command(name, cpu, append([]string{b.bins.agent}, args...)...)
 	t0 := time.Now()
-	p, err := stack.StartProc(b.s.Dir, name, nil, argv[0], argv[1:]...)
+	p, err := stack.StartProc(b.s.Dir, name, env, argv[0], argv[1:]...)
 	if err != nil {
 		b.cgroups.remove(cg)
 		return nil, err

@@ -246,6 +246,14 @@ func findings(r *Results) []string {
 				"ratio; the difference is identifying the caller and bookkeeping. Profile both with `-only cached -perf DIR`.",
 				cachedTarget, a, f, ratio(a, f)))
 		}
+		if k := r.Collector; k != nil && len(k.Agent) > 0 && len(k.Floor) > 0 {
+			out = append(out, fmt.Sprintf("**The collector's share at %d clients:** the default agent allocates %.0f bytes per answer "+
+				"and collects %.1f times per 1,000 answers; started with `GOGC=%d`, %.1f times, and it answers at %s of the floor's "+
+				"throughput with %s of its p99 (default: %s, %s), holding %s MiB RssAnon under that load against %s.",
+				cachedTarget, k.DefaultAllocPerAnswer, k.DefaultGCPer1000, k.GOGC, k.GCPer1000, ratio(med(k.Agent, rps), med(k.Floor, rps)),
+				ratio(med(k.Agent, p99), med(k.Floor, p99)), ratio(med(c.Agent, rps), med(c.Floor, rps)), ratio(med(c.Agent, p99), med(c.Floor, p99)),
+				mib(k.Mem.AnonMiB), mib(k.DefaultMem.AnonMiB)))
+		}
 		if lg := max(med(c.Agent, loadgenCPU), med(c.Floor, loadgenCPU)); lg >= 90 {
 			out = append(out, fmt.Sprintf("**The load generator used %.0f%% of its core** at %d clients: the figures may be "+
 				"bounded by the load generator, not the server; their ratio understates the difference between the servers.", lg, cachedTarget))
@@ -308,6 +316,29 @@ func cachedSection(p printer, r *Results) {
 			med(a, p50), med(f, p50), med(a, p99), med(f, p99), ratio(med(a, p99), med(f, p99)),
 			med(a, p999), med(f, p999), med(a, cpuReq), med(f, cpuReq), pctOf(med(a, loadgenCPU)), pctOf(med(f, loadgenCPU)), errA, errF)
 	}
+	collectorTable(p, r)
+}
+
+// collectorTable is workload 1's second agent: the same load at cachedTarget clients with the collector paced by
+// GOGC, beside the default agent, each against the floor runs that alternated with it.
+func collectorTable(p printer, r *Results) {
+	c, def := r.Collector, CachedPoint{}
+	if c == nil {
+		return
+	}
+	def, _ = cachedPoint(r, cachedTarget)
+	p("\nThe collector's share, at %d clients: a second agent started with `GOGC=%d` (a quarter as many collections, for\n", cachedTarget, c.GOGC)
+	p("four times the heap's headroom), run against the floor as above. Allocations and collections per answer from the agent's\n")
+	p("`go_memstats_alloc_bytes_total`, `go_gc_duration_seconds` and `iamlet_metadata_requests_total`; memory from `/proc/PID/status` right after the runs, under\n")
+	p("that load, in MiB.\n\n")
+	p("| iamlet | ratio | p99 ratio | CPU/answer iamlet | CPU/answer floor | bytes allocated per answer | collections per 1,000 answers | RssAnon | VmRSS |\n")
+	p("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	row := func(name string, a, f []Load, alloc, gc float64, m Mem) {
+		p("| %s | %s | %s | %.1f µs | %.1f µs | %.0f | %.1f | %s | %s |\n", name, ratio(med(a, rps), med(f, rps)), ratio(med(a, p99), med(f, p99)),
+			med(a, cpuReq), med(f, cpuReq), alloc, gc, mib(m.AnonMiB), mib(m.RSSMiB))
+	}
+	row("default (GOGC=100)", def.Agent, def.Floor, c.DefaultAllocPerAnswer, c.DefaultGCPer1000, c.DefaultMem)
+	row(fmt.Sprintf("`GOGC=%d`", c.GOGC), c.Agent, c.Floor, c.AllocPerAnswer, c.GCPer1000, c.Mem)
 }
 
 func coldSection(p printer, r *Results) {

@@ -25,6 +25,7 @@ type Results struct {
 	WorkingSet string `json:"working_set,omitempty"`
 
 	Cached    []CachedPoint   `json:"cached,omitempty"`
+	Collector *CollectorPoint `json:"collector,omitempty"`
 	Cold      []ColdRun       `json:"cold,omitempty"`
 	Herd      []HerdRun       `json:"herd,omitempty"`
 	Churn     []ChurnRun      `json:"churn,omitempty"`
@@ -65,6 +66,23 @@ type CachedPoint struct {
 	Clients int    `json:"clients"`
 	Agent   []Load `json:"agent"`
 	Floor   []Load `json:"floor"`
+}
+
+// CollectorPoint is workload 1 at cachedTarget clients again, on an agent started with GOGC set: what collecting
+// less often buys in throughput and tail, and what it costs in memory, beside the default agent's figures under the
+// same load.
+type CollectorPoint struct {
+	GOGC  int    `json:"gogc"`
+	Agent []Load `json:"agent"` // the agent started with GOGC
+	Floor []Load `json:"floor"` // alternating with it
+	// Bytes allocated per answer, collections per 1,000 answers and memory right after the runs, for the default agent
+	// (its cachedTarget runs in Cached) and for the agent started with GOGC.
+	DefaultAllocPerAnswer float64 `json:"default_alloc_bytes_per_answer"`
+	AllocPerAnswer        float64 `json:"alloc_bytes_per_answer"`
+	DefaultGCPer1000      float64 `json:"default_gc_per_1000"`
+	GCPer1000             float64 `json:"gc_per_1000"`
+	DefaultMem            Mem     `json:"default_mem"`
+	Mem                   Mem     `json:"mem"`
 }
 
 // ColdRun is one cold answer (workload 2) and its baseline, in milliseconds.
