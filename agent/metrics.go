@@ -3,6 +3,7 @@ package agent
 import (
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -37,6 +38,11 @@ type metrics struct {
 	// lookup. Resolved on first use, so an outcome that never happened has no series.
 	nodeMu       sync.Mutex
 	nodeRequests [len(outcomes)]prometheus.Counter
+
+	// deletions counts the per-pod series deletions. Another entry with the same labels may have resolved the series a
+	// deletion removes (an entry made while its predecessor was being forgotten), so every podSeries resolves again
+	// after one; deletions are as rare as pods leaving.
+	deletions atomic.Uint64
 }
 
 // outcomes are the values of the requests' outcome label.
@@ -60,8 +66,10 @@ func outcomeIndex(outcome string) int {
 type podSeries struct {
 	labels []string
 
-	mu       sync.Mutex
-	requests [len(outcomes)]prometheus.Counter
+	mu        sync.Mutex
+	requests  [len(outcomes)]prometheus.Counter
+	resolved  uint64 // metrics.deletions when requests were resolved: a deletion since may have taken them away
+	forgotten bool   // the entry was forgotten: a request that raced with it must not make its series again
 }
 
 var podLabels = []string{"namespace", "pod", "service_account", "role_arn"}
@@ -178,17 +186,27 @@ func (m *metrics) request(r creds.Request, outcome string) {
 	}
 	m.nodeMu.Unlock()
 	c.Inc()
-	if !m.perPod {
+	if m.perPod {
+		m.countPod(s, o)
+	}
+}
+
+// countPod counts a request of outcome o on s, unless s's entry was forgotten meanwhile: its series are being deleted,
+// and one made again now would stay, for a pod that left, until the agent restarts.
+func (m *metrics) countPod(s *podSeries, o int) {
+	deletions := m.deletions.Load()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.forgotten {
 		return
 	}
-	s.mu.Lock()
-	c = s.requests[o]
-	if c == nil {
-		c = m.podRequests.WithLabelValues(append(s.labels[:len(podLabels):len(podLabels)], outcomes[o])...)
-		s.requests[o] = c
+	if s.resolved != deletions {
+		s.requests, s.resolved = [len(outcomes)]prometheus.Counter{}, deletions
 	}
-	s.mu.Unlock()
-	c.Inc()
+	if s.requests[o] == nil {
+		s.requests[o] = m.podRequests.WithLabelValues(append(s.labels[:len(podLabels):len(podLabels)], outcomes[o])...)
+	}
+	s.requests[o].Inc()
 }
 
 // series is r's entry's podSeries, made on first use.
@@ -213,6 +231,7 @@ func (m *metrics) seriesLocked(r creds.Request) *podSeries {
 func (m *metrics) forget(r creds.Request) {
 	l := labelsOf(r)
 	m.mu.Lock()
+	forgotten := m.podKeys[r.Key()]
 	delete(m.podKeys, r.Key())
 	delete(m.expiries, r.Key())
 	shared := false
@@ -223,10 +242,23 @@ func (m *metrics) forget(r creds.Request) {
 		}
 	}
 	m.mu.Unlock()
+	// A request still holding the entry's series either counted before this (what it made is deleted below) or sees
+	// them forgotten. Not under m.mu: counting can wait on a scrape, and a scrape on m.mu.
+	if forgotten != nil {
+		forgotten.mu.Lock()
+		forgotten.forgotten = true
+		forgotten.mu.Unlock()
+	}
 	if !m.perPod || shared {
 		return
 	}
+	m.deleteSeries(l)
+}
+
+// deleteSeries deletes the per-pod series with label values l.
+func (m *metrics) deleteSeries(l []string) {
 	m.expiry.DeleteLabelValues(l...)
 	m.lastRefresh.DeleteLabelValues(l...)
 	m.podRequests.DeletePartialMatch(prometheus.Labels{"namespace": l[0], "pod": l[1], "service_account": l[2], "role_arn": l[3]})
+	m.deletions.Add(1)
 }

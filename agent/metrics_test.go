@@ -261,3 +261,30 @@ func scrapeUntil(t *testing.T, reg *prometheus.Registry, done <-chan struct{}) {
 		t.Fatal("series changes and scrapes deadlocked")
 	}
 }
+
+// TestRequestRacingForgetMakesNoSeries: a request that took its entry's series just before the entry was forgotten
+// (the pod left) counts nothing once it is: a series made again then would stay, for a pod gone, until a restart.
+func TestRequestRacingForgetMakesNoSeries(t *testing.T) {
+	m := newMetrics(prometheus.NewRegistry(), true)
+	a, b := twoPods(m)
+	m.request(b, "hit")
+	s := m.series(a) // the request has its entry's series ...
+	m.forget(a)      // ... when the pod leaves
+	m.countPod(s, outcomeIndex("hit"))
+	if n := testutil.CollectAndCount(m.podRequests); n != 1 {
+		t.Errorf("per-pod request series after a request raced with its pod's forgetting = %d, want 1 (pod b's)", n)
+	}
+}
+
+// TestCountingAfterAnotherEntrysDeletion: a deletion can take away series another entry with the same labels already
+// resolved (made while its predecessor was being forgotten); that entry's requests must land on an exported series.
+func TestCountingAfterAnotherEntrysDeletion(t *testing.T) {
+	m := newMetrics(prometheus.NewRegistry(), true)
+	a, _ := twoPods(m)
+	m.request(a, "hit")
+	m.deleteSeries(labelsOf(a)) // the predecessor's forgetting, after a's entry resolved its series
+	m.request(a, "hit")
+	if got := testutil.ToFloat64(m.podRequests.WithLabelValues(append(labelsOf(a), "hit")...)); got != 1 {
+		t.Errorf("pod a's hits after another entry's deletion = %v, want 1 on the exported series", got)
+	}
+}
