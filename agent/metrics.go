@@ -177,7 +177,9 @@ func (m *metrics) stored(r creds.Request, c creds.Credentials) {
 // first of each kind.
 func (m *metrics) request(r creds.Request, outcome string) {
 	o := outcomeIndex(outcome)
-	s := m.series(r)
+	m.mu.Lock()
+	s := m.podKeys[r.Key()]
+	m.mu.Unlock()
 	m.nodeMu.Lock()
 	c := m.nodeRequests[o]
 	if c == nil {
@@ -186,7 +188,8 @@ func (m *metrics) request(r creds.Request, outcome string) {
 	}
 	m.nodeMu.Unlock()
 	c.Inc()
-	if m.perPod {
+	// No entry: the cache forgot it since it answered (the pod left); a series made now would outlive the pod.
+	if m.perPod && s != nil {
 		m.countPod(s, o)
 	}
 }
@@ -209,11 +212,12 @@ func (m *metrics) countPod(s *podSeries, o int) {
 	s.requests[o].Inc()
 }
 
-// series is r's entry's podSeries, made on first use.
-func (m *metrics) series(r creds.Request) *podSeries {
+// added makes the podSeries of the cache's new entry for r. The cache's Added and Forgot bracket each entry, so the
+// podSeries are exactly the cache's entries: a request never makes one.
+func (m *metrics) added(r creds.Request) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.seriesLocked(r)
+	m.seriesLocked(r)
 }
 
 func (m *metrics) seriesLocked(r creds.Request) *podSeries {

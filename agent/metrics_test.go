@@ -75,6 +75,7 @@ iamlet_pod_credential_requests_total{namespace="team",outcome="miss",pod="b",rol
 	}
 
 	// Asked again (a pod's entry comes back), it counts from zero on an exported series, not on the forgotten one.
+	m.added(a)
 	m.request(a, "hit")
 	if got := testutil.ToFloat64(m.podRequests.WithLabelValues(append(labelsOf(a), "hit")...)); got != 1 {
 		t.Errorf("pod a's hits after it came back = %v, want 1", got)
@@ -84,6 +85,7 @@ iamlet_pod_credential_requests_total{namespace="team",outcome="miss",pod="b",rol
 	// not leave the new one counting where no scrape sees it.
 	narrowed := a
 	narrowed.Narrowing = "policy-2"
+	m.added(narrowed)
 	m.request(narrowed, "hit")
 	m.forget(a)
 	m.request(narrowed, "hit")
@@ -268,23 +270,53 @@ func TestRequestRacingForgetMakesNoSeries(t *testing.T) {
 	m := newMetrics(prometheus.NewRegistry(), true)
 	a, b := twoPods(m)
 	m.request(b, "hit")
-	s := m.series(a) // the request has its entry's series ...
-	m.forget(a)      // ... when the pod leaves
+	m.mu.Lock()
+	s := m.podKeys[a.Key()] // the request has its entry's series ...
+	m.mu.Unlock()
+	m.forget(a) // ... when the pod leaves
 	m.countPod(s, outcomeIndex("hit"))
 	if n := testutil.CollectAndCount(m.podRequests); n != 1 {
 		t.Errorf("per-pod request series after a request raced with its pod's forgetting = %d, want 1 (pod b's)", n)
 	}
 }
 
+// TestRequestAfterForgetMakesNoSeries: the cache answered, then forgot the entry (the pod left) before the request was
+// counted: the node counts it, and no per-pod series is made for the pod gone.
+func TestRequestAfterForgetMakesNoSeries(t *testing.T) {
+	m := newMetrics(prometheus.NewRegistry(), true)
+	a, _ := twoPods(m)
+	m.forget(a)
+	m.request(a, "hit")
+	if n := testutil.CollectAndCount(m.podRequests); n != 0 {
+		t.Errorf("per-pod request series after a request counted once its entry was forgotten = %d, want 0", n)
+	}
+	if got := testutil.ToFloat64(m.requests.WithLabelValues("hit")); got != 1 {
+		t.Errorf("node's hits = %v, want 1", got)
+	}
+}
+
 // TestCountingAfterAnotherEntrysDeletion: a deletion can take away series another entry with the same labels already
-// resolved (made while its predecessor was being forgotten); that entry's requests must land on an exported series.
+// resolved (an entry made while its predecessor was being forgotten); that entry's requests must land on an exported
+// series.
 func TestCountingAfterAnotherEntrysDeletion(t *testing.T) {
 	m := newMetrics(prometheus.NewRegistry(), true)
 	a, _ := twoPods(m)
-	m.request(a, "hit")
-	m.deleteSeries(labelsOf(a)) // the predecessor's forgetting, after a's entry resolved its series
-	m.request(a, "hit")
+	narrowed := a
+	narrowed.Narrowing = "policy-2"
+	m.added(narrowed)
+	m.request(narrowed, "hit")
+	m.deleteSeries(labelsOf(a)) // a's forgetting, which found no other entry with its labels yet
+	m.request(narrowed, "hit")
 	if got := testutil.ToFloat64(m.podRequests.WithLabelValues(append(labelsOf(a), "hit")...)); got != 1 {
-		t.Errorf("pod a's hits after another entry's deletion = %v, want 1 on the exported series", got)
+		t.Errorf("the narrowed entry's hits after a's series were deleted = %v, want 1 on the exported series", got)
+	}
+}
+
+// TestOutcomeIndex: every outcome the provider names has its own label value.
+func TestOutcomeIndex(t *testing.T) {
+	for _, o := range []string{outcomeName(creds.Hit), outcomeName(creds.Miss), outcomeName(creds.Stale), "error"} {
+		if got := outcomes[outcomeIndex(o)]; got != o {
+			t.Errorf("outcome %q is counted as %q", o, got)
+		}
 	}
 }

@@ -20,6 +20,8 @@ func podAttrs(r creds.Request) []slog.Attr {
 		slog.String("pod_uid", r.PodUID), slog.String("service_account", r.ServiceAccount), slog.String("role_arn", r.RoleARN)}
 }
 
+func (o observer) Added(r creds.Request) { o.metrics.added(r) }
+
 func (o observer) Stored(r creds.Request, c creds.Credentials, reason string) {
 	o.metrics.fetches.WithLabelValues(reason, "success").Inc()
 	o.metrics.stored(r, c)

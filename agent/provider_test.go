@@ -72,6 +72,7 @@ type stubCache struct {
 	creds   creds.Credentials
 	outcome creds.Outcome
 	err     error
+	added   func(creds.Request) // the real cache's Observer.Added: each Get has an entry by the time it answers
 
 	mu   sync.Mutex
 	reqs []creds.Request
@@ -81,6 +82,9 @@ func (s *stubCache) Get(_ context.Context, r creds.Request) (creds.Credentials, 
 	s.mu.Lock()
 	s.reqs = append(s.reqs, r)
 	s.mu.Unlock()
+	if s.added != nil {
+		s.added(r)
+	}
 	return s.creds, s.outcome, s.err
 }
 
@@ -183,6 +187,7 @@ func TestProviderCredentials(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			log, logs := logBuffer()
 			m := newMetrics(prometheus.NewRegistry(), true)
+			tt.cache.added = m.added
 			p := &provider{pods: tt.pods, roles: tt.roles, cache: tt.cache, metrics: m, log: log, dryRun: tt.dryRun}
 			got, err := p.Credentials(context.Background(), testCaller)
 			defer func() {

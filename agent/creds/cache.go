@@ -83,6 +83,7 @@ type Fetcher interface {
 // called with the cache's lock held, so that a Forgot is never followed by a late Stored for the same
 // entry: they must be quick and must not call back into the Cache.
 type Observer interface {
+	Added(r Request)                                // an entry for r now exists; Forgot(r) ends it
 	Stored(r Request, c Credentials, reason string) // reason: "prefetch", "miss", "refresh"
 	FetchFailed(r Request, reason string, err error)
 	Stale(r Request, c Credentials)
@@ -262,6 +263,7 @@ func (c *Cache) addLocked(r Request) *entry {
 	c.nextID++
 	e := &entry{req: r, flight: strconv.FormatUint(c.nextID, 10)}
 	c.entries[r.Key()] = e
+	c.cfg.Observer.Added(r)
 	c.size.Store(int64(len(c.entries)))
 	return e
 }
@@ -625,6 +627,7 @@ func (c *Cache) Snapshot() []Entry {
 
 type nopObserver struct{}
 
+func (nopObserver) Added(Request)                       {}
 func (nopObserver) Stored(Request, Credentials, string) {}
 func (nopObserver) FetchFailed(Request, string, error)  {}
 func (nopObserver) Stale(Request, Credentials)          {}

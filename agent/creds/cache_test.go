@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -63,10 +64,28 @@ func (f *fetcher) Calls() int {
 	return f.calls
 }
 
-// observer records the cache's events as "stored:REASON:POD", "failed:REASON:POD", "stale:POD", "forgot:POD".
+// observer records the cache's events as "stored:REASON:POD", "failed:REASON:POD", "stale:POD", "forgot:POD", and
+// apart from them the entries it was told of (Added, not yet Forgot).
 type observer struct {
 	mu     sync.Mutex
 	events []string
+	live   map[creds.Key]int
+}
+
+func (o *observer) Added(r creds.Request) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.live == nil {
+		o.live = make(map[creds.Key]int)
+	}
+	o.live[r.Key()]++
+}
+
+// Live are the entries added and not forgotten, and how many times each was added.
+func (o *observer) Live() map[creds.Key]int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return maps.Clone(o.live)
 }
 
 func (o *observer) add(s string) {
@@ -82,7 +101,12 @@ func (o *observer) FetchFailed(r creds.Request, reason string, _ error) {
 	o.add("failed:" + reason + ":" + r.Pod)
 }
 func (o *observer) Stale(r creds.Request, _ creds.Credentials) { o.add("stale:" + r.Pod) }
-func (o *observer) Forgot(r creds.Request)                     { o.add("forgot:" + r.Pod) }
+func (o *observer) Forgot(r creds.Request) {
+	o.add("forgot:" + r.Pod)
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	delete(o.live, r.Key())
+}
 
 func (o *observer) Events() []string {
 	o.mu.Lock()
@@ -929,6 +953,24 @@ func TestGetFailingAfterRetainDroppedEntryReportsCause(t *testing.T) {
 		}
 		if n := e.obs.Count("failed:"); n != 0 {
 			t.Errorf("Observer.FetchFailed calls = %d, want 0 for a dropped entry", n)
+		}
+	})
+}
+
+// TestObserverHearsEveryEntry: Added and Forgot bracket every entry, whether a request or Retain made it, so an observer
+// can keep per-entry state (the agent's per-pod series) that never outlives the entry.
+func TestObserverHearsEveryEntry(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		e := newEnv(t, time.Hour, creds.Config{})
+		web, api, batch := request("web", "reader"), request("api", "writer"), request("batch", "reader")
+		if _, _, err := e.get(t, web); err != nil { // made by a request
+			t.Fatal(err)
+		}
+		e.cache.Retain([]creds.Request{web, api}) // api made by Retain, web kept
+		e.cache.Retain([]creds.Request{api, batch})
+		want := map[creds.Key]int{api.Key(): 1, batch.Key(): 1}
+		if got := e.obs.Live(); !maps.Equal(got, want) {
+			t.Errorf("entries added and not forgotten = %v, want %v", got, want)
 		}
 	})
 }
