@@ -45,15 +45,13 @@ func (b *bench) cached(ctx context.Context) error {
 		logf("cached: fewer than 2 CPUs to run on; server and load generator are not pinned")
 	}
 	return phase(func(t *tb) error {
-		ag, err := b.startAgentOn("iamlet-cached", server, nil, "--max-conns-per-pod=0", "--requests-per-pod=0")
+		ag, err := b.startAgentOn("iamlet-cached", server, nil, cachedAgentArgs...)
 		if err != nil {
 			return err
 		}
 		t.Cleanup(ag.stop)
 		pod := b.s.NewPod(t, "load", stack.PodOptions{ServiceAccount: stack.SAA})
-		if err := waitStatus(ctx, "the load pod's credentials", 30*time.Second, func(st agentStatus) bool {
-			return podStates(st)["default/load"].State == "valid"
-		}); err != nil {
+		if err := waitLoadPod(ctx, "the load pod's credentials"); err != nil {
 			return err
 		}
 		path := credsPath()
@@ -78,9 +76,9 @@ func (b *bench) cached(ctx context.Context) error {
 			return err
 		}
 		var coll CollectorPoint
-		dur, runs := "2s", b.o.runs
+		plan := loadPlan{netns: pod.NetNS, cpu: load, runs: b.o.runs, dur: "2s"}
 		if b.o.quick {
-			dur, runs = "1s", 3
+			plan.runs, plan.dur = 3, "1s"
 		}
 		agentAt, floorAt := endpoint{agentURL, ag.p.Pid()}, endpoint{floorURL, floor.Pid()}
 		for _, c := range cachedConcurrency {
@@ -91,7 +89,7 @@ func (b *bench) cached(ctx context.Context) error {
 					return err
 				}
 			}
-			if pt.Agent, pt.Floor, err = b.alternate(ctx, pod.NetNS, load, c, runs, dur, agentAt, floorAt); err != nil {
+			if pt.Agent, pt.Floor, err = b.alternate(ctx, plan, c, agentAt, floorAt); err != nil {
 				return err
 			}
 			b.res.Cached = append(b.res.Cached, pt)
@@ -124,36 +122,48 @@ func (b *bench) cached(ctx context.Context) error {
 		b.res.Economy.CachedRequests = servedCreds(m1) - servedCreds(m0)
 		b.res.Economy.CachedSTSCalls = stsCalls(m1) - stsCalls(m0)
 
-		// The collector's share: the same load at cachedTarget clients on an agent started with GOGC set, beside the
-		// floor again. The default agent goes first: both listen on the same address.
+		// The collector's share. The default agent goes first: both listen on the same address.
 		ag.stop()
-		slow, err := b.startAgentOn("iamlet-cached-gogc", server, []string{"GOGC=" + strconv.Itoa(collectorGOGC)}, "--max-conns-per-pod=0", "--requests-per-pod=0")
-		if err != nil {
-			return err
-		}
-		t.Cleanup(slow.stop)
-		if err := waitStatus(ctx, "the load pod's credentials, GOGC="+strconv.Itoa(collectorGOGC), 30*time.Second, func(st agentStatus) bool {
-			return podStates(st)["default/load"].State == "valid"
-		}); err != nil {
-			return err
-		}
-		gc0, err := scrape()
-		if err != nil {
-			return err
-		}
-		coll.GOGC = collectorGOGC
-		if coll.Agent, coll.Floor, err = b.alternate(ctx, pod.NetNS, load, cachedTarget, runs, dur, endpoint{agentURL, slow.p.Pid()}, floorAt); err != nil {
-			return err
-		}
-		if coll.AllocPerAnswer, coll.GCPer1000, err = collectorRates(gc0); err != nil {
-			return err
-		}
-		if coll.Mem, err = procMem(slow.p.Pid()); err != nil {
+		if err := b.collectorPoint(ctx, t, &coll, plan, server, agentURL, floorAt); err != nil {
 			return err
 		}
 		b.res.Collector = &coll
 		return nil
 	})
+}
+
+// cachedAgentArgs are the agent's flags in workload 1: its per-pod limits exist to throttle a pod this busy.
+var cachedAgentArgs = []string{"--max-conns-per-pod=0", "--requests-per-pod=0"}
+
+// waitLoadPod waits until the agent holds valid credentials for workload 1's pod.
+func waitLoadPod(ctx context.Context, what string) error {
+	return waitStatus(ctx, what, 30*time.Second, func(st agentStatus) bool { return podStates(st)["default/load"].State == "valid" })
+}
+
+// collectorPoint is the same load at cachedTarget clients on a second agent started with GOGC=collectorGOGC, beside the
+// floor again, into c: what collecting less often buys, and what it costs in memory.
+func (b *bench) collectorPoint(ctx context.Context, t *tb, c *CollectorPoint, plan loadPlan, cpu int, agentURL string, floor endpoint) error {
+	slow, err := b.startAgentOn("iamlet-cached-gogc", cpu, []string{"GOGC=" + strconv.Itoa(collectorGOGC)}, cachedAgentArgs...)
+	if err != nil {
+		return err
+	}
+	t.Cleanup(slow.stop)
+	if err := waitLoadPod(ctx, "the load pod's credentials, GOGC="+strconv.Itoa(collectorGOGC)); err != nil {
+		return err
+	}
+	before, err := scrape()
+	if err != nil {
+		return err
+	}
+	c.GOGC = collectorGOGC
+	if c.Agent, c.Floor, err = b.alternate(ctx, plan, cachedTarget, endpoint{agentURL, slow.p.Pid()}, floor); err != nil {
+		return err
+	}
+	if c.AllocPerAnswer, c.GCPer1000, err = collectorRates(before); err != nil {
+		return err
+	}
+	c.Mem, err = procMem(slow.p.Pid())
+	return err
 }
 
 // collectorGOGC is the collector's pace on workload 1's second agent: a quarter as many collections as the default's,
@@ -166,10 +176,19 @@ type endpoint struct {
 	pid int
 }
 
-// alternate runs the load generator in netns, pinned to cpu, at c clients for dur, runs times against each of agent
-// and floor, alternating which goes first so drift in the machine's load falls on both alike.
-func (b *bench) alternate(ctx context.Context, netns string, cpu, c, runs int, dur string, agent, floor endpoint) (a, f []Load, err error) {
-	for r := range runs {
+// loadPlan is how workload 1 runs the load generator: in which pod's network namespace, pinned to which CPU (none if
+// negative), how many runs of how long.
+type loadPlan struct {
+	netns string
+	cpu   int
+	runs  int
+	dur   string
+}
+
+// alternate runs the load generator as planned at c clients against each of agent and floor, alternating which goes
+// first so drift in the machine's load falls on both alike.
+func (b *bench) alternate(ctx context.Context, plan loadPlan, c int, agent, floor endpoint) (a, f []Load, err error) {
+	for r := range plan.runs {
 		order := []bool{true, false}
 		if r%2 == 1 {
 			order = []bool{false, true}
@@ -180,7 +199,7 @@ func (b *bench) alternate(ctx context.Context, netns string, cpu, c, runs int, d
 				to, who = agent, "iamlet"
 			}
 			cpu0 := cpuOf(to.pid)
-			l, err := b.loadgenOn(ctx, netns, cpu, "-url", to.url, "-c", strconv.Itoa(c), "-d", dur, "-warmup", "300ms", "-token", "-expect", credsExpect)
+			l, err := b.loadgenOn(ctx, plan.netns, plan.cpu, "-url", to.url, "-c", strconv.Itoa(c), "-d", plan.dur, "-warmup", "300ms", "-token", "-expect", credsExpect)
 			if err != nil {
 				return nil, nil, err
 			}
