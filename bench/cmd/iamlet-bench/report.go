@@ -519,11 +519,15 @@ func microSection(p printer, r *Results) {
 		return
 	}
 	runs := 0
+	var pkgs []string
 	for _, m := range r.Micro {
 		runs = max(runs, m.Runs)
+		if pkg := strings.TrimPrefix(m.Pkg, "github.com/iamlet/iamlet/"); !slices.Contains(pkgs, pkg) {
+			pkgs = append(pkgs, pkg)
+		}
 	}
 	p("\n## Go micro-benchmarks (hot path)\n\n")
-	p("`go test -run '^$' -bench . -benchmem -count %d` over metadata, agent/creds and agent/pods; medians, with the spread of\n", runs)
+	p("`go test -run '^$' -bench . -benchmem -count %d` over %s; medians, with the spread of\n", runs, strings.Join(pkgs, ", "))
 	p("ns/op over the runs (min–max).\n\n")
 	p("| package | benchmark | ns/op | spread | B/op | allocs/op | other |\n|---|---|---:|---:|---:|---:|---|\n")
 	for _, m := range r.Micro {
