@@ -3,7 +3,6 @@ package agent
 import (
 	"slices"
 	"sync"
-	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -31,45 +30,18 @@ type metrics struct {
 	repairs     prometheus.Counter
 
 	mu       sync.Mutex
-	podKeys  map[creds.Key]*podSeries // each entry's per-pod series, for counting and deletion
+	podKeys  map[creds.Key]*podSeries // the cache's entries and their series' labels, for counting and deletion
 	expiries map[creds.Key]int64      // each entry's expiry (Unix seconds), for the earliest
-
-	// The node's request counters, by outcome, resolved once each: a request then costs an increment, not a label
-	// lookup. Resolved on first use, so an outcome that never happened has no series.
-	nodeMu       sync.Mutex
-	nodeRequests [len(outcomes)]prometheus.Counter
-
-	// deletions counts the per-pod series deletions. Another entry with the same labels may have resolved the series a
-	// deletion removes (an entry made while its predecessor was being forgotten), so every podSeries resolves again
-	// after one; deletions are as rare as pods leaving.
-	deletions atomic.Uint64
 }
 
-// outcomes are the values of the requests' outcome label.
-var outcomes = [...]string{"hit", "miss", "stale", "error"}
-
-func outcomeIndex(outcome string) int {
-	switch outcome {
-	case "hit":
-		return 0
-	case "miss":
-		return 1
-	case "stale":
-		return 2
-	}
-	return 3
-}
-
-// podSeries is one entry's per-pod label values and its request counters, resolved on first use. Its own lock, not
-// metrics.mu, guards the counters: resolving one changes a vector, which must never happen under a lock a scrape
-// waits on (earliestExpiry takes metrics.mu).
+// podSeries is one cache entry's per-pod label values. Its own lock, not metrics.mu, orders counting against the
+// entry's forgetting: counting may make a series, which must never happen under a lock a scrape waits on
+// (earliestExpiry takes metrics.mu).
 type podSeries struct {
 	labels []string
 
 	mu        sync.Mutex
-	requests  [len(outcomes)]prometheus.Counter
-	resolved  uint64 // metrics.deletions when requests were resolved: a deletion since may have taken them away
-	forgotten bool   // the entry was forgotten: a request that raced with it must not make its series again
+	forgotten bool // the entry was forgotten: a request that raced with it must not make its series again
 }
 
 var podLabels = []string{"namespace", "pod", "service_account", "role_arn"}
@@ -173,43 +145,26 @@ func (m *metrics) stored(r creds.Request, c creds.Credentials) {
 	m.lastRefresh.WithLabelValues(l...).Set(float64(c.Issued.Unix()))
 }
 
-// request counts an answered request: every request of every pod passes here, so it resolves no labels after the
-// first of each kind.
+// request counts an answered request, on the node and on its entry's per-pod series.
 func (m *metrics) request(r creds.Request, outcome string) {
-	o := outcomeIndex(outcome)
+	m.requests.WithLabelValues(outcome).Inc()
 	m.mu.Lock()
 	s := m.podKeys[r.Key()]
 	m.mu.Unlock()
-	m.nodeMu.Lock()
-	c := m.nodeRequests[o]
-	if c == nil {
-		c = m.requests.WithLabelValues(outcomes[o])
-		m.nodeRequests[o] = c
-	}
-	m.nodeMu.Unlock()
-	c.Inc()
 	// No entry: the cache forgot it since it answered (the pod left); a series made now would outlive the pod.
 	if m.perPod && s != nil {
-		m.countPod(s, o)
+		m.countPod(s, outcome)
 	}
 }
 
-// countPod counts a request of outcome o on s, unless s's entry was forgotten meanwhile: its series are being deleted,
-// and one made again now would stay, for a pod that left, until the agent restarts.
-func (m *metrics) countPod(s *podSeries, o int) {
-	deletions := m.deletions.Load()
+// countPod counts a request on s, unless s's entry was forgotten meanwhile: its series are being deleted, and one made
+// again now would stay, for a pod that left, until the agent restarts.
+func (m *metrics) countPod(s *podSeries, outcome string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.forgotten {
-		return
+	if !s.forgotten {
+		m.podRequests.WithLabelValues(append(s.labels[:len(podLabels):len(podLabels)], outcome)...).Inc()
 	}
-	if s.resolved != deletions {
-		s.requests, s.resolved = [len(outcomes)]prometheus.Counter{}, deletions
-	}
-	if s.requests[o] == nil {
-		s.requests[o] = m.podRequests.WithLabelValues(append(s.labels[:len(podLabels):len(podLabels)], outcomes[o])...)
-	}
-	s.requests[o].Inc()
 }
 
 // added makes the podSeries of the cache's new entry for r. The cache's Added and Forgot bracket each entry, so the
@@ -264,5 +219,4 @@ func (m *metrics) deleteSeries(l []string) {
 	m.expiry.DeleteLabelValues(l...)
 	m.lastRefresh.DeleteLabelValues(l...)
 	m.podRequests.DeletePartialMatch(prometheus.Labels{"namespace": l[0], "pod": l[1], "service_account": l[2], "role_arn": l[3]})
-	m.deletions.Add(1)
 }

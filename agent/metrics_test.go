@@ -274,7 +274,7 @@ func TestRequestRacingForgetMakesNoSeries(t *testing.T) {
 	s := m.podKeys[a.Key()] // the request has its entry's series ...
 	m.mu.Unlock()
 	m.forget(a) // ... when the pod leaves
-	m.countPod(s, outcomeIndex("hit"))
+	m.countPod(s, "hit")
 	if n := testutil.CollectAndCount(m.podRequests); n != 1 {
 		t.Errorf("per-pod request series after a request raced with its pod's forgetting = %d, want 1 (pod b's)", n)
 	}
@@ -309,14 +309,5 @@ func TestCountingAfterAnotherEntrysDeletion(t *testing.T) {
 	m.request(narrowed, "hit")
 	if got := testutil.ToFloat64(m.podRequests.WithLabelValues(append(labelsOf(a), "hit")...)); got != 1 {
 		t.Errorf("the narrowed entry's hits after a's series were deleted = %v, want 1 on the exported series", got)
-	}
-}
-
-// TestOutcomeIndex: every outcome the provider names has its own label value.
-func TestOutcomeIndex(t *testing.T) {
-	for _, o := range []string{outcomeName(creds.Hit), outcomeName(creds.Miss), outcomeName(creds.Stale), "error"} {
-		if got := outcomes[outcomeIndex(o)]; got != o {
-			t.Errorf("outcome %q is counted as %q", o, got)
-		}
 	}
 }
