@@ -60,6 +60,15 @@ func (s *Stack) HostRulesArgs() []string {
 		"--cgroup-root=/sys/fs/cgroup", "--pods-cgroup=" + s.PodsCgroup(), "--dir=" + s.hostRulesDir()}
 }
 
+// StopHostRules stops the host-rules container until the next agent starts it again (EnsureHostRules), so that
+// nothing restores its table meanwhile: its DNAT rule keeps the kernel tracking every flow in the node's namespace.
+func (s *Stack) StopHostRules() {
+	if s.hostRules != nil {
+		s.hostRules.Stop()
+		s.hostRules = nil
+	}
+}
+
 // hostRulesDir is the directory the agent and host-rules share (the pod's emptyDir /run/iamlet).
 func (s *Stack) hostRulesDir() string { return filepath.Join(s.Dir, "run") }
 
