@@ -1,11 +1,8 @@
 package agent
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
-	"log/slog"
 	"net/http"
 	"sort"
 	"time"
@@ -15,7 +12,6 @@ import (
 	"github.com/iamlet/iamlet/agent/creds"
 	"github.com/iamlet/iamlet/agent/pods"
 	"github.com/iamlet/iamlet/agent/roles"
-	"github.com/iamlet/iamlet/metadata"
 )
 
 // Status is what `iamlet status` shows: the node's pods, their roles and credential state, and the
@@ -125,36 +121,3 @@ func buildStatus(live []pods.Pod, mapper *roles.Mapper, entries []creds.Entry, s
 	})
 	return s
 }
-
-// nodeRegion asks the node's IMDS for the region. The agent's own requests reach the node's IMDS once host-rules has
-// exempted this pod's cgroup; after a rollout the table still names the old pod's, so for a moment the request is
-// refused: it is asked again, with backoff, for up to regionWait rather than crash-looping the agent.
-func nodeRegion(ctx context.Context, endpoint, fallback string, log *slog.Logger) (string, error) {
-	if fallback != "" {
-		return fallback, nil
-	}
-	if endpoint == "" {
-		return "", errors.New("no region: set --region, or --node-imds so the agent can ask the node")
-	}
-	ctx, cancel := context.WithTimeout(ctx, regionWait)
-	defer cancel()
-	node, err := metadata.NewNodeClient(endpoint)
-	if err != nil {
-		return "", err
-	}
-	for backoff := 250 * time.Millisecond; ; backoff = min(2*backoff, 5*time.Second) {
-		region, err := node.Region(ctx)
-		if err == nil {
-			log.Info("region from the node's IMDS", "region", region)
-			return region, nil
-		}
-		log.Warn("asking the node's IMDS for the region; asking again", "error", err.Error())
-		select {
-		case <-ctx.Done():
-			return "", fmt.Errorf("asking the node's IMDS for the region for %s (set --region to skip): %w", regionWait, err)
-		case <-time.After(backoff):
-		}
-	}
-}
-
-const regionWait = 30 * time.Second
