@@ -36,14 +36,50 @@ func flushConntrack(ctx context.Context, dst netip.Addr, unredirected bool) erro
 	if dst.Is6() {
 		args = append(args, "-f", "ipv6")
 	}
-	out, err := exec.CommandContext(ctx, "conntrack", args...).CombinedOutput()
-	var exit *exec.ExitError
-	// conntrack exits 1 when no entry matched, telling it apart from real failures only by its message.
-	if errors.As(err, &exit) && exit.ExitCode() == 1 && bytes.Contains(out, []byte(" 0 flow entries have been deleted")) {
-		return nil
+	var err error
+	for range flushAttempts {
+		var vanished bool
+		if vanished, err = runFlush(ctx, args); !vanished || ctx.Err() != nil {
+			break
+		}
 	}
 	if err != nil {
-		return fmt.Errorf("flush conntrack entries to %s (%s): %w", dst, bytes.TrimSpace(out), err)
+		return fmt.Errorf("flush conntrack entries to %s: %w", dst, err)
 	}
 	return nil
+}
+
+// flushAttempts bounds the runs of conntrack -D. It stops at the first entry that is gone by the time it deletes it
+// (expired since it was listed: on a busy node, any of the many closing flows), leaving the entries after it in
+// place, so it is run again; each run deletes what it reached.
+const flushAttempts = 10
+
+// runFlush runs conntrack -D once; vanished says it stopped at an entry already gone. What it deleted, which it lists
+// on stdout, is discarded: on a busy node the list runs to megabytes, and it names other pods' flows.
+func runFlush(ctx context.Context, args []string) (vanished bool, err error) {
+	var stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, "conntrack", args...)
+	cmd.Stderr = &stderr
+	err = cmd.Run()
+	msg := bytes.TrimSpace(stderr.Bytes())
+	var exit *exec.ExitError
+	switch {
+	case err == nil:
+		return false, nil
+	// conntrack exits 1 both when no entry matched and when one vanished, telling them apart only by its message.
+	case errors.As(err, &exit) && exit.ExitCode() == 1 && bytes.Contains(msg, []byte(" 0 flow entries have been deleted")):
+		return false, nil
+	case errors.As(err, &exit) && exit.ExitCode() == 1 && bytes.Contains(msg, []byte("such conntrack doesn't exist")):
+		return true, fmt.Errorf("entries kept vanishing as they were deleted (%s): %w", truncateMsg(msg), err)
+	}
+	return false, fmt.Errorf("%s: %w", truncateMsg(msg), err)
+}
+
+// truncateMsg bounds a tool's message quoted in an error, which ends up in a log line.
+func truncateMsg(b []byte) string {
+	const max = 512
+	if len(b) > max {
+		return string(b[:max]) + "…"
+	}
+	return string(b)
 }
