@@ -85,38 +85,72 @@ func ReadFiles(paths ...string) ([]Record, error) {
 }
 
 // Decode reads issuance records, one JSON object a line. A line with a "msg" is an agent log line and
-// counts only when it is "credentials issued"; lines that hold no JSON object (text logs, blank lines) are skipped.
+// counts only when it is "credentials issued"; lines that hold no JSON object (text logs, blank lines) are skipped,
+// and so are lines longer than maxLine: no record is anywhere near that long, and a log may hold such a line.
 func Decode(r io.Reader) ([]Record, error) {
 	var out []Record
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 0, 64*1024), 1024*1024)
-	for n := 1; sc.Scan(); n++ {
-		line := sc.Bytes()
+	err := eachLine(r, maxLine, func(n int, line []byte) error {
 		// kubectl logs --prefix puts "[pod/NAME/CONTAINER] " before each line.
 		i := bytes.IndexByte(line, '{')
 		if i < 0 {
-			continue
+			return nil
 		}
 		line = line[i:]
 		var probe struct {
 			Msg *string `json:"msg"`
 		}
 		if err := json.Unmarshal(line, &probe); err != nil {
-			return nil, fmt.Errorf("line %d: %w", n, err)
+			return fmt.Errorf("line %d: %w", n, err)
 		}
 		if probe.Msg != nil && *probe.Msg != LogMessage {
-			continue
+			return nil
 		}
 		var rec Record
 		if err := json.Unmarshal(line, &rec); err != nil {
-			return nil, fmt.Errorf("line %d: %w", n, err)
+			return fmt.Errorf("line %d: %w", n, err)
 		}
 		if err := rec.validate(); err != nil {
-			return nil, fmt.Errorf("line %d: %w", n, err)
+			return fmt.Errorf("line %d: %w", n, err)
 		}
 		out = append(out, rec)
+		return nil
+	})
+	return out, err
+}
+
+// maxLine bounds the lines Decode reads. A record is a few hundred bytes: the session policy is in it only as a hash.
+const maxLine = 1 << 20
+
+// eachLine calls f with each line of r that is at most max bytes long, without its line ending, numbered from 1.
+// Longer lines are skipped whole, read but never held.
+func eachLine(r io.Reader, max int, f func(n int, line []byte) error) error {
+	br := bufio.NewReaderSize(r, 64<<10)
+	var line []byte
+	var long bool
+	for n := 1; ; n++ {
+		line, long = line[:0], false
+		for {
+			chunk, err := br.ReadSlice('\n')
+			if long = long || len(line)+len(chunk) > max; !long {
+				line = append(line, chunk...)
+			}
+			if errors.Is(err, bufio.ErrBufferFull) {
+				continue
+			}
+			if err != nil && !errors.Is(err, io.EOF) {
+				return err
+			}
+			if !long && len(line) > 0 {
+				if ferr := f(n, bytes.TrimRight(line, "\r\n")); ferr != nil {
+					return ferr
+				}
+			}
+			if err != nil {
+				return nil
+			}
+			break
+		}
 	}
-	return out, sc.Err()
 }
 
 func (r Record) validate() error {

@@ -38,3 +38,32 @@ func TestDecodeErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestDecodeSkipsOverlongLines: an agent log can hold a line longer than any record (a CI run's held a >1 MiB one);
+// reading the log's records must not fail on it, whether it ends the log or not, with or without a final newline.
+func TestDecodeSkipsOverlongLines(t *testing.T) {
+	rec := func(key string) string {
+		return `{"time":"2026-07-10T09:00:00Z","msg":"credentials issued","access_key_id":"` + key +
+			`","role_arn":"arn:aws:iam::1:role/r","session_name":"ns.p@1","namespace":"ns","pod":"p","service_account":"sa"}`
+	}
+	long := `{"time":"2026-07-10T09:00:00Z","level":"DEBUG","msg":"` + strings.Repeat("x", maxLine+1) + `"}`
+	for name, in := range map[string]string{
+		"between records":     rec("ASIAONE") + "\n" + long + "\n" + rec("ASIATWO") + "\n",
+		"last, no newline":    rec("ASIAONE") + "\n" + rec("ASIATWO") + "\n" + long,
+		"first, crlf endings": long + "\r\n" + rec("ASIAONE") + "\r\n" + rec("ASIATWO"),
+	} {
+		got, err := Decode(strings.NewReader(in))
+		if err != nil {
+			t.Errorf("%s: Decode() error = %v", name, err)
+			continue
+		}
+		if len(got) != 2 || got[0].AccessKeyID != "ASIAONE" || got[1].AccessKeyID != "ASIATWO" {
+			t.Errorf("%s: Decode() = %+v, want the two records", name, got)
+		}
+	}
+	// Line numbers still count the skipped line.
+	_, err := Decode(strings.NewReader(long + "\n" + `{"broken"`))
+	if err == nil || !strings.Contains(err.Error(), "line 2") {
+		t.Errorf("Decode(long, broken) error = %v, want one naming line 2", err)
+	}
+}
