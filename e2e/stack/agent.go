@@ -62,11 +62,13 @@ func (s *Stack) HostRulesArgs() []string {
 
 // StopHostRules stops the host-rules container until the next agent starts it again (EnsureHostRules), so that
 // nothing restores its table meanwhile: its DNAT rule keeps the kernel tracking every flow in the node's namespace.
+// Its last report goes too, so that the next start waits for the new process's first pass, not the old one's.
 func (s *Stack) StopHostRules() {
 	if s.hostRules != nil {
 		s.hostRules.Stop()
 		s.hostRules = nil
 	}
+	_ = os.Remove(filepath.Join(s.hostRulesDir(), "host-rules.json"))
 }
 
 // hostRulesDir is the directory the agent and host-rules share (the pod's emptyDir /run/iamlet).
