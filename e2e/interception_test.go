@@ -593,28 +593,26 @@ func (h *heldConn) proceed(t *testing.T) string {
 func waitUntracked(t *testing.T, p *stack.Pod) {
 	t.Helper()
 	probe := clientBin(t, "probe")
-	deadline := time.Now().Add(machineDeadline)
-	for {
+	var entries []string
+	if !eventually(machineDeadline, func() bool {
 		_ = exec.Command("conntrack", "-D", "-p", "tcp", "--orig-src", p.IP).Run() // exits 1 when there is nothing to delete
 		p.Exec(context.Background(), nil, probe, "-addr", stack.IMDSv4+":80", instanceIDPath)
-		out, err := exec.Command("conntrack", "-L", "-p", "tcp", "--orig-src", p.IP).Output()
-		if err != nil {
-			t.Fatalf("conntrack -L: %v", err)
-		}
-		if strings.TrimSpace(string(out)) == "" {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the node's namespace still tracks new flows %s after the rules were removed:\n%s", machineDeadline, out)
-		}
-		time.Sleep(200 * time.Millisecond)
+		entries = conntrackFlow(t, p.IP, "")
+		return len(entries) == 0
+	}) {
+		t.Fatalf("the node's namespace still tracks new flows %s after the rules were removed:\n%s", machineDeadline, strings.Join(entries, "\n"))
 	}
 }
 
-// conntrackFlow lists the node namespace's conntrack entries of one TCP flow, by its original source.
+// conntrackFlow lists the node namespace's conntrack entries of one TCP flow, by its original source; of every TCP
+// flow from ip when port is "".
 func conntrackFlow(t *testing.T, ip, port string) []string {
 	t.Helper()
-	out, err := exec.Command("conntrack", "-L", "-p", "tcp", "--orig-src", ip, "--sport", port).Output() // entries on stdout
+	args := []string{"-L", "-p", "tcp", "--orig-src", ip}
+	if port != "" {
+		args = append(args, "--sport", port)
+	}
+	out, err := exec.Command("conntrack", args...).Output() // entries on stdout
 	if err != nil {
 		t.Fatalf("conntrack -L: %v", err)
 	}

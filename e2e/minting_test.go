@@ -16,6 +16,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/iamlet/iamlet/agent/satoken"
 	"github.com/iamlet/iamlet/e2e/stack"
 )
 
@@ -319,6 +320,6 @@ func installClusterMinting(t *testing.T) []byte {
 func unboundToken(c kubernetes.Interface) error {
 	secs := int64(600)
 	_, err := c.CoreV1().ServiceAccounts(agentNamespace).CreateToken(context.Background(), "iamlet",
-		&authv1.TokenRequest{Spec: authv1.TokenRequestSpec{Audiences: []string{"iamlet.dev/confinement-check"}, ExpirationSeconds: &secs}}, metav1.CreateOptions{})
+		&authv1.TokenRequest{Spec: authv1.TokenRequestSpec{Audiences: []string{satoken.CheckAudience}, ExpirationSeconds: &secs}}, metav1.CreateOptions{})
 	return err
 }

@@ -68,8 +68,11 @@ func (s *Stack) StopHostRules() {
 		s.hostRules.Stop()
 		s.hostRules = nil
 	}
-	_ = os.Remove(filepath.Join(s.hostRulesDir(), "host-rules.json"))
+	_ = os.Remove(s.hostRulesReport())
 }
+
+// hostRulesReport is the file host-rules writes after each pass, in hostRulesDir.
+func (s *Stack) hostRulesReport() string { return filepath.Join(s.hostRulesDir(), "host-rules.json") }
 
 // hostRulesDir is the directory the agent and host-rules share (the pod's emptyDir /run/iamlet).
 func (s *Stack) hostRulesDir() string { return filepath.Join(s.Dir, "run") }
@@ -92,7 +95,7 @@ func (s *Stack) EnsureHostRules(t TB, bin string) {
 	s.hostRules = p
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		if b, err := os.ReadFile(filepath.Join(s.hostRulesDir(), "host-rules.json")); err == nil && !strings.Contains(string(b), `"error"`) {
+		if b, err := os.ReadFile(s.hostRulesReport()); err == nil && !strings.Contains(string(b), `"error"`) {
 			return
 		}
 		if p.Exited() || time.Now().After(deadline) {

@@ -322,11 +322,11 @@ func cachedSection(p printer, r *Results) {
 // collectorTable is workload 1's second agent: the same load at cachedTarget clients with the collector paced by
 // GOGC, beside the default agent, each against the floor runs that alternated with it.
 func collectorTable(p printer, r *Results) {
-	c, def := r.Collector, CachedPoint{}
+	c := r.Collector
 	if c == nil {
 		return
 	}
-	def, _ = cachedPoint(r, cachedTarget)
+	def, _ := cachedPoint(r, cachedTarget)
 	p("\nThe collector's share, at %d clients: a second agent started with `GOGC=%d` (a quarter as many collections, for\n", cachedTarget, c.GOGC)
 	p("four times the heap's headroom), run against the floor as above. Allocations and collections per answer from the agent's\n")
 	p("`go_memstats_alloc_bytes_total`, `go_gc_duration_seconds` and `iamlet_metadata_requests_total`; memory from `/proc/PID/status` right after the runs, under\n")
