@@ -185,7 +185,7 @@ type state struct {
 	synced, listening, rulesOK atomic.Bool
 	minting                    satoken.Mode
 	hostNetwork                func() string // hostNetwork pods: covered, off, or not covered and why
-	podsRefused                func() error  // the pod index's refusal by the apiserver (pods.Index.Refused); nil: none
+	refused                    func() error  // a refusal by the apiserver of the pods' or the mapper's watches; nil: none
 	// confinement is the last confinement check's failure; nil before the first check.
 	confinement atomic.Pointer[error]
 }
@@ -209,8 +209,8 @@ func (s *state) ready() (bool, string) {
 	case !s.rulesOK.Load():
 		return false, "interception rules not in place"
 	}
-	if s.podsRefused != nil {
-		if err := s.podsRefused(); err != nil {
+	if s.refused != nil {
+		if err := s.refused(); err != nil {
 			return false, err.Error()
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/iamlet/iamlet/agent/creds"
+	"github.com/iamlet/iamlet/agent/kube"
 	"github.com/iamlet/iamlet/agent/pods"
 	"github.com/iamlet/iamlet/agent/roles"
 	"github.com/iamlet/iamlet/agent/satoken"
@@ -103,6 +104,8 @@ func (p *provider) Credentials(ctx context.Context, caller netip.Addr) (metadata
 			reason, sentinel = "no_role", metadata.ErrNoRole
 		case errors.Is(err, roles.ErrInvalidPolicy):
 			reason = "bad_session_policy"
+		case errors.Is(err, kube.ErrRefused): // not the pod's fault: it asks again shortly
+			reason, sentinel = "roles_refused", metadata.ErrUnavailable
 		}
 		return metadata.Credentials{}, p.refused(ctx, fmt.Errorf("%w: %w", sentinel, err), attrs(slog.String("outcome", "refused"),
 			slog.String("reason", reason), slog.String("error", err.Error())))

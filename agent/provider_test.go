@@ -29,6 +29,7 @@ import (
 	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/iamlet/iamlet/agent/creds"
+	"github.com/iamlet/iamlet/agent/kube"
 	"github.com/iamlet/iamlet/agent/kube/kubetest"
 	"github.com/iamlet/iamlet/agent/pods"
 	"github.com/iamlet/iamlet/agent/roles"
@@ -429,29 +430,36 @@ func TestHostCallersAreTracedThroughTheListeners(t *testing.T) {
 }
 
 // TestProviderNamesWhoRefused: a token the apiserver refuses is reported as token_refused, not as STS's refusal; one
-// it may still grant, as unavailable.
+// it may still grant, as unavailable. The apiserver refusing the agent's watch of pods or of ServiceAccounts and
+// Namespaces is no fault of the pod's: unavailable (it asks again), each with its own reason.
 func TestProviderNamesWhoRefused(t *testing.T) {
 	gr := schema.GroupResource{Resource: "serviceaccounts/token"}
 	forbidden := apierrors.NewForbidden(gr, "app",
 		errors.New("ValidatingAdmissionPolicy 'iamlet-token-requests' denied request: iamlet may only request tokens for the audiences sts.amazonaws.com"))
 	lagging := apierrors.NewForbidden(gr, "app", errors.New("no relationship found between node 'node-1' and this object"))
+	watchRefused := fmt.Errorf("%w of ServiceAccounts: %w", kube.ErrRefused,
+		apierrors.NewForbidden(schema.GroupResource{Resource: "serviceaccounts"}, "", errors.New("cannot list")))
 	for _, c := range []struct {
-		err    error
-		want   error
-		reason string
+		name                     string
+		podsErr, rolesErr, cache error
+		want                     error
+		reason                   string
 	}{
-		{&satoken.Error{Err: forbidden}, metadata.ErrForbidden, `"reason":"token_refused"`},
-		{&satoken.Error{Err: lagging}, metadata.ErrUnavailable, `"reason":"unavailable"`},
-		{classified{msg: "AccessDenied: Not authorized to perform sts:AssumeRoleWithWebIdentity"}, metadata.ErrForbidden, `"reason":"sts_refused"`},
+		{"token policy", nil, nil, &satoken.Error{Err: forbidden}, metadata.ErrForbidden, `"reason":"token_refused"`},
+		{"node authorizer lagging", nil, nil, &satoken.Error{Err: lagging}, metadata.ErrUnavailable, `"reason":"unavailable"`},
+		{"STS", nil, nil, classified{msg: "AccessDenied: Not authorized to perform sts:AssumeRoleWithWebIdentity"}, metadata.ErrForbidden, `"reason":"sts_refused"`},
+		{"pods watch", pods.ErrRefused, nil, nil, metadata.ErrUnavailable, `"reason":"pods_refused"`},
+		{"ServiceAccounts watch", nil, watchRefused, nil, metadata.ErrUnavailable, `"reason":"roles_refused"`},
+		{"allow-list", nil, roles.ErrNotAllowed, nil, metadata.ErrForbidden, `"reason":"not_allowed"`},
 	} {
 		log, buf := logBuffer()
-		p := &provider{pods: stubPods{pod: testPod}, roles: stubRoles{role: testRole}, cache: &stubCache{err: c.err},
-			metrics: newMetrics(prometheus.NewRegistry(), true), log: log}
+		p := &provider{pods: stubPods{pod: testPod, err: c.podsErr}, roles: stubRoles{role: testRole, err: c.rolesErr},
+			cache: &stubCache{creds: served, err: c.cache}, metrics: newMetrics(prometheus.NewRegistry(), true), log: log}
 		if _, err := p.Credentials(context.Background(), testCaller); !errors.Is(err, c.want) {
-			t.Errorf("%v: error %v, want %v", c.err, err, c.want)
+			t.Errorf("%s: error %v, want %v", c.name, err, c.want)
 		}
 		if !strings.Contains(buf.String(), c.reason) {
-			t.Errorf("%v: log lacks %s:\n%s", c.err, c.reason, buf.String())
+			t.Errorf("%s: log lacks %s:\n%s", c.name, c.reason, buf.String())
 		}
 	}
 }

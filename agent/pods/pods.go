@@ -10,17 +10,15 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/tools/cache"
+
+	"github.com/iamlet/iamlet/agent/kube"
 )
 
 // Pod is what the agent needs to know of a pod.
@@ -38,9 +36,9 @@ var (
 	ErrNotFound    = errors.New("no live pod on this node has this address")
 	ErrAmbiguous   = errors.New("more than one live pod on this node has this address")
 	ErrHostNetwork = errors.New("address belongs to a hostNetwork pod, which cannot be told apart from the node")
-	// ErrRefused: the apiserver refuses to list or watch the node's pods (its RBAC changed under the agent), so what
-	// the index last saw may be stale: a deleted pod's address may be another's by now.
-	ErrRefused = errors.New("the apiserver refuses the agent's list of this node's pods, so the index may be stale")
+	// ErrRefused (kube.ErrRefused): the apiserver refuses to list or watch the node's pods, so what the index last
+	// saw may be stale: a deleted pod's address may be another's by now.
+	ErrRefused = kube.ErrRefused
 )
 
 const (
@@ -57,7 +55,7 @@ type Index struct {
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced on every event, to wake waiting lookups
 
-	refused atomic.Pointer[error] // the apiserver's last answer to the informer's list or watch, if a refusal
+	refused *kube.Refusal // whether the apiserver last refused the informer's list or watch
 }
 
 // API lists and watches the pods of every namespace whose fields match a field selector (kube.Client).
@@ -69,7 +67,8 @@ type API interface {
 // known.
 func New(api API, nodeName string, booted time.Time, wait time.Duration) *Index {
 	ix := &Index{wait: wait, booted: booted, changed: make(chan struct{})}
-	lw := ix.noteRefusals(api.Pods(fields.OneTermEqualSelector("spec.nodeName", nodeName).String()))
+	var lw cache.ListerWatcher
+	lw, ix.refused = kube.TrackRefusals("this node's pods", api.Pods(fields.OneTermEqualSelector("spec.nodeName", nodeName).String()))
 	ipKeys := func(obj any) ([]string, error) {
 		p, ok := obj.(*corev1.Pod)
 		if !ok || !live(p) || !addressVouched(p, booted) {
@@ -222,60 +221,8 @@ func (ix *Index) Unvouched() int {
 }
 
 // Refused is ErrRefused, with the apiserver's words, while the apiserver refuses the index's list or watch; nil once
-// it answers. A failure to reach it is no refusal: while the apiserver is down no pod is created or deleted either.
-func (ix *Index) Refused() error {
-	if e := ix.refused.Load(); e != nil {
-		return *e
-	}
-	return nil
-}
-
-// noteRefusals wraps lw so that the index knows whether the apiserver last refused or answered its list and watch:
-// an informer keeps what it last saw through any error, which after a refusal (RBAC changed under the agent, a
-// rollback) would go on naming deleted pods.
-func (ix *Index) noteRefusals(lw cache.ListerWatcher) cache.ListerWatcher {
-	u, ok := lw.(interface{ IsWatchListSemanticsUnSupported() bool })
-	return &refusalNoter{lw: cache.ToListerWatcherWithContext(lw), ix: ix, noWatchList: ok && u.IsWatchListSemanticsUnSupported()}
-}
-
-type refusalNoter struct {
-	lw          cache.ListerWatcherWithContext
-	ix          *Index
-	noWatchList bool
-}
-
-func (r *refusalNoter) note(err error) {
-	switch {
-	case err == nil:
-		r.ix.refused.Store(nil)
-	case apierrors.IsForbidden(err) || apierrors.IsUnauthorized(err):
-		e := fmt.Errorf("%w: %w", ErrRefused, err)
-		r.ix.refused.Store(&e)
-	}
-}
-
-func (r *refusalNoter) ListWithContext(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-	obj, err := r.lw.ListWithContext(ctx, o)
-	r.note(err)
-	return obj, err
-}
-
-func (r *refusalNoter) WatchWithContext(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-	w, err := r.lw.WatchWithContext(ctx, o)
-	r.note(err)
-	return w, err
-}
-
-func (r *refusalNoter) List(o metav1.ListOptions) (runtime.Object, error) {
-	return r.ListWithContext(context.Background(), o)
-}
-
-func (r *refusalNoter) Watch(o metav1.ListOptions) (watch.Interface, error) {
-	return r.WatchWithContext(context.Background(), o)
-}
-
-// IsWatchListSemanticsUnSupported passes on what the wrapped ListerWatcher says (client-go's fake does not stream).
-func (r *refusalNoter) IsWatchListSemanticsUnSupported() bool { return r.noWatchList }
+// it answers.
+func (ix *Index) Refused() error { return ix.refused.Err() }
 
 // Live lists the live, non-hostNetwork pods of the node.
 func (ix *Index) Live() []Pod {

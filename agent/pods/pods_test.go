@@ -5,18 +5,14 @@ import (
 	"errors"
 	"net/netip"
 	"slices"
-	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/watch"
 	clientfeatures "k8s.io/client-go/features"
 	clientfeaturestesting "k8s.io/client-go/features/testing"
 	"k8s.io/client-go/kubernetes/fake"
@@ -366,52 +362,10 @@ func TestUnvouched(t *testing.T) {
 	})
 }
 
-// refusingAPI serves a node's pods until told to refuse (its RBAC changed under the agent): then its list and watch
-// answer 403, and the watch it had open ends, as the apiserver's would in time.
-type refusingAPI struct {
-	mu      sync.Mutex
-	pods    []corev1.Pod
-	refuse  bool
-	watches []*watch.FakeWatcher
-}
+// gatedPods serves a node's pods through a gate.
+type gatedPods struct{ *kubetest.Gate }
 
-func (a *refusingAPI) Pods(string) cache.ListerWatcher {
-	forbidden := func() error {
-		return apierrors.NewForbidden(schema.GroupResource{Resource: "pods"}, "", errors.New(`User "system:node:node-a" cannot list resource "pods"`))
-	}
-	return &cache.ListWatch{
-		ListWithContextFunc: func(context.Context, metav1.ListOptions) (runtime.Object, error) {
-			a.mu.Lock()
-			defer a.mu.Unlock()
-			if a.refuse {
-				return nil, forbidden()
-			}
-			return &corev1.PodList{ListMeta: metav1.ListMeta{ResourceVersion: "1"}, Items: a.pods}, nil
-		},
-		WatchFuncWithContext: func(context.Context, metav1.ListOptions) (watch.Interface, error) {
-			a.mu.Lock()
-			defer a.mu.Unlock()
-			if a.refuse {
-				return nil, forbidden()
-			}
-			w := watch.NewFake()
-			a.watches = append(a.watches, w)
-			return w, nil
-		},
-	}
-}
-
-func (a *refusingAPI) setRefuse(refuse bool) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.refuse = refuse
-	if refuse {
-		for _, w := range a.watches {
-			w.Stop()
-		}
-		a.watches = nil
-	}
-}
+func (g gatedPods) Pods(string) cache.ListerWatcher { return g.Gate }
 
 // TestRefusedListIdentifiesNobody: an informer keeps what it last saw through any error; once the apiserver refuses
 // its list (RBAC changed under the agent, a rollback), what it saw may name deleted pods, so nobody is identified
@@ -419,7 +373,7 @@ func (a *refusingAPI) setRefuse(refuse bool) {
 func TestRefusedListIdentifiesNobody(t *testing.T) {
 	clientfeaturestesting.SetFeatureDuringTest(t, clientfeatures.WatchListClient, false)
 	synctest.Test(t, func(t *testing.T) {
-		api := &refusingAPI{pods: []corev1.Pod{*pod("web", []string{"10.0.0.5"})}}
+		api := gatedPods{kubetest.NewGate("pods", kubetest.Client{Interface: fake.NewClientset(pod("web", []string{"10.0.0.5"}))}.Pods(""))}
 		ix := pods.New(api, node, booted, time.Second)
 		ctx, cancel := context.WithCancel(t.Context())
 		defer cancel()
@@ -430,7 +384,7 @@ func TestRefusedListIdentifiesNobody(t *testing.T) {
 			t.Fatalf("before the refusal: Lookup = %q, %v; Refused = %v; want web, nil, nil", p.Name, err, ix.Refused())
 		}
 
-		api.setRefuse(true)
+		api.Refuse(true)
 		time.Sleep(time.Minute) // the watch ended: past the informer's back-off it lists again, and is refused
 		synctest.Wait()
 		if _, err := ix.Lookup(ctx, ip); !errors.Is(err, pods.ErrRefused) {
@@ -440,7 +394,7 @@ func TestRefusedListIdentifiesNobody(t *testing.T) {
 			t.Errorf("Refused() = %v, want ErrRefused", ix.Refused())
 		}
 
-		api.setRefuse(false)
+		api.Refuse(false)
 		// Past the informer's back-off and the error handler's: apimachinery keeps the last error's time in a global,
 		// which a test outside this bubble may have set in real time, decades after the bubble's clock.
 		time.Sleep(50 * 365 * 24 * time.Hour)

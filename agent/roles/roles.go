@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"k8s.io/client-go/tools/cache"
+
+	"github.com/iamlet/iamlet/agent/kube"
 )
 
 // Annotations read by the mapper. The eks.amazonaws.com ones are IRSA's, so existing manifests work unchanged.
@@ -75,6 +77,7 @@ type Mapper struct {
 	sas        *store                                // only the ServiceAccounts with an annotation the mapper reads
 	namespaces *store                                // every Namespace
 	reflectors []*cache.Reflector
+	refusals   []*kube.Refusal // the apiserver's last answers to the reflectors' lists and watches
 	wg         sync.WaitGroup
 }
 
@@ -87,7 +90,7 @@ type API interface {
 // New builds a mapper over api. Call Start, then wait for HasSynced.
 func New(api API, cfg Config) *Mapper {
 	m := &Mapper{cfg: cfg.withDefaults(), sas: newStore(false), namespaces: newStore(true)}
-	m.reflectors = reflectors(api, m.sas, m.namespaces)
+	m.reflectors, m.refusals = reflectors(api, m.sas, m.namespaces)
 	return m
 }
 
@@ -133,8 +136,23 @@ func (m *Mapper) WaitForSync(ctx context.Context) error {
 	return nil
 }
 
-// RoleFor returns the role of ServiceAccount sa in namespace.
+// Refused is kube.ErrRefused, with the apiserver's words, while the apiserver refuses the list or watch of
+// ServiceAccounts or Namespaces; nil once it answers both.
+func (m *Mapper) Refused() error {
+	for _, r := range m.refusals {
+		if err := r.Err(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// RoleFor returns the role of ServiceAccount sa in namespace. While the apiserver refuses the mapper's list or watch
+// (Refused), it names no role: what the stores hold may have lost a role or an allow-list since.
 func (m *Mapper) RoleFor(namespace, sa string) (Role, error) {
+	if err := m.Refused(); err != nil {
+		return Role{}, err
+	}
 	acct, ok := m.sas.get(objectKey{namespace, sa})
 	if !ok {
 		// Unannotated ServiceAccounts are not kept: not found and without a role are one answer.

@@ -12,6 +12,8 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/cache"
+
+	"github.com/iamlet/iamlet/agent/kube"
 )
 
 // annotations are an object's annotations under eks.amazonaws.com/ and iamlet.dev/, the only ones the mapper reads,
@@ -223,10 +225,13 @@ func (s *store) notify() {
 	}
 }
 
-// reflectors list and watch ServiceAccounts and Namespaces cluster-wide into sas and namespaces.
-func reflectors(api API, sas, namespaces *store) []*cache.Reflector {
+// reflectors list and watch ServiceAccounts and Namespaces cluster-wide into sas and namespaces, and track whether
+// the apiserver refuses either.
+func reflectors(api API, sas, namespaces *store) ([]*cache.Reflector, []*kube.Refusal) {
+	saLW, saRefusal := kube.TrackRefusals("ServiceAccounts", api.ServiceAccounts())
+	nsLW, nsRefusal := kube.TrackRefusals("Namespaces", api.Namespaces())
 	return []*cache.Reflector{
-		cache.NewReflectorWithOptions(api.ServiceAccounts(), &corev1.ServiceAccount{}, sas, cache.ReflectorOptions{Name: "iamlet serviceaccounts"}),
-		cache.NewReflectorWithOptions(api.Namespaces(), &corev1.Namespace{}, namespaces, cache.ReflectorOptions{Name: "iamlet namespaces"}),
-	}
+		cache.NewReflectorWithOptions(saLW, &corev1.ServiceAccount{}, sas, cache.ReflectorOptions{Name: "iamlet serviceaccounts"}),
+		cache.NewReflectorWithOptions(nsLW, &corev1.Namespace{}, namespaces, cache.ReflectorOptions{Name: "iamlet namespaces"}),
+	}, []*kube.Refusal{saRefusal, nsRefusal}
 }

@@ -1,0 +1,82 @@
+package kubetest
+
+import (
+	"context"
+	"errors"
+	"sync"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/tools/cache"
+)
+
+// Gate passes a ListerWatcher's answers on until told to refuse (the agent's RBAC changed under it): then its list
+// and watch answer 403, and the watches it had open end, as the apiserver's would in time.
+type Gate struct {
+	lw       cache.ListerWatcherWithContext
+	resource string
+
+	mu      sync.Mutex
+	refuse  bool
+	watches []watch.Interface
+}
+
+// NewGate gates lw, a ListerWatcher of resource (a plural: "pods").
+func NewGate(resource string, lw cache.ListerWatcher) *Gate {
+	return &Gate{lw: cache.ToListerWatcherWithContext(lw), resource: resource}
+}
+
+// Refuse makes the gate refuse from now on (ending its open watches), or answer again.
+func (g *Gate) Refuse(refuse bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.refuse = refuse
+	if refuse {
+		for _, w := range g.watches {
+			w.Stop()
+		}
+		g.watches = nil
+	}
+}
+
+func (g *Gate) forbidden() error {
+	return apierrors.NewForbidden(schema.GroupResource{Resource: g.resource}, "",
+		errors.New(`User "system:serviceaccount:kube-system:iamlet" cannot list resource "`+g.resource+`"`))
+}
+
+func (g *Gate) ListWithContext(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+	g.mu.Lock()
+	refuse := g.refuse
+	g.mu.Unlock()
+	if refuse {
+		return nil, g.forbidden()
+	}
+	return g.lw.ListWithContext(ctx, o)
+}
+
+func (g *Gate) WatchWithContext(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.refuse {
+		return nil, g.forbidden()
+	}
+	w, err := g.lw.WatchWithContext(ctx, o)
+	if err == nil {
+		g.watches = append(g.watches, w)
+	}
+	return w, err
+}
+
+func (g *Gate) List(o metav1.ListOptions) (runtime.Object, error) {
+	return g.ListWithContext(context.Background(), o)
+}
+
+func (g *Gate) Watch(o metav1.ListOptions) (watch.Interface, error) {
+	return g.WatchWithContext(context.Background(), o)
+}
+
+// IsWatchListSemanticsUnSupported: client-go's fake, which the gates wrap, does not stream lists.
+func (g *Gate) IsWatchListSemanticsUnSupported() bool { return true }
