@@ -142,8 +142,13 @@ func removeOtherBackend(ctx context.Context, ic iptables.Config, current string,
 }
 
 // reconcileCache makes the cache hold exactly the live pods' current roles: new pods are prefetched,
-// deleted pods and changed roles dropped.
+// deleted pods and changed roles dropped. While the apiserver refuses a list it relied on, it changes nothing: no
+// role would be named, and the whole cache would go (nothing is served meanwhile, and the relist that ends the
+// refusal runs it again).
 func reconcileCache(index *pods.Index, mapper *roles.Mapper, cache *creds.Cache, hostPods bool, trusted trustList, own types.UID) {
+	if index.Refused() != nil || mapper.Refused() != nil {
+		return
+	}
 	var want []creds.Request
 	live := index.Live()
 	if hostPods {
@@ -201,6 +206,12 @@ func (s *state) confinedErr() error {
 }
 
 func (s *state) ready() (bool, string) {
+	// A refusal first: it is why the informers do not sync when the agent's RBAC is wrong from the start.
+	if s.refused != nil {
+		if err := s.refused(); err != nil {
+			return false, err.Error()
+		}
+	}
 	switch {
 	case !s.synced.Load():
 		return false, "informers not synced"
@@ -208,11 +219,6 @@ func (s *state) ready() (bool, string) {
 		return false, "metadata listener not up"
 	case !s.rulesOK.Load():
 		return false, "interception rules not in place"
-	}
-	if s.refused != nil {
-		if err := s.refused(); err != nil {
-			return false, err.Error()
-		}
 	}
 	if err := s.confinedErr(); err != nil {
 		return false, s.minting.Describe() + ": " + err.Error()

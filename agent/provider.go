@@ -75,7 +75,7 @@ func (p *provider) Credentials(ctx context.Context, caller netip.Addr) (metadata
 		switch {
 		case errors.Is(err, errTrustedNotExempt):
 			reason = "not_exempt"
-		case errors.Is(err, pods.ErrRefused):
+		case errors.Is(err, kube.ErrRefused):
 			reason = "pods_refused"
 		}
 		attrs := []slog.Attr{slog.Bool("audit", true), slog.String("caller", caller.String()),

@@ -448,7 +448,7 @@ func TestProviderNamesWhoRefused(t *testing.T) {
 		{"token policy", nil, nil, &satoken.Error{Err: forbidden}, metadata.ErrForbidden, `"reason":"token_refused"`},
 		{"node authorizer lagging", nil, nil, &satoken.Error{Err: lagging}, metadata.ErrUnavailable, `"reason":"unavailable"`},
 		{"STS", nil, nil, classified{msg: "AccessDenied: Not authorized to perform sts:AssumeRoleWithWebIdentity"}, metadata.ErrForbidden, `"reason":"sts_refused"`},
-		{"pods watch", pods.ErrRefused, nil, nil, metadata.ErrUnavailable, `"reason":"pods_refused"`},
+		{"pods watch", kube.ErrRefused, nil, nil, metadata.ErrUnavailable, `"reason":"pods_refused"`},
 		{"ServiceAccounts watch", nil, watchRefused, nil, metadata.ErrUnavailable, `"reason":"roles_refused"`},
 		{"allow-list", nil, roles.ErrNotAllowed, nil, metadata.ErrForbidden, `"reason":"not_allowed"`},
 	} {

@@ -15,7 +15,8 @@ import (
 )
 
 // TestReadyzSaysWhatIsMissing: /readyz answers 200 only with the informers synced, the listener up, the rules in
-// place, no watch refused by the apiserver and minting confined; otherwise 503 and the first reason.
+// place, no watch refused by the apiserver and minting confined; otherwise 503 and the first reason, a refusal before
+// all: it is why the informers never sync when the agent's RBAC is wrong from the start.
 func TestReadyzSaysWhatIsMissing(t *testing.T) {
 	refusal := fmt.Errorf("%w of Namespaces, so what the agent holds of them may be stale: namespaces is forbidden", kube.ErrRefused)
 	for _, c := range []struct {
@@ -29,6 +30,10 @@ func TestReadyzSaysWhatIsMissing(t *testing.T) {
 		{"listener", func(s *state) { s.listening.Store(false) }, http.StatusServiceUnavailable, "metadata listener not up"},
 		{"rules", func(s *state) { s.rulesOK.Store(false) }, http.StatusServiceUnavailable, "interception rules not in place"},
 		{"watch refused", func(s *state) { s.refused = func() error { return refusal } }, http.StatusServiceUnavailable, "list or watch of Namespaces"},
+		{"refused from the start", func(s *state) {
+			s.refused = func() error { return refusal }
+			s.synced.Store(false)
+		}, http.StatusServiceUnavailable, "list or watch of Namespaces"},
 		{"minting", func(s *state) { s.confinement.Store(nil) }, http.StatusServiceUnavailable, errNotChecked.Error()},
 	} {
 		st := &state{minting: satoken.AsNode, hostNetwork: func() string { return "covered" }, refused: func() error { return nil }}

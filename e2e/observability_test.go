@@ -13,6 +13,9 @@ import (
 	"testing"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"github.com/iamlet/iamlet/agent"
 	"github.com/iamlet/iamlet/e2e/stack"
 )
@@ -114,6 +117,44 @@ func TestReadinessWaitsForTheInformer(t *testing.T) {
 	}
 	p.Stop()
 	sharedAgent(t) // waits for /readyz 200 with the real apiserver
+}
+
+// TestRefusedWatchIsNotReady: installed with RBAC that does not let it list ServiceAccounts, the agent is not ready
+// and /readyz names the refused list (the real apiserver's 403), rather than "informers not synced"; with the chart's
+// RBAC back it syncs, becomes ready and serves. (While it ran, the same refusal makes it name no role:
+// agent/roles.TestRefusedListNamesNoRole; the real apiserver ends a watch only after many minutes.)
+func TestRefusedWatchIsNotReady(t *testing.T) {
+	stopSharedAgent()
+	t.Cleanup(func() { restoreStackInstall(t) })
+	patch := `[{"op":"test","path":"/rules/0/resources","value":["serviceaccounts","namespaces"]},` +
+		`{"op":"replace","path":"/rules/0/resources","value":["namespaces"]}]`
+	if out, err := kubectl(nil, "patch", "clusterrole/iamlet", "--type=json", "-p", patch); err != nil {
+		t.Fatalf("kubectl patch: %v\n%s", err, out)
+	}
+	direct := agentClient(t, "")
+	if !eventually(machineDeadline, func() bool { // RBAC takes effect once the authorizer's cache has it
+		_, err := direct.CoreV1().ServiceAccounts("").List(context.Background(), metav1.ListOptions{Limit: 1})
+		return apierrors.IsForbidden(err)
+	}) {
+		t.Fatal("the agent's token still lists ServiceAccounts")
+	}
+
+	p, err := stack.StartProc(suite.Dir, "iamlet-refused", nil, suite.agentBin, suite.AgentArgs()...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Stop)
+	const why = "the apiserver refuses the agent's list or watch of ServiceAccounts"
+	code, body := waitReadyz(t, func(_ int, body string) bool { return strings.Contains(body, why) })
+	// The reflector's first request may be a streamed list (a watch): "cannot list" or "cannot watch".
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, `resource "serviceaccounts"`) {
+		t.Errorf("/readyz = %d %q, want 503 naming %q and the apiserver's words", code, body, why)
+	}
+
+	restoreStackInstall(t)
+	waitReadyz(t, func(code int, _ string) bool { return code == http.StatusOK })
+	pod := suite.NewPod(t, "refused-then-served", stack.PodOptions{ServiceAccount: saA})
+	untilClientSays(t, pod, "get ok", "a pod served once the apiserver answers the agent's list")
 }
 
 // TestMonitoringQueriesNameExportedMetrics: every metric the Grafana dashboard and the alert rules query

@@ -17,21 +17,24 @@ import (
 // agent, a rollback. An informer keeps what it last saw through any error, so what it holds may be stale.
 var ErrRefused = errors.New("the apiserver refuses the agent's list or watch")
 
-// Refusal tracks whether the apiserver's last answer to one ListerWatcher's list or watch was a refusal. A failure to
-// reach the apiserver is no refusal: while it is down, nothing it holds changes either.
+// Refusal tracks whether the apiserver refused one ListerWatcher's list or watch since what its consumer holds was
+// last replaced. It is set by the refusal and cleared by Answered, which the consumer calls once it has replaced what
+// it holds from a list the apiserver answered: not when a request merely succeeds, since a streamed list opens (and
+// the reflector's store still holds the old objects) long before its last object arrives. A failure to reach the
+// apiserver is no refusal: while it is down, nothing it holds changes either.
 type Refusal struct {
 	what string
 	last atomic.Pointer[error]
 }
 
-// TrackRefusals wraps lw, of what (a phrase: "this node's pods"), in a ListerWatcher whose answers r notes.
+// TrackRefusals wraps lw, of what (a phrase: "this node's pods"), in a ListerWatcher whose refusals r notes.
 func TrackRefusals(what string, lw cache.ListerWatcher) (cache.ListerWatcher, *Refusal) {
 	r := &Refusal{what: what}
 	u, ok := lw.(interface{ IsWatchListSemanticsUnSupported() bool })
 	return &refusalNoter{lw: cache.ToListerWatcherWithContext(lw), r: r, noWatchList: ok && u.IsWatchListSemanticsUnSupported()}, r
 }
 
-// Err is ErrRefused, with what and the apiserver's words, while the apiserver refuses; nil once it answers.
+// Err is ErrRefused, with what and the apiserver's words, from a refusal until Answered; nil otherwise.
 func (r *Refusal) Err() error {
 	if e := r.last.Load(); e != nil {
 		return *e
@@ -39,11 +42,12 @@ func (r *Refusal) Err() error {
 	return nil
 }
 
+// Answered ends a refusal: the consumer has replaced what it holds from a list answered since. It reports whether
+// there was one to end.
+func (r *Refusal) Answered() bool { return r.last.Swap(nil) != nil }
+
 func (r *Refusal) note(err error) {
-	switch {
-	case err == nil:
-		r.last.Store(nil)
-	case apierrors.IsForbidden(err) || apierrors.IsUnauthorized(err):
+	if apierrors.IsForbidden(err) || apierrors.IsUnauthorized(err) {
 		e := fmt.Errorf("%w of %s, so what the agent holds of them may be stale: %w", ErrRefused, r.what, err)
 		r.last.Store(&e)
 	}

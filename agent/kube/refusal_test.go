@@ -41,9 +41,10 @@ func (s *scripted) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
 	_, _ = fmt.Fprintf(w, `{"kind":"Status","apiVersion":"v1","status":"Failure","code":%d,"message":"answered %d"}`, code, code)
 }
 
-// TestRefusalFollowsTheLastAnswer: a 403 or 401 to the list is a refusal until the apiserver answers again; an error
-// that is no refusal (the apiserver failing or out of reach) neither makes one nor ends one.
-func TestRefusalFollowsTheLastAnswer(t *testing.T) {
+// TestRefusalLastsUntilAnswered: a 403 or 401 to a list or a watch is a refusal until the consumer says it holds a
+// list answered since (Answered), not until a request succeeds: a streamed list's watch opens long before its last
+// object arrives. An error that is no refusal (the apiserver failing or out of reach) makes none.
+func TestRefusalLastsUntilAnswered(t *testing.T) {
 	api := &scripted{code: http.StatusOK}
 	srv := httptest.NewServer(api)
 	defer srv.Close()
@@ -52,34 +53,44 @@ func TestRefusalFollowsTheLastAnswer(t *testing.T) {
 		t.Fatal(err)
 	}
 	lw, r := kube.TrackRefusals("ServiceAccounts", c.ServiceAccounts())
-	list := func() error {
-		_, err := lw.List(metav1.ListOptions{})
-		return err
+	list := func() { _, _ = lw.List(metav1.ListOptions{}) }
+	watch := func() {
+		if w, err := lw.Watch(metav1.ListOptions{}); err == nil {
+			w.Stop()
+		}
 	}
+	answered := func() { r.Answered() }
 	steps := []struct {
+		name    string
 		code    int
+		call    func()
 		refused bool
 	}{
-		{http.StatusOK, false},
-		{http.StatusInternalServerError, false},
-		{http.StatusForbidden, true},
-		{http.StatusInternalServerError, true}, // still refused: nothing says the refusal ended
-		{http.StatusOK, false},
-		{http.StatusUnauthorized, true},
-		{http.StatusOK, false},
+		{"list answered", http.StatusOK, list, false},
+		{"list failing", http.StatusInternalServerError, list, false},
+		{"list refused", http.StatusForbidden, list, true},
+		{"list failing after", http.StatusInternalServerError, list, true},
+		{"list answered again, the store not yet replaced", http.StatusOK, list, true},
+		{"store replaced", http.StatusOK, answered, false},
+		{"watch unauthorized", http.StatusUnauthorized, watch, true},
+		{"watch opened again", http.StatusOK, watch, true},
+		{"store replaced again", http.StatusOK, answered, false},
 	}
-	for i, s := range steps {
+	for _, s := range steps {
 		api.set(s.code)
-		_ = list()
+		s.call()
 		got := r.Err()
 		if s.refused != (got != nil) || got != nil && (!errors.Is(got, kube.ErrRefused) || !strings.Contains(got.Error(), "ServiceAccounts")) {
-			t.Errorf("step %d (%d): Err() = %v, want refused %v (kube.ErrRefused naming ServiceAccounts)", i, s.code, got, s.refused)
+			t.Errorf("%s (%d): Err() = %v, want refused %v (kube.ErrRefused naming ServiceAccounts)", s.name, s.code, got, s.refused)
 		}
+	}
+	if r.Answered() {
+		t.Error("Answered() with no refusal to end = true, want false")
 	}
 
 	// Out of reach: no answer at all is no refusal.
 	srv.Close()
-	if err := list(); err == nil {
+	if _, err := lw.List(metav1.ListOptions{}); err == nil {
 		t.Fatal("list from a closed server succeeded")
 	}
 	if err := r.Err(); err != nil {

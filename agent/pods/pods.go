@@ -36,9 +36,6 @@ var (
 	ErrNotFound    = errors.New("no live pod on this node has this address")
 	ErrAmbiguous   = errors.New("more than one live pod on this node has this address")
 	ErrHostNetwork = errors.New("address belongs to a hostNetwork pod, which cannot be told apart from the node")
-	// ErrRefused (kube.ErrRefused): the apiserver refuses to list or watch the node's pods, so what the index last
-	// saw may be stale: a deleted pod's address may be another's by now.
-	ErrRefused = kube.ErrRefused
 )
 
 const (
@@ -46,16 +43,22 @@ const (
 	byUID = "host-uid" // live hostNetwork pods only: they are told apart by their cgroup, not their address
 )
 
-// Index is a node-scoped pod informer with an index by pod IP.
+// Index is the node's pods, indexed by address, as a reflector keeps them (a pod informer without its queue: the
+// index is replaced in the step that ends a refusal, see store).
 type Index struct {
-	informer cache.SharedIndexInformer
-	wait     time.Duration
-	booted   time.Time
+	pods      cache.Indexer
+	reflector *cache.Reflector
+	wait      time.Duration
+	booted    time.Time
 
-	mu      sync.Mutex
-	changed chan struct{} // closed and replaced on every event, to wake waiting lookups
+	mu       sync.Mutex
+	changed  chan struct{} // closed and replaced on every event, to wake waiting lookups
+	handlers []func()
 
-	refused *kube.Refusal // whether the apiserver last refused the informer's list or watch
+	synced   chan struct{} // closed by the first Replace: the initial list is indexed
+	syncOnce sync.Once
+
+	refused *kube.Refusal // a refusal of the reflector's list or watch since the index was last replaced
 }
 
 // API lists and watches the pods of every namespace whose fields match a field selector (kube.Client).
@@ -66,7 +69,7 @@ type API interface {
 // New watches the pods scheduled to nodeName, which booted at booted. Lookup waits up to wait for an address not yet
 // known.
 func New(api API, nodeName string, booted time.Time, wait time.Duration) *Index {
-	ix := &Index{wait: wait, booted: booted, changed: make(chan struct{})}
+	ix := &Index{wait: wait, booted: booted, changed: make(chan struct{}), synced: make(chan struct{})}
 	var lw cache.ListerWatcher
 	lw, ix.refused = kube.TrackRefusals("this node's pods", api.Pods(fields.OneTermEqualSelector("spec.nodeName", nodeName).String()))
 	ipKeys := func(obj any) ([]string, error) {
@@ -76,41 +79,76 @@ func New(api API, nodeName string, booted time.Time, wait time.Duration) *Index 
 		}
 		return podIPs(p), nil
 	}
-	inf := cache.NewSharedIndexInformer(lw, &corev1.Pod{}, 0, cache.Indexers{byIP: ipKeys, byUID: hostUIDKeys})
-	// Keep only what identification needs: memory follows the node's pods, and a pod spec can be large.
-	_ = inf.SetTransform(slim)
-	ix.informer = inf
-	_, _ = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { ix.notify() },
-		UpdateFunc: func(any, any) { ix.notify() },
-		DeleteFunc: func(any) { ix.notify() },
-	})
+	ix.pods = cache.NewIndexer(cache.DeletionHandlingMetaNamespaceKeyFunc, cache.Indexers{byIP: ipKeys, byUID: hostUIDKeys})
+	ix.reflector = cache.NewReflectorWithOptions(lw, &corev1.Pod{}, store{ix}, cache.ReflectorOptions{Name: "iamlet pods"})
 	return ix
 }
 
-// Run runs the informer until ctx is done.
-func (ix *Index) Run(ctx context.Context) { ix.informer.RunWithContext(ctx) }
+// Run lists and watches until ctx is done.
+func (ix *Index) Run(ctx context.Context) { ix.reflector.RunWithContext(ctx) }
 
 // HasSynced reports whether the initial list has been indexed.
-func (ix *Index) HasSynced() bool { return ix.informer.HasSynced() }
+func (ix *Index) HasSynced() bool {
+	select {
+	case <-ix.synced:
+		return true
+	default:
+		return false
+	}
+}
 
 // Synced is closed once the initial list has been indexed: what start-up waits on, without polling.
-func (ix *Index) Synced() <-chan struct{} { return ix.informer.HasSyncedChecker().Done() }
+func (ix *Index) Synced() <-chan struct{} { return ix.synced }
 
-// AddHandler registers h for pod events (the agent uses it to prefetch and evict).
+// AddHandler registers h, called after every change to the index (the agent uses it to prefetch and evict). Call
+// it before Run; h runs on the reflector's goroutine and must not block.
 func (ix *Index) AddHandler(h func()) {
-	_, _ = ix.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { h() },
-		UpdateFunc: func(any, any) { h() },
-		DeleteFunc: func(any) { h() },
-	})
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	ix.handlers = append(ix.handlers, h)
 }
 
 func (ix *Index) notify() {
 	ix.mu.Lock()
 	close(ix.changed)
 	ix.changed = make(chan struct{})
+	hs := ix.handlers
 	ix.mu.Unlock()
+	for _, h := range hs {
+		h()
+	}
+}
+
+// store is what the reflector fills: the index, each pod slimmed first. Replace ends a refusal, once the index holds
+// the list the apiserver answered since: a streamed list's request succeeds long before its last pod arrives.
+type store struct{ ix *Index }
+
+func (s store) Add(obj any) error    { return s.done(s.ix.pods.Add(slimmed(obj))) }
+func (s store) Update(obj any) error { return s.done(s.ix.pods.Update(slimmed(obj))) }
+func (s store) Delete(obj any) error { return s.done(s.ix.pods.Delete(obj)) }
+func (s store) Resync() error        { return nil }
+
+func (s store) Replace(list []any, rv string) error {
+	for i, obj := range list {
+		list[i] = slimmed(obj)
+	}
+	if err := s.ix.pods.Replace(list, rv); err != nil {
+		return err
+	}
+	s.ix.refused.Answered()
+	s.ix.syncOnce.Do(func() { close(s.ix.synced) })
+	s.ix.notify()
+	return nil
+}
+
+// Transformer slims the pods of a streamed list as they arrive.
+func (s store) Transformer() cache.TransformFunc { return slim }
+
+func (s store) done(err error) error {
+	if err == nil {
+		s.ix.notify()
+	}
+	return err
 }
 
 func (ix *Index) changes() <-chan struct{} {
@@ -123,7 +161,7 @@ func (ix *Index) changes() <-chan struct{} {
 // socket's cgroup. Like Lookup it waits, up to the configured bound, for a pod not yet indexed.
 func (ix *Index) HostPod(ctx context.Context, uid types.UID) (Pod, error) {
 	return ix.waitFor(ctx, "hostNetwork pod "+string(uid), func() (Pod, error) {
-		objs, err := ix.informer.GetIndexer().ByIndex(byUID, string(uid))
+		objs, err := ix.pods.ByIndex(byUID, string(uid))
 		switch {
 		case err != nil:
 			return Pod{}, fmt.Errorf("index lookup of pod %s: %w", uid, err)
@@ -137,7 +175,7 @@ func (ix *Index) HostPod(ctx context.Context, uid types.UID) (Pod, error) {
 // LiveHost lists the live hostNetwork pods of the node.
 func (ix *Index) LiveHost() []Pod {
 	var out []Pod
-	for _, o := range ix.informer.GetStore().List() {
+	for _, o := range ix.pods.List() {
 		if p, ok := o.(*corev1.Pod); ok && live(p) && p.Spec.HostNetwork {
 			out = append(out, toPod(p))
 		}
@@ -184,7 +222,7 @@ func (ix *Index) waitFor(ctx context.Context, what string, lookup func() (Pod, e
 
 // lookup finds the pod whose address is key (a bare address's String).
 func (ix *Index) lookup(key string) (Pod, error) {
-	objs, err := ix.informer.GetIndexer().ByIndex(byIP, key)
+	objs, err := ix.pods.ByIndex(byIP, key)
 	if err != nil {
 		return Pod{}, fmt.Errorf("index lookup of %s: %w", key, err)
 	}
@@ -212,7 +250,7 @@ func (ix *Index) lookup(key string) (Pod, error) {
 // (sandboxCurrent): after a reboot, those waiting for the kubelet to report their new sandbox.
 func (ix *Index) Unvouched() int {
 	n := 0
-	for _, o := range ix.informer.GetStore().List() {
+	for _, o := range ix.pods.List() {
 		if p, ok := o.(*corev1.Pod); ok && live(p) && len(podAddrs(p)) > 0 && !addressVouched(p, ix.booted) {
 			n++
 		}
@@ -220,14 +258,15 @@ func (ix *Index) Unvouched() int {
 	return n
 }
 
-// Refused is ErrRefused, with the apiserver's words, while the apiserver refuses the index's list or watch; nil once
-// it answers.
+// Refused is kube.ErrRefused, with the apiserver's words, from a refusal of the index's list or watch until the index
+// holds a list the apiserver answered since; nil otherwise. Meanwhile nobody is identified: a deleted pod's address
+// may be another's by now.
 func (ix *Index) Refused() error { return ix.refused.Err() }
 
 // Live lists the live, non-hostNetwork pods of the node.
 func (ix *Index) Live() []Pod {
 	var out []Pod
-	for _, o := range ix.informer.GetStore().List() {
+	for _, o := range ix.pods.List() {
 		if p, ok := o.(*corev1.Pod); ok && live(p) && !p.Spec.HostNetwork {
 			out = append(out, toPod(p))
 		}
@@ -316,7 +355,13 @@ func toPod(p *corev1.Pod) Pod {
 	return out
 }
 
-// slim drops everything identification does not read before the informer stores a pod.
+// slimmed is obj slimmed, or obj when it is no pod.
+func slimmed(obj any) any {
+	out, _ := slim(obj)
+	return out
+}
+
+// slim drops everything identification does not read before the index stores a pod.
 func slim(obj any) (any, error) {
 	p, ok := obj.(*corev1.Pod)
 	if !ok {

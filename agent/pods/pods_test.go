@@ -18,6 +18,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/iamlet/iamlet/agent/kube"
 	"github.com/iamlet/iamlet/agent/kube/kubetest"
 	"github.com/iamlet/iamlet/agent/pods"
 )
@@ -387,11 +388,11 @@ func TestRefusedListIdentifiesNobody(t *testing.T) {
 		api.Refuse(true)
 		time.Sleep(time.Minute) // the watch ended: past the informer's back-off it lists again, and is refused
 		synctest.Wait()
-		if _, err := ix.Lookup(ctx, ip); !errors.Is(err, pods.ErrRefused) {
-			t.Errorf("while the apiserver refuses the list: Lookup = %v, want ErrRefused", err)
+		if _, err := ix.Lookup(ctx, ip); !errors.Is(err, kube.ErrRefused) {
+			t.Errorf("while the apiserver refuses the list: Lookup = %v, want kube.ErrRefused", err)
 		}
-		if !errors.Is(ix.Refused(), pods.ErrRefused) {
-			t.Errorf("Refused() = %v, want ErrRefused", ix.Refused())
+		if !errors.Is(ix.Refused(), kube.ErrRefused) {
+			t.Errorf("Refused() = %v, want kube.ErrRefused", ix.Refused())
 		}
 
 		api.Refuse(false)

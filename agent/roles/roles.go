@@ -12,8 +12,6 @@ import (
 	"time"
 
 	"k8s.io/client-go/tools/cache"
-
-	"github.com/iamlet/iamlet/agent/kube"
 )
 
 // Annotations read by the mapper. The eks.amazonaws.com ones are IRSA's, so existing manifests work unchanged.
@@ -77,7 +75,6 @@ type Mapper struct {
 	sas        *store                                // only the ServiceAccounts with an annotation the mapper reads
 	namespaces *store                                // every Namespace
 	reflectors []*cache.Reflector
-	refusals   []*kube.Refusal // the apiserver's last answers to the reflectors' lists and watches
 	wg         sync.WaitGroup
 }
 
@@ -90,7 +87,7 @@ type API interface {
 // New builds a mapper over api. Call Start, then wait for HasSynced.
 func New(api API, cfg Config) *Mapper {
 	m := &Mapper{cfg: cfg.withDefaults(), sas: newStore(false), namespaces: newStore(true)}
-	m.reflectors, m.refusals = reflectors(api, m.sas, m.namespaces)
+	m.reflectors = reflectors(api, m.sas, m.namespaces)
 	return m
 }
 
@@ -136,15 +133,13 @@ func (m *Mapper) WaitForSync(ctx context.Context) error {
 	return nil
 }
 
-// Refused is kube.ErrRefused, with the apiserver's words, while the apiserver refuses the list or watch of
-// ServiceAccounts or Namespaces; nil once it answers both.
+// Refused is kube.ErrRefused, with the apiserver's words, from a refusal of the list or watch of ServiceAccounts or
+// Namespaces until that store holds a list the apiserver answered since; nil otherwise.
 func (m *Mapper) Refused() error {
-	for _, r := range m.refusals {
-		if err := r.Err(); err != nil {
-			return err
-		}
+	if err := m.sas.refused(); err != nil {
+		return err
 	}
-	return nil
+	return m.namespaces.refused()
 }
 
 // RoleFor returns the role of ServiceAccount sa in namespace. While the apiserver refuses the mapper's list or watch

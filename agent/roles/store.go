@@ -108,6 +108,10 @@ type store struct {
 
 	synced   chan struct{} // closed by the first Replace: the initial list is held
 	syncOnce sync.Once
+
+	// refusal is the apiserver's refusal of the reflector's list or watch, if any since the last Replace; nil
+	// for a store no reflector fills.
+	refusal *kube.Refusal
 }
 
 func newStore(keepBare bool) *store {
@@ -186,11 +190,21 @@ func (s *store) Replace(list []any, _ string) error {
 	changed := !maps.Equal(s.items, items)
 	s.items = items
 	s.mu.Unlock()
+	// Only now is what the store holds the apiserver's answer again: a refusal ends here, not when the list began.
+	answered := s.refusal != nil && s.refusal.Answered()
 	s.syncOnce.Do(func() { close(s.synced) })
-	if changed {
+	if changed || answered { // after a refusal too: the agent left its cache alone meanwhile (reconcileCache)
 		s.notify()
 	}
 	return nil
+}
+
+// refused is the apiserver's refusal of the store's list or watch since its last Replace, if any.
+func (s *store) refused() error {
+	if s.refusal == nil {
+		return nil
+	}
+	return s.refusal.Err()
 }
 
 func (s *store) Resync() error { return nil }
@@ -225,13 +239,14 @@ func (s *store) notify() {
 	}
 }
 
-// reflectors list and watch ServiceAccounts and Namespaces cluster-wide into sas and namespaces, and track whether
-// the apiserver refuses either.
-func reflectors(api API, sas, namespaces *store) ([]*cache.Reflector, []*kube.Refusal) {
-	saLW, saRefusal := kube.TrackRefusals("ServiceAccounts", api.ServiceAccounts())
-	nsLW, nsRefusal := kube.TrackRefusals("Namespaces", api.Namespaces())
+// reflectors list and watch ServiceAccounts and Namespaces cluster-wide into sas and namespaces, each store told of
+// the apiserver's refusals.
+func reflectors(api API, sas, namespaces *store) []*cache.Reflector {
+	var saLW, nsLW cache.ListerWatcher
+	saLW, sas.refusal = kube.TrackRefusals("ServiceAccounts", api.ServiceAccounts())
+	nsLW, namespaces.refusal = kube.TrackRefusals("Namespaces", api.Namespaces())
 	return []*cache.Reflector{
 		cache.NewReflectorWithOptions(saLW, &corev1.ServiceAccount{}, sas, cache.ReflectorOptions{Name: "iamlet serviceaccounts"}),
 		cache.NewReflectorWithOptions(nsLW, &corev1.Namespace{}, namespaces, cache.ReflectorOptions{Name: "iamlet namespaces"}),
-	}, []*kube.Refusal{saRefusal, nsRefusal}
+	}
 }

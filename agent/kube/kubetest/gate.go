@@ -42,26 +42,28 @@ func (g *Gate) Refuse(refuse bool) {
 	}
 }
 
-func (g *Gate) forbidden() error {
+func (g *Gate) forbidden(verb string) error {
 	return apierrors.NewForbidden(schema.GroupResource{Resource: g.resource}, "",
-		errors.New(`User "system:serviceaccount:kube-system:iamlet" cannot list resource "`+g.resource+`"`))
+		errors.New(`User "system:serviceaccount:kube-system:iamlet" cannot `+verb+` resource "`+g.resource+`"`))
 }
 
+// ListWithContext lists through the gate.
 func (g *Gate) ListWithContext(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 	g.mu.Lock()
 	refuse := g.refuse
 	g.mu.Unlock()
 	if refuse {
-		return nil, g.forbidden()
+		return nil, g.forbidden("list")
 	}
 	return g.lw.ListWithContext(ctx, o)
 }
 
+// WatchWithContext watches through the gate; Refuse ends the watch.
 func (g *Gate) WatchWithContext(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.refuse {
-		return nil, g.forbidden()
+		return nil, g.forbidden("watch")
 	}
 	w, err := g.lw.WatchWithContext(ctx, o)
 	if err == nil {
@@ -70,10 +72,12 @@ func (g *Gate) WatchWithContext(ctx context.Context, o metav1.ListOptions) (watc
 	return w, err
 }
 
+// List is ListWithContext without a context.
 func (g *Gate) List(o metav1.ListOptions) (runtime.Object, error) {
 	return g.ListWithContext(context.Background(), o)
 }
 
+// Watch is WatchWithContext without a context.
 func (g *Gate) Watch(o metav1.ListOptions) (watch.Interface, error) {
 	return g.WatchWithContext(context.Background(), o)
 }
