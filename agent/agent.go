@@ -142,11 +142,11 @@ func removeOtherBackend(ctx context.Context, ic iptables.Config, current string,
 }
 
 // reconcileCache makes the cache hold exactly the live pods' current roles: new pods are prefetched,
-// deleted pods and changed roles dropped. While the apiserver refuses a list it relied on, it changes nothing: no
-// role would be named, and the whole cache would go (nothing is served meanwhile, and the relist that ends the
-// refusal runs it again).
+// deleted pods and changed roles dropped. While what the index or the mapper holds may be stale, it changes nothing:
+// no role would be named, and the whole cache would go (nothing is served meanwhile, and the relist that ends the
+// staleness runs it again).
 func reconcileCache(index *pods.Index, mapper *roles.Mapper, cache *creds.Cache, hostPods bool, trusted trustList, own types.UID) {
-	if index.Refused() != nil || mapper.Refused() != nil {
+	if index.Stale() != nil || mapper.Stale() != nil {
 		return
 	}
 	var want []creds.Request
@@ -190,7 +190,7 @@ type state struct {
 	synced, listening, rulesOK atomic.Bool
 	minting                    satoken.Mode
 	hostNetwork                func() string // hostNetwork pods: covered, off, or not covered and why
-	refused                    func() error  // a refusal by the apiserver of the pods' or the mapper's watches; nil: none
+	stale                      func() error  // why what the pod index or the mapper holds may be stale; nil: it is not
 	// confinement is the last confinement check's failure; nil before the first check.
 	confinement atomic.Pointer[error]
 }
@@ -206,9 +206,9 @@ func (s *state) confinedErr() error {
 }
 
 func (s *state) ready() (bool, string) {
-	// A refusal first: it is why the informers do not sync when the agent's RBAC is wrong from the start.
-	if s.refused != nil {
-		if err := s.refused(); err != nil {
+	// Staleness first: a refusal is why the informers do not sync when the agent's RBAC is wrong from the start.
+	if s.stale != nil {
+		if err := s.stale(); err != nil {
 			return false, err.Error()
 		}
 	}

@@ -77,6 +77,8 @@ func (p *provider) Credentials(ctx context.Context, caller netip.Addr) (metadata
 			reason = "not_exempt"
 		case errors.Is(err, kube.ErrRefused):
 			reason = "pods_refused"
+		case errors.Is(err, kube.ErrUnanswered):
+			reason = "pods_unanswered"
 		}
 		attrs := []slog.Attr{slog.Bool("audit", true), slog.String("caller", caller.String()),
 			slog.String("outcome", "refused"), slog.String("reason", reason), slog.String("error", err.Error())}
@@ -106,6 +108,8 @@ func (p *provider) Credentials(ctx context.Context, caller netip.Addr) (metadata
 			reason = "bad_session_policy"
 		case errors.Is(err, kube.ErrRefused): // not the pod's fault: it asks again shortly
 			reason, sentinel = "roles_refused", metadata.ErrUnavailable
+		case errors.Is(err, kube.ErrUnanswered):
+			reason, sentinel = "roles_unanswered", metadata.ErrUnavailable
 		}
 		return metadata.Credentials{}, p.refused(ctx, fmt.Errorf("%w: %w", sentinel, err), attrs(slog.String("outcome", "refused"),
 			slog.String("reason", reason), slog.String("error", err.Error())))

@@ -450,6 +450,8 @@ func TestProviderNamesWhoRefused(t *testing.T) {
 		{"STS", nil, nil, classified{msg: "AccessDenied: Not authorized to perform sts:AssumeRoleWithWebIdentity"}, metadata.ErrForbidden, `"reason":"sts_refused"`},
 		{"pods watch", kube.ErrRefused, nil, nil, metadata.ErrUnavailable, `"reason":"pods_refused"`},
 		{"ServiceAccounts watch", nil, watchRefused, nil, metadata.ErrUnavailable, `"reason":"roles_refused"`},
+		{"pods watch unanswered", fmt.Errorf("%w of this node's pods for 31s", kube.ErrUnanswered), nil, nil, metadata.ErrUnavailable, `"reason":"pods_unanswered"`},
+		{"Namespaces watch unanswered", nil, fmt.Errorf("%w of Namespaces for 31s", kube.ErrUnanswered), nil, metadata.ErrUnavailable, `"reason":"roles_unanswered"`},
 		{"allow-list", nil, roles.ErrNotAllowed, nil, metadata.ErrForbidden, `"reason":"not_allowed"`},
 	} {
 		log, buf := logBuffer()

@@ -29,14 +29,14 @@ func TestReadyzSaysWhatIsMissing(t *testing.T) {
 		{"informers", func(s *state) { s.synced.Store(false) }, http.StatusServiceUnavailable, "informers not synced"},
 		{"listener", func(s *state) { s.listening.Store(false) }, http.StatusServiceUnavailable, "metadata listener not up"},
 		{"rules", func(s *state) { s.rulesOK.Store(false) }, http.StatusServiceUnavailable, "interception rules not in place"},
-		{"watch refused", func(s *state) { s.refused = func() error { return refusal } }, http.StatusServiceUnavailable, "list or watch of Namespaces"},
+		{"watch refused", func(s *state) { s.stale = func() error { return refusal } }, http.StatusServiceUnavailable, "list or watch of Namespaces"},
 		{"refused from the start", func(s *state) {
-			s.refused = func() error { return refusal }
+			s.stale = func() error { return refusal }
 			s.synced.Store(false)
 		}, http.StatusServiceUnavailable, "list or watch of Namespaces"},
 		{"minting", func(s *state) { s.confinement.Store(nil) }, http.StatusServiceUnavailable, errNotChecked.Error()},
 	} {
-		st := &state{minting: satoken.AsNode, hostNetwork: func() string { return "covered" }, refused: func() error { return nil }}
+		st := &state{minting: satoken.AsNode, hostNetwork: func() string { return "covered" }, stale: func() error { return nil }}
 		st.synced.Store(true)
 		st.listening.Store(true)
 		st.rulesOK.Store(true)

@@ -70,7 +70,7 @@ func TestReconcileLeavesTheCacheAloneWhileRefused(t *testing.T) {
 				gate.Refuse(true)
 				time.Sleep(time.Minute) // the watch ended: past the back-off the reflector lists again, and is refused
 				synctest.Wait()
-				if index.Refused() == nil && mapper.Refused() == nil {
+				if index.Stale() == nil && mapper.Stale() == nil {
 					t.Fatal("no refusal noted")
 				}
 				if n := reconcile(); n != 1 {
@@ -82,8 +82,8 @@ func TestReconcileLeavesTheCacheAloneWhileRefused(t *testing.T) {
 				// which a test outside this bubble may have set in real time, decades after the bubble's clock.
 				time.Sleep(50 * 365 * 24 * time.Hour)
 				synctest.Wait()
-				if n := reconcile(); n != 1 || index.Refused() != nil || mapper.Refused() != nil {
-					t.Errorf("once answered again: %d entries (refusals %v, %v), want 1", n, index.Refused(), mapper.Refused())
+				if n := reconcile(); n != 1 || index.Stale() != nil || mapper.Stale() != nil {
+					t.Errorf("once answered again: %d entries (refusals %v, %v), want 1", n, index.Stale(), mapper.Stale())
 				}
 			})
 		})

@@ -44,7 +44,7 @@ const (
 )
 
 // Index is the node's pods, indexed by address, as a reflector keeps them (a pod informer without its queue: the
-// index is replaced in the step that ends a refusal, see store).
+// index is replaced in the step that ends its staleness, see store).
 type Index struct {
 	pods      cache.Indexer
 	reflector *cache.Reflector
@@ -58,7 +58,7 @@ type Index struct {
 	synced   chan struct{} // closed by the first Replace: the initial list is indexed
 	syncOnce sync.Once
 
-	refused *kube.Refusal // a refusal of the reflector's list or watch since the index was last replaced
+	stale *kube.Staleness // whether the apiserver refused, or has long not answered, the reflector's list or watch
 }
 
 // API lists and watches the pods of every namespace whose fields match a field selector (kube.Client).
@@ -71,7 +71,7 @@ type API interface {
 func New(api API, nodeName string, booted time.Time, wait time.Duration) *Index {
 	ix := &Index{wait: wait, booted: booted, changed: make(chan struct{}), synced: make(chan struct{})}
 	var lw cache.ListerWatcher
-	lw, ix.refused = kube.TrackRefusals("this node's pods", api.Pods(fields.OneTermEqualSelector("spec.nodeName", nodeName).String()))
+	lw, ix.stale = kube.TrackStaleness("this node's pods", api.Pods(fields.OneTermEqualSelector("spec.nodeName", nodeName).String()), ix.notify)
 	ipKeys := func(obj any) ([]string, error) {
 		p, ok := obj.(*corev1.Pod)
 		if !ok || !live(p) || !addressVouched(p, booted) {
@@ -120,7 +120,7 @@ func (ix *Index) notify() {
 }
 
 // store is what the reflector fills: the index, each pod slimmed first. Replace ends a refusal, once the index holds
-// the list the apiserver answered since: a streamed list's request succeeds long before its last pod arrives.
+// a list the apiserver answered since: a streamed list's request succeeds long before its last pod arrives.
 type store struct{ ix *Index }
 
 func (s store) Add(obj any) error    { return s.done(s.ix.pods.Add(slimmed(obj))) }
@@ -135,7 +135,7 @@ func (s store) Replace(list []any, rv string) error {
 	if err := s.ix.pods.Replace(list, rv); err != nil {
 		return err
 	}
-	s.ix.refused.Answered()
+	s.ix.stale.Answered()
 	s.ix.syncOnce.Do(func() { close(s.ix.synced) })
 	s.ix.notify()
 	return nil
@@ -198,7 +198,7 @@ func (ix *Index) Lookup(ctx context.Context, ip netip.Addr) (Pod, error) {
 func (ix *Index) waitFor(ctx context.Context, what string, lookup func() (Pod, error)) (Pod, error) {
 	var timer *time.Timer
 	for {
-		if err := ix.Refused(); err != nil {
+		if err := ix.Stale(); err != nil {
 			return Pod{}, err
 		}
 		changed := ix.changes() // taken before the read, so no event can slip between them
@@ -258,10 +258,10 @@ func (ix *Index) Unvouched() int {
 	return n
 }
 
-// Refused is kube.ErrRefused, with the apiserver's words, from a refusal of the index's list or watch until the index
-// holds a list the apiserver answered since; nil otherwise. Meanwhile nobody is identified: a deleted pod's address
-// may be another's by now.
-func (ix *Index) Refused() error { return ix.refused.Err() }
+// Stale is kube.ErrRefused or kube.ErrUnanswered, with the apiserver's words, while the index may be stale: from a
+// refusal of its list or watch until it holds a list answered since, or once they have failed for kube.StaleAfter.
+// Meanwhile nobody is identified: a deleted pod's address may be another's by now.
+func (ix *Index) Stale() error { return ix.stale.Err() }
 
 // Live lists the live, non-hostNetwork pods of the node.
 func (ix *Index) Live() []Pod {

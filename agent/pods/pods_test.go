@@ -368,42 +368,70 @@ type gatedPods struct{ *kubetest.Gate }
 
 func (g gatedPods) Pods(string) cache.ListerWatcher { return g.Gate }
 
-// TestRefusedListIdentifiesNobody: an informer keeps what it last saw through any error; once the apiserver refuses
-// its list (RBAC changed under the agent, a rollback), what it saw may name deleted pods, so nobody is identified
-// until the apiserver answers again.
-func TestRefusedListIdentifiesNobody(t *testing.T) {
+// TestStaleIndexIdentifiesNobody: the index keeps what it last saw through any error. Once the apiserver refuses
+// its list or watch (RBAC changed under the agent, a rollback), or has not answered them for kube.StaleAfter (the
+// agent cut off from it while the kubelet goes on deleting pods and the CNI reusing their addresses), what it saw
+// may name deleted pods, so nobody is identified until it holds a list answered since. A shorter silence changes
+// nothing.
+func TestStaleIndexIdentifiesNobody(t *testing.T) {
 	clientfeaturestesting.SetFeatureDuringTest(t, clientfeatures.WatchListClient, false)
-	synctest.Test(t, func(t *testing.T) {
-		api := gatedPods{kubetest.NewGate("pods", kubetest.Client{Interface: fake.NewClientset(pod("web", []string{"10.0.0.5"}))}.Pods(""))}
-		ix := pods.New(api, node, booted, time.Second)
-		ctx, cancel := context.WithCancel(t.Context())
-		defer cancel()
-		go ix.Run(ctx)
-		synctest.Wait()
-		ip := netip.MustParseAddr("10.0.0.5")
-		if p, err := ix.Lookup(ctx, ip); err != nil || p.Name != "web" || ix.Refused() != nil {
-			t.Fatalf("before the refusal: Lookup = %q, %v; Refused = %v; want web, nil, nil", p.Name, err, ix.Refused())
-		}
+	for _, mode := range []struct {
+		name string
+		set  func(*kubetest.Gate, bool)
+		want error
+	}{
+		{"refused", (*kubetest.Gate).Refuse, kube.ErrRefused},
+		{"cut off", (*kubetest.Gate).CutOff, kube.ErrUnanswered},
+	} {
+		t.Run(mode.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				client := fake.NewClientset(pod("web", []string{"10.0.0.5"}))
+				api := gatedPods{kubetest.NewGate("pods", kubetest.Client{Interface: client}.Pods(""))}
+				ix := pods.New(api, node, booted, time.Second)
+				ctx, cancel := context.WithCancel(t.Context())
+				defer cancel()
+				go ix.Run(ctx)
+				synctest.Wait()
+				ip := netip.MustParseAddr("10.0.0.5")
+				identified := func(when, want string) {
+					t.Helper()
+					if p, err := ix.Lookup(ctx, ip); err != nil || p.Name != want || ix.Stale() != nil {
+						t.Errorf("%s: Lookup = %q, %v; Stale = %v; want %s, nil, nil", when, p.Name, err, ix.Stale(), want)
+					}
+				}
+				identified("before", "web")
 
-		api.Refuse(true)
-		time.Sleep(time.Minute) // the watch ended: past the informer's back-off it lists again, and is refused
-		synctest.Wait()
-		if _, err := ix.Lookup(ctx, ip); !errors.Is(err, kube.ErrRefused) {
-			t.Errorf("while the apiserver refuses the list: Lookup = %v, want kube.ErrRefused", err)
-		}
-		if !errors.Is(ix.Refused(), kube.ErrRefused) {
-			t.Errorf("Refused() = %v, want kube.ErrRefused", ix.Refused())
-		}
+				mode.set(api.Gate, true)
+				if mode.want == kube.ErrUnanswered {
+					time.Sleep(kube.StaleAfter / 2)
+					synctest.Wait()
+					identified("unanswered for less than kube.StaleAfter", "web")
+				}
+				// Meanwhile web is deleted and its address given to another pod; the index cannot hear of it.
+				if err := client.Tracker().Delete(corev1.SchemeGroupVersion.WithResource("pods"), "ns", "web"); err != nil {
+					t.Fatal(err)
+				}
+				if err := client.Tracker().Add(pod("next", []string{"10.0.0.5"})); err != nil {
+					t.Fatal(err)
+				}
+				time.Sleep(time.Minute) // the watch ended: past the back-off the reflector lists again, and fails
+				synctest.Wait()
+				if p, err := ix.Lookup(ctx, ip); !errors.Is(err, mode.want) {
+					t.Errorf("Lookup = %q, %v; want %v (not the deleted web)", p.Name, err, mode.want)
+				}
+				if !errors.Is(ix.Stale(), mode.want) {
+					t.Errorf("Stale() = %v, want %v", ix.Stale(), mode.want)
+				}
 
-		api.Refuse(false)
-		// Past the informer's back-off and the error handler's: apimachinery keeps the last error's time in a global,
-		// which a test outside this bubble may have set in real time, decades after the bubble's clock.
-		time.Sleep(50 * 365 * 24 * time.Hour)
-		synctest.Wait()
-		if p, err := ix.Lookup(ctx, ip); err != nil || p.Name != "web" || ix.Refused() != nil {
-			t.Errorf("once answered again: Lookup = %q, %v; Refused = %v; want web, nil, nil", p.Name, err, ix.Refused())
-		}
-		cancel()
-		synctest.Wait()
-	})
+				mode.set(api.Gate, false)
+				// Past the back-off and the error handler's: apimachinery keeps the last error's time in a global,
+				// which a test outside this bubble may have set in real time, decades after the bubble's clock.
+				time.Sleep(50 * 365 * 24 * time.Hour)
+				synctest.Wait()
+				identified("once answered again", "next")
+				cancel()
+				synctest.Wait()
+			})
+		})
+	}
 }

@@ -133,19 +133,19 @@ func (m *Mapper) WaitForSync(ctx context.Context) error {
 	return nil
 }
 
-// Refused is kube.ErrRefused, with the apiserver's words, from a refusal of the list or watch of ServiceAccounts or
-// Namespaces until that store holds a list the apiserver answered since; nil otherwise.
-func (m *Mapper) Refused() error {
-	if err := m.sas.refused(); err != nil {
+// Stale is kube.ErrRefused or kube.ErrUnanswered, with the apiserver's words, while what the mapper holds of
+// ServiceAccounts or Namespaces may be stale (kube.Staleness); nil otherwise.
+func (m *Mapper) Stale() error {
+	if err := m.sas.stale(); err != nil {
 		return err
 	}
-	return m.namespaces.refused()
+	return m.namespaces.stale()
 }
 
 // RoleFor returns the role of ServiceAccount sa in namespace. While the apiserver refuses the mapper's list or watch
-// (Refused), it names no role: what the stores hold may have lost a role or an allow-list since.
+// (Stale), it names no role: what the stores hold may have lost a role or an allow-list since.
 func (m *Mapper) RoleFor(namespace, sa string) (Role, error) {
-	if err := m.Refused(); err != nil {
+	if err := m.Stale(); err != nil {
 		return Role{}, err
 	}
 	acct, ok := m.sas.get(objectKey{namespace, sa})

@@ -109,9 +109,9 @@ type store struct {
 	synced   chan struct{} // closed by the first Replace: the initial list is held
 	syncOnce sync.Once
 
-	// refusal is the apiserver's refusal of the reflector's list or watch, if any since the last Replace; nil
-	// for a store no reflector fills.
-	refusal *kube.Refusal
+	// staleness is whether the apiserver refused, or has long not answered, the reflector's list or watch; nil for
+	// a store no reflector fills.
+	staleness *kube.Staleness
 }
 
 func newStore(keepBare bool) *store {
@@ -191,7 +191,7 @@ func (s *store) Replace(list []any, _ string) error {
 	s.items = items
 	s.mu.Unlock()
 	// Only now is what the store holds the apiserver's answer again: a refusal ends here, not when the list began.
-	answered := s.refusal != nil && s.refusal.Answered()
+	answered := s.staleness != nil && s.staleness.Answered()
 	s.syncOnce.Do(func() { close(s.synced) })
 	if changed || answered { // after a refusal too: the agent left its cache alone meanwhile (reconcileCache)
 		s.notify()
@@ -199,12 +199,12 @@ func (s *store) Replace(list []any, _ string) error {
 	return nil
 }
 
-// refused is the apiserver's refusal of the store's list or watch since its last Replace, if any.
-func (s *store) refused() error {
-	if s.refusal == nil {
+// stale is why what the store holds may be stale, if it may.
+func (s *store) stale() error {
+	if s.staleness == nil {
 		return nil
 	}
-	return s.refusal.Err()
+	return s.staleness.Err()
 }
 
 func (s *store) Resync() error { return nil }
@@ -240,11 +240,11 @@ func (s *store) notify() {
 }
 
 // reflectors list and watch ServiceAccounts and Namespaces cluster-wide into sas and namespaces, each store told of
-// the apiserver's refusals.
+// whether what it holds may be stale.
 func reflectors(api API, sas, namespaces *store) []*cache.Reflector {
 	var saLW, nsLW cache.ListerWatcher
-	saLW, sas.refusal = kube.TrackRefusals("ServiceAccounts", api.ServiceAccounts())
-	nsLW, namespaces.refusal = kube.TrackRefusals("Namespaces", api.Namespaces())
+	saLW, sas.staleness = kube.TrackStaleness("ServiceAccounts", api.ServiceAccounts(), sas.notify)
+	nsLW, namespaces.staleness = kube.TrackStaleness("Namespaces", api.Namespaces(), namespaces.notify)
 	return []*cache.Reflector{
 		cache.NewReflectorWithOptions(saLW, &corev1.ServiceAccount{}, sas, cache.ReflectorOptions{Name: "iamlet serviceaccounts"}),
 		cache.NewReflectorWithOptions(nsLW, &corev1.Namespace{}, namespaces, cache.ReflectorOptions{Name: "iamlet namespaces"}),

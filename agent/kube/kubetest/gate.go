@@ -3,7 +3,9 @@ package kubetest
 import (
 	"context"
 	"errors"
+	"net"
 	"sync"
+	"syscall"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -13,14 +15,16 @@ import (
 	"k8s.io/client-go/tools/cache"
 )
 
-// Gate passes a ListerWatcher's answers on until told to refuse (the agent's RBAC changed under it): then its list
-// and watch answer 403, and the watches it had open end, as the apiserver's would in time.
+// Gate passes a ListerWatcher's answers on until told to refuse (the agent's RBAC changed under it: its list and
+// watch answer 403) or cut off (the apiserver out of the agent's reach: they fail to connect); either way the watches
+// it had open end, as the apiserver's would in time, or client-go's health check would.
 type Gate struct {
 	lw       cache.ListerWatcherWithContext
 	resource string
 
 	mu      sync.Mutex
 	refuse  bool
+	cut     bool
 	watches []watch.Interface
 }
 
@@ -30,16 +34,33 @@ func NewGate(resource string, lw cache.ListerWatcher) *Gate {
 }
 
 // Refuse makes the gate refuse from now on (ending its open watches), or answer again.
-func (g *Gate) Refuse(refuse bool) {
+func (g *Gate) Refuse(refuse bool) { g.set(&g.refuse, refuse) }
+
+// CutOff makes the gate fail to connect from now on (ending its open watches), or answer again.
+func (g *Gate) CutOff(cut bool) { g.set(&g.cut, cut) }
+
+func (g *Gate) set(mode *bool, on bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.refuse = refuse
-	if refuse {
+	*mode = on
+	if on {
 		for _, w := range g.watches {
 			w.Stop()
 		}
 		g.watches = nil
 	}
+}
+
+// failure is the gate's answer to verb while it refuses or is cut off; nil while it passes requests on. Call it
+// with g.mu held.
+func (g *Gate) failure(verb string) error {
+	switch {
+	case g.refuse:
+		return g.forbidden(verb)
+	case g.cut:
+		return &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}
+	}
+	return nil
 }
 
 func (g *Gate) forbidden(verb string) error {
@@ -50,10 +71,10 @@ func (g *Gate) forbidden(verb string) error {
 // ListWithContext lists through the gate.
 func (g *Gate) ListWithContext(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 	g.mu.Lock()
-	refuse := g.refuse
+	err := g.failure("list")
 	g.mu.Unlock()
-	if refuse {
-		return nil, g.forbidden("list")
+	if err != nil {
+		return nil, err
 	}
 	return g.lw.ListWithContext(ctx, o)
 }
@@ -62,8 +83,8 @@ func (g *Gate) ListWithContext(ctx context.Context, o metav1.ListOptions) (runti
 func (g *Gate) WatchWithContext(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.refuse {
-		return nil, g.forbidden("watch")
+	if err := g.failure("watch"); err != nil {
+		return nil, err
 	}
 	w, err := g.lw.WatchWithContext(ctx, o)
 	if err == nil {

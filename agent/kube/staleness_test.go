@@ -1,6 +1,7 @@
 package kube_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -9,9 +10,15 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
+	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
 
 	"github.com/iamlet/iamlet/agent/kube"
 )
@@ -52,7 +59,7 @@ func TestRefusalLastsUntilAnswered(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lw, r := kube.TrackRefusals("ServiceAccounts", c.ServiceAccounts())
+	lw, r := kube.TrackStaleness("ServiceAccounts", c.ServiceAccounts(), nil)
 	list := func() { _, _ = lw.List(metav1.ListOptions{}) }
 	watch := func() {
 		if w, err := lw.Watch(metav1.ListOptions{}); err == nil {
@@ -96,4 +103,50 @@ func TestRefusalLastsUntilAnswered(t *testing.T) {
 	if err := r.Err(); err != nil {
 		t.Errorf("after a failure to connect: Err() = %v, want nil", err)
 	}
+}
+
+// TestUnansweredGoesStaleAfterStaleAfter: failed requests (the apiserver failing or out of reach) make what the
+// consumer holds stale once they have gone on for kube.StaleAfter without an answer; an answer ends that at once and
+// tells the consumer, so what it skipped meanwhile is done again.
+func TestUnansweredGoesStaleAfterStaleAfter(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var answer error
+		fresh := 0
+		lw, s := kube.TrackStaleness("ServiceAccounts", &cache.ListWatch{
+			ListWithContextFunc: func(context.Context, metav1.ListOptions) (runtime.Object, error) {
+				if answer != nil {
+					return nil, answer
+				}
+				return &corev1.ServiceAccountList{}, nil
+			},
+		}, func() { fresh++ })
+		list := func() { _, _ = lw.List(metav1.ListOptions{}) }
+
+		answer = apierrors.NewServiceUnavailable("etcd leader changed")
+		list()
+		time.Sleep(kube.StaleAfter - time.Second)
+		list() // failing on: the silence counts from the first failure
+		if err := s.Err(); err != nil {
+			t.Errorf("unanswered for less than StaleAfter: Err() = %v, want nil", err)
+		}
+		time.Sleep(time.Second)
+		if err := s.Err(); !errors.Is(err, kube.ErrUnanswered) || !strings.Contains(err.Error(), "ServiceAccounts") ||
+			!strings.Contains(err.Error(), "etcd leader changed") {
+			t.Errorf("unanswered for StaleAfter: Err() = %v, want kube.ErrUnanswered naming ServiceAccounts and the last error", err)
+		}
+
+		answer = nil
+		list()
+		if err := s.Err(); err != nil || fresh != 1 {
+			t.Errorf("answered: Err() = %v, %d calls to fresh; want nil, 1", err, fresh)
+		}
+		answer = apierrors.NewServiceUnavailable("again")
+		list()
+		time.Sleep(time.Second)
+		answer = nil
+		list()
+		if fresh != 1 {
+			t.Errorf("a short failure answered: %d calls to fresh in all, want still 1 (nothing was skipped)", fresh)
+		}
+	})
 }
