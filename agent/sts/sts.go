@@ -238,10 +238,12 @@ func descriptors(arns []string) []types.PolicyDescriptorType {
 }
 
 // credentialsOf reads what both AssumeRole calls return. roleARN supplies the account when STS names
-// no assumed role (IAM-compatible servers such as MinIO).
+// no assumed role (IAM-compatible servers such as MinIO); when it names one, it must be roleARN's.
 func credentialsOf(c *types.Credentials, user *types.AssumedRoleUser, packed *int32, roleARN string) (Credentials, error) {
-	if c == nil || c.Expiration == nil {
-		return Credentials{}, newError("EmptyResponse", false, errors.New("sts returned no credentials"))
+	if c == nil || c.Expiration == nil || aws.ToString(c.AccessKeyId) == "" || aws.ToString(c.SecretAccessKey) == "" ||
+		aws.ToString(c.SessionToken) == "" {
+		// A broken answer, not a refusal: asked again after a back-off.
+		return Credentials{}, newError("EmptyResponse", true, errors.New("sts returned no credentials, or credentials without a key, secret or session token"))
 	}
 	creds := Credentials{
 		AccessKeyID:      aws.ToString(c.AccessKeyId),
@@ -253,11 +255,31 @@ func credentialsOf(c *types.Credentials, user *types.AssumedRoleUser, packed *in
 	if user != nil {
 		creds.AssumedRoleARN = aws.ToString(user.Arn)
 		creds.AccountID = accountOf(creds.AssumedRoleARN)
+		if err := sameRole(creds.AssumedRoleARN, roleARN); err != nil {
+			// Another role's credentials (an STS endpoint misconfigured, or not STS) would hand the pod what its
+			// ServiceAccount does not name.
+			return Credentials{}, newError("RoleMismatch", false, err)
+		}
 	}
 	if creds.AccountID == "" {
 		creds.AccountID = accountOf(roleARN)
 	}
 	return creds, nil
+}
+
+// sameRole checks that assumed, an assumed-role ARN (arn:aws:sts::ACCOUNT:assumed-role/NAME/SESSION), is a session
+// of role (arn:aws:iam::ACCOUNT:role/PATH/NAME; the path is not in the session's ARN). An empty assumed is no claim.
+func sameRole(assumed, role string) error {
+	if assumed == "" {
+		return nil
+	}
+	_, resource, _ := strings.Cut(strings.TrimPrefix(assumed, "arn:"), ":assumed-role/")
+	name, _, _ := strings.Cut(resource, "/")
+	want := role[strings.LastIndexByte(role, '/')+1:]
+	if accountOf(assumed) != accountOf(role) || !strings.EqualFold(name, want) { // IAM role names ignore case
+		return fmt.Errorf("sts answered with a session of %s, not of the role asked for, %s", assumed, role)
+	}
+	return nil
 }
 
 // accountOf returns the account field of an ARN (arn:partition:service:region:account:resource).
@@ -334,6 +356,12 @@ func classify(err error) *Error {
 	var send *smithyhttp.RequestSendError
 	if errors.As(err, &send) {
 		return newError("Network", true, err)
+	}
+	// An answer the SDK could not read (truncated, a proxy's page with a 200): STS did not refuse anything, so the
+	// pod is told to ask again, not that its role is refused.
+	var garbled *smithy.DeserializationError
+	if errors.As(err, &garbled) {
+		return newError("BadResponse", true, err)
 	}
 	var api smithy.APIError
 	if errors.As(err, &api) {

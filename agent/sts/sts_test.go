@@ -121,7 +121,9 @@ func TestAssumeRoleSuccess(t *testing.T) {
 		assumedARN  string
 		wantAccount string
 	}{
-		{"account from assumed-role ARN", roleARN, "arn:aws:sts::210987654321:assumed-role/reader/ns.web@0f8c2b9e", "210987654321"},
+		{"account from assumed-role ARN", roleARN, "arn:aws:sts::123456789012:assumed-role/reader/ns.web@0f8c2b9e", "123456789012"},
+		// The session's ARN drops the role's path, and IAM role names ignore case.
+		{"role with a path", "arn:aws:iam::210987654321:role/team/Reader", "arn:aws:sts::210987654321:assumed-role/reader/s", "210987654321"},
 		{"account from role ARN", roleARN, "", "123456789012"},
 		{"no account anywhere", "arn:minio:iam:::role/dummy-internal", "", ""},
 		{"aws-cn", "arn:aws-cn:iam::123456789012:role/reader", "arn:aws-cn:sts::123456789012:assumed-role/reader/s", "123456789012"},
@@ -228,6 +230,15 @@ func TestAssumeRoleErrors(t *testing.T) {
 		{"503", 503, errorXML("ServiceUnavailable", "try later"), "ServiceUnavailable", true},
 		{"429", 429, "", "HTTP429", true},
 		{"400 without body", 400, "", "HTTP400", false},
+		// A 200 that is no answer (a proxy's page, a cut-off body) or credentials without a part: STS refused
+		// nothing, so the pod asks again rather than being told its role is refused.
+		{"200 cut off", 200, successXML("")[:400], "BadResponse", true},
+		{"200 from a proxy", 200, "<html>Sign in to the network</html>", "BadResponse", true},
+		{"200 without a key", 200, strings.Replace(successXML(""), "<AccessKeyId>ASIAIOSFODNN7EXAMPLE</AccessKeyId>", "", 1), "EmptyResponse", true},
+		{"200 without a session token", 200, strings.Replace(successXML(""), "<SessionToken>FwoGZXIvYXdzEXAMPLESESSIONTOKEN</SessionToken>", "", 1), "EmptyResponse", true},
+		// A session of another role than the one asked for is never passed on.
+		{"200 naming another role", 200, successXML("arn:aws:sts::123456789012:assumed-role/admin/ns.web"), "RoleMismatch", false},
+		{"200 naming another account", 200, successXML("arn:aws:sts::999999999999:assumed-role/reader/ns.web"), "RoleMismatch", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
