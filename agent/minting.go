@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"time"
 
 	authv1 "k8s.io/api/authentication/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -44,9 +45,10 @@ type serviceAccountRef struct{ namespace, name string }
 
 // ownServiceAccount asks the apiserver who the agent is. The confinement check needs its ServiceAccount, and
 // minting as the node needs a token bound to a pod on this node (a DaemonSet pod's projected token), which the
-// apiserver shows as the node-name extra.
+// apiserver shows as the node-name extra. An apiserver that could not answer is asked again for up to whoAmIWait:
+// exiting would have every agent that restarts list the cluster's ServiceAccounts again, into a struggling apiserver.
 func ownServiceAccount(ctx context.Context, api whoAmI, mode satoken.Mode, nodeName string) (serviceAccountRef, error) {
-	u, err := api.WhoAmI(ctx)
+	u, err := askWhoAmI(ctx, api)
 	if err != nil {
 		return serviceAccountRef{}, fmt.Errorf("asking the apiserver who the agent is (selfsubjectreviews): %w", err)
 	}
@@ -66,6 +68,24 @@ func ownServiceAccount(ctx context.Context, api whoAmI, mode satoken.Mode, nodeN
 	}
 	return serviceAccountRef{namespace: ns, name: name}, nil
 }
+
+func askWhoAmI(ctx context.Context, api whoAmI) (authv1.UserInfo, error) {
+	ctx, cancel := context.WithTimeout(ctx, whoAmIWait)
+	defer cancel()
+	for backoff := 250 * time.Millisecond; ; backoff = min(2*backoff, 5*time.Second) {
+		u, err := api.WhoAmI(ctx)
+		if err == nil || !isUnreachable(err) {
+			return u, err
+		}
+		select {
+		case <-ctx.Done():
+			return u, fmt.Errorf("for %s: %w", whoAmIWait, err)
+		case <-time.After(backoff):
+		}
+	}
+}
+
+const whoAmIWait = 30 * time.Second
 
 // checkConfinement runs the confinement check and records its verdict. A check that could not reach a verdict
 // (the apiserver unreachable) keeps the previous one, so a blip neither opens nor closes minting; a refusal for
