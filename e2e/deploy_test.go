@@ -681,6 +681,8 @@ func TestChartSchemaRejectsBadValues(t *testing.T) {
 		{"imagee.tag=1", "additional properties 'imagee' not allowed"},
 		{"hostNetworkPods.enabled=yes", "/hostNetworkPods/enabled': got string, want boolean"},
 		{"admissionPolicy.maxExpirationSeconds=60", "/admissionPolicy/maxExpirationSeconds"},
+		// A surged agent on the same node contends for its ports and rules and never becomes ready.
+		{"updateStrategy.rollingUpdate.maxSurge=1", "/updateStrategy/rollingUpdate/maxSurge"},
 	} {
 		out, err := exec.Command(helmBin(t), "template", "iamlet", repoPath(t, "deploy/helm/iamlet"), "--set", c.set).CombinedOutput()
 		if err == nil || !strings.Contains(string(out), c.want) {
