@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -109,5 +110,16 @@ func TestConnectSTSWithoutANodeIMDS(t *testing.T) {
 		log: slog.New(slog.DiscardHandler), fetch: &fetcher{}}
 	if err := a.connectSTS(context.Background())(); err != nil || a.cfg.Region != "" || a.fetch.sts == nil {
 		t.Errorf("connectSTS() = %v, region %q, fetcher's STS client %v; want a client and no region asked", err, a.cfg.Region, a.fetch.sts)
+	}
+}
+
+// TestConfigRefusesAGarbledRegion: a --region (or AWS_REGION) that is no region name stops the agent at once with
+// the reason, rather than every STS call failing at a host that does not exist.
+func TestConfigRefusesAGarbledRegion(t *testing.T) {
+	for region, ok := range map[string]bool{"": true, "eu-west-1": true, "us-gov-west-1": true, "us-east1": false, "US-EAST-1": false, "eu-west-1 ": false} {
+		cfg := Config{NodeName: "node-a", MetadataAddrs: []netip.AddrPort{netip.MustParseAddrPort("10.0.0.1:8181")}, Region: region}
+		if err := cfg.check(); (err == nil) != ok {
+			t.Errorf("Region %q: check() = %v, want ok %v", region, err, ok)
+		}
 	}
 }

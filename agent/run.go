@@ -147,6 +147,9 @@ func (c Config) check() error {
 	if len(c.MetadataAddrs) == 0 {
 		return errors.New("at least one metadata listen address is required")
 	}
+	if c.Region != "" && !metadata.ValidRegion(c.Region) {
+		return fmt.Errorf("--region (or AWS_REGION) %q is not a region name such as us-east-1", c.Region)
+	}
 	return nil
 }
 

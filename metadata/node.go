@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -222,10 +223,32 @@ func (c *NodeClient) Region(ctx context.Context) (string, error) {
 	if err := json.Unmarshal(body, &d); err != nil {
 		return "", fmt.Errorf("instance identity document: %w", err)
 	}
-	if d.Region == "" {
-		return "", errors.New("instance identity document has no region")
+	if !ValidRegion(d.Region) {
+		// Quoted only when it looks like a region: the node IMDS's words stay out of the agent's logs otherwise.
+		return "", errors.New("instance identity document has no region, or none of the form us-east-1")
 	}
 	return d.Region, nil
+}
+
+// ValidRegion reports whether s has the form of an AWS region name (us-east-1, us-gov-west-1, cn-north-1,
+// eu-isoe-west-1): a garbled one would have every STS call fail at a host that does not exist.
+func ValidRegion(s string) bool {
+	parts := strings.Split(s, "-")
+	if len(parts) < 3 || len(parts[0]) != 2 {
+		return false
+	}
+	for i, p := range parts {
+		if p == "" {
+			return false
+		}
+		for _, c := range []byte(p) {
+			letter, digit := c >= 'a' && c <= 'z', c >= '0' && c <= '9'
+			if i < len(parts)-1 && !letter || i == len(parts)-1 && !digit {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // fetch GETs one canonical path from the node's IMDS over IMDSv2, re-fetching the token once on a 401.

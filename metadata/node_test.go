@@ -218,6 +218,7 @@ func TestNodeClientRegion(t *testing.T) {
 		{"node IMDS failing", func(f *fakeNodeIMDS) { f.status = http.StatusInternalServerError }, "", true},
 		{"token PUT failing", func(f *fakeNodeIMDS) { f.putCode = http.StatusInternalServerError }, "", true},
 		{"no region", func(f *fakeNodeIMDS) { f.doc = `{"instanceId":"i-1"}` }, "", true},
+		{"a garbled region", func(f *fakeNodeIMDS) { f.doc = `{"region":"<html>` + leakMarker + `</html>"}` }, "", true},
 		{"not JSON", func(f *fakeNodeIMDS) { f.doc = leakMarker }, "", true},
 	}
 	for _, tt := range tests {
@@ -276,4 +277,17 @@ func (f *fakeNodeIMDS) count(method string) int {
 		}
 	}
 	return n
+}
+
+func TestValidRegion(t *testing.T) {
+	for _, r := range []string{"us-east-1", "eu-west-3", "us-gov-west-1", "cn-north-1", "us-iso-east-1", "us-isob-east-1", "eu-isoe-west-1", "ap-southeast-7", "il-central-1", "mx-central-1"} {
+		if !ValidRegion(r) {
+			t.Errorf("ValidRegion(%q) = false, want true", r)
+		}
+	}
+	for _, r := range []string{"", "us-east1", "useast-1", "us-east-", "us--1", "US-EAST-1", "us-east-1a", "u-east-1", "us-east-1 ", "us-east-1\n", "sts.us-east-1", "<html>"} {
+		if ValidRegion(r) {
+			t.Errorf("ValidRegion(%q) = true, want false", r)
+		}
+	}
 }
