@@ -88,6 +88,8 @@ type credentialRig struct {
 	file     string        // the issuance file
 	stored   chan string   // the reason of every credential set the cache stored, in order
 	tokens   *atomic.Int32 // TokenRequests the apiserver answered
+	record   *issuanceFile // the issuance file, open
+	metrics  *metrics
 }
 
 func newCredentialRig(t *testing.T, annotations map[string]string) *credentialRig {
@@ -146,6 +148,7 @@ func newCredentialRig(t *testing.T, annotations map[string]string) *credentialRi
 		creds.Config{Clock: clk, Observer: notifying{observer: observer{metrics: m, log: log}, stored: stored}})
 	return &credentialRig{
 		sts: stand, issued: issued, clock: clk, mapper: mapper, cache: cache, logs: logs, file: file, stored: stored, tokens: &tokens,
+		record: f, metrics: m,
 		provider: &provider{pods: stubPods{pod: testPod}, roles: mapper, cache: cache, metrics: m, log: log},
 	}
 }

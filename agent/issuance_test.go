@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/iamlet/iamlet/agent/roles"
 	"github.com/iamlet/iamlet/agent/sts/ststest"
 	"github.com/iamlet/iamlet/policy/issuance"
@@ -143,4 +145,22 @@ func jsonObject(t *testing.T, s string) map[string]any {
 		t.Fatalf("json.Unmarshal(%q) error = %v", s, err)
 	}
 	return m
+}
+
+// TestIssuanceFileFailingIsCounted: a record the issuance file does not take (the disk full, the file gone) costs the
+// pod nothing, and is counted where an alert can see it, beside the log line that still holds the issuance.
+func TestIssuanceFileFailingIsCounted(t *testing.T) {
+	rig := newCredentialRig(t, map[string]string{roles.AnnotationRoleARN: testRoleARN})
+	if err := rig.record.Close(); err != nil { // every write now fails
+		t.Fatal(err)
+	}
+	if _, err := rig.serve(t); err != nil {
+		t.Fatalf("Credentials() with the issuance file failing = %v, want credentials", err)
+	}
+	if got := testutil.ToFloat64(rig.metrics.unrecorded); got != 1 {
+		t.Errorf("iamlet_issuance_write_errors_total = %v, want 1", got)
+	}
+	if !strings.Contains(rig.logs.String(), "issuance record not written") {
+		t.Errorf("the log does not say the record was not written:\n%s", rig.logs.String())
+	}
 }

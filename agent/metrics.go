@@ -21,6 +21,7 @@ type metrics struct {
 	requests    *prometheus.CounterVec // by outcome only
 	fetches     *prometheus.CounterVec
 	stale       prometheus.Counter
+	unrecorded  prometheus.Counter // issuance records the file did not take
 	sts         *prometheus.CounterVec
 	stsLatency  prometheus.Histogram
 	tokens      *prometheus.CounterVec
@@ -73,6 +74,10 @@ func newMetrics(reg prometheus.Registerer, perPod bool) *metrics {
 			Name: "iamlet_credentials_stale_serves_total",
 			Help: "Answers served from older, still valid credentials because a fetch failed.",
 		}),
+		unrecorded: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "iamlet_issuance_write_errors_total",
+			Help: "Credential sets issued whose record the issuance file (--issuance-file) did not take; each is in the agent's log all the same.",
+		}),
 		sts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "iamlet_sts_requests_total",
 			Help: "STS AssumeRoleWithWebIdentity calls by result (success, error) and error code.",
@@ -106,7 +111,7 @@ func newMetrics(reg prometheus.Registerer, perPod bool) *metrics {
 		podKeys:  make(map[creds.Key]*podSeries),
 		expiries: make(map[creds.Key]int64),
 	}
-	reg.MustRegister(m.requests, m.fetches, m.stale, m.sts, m.stsLatency, m.tokens, m.tokenLat, m.rules, m.reconciles, m.repairs,
+	reg.MustRegister(m.requests, m.fetches, m.stale, m.unrecorded, m.sts, m.stsLatency, m.tokens, m.tokenLat, m.rules, m.reconciles, m.repairs,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "iamlet_credentials_earliest_expiry_timestamp_seconds",
 			Help: "When the first of the credentials held for the node's pods expires, as a Unix time (0 when none are held).",

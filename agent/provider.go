@@ -264,6 +264,7 @@ func (f *fetcher) Fetch(ctx context.Context, r creds.Request) (creds.Credentials
 			now = f.now
 		}
 		if err := f.issued.write(issuanceOf(r, c, now())); err != nil {
+			f.metrics.unrecorded.Inc()
 			f.log.LogAttrs(ctx, slog.LevelError, "issuance record not written", append(podAttrs(r),
 				slog.String("access_key_id", c.AccessKeyID), slog.String("error", err.Error()))...)
 		}

@@ -295,8 +295,9 @@ func (a *agent) closeIssuance() {
 // report registers the gauges that read the agent's state and says which identity pod tokens are minted with.
 func (a *agent) report() {
 	a.reg.MustRegister(
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "iamlet_informer_synced", Help: "1 when the pod, ServiceAccount and Namespace informers have synced."},
-			func() float64 { return b2f(a.st.synced.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "iamlet_informer_synced",
+			Help: "1 when the pod, ServiceAccount and Namespace informers have synced and what they hold is current: 0 while the apiserver refuses their list or watch, or has not answered it for 30 s (then nobody is identified)."},
+			func() float64 { return b2f(a.st.synced.Load() && a.st.stale() == nil) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "iamlet_informer_pods_indexed", Help: "Live pods of this node in the IP index."},
 			func() float64 { return float64(len(a.index.Live())) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "iamlet_pods_unvouched",
