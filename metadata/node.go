@@ -230,11 +230,12 @@ func (c *NodeClient) Region(ctx context.Context) (string, error) {
 	return d.Region, nil
 }
 
-// ValidRegion reports whether s has the form of an AWS region name (us-east-1, us-gov-west-1, cn-north-1,
-// eu-isoe-west-1): a garbled one would have every STS call fail at a host that does not exist.
+// ValidRegion reports whether s has the form of an AWS region name, words then a number (us-east-1,
+// us-gov-west-1, cn-north-1, eu-isoe-west-1, eusc-de-east-1): a garbled one would have every STS call fail at a host
+// that does not exist.
 func ValidRegion(s string) bool {
 	parts := strings.Split(s, "-")
-	if len(parts) < 3 || len(parts[0]) != 2 {
+	if len(parts) < 3 {
 		return false
 	}
 	for i, p := range parts {

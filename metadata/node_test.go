@@ -280,12 +280,12 @@ func (f *fakeNodeIMDS) count(method string) int {
 }
 
 func TestValidRegion(t *testing.T) {
-	for _, r := range []string{"us-east-1", "eu-west-3", "us-gov-west-1", "cn-north-1", "us-iso-east-1", "us-isob-east-1", "eu-isoe-west-1", "ap-southeast-7", "il-central-1", "mx-central-1"} {
+	for _, r := range []string{"us-east-1", "eu-west-3", "us-gov-west-1", "cn-north-1", "us-iso-east-1", "us-isob-east-1", "eu-isoe-west-1", "ap-southeast-7", "il-central-1", "mx-central-1", "eusc-de-east-1", "us-isof-south-1"} {
 		if !ValidRegion(r) {
 			t.Errorf("ValidRegion(%q) = false, want true", r)
 		}
 	}
-	for _, r := range []string{"", "us-east1", "useast-1", "us-east-", "us--1", "US-EAST-1", "us-east-1a", "u-east-1", "us-east-1 ", "us-east-1\n", "sts.us-east-1", "<html>"} {
+	for _, r := range []string{"", "us-east1", "useast-1", "us-east-", "us--1", "US-EAST-1", "us-east-1a", "us-1", "us-east-1 ", "us-east-1\n", "sts.us-east-1", "<html>"} {
 		if ValidRegion(r) {
 			t.Errorf("ValidRegion(%q) = true, want false", r)
 		}
