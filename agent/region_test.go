@@ -114,12 +114,21 @@ func TestConnectSTSWithoutANodeIMDS(t *testing.T) {
 }
 
 // TestConfigRefusesAGarbledRegion: a --region (or AWS_REGION) that is no region name stops the agent at once with
-// the reason, rather than every STS call failing at a host that does not exist.
+// the reason, rather than every STS call failing at a host that does not exist; with an STS endpoint of its own
+// (MinIO, Ceph), any name that endpoint uses goes.
 func TestConfigRefusesAGarbledRegion(t *testing.T) {
-	for region, ok := range map[string]bool{"": true, "eu-west-1": true, "us-gov-west-1": true, "us-east1": false, "US-EAST-1": false, "eu-west-1 ": false} {
-		cfg := Config{NodeName: "node-a", MetadataAddrs: []netip.AddrPort{netip.MustParseAddrPort("10.0.0.1:8181")}, Region: region}
-		if err := cfg.check(); (err == nil) != ok {
-			t.Errorf("Region %q: check() = %v, want ok %v", region, err, ok)
+	for _, c := range []struct {
+		region, endpoint string
+		ok               bool
+	}{
+		{"", "", true}, {"eu-west-1", "", true}, {"us-gov-west-1", "", true},
+		{"us-east1", "", false}, {"US-EAST-1", "", false}, {"eu-west-1 ", "", false},
+		{"home", "https://minio.example:9000", true},
+	} {
+		cfg := Config{NodeName: "node-a", MetadataAddrs: []netip.AddrPort{netip.MustParseAddrPort("10.0.0.1:8181")},
+			Region: c.region, STSEndpoint: c.endpoint}
+		if err := cfg.check(); (err == nil) != c.ok {
+			t.Errorf("Region %q, endpoint %q: check() = %v, want ok %v", c.region, c.endpoint, err, c.ok)
 		}
 	}
 }

@@ -147,7 +147,8 @@ func (c Config) check() error {
 	if len(c.MetadataAddrs) == 0 {
 		return errors.New("at least one metadata listen address is required")
 	}
-	if c.Region != "" && !metadata.ValidRegion(c.Region) {
+	// Only for AWS's STS: another (MinIO, Ceph) may have a region of its own naming.
+	if c.Region != "" && c.STSEndpoint == "" && !metadata.ValidRegion(c.Region) {
 		return fmt.Errorf("--region (or AWS_REGION) %q is not a region name such as us-east-1", c.Region)
 	}
 	return nil

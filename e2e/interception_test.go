@@ -604,11 +604,12 @@ func waitUntracked(t *testing.T, p *stack.Pod) {
 	}
 }
 
-// conntrackFlow lists the node namespace's conntrack entries of one TCP flow, by its original source; of every TCP
-// flow from ip when port is "".
+// conntrackFlow lists the node namespace's conntrack entries of one TCP flow to the metadata address, by its
+// original source; of every TCP flow from ip to it when port is "". Only to it: the pod's earlier connection from the
+// same port to another address (MinIO, in TIME_WAIT for two minutes) is another flow.
 func conntrackFlow(t *testing.T, ip, port string) []string {
 	t.Helper()
-	args := []string{"-L", "-p", "tcp", "--orig-src", ip}
+	args := []string{"-L", "-p", "tcp", "--orig-src", ip, "--orig-dst", stack.IMDSv4}
 	if port != "" {
 		args = append(args, "--sport", port)
 	}

@@ -29,33 +29,32 @@ var (
 )
 
 // StaleAfter is how long the agent's list or watch may fail before what it holds counts as stale: as long as the AWS
-// VPC CNI waits before giving a deleted pod's address to another pod (its IP cooldown). A watch broken without a
-// word counts from when client-go's HTTP/2 health check ends it, about 45 s later.
+// VPC CNI waits before giving a deleted pod's address to another pod (its IP cooldown). It counts from the start of
+// the first request that failed; a watch broken without a word fails only when client-go's HTTP/2 health check ends
+// it, about 45 s later.
 const StaleAfter = 30 * time.Second
 
-// Staleness tracks whether what one ListerWatcher's consumer holds may be stale. A refusal (403, 401) makes it stale
-// at once, until the consumer calls Answered once it has replaced what it holds from a list the apiserver answered:
-// not when a request merely succeeds, since a streamed list opens (and the reflector's store still holds the old
-// objects) long before its last object arrives. Any other failure makes it stale once requests have failed for
-// StaleAfter without an answer in between; an answered request ends that (a resumed watch first replays what it
-// missed).
+// Staleness tracks whether what one ListerWatcher's consumer holds may be stale: from a refusal (403, 401), or once
+// requests have failed for StaleAfter without an answer in between, until the consumer calls Answered, having
+// replaced what it holds from a list the apiserver answered since. Not when a request merely succeeds: a streamed
+// list opens (and the reflector's store still holds the old objects) long before its last object arrives, and a
+// watch resumed after a long outage may replay what it missed, or be told its place is too old and relist. So
+// while stale, a watch that is no list (one resuming from where the store left off) is answered 410 Gone here, and
+// the reflector lists afresh. A shorter failure ends with the next answer: a resumed watch replays what it missed.
 type Staleness struct {
 	what    string
-	fresh   func() // called when requests are answered again after StaleAfter without an answer; may be nil
-	refused atomic.Pointer[error]
+	stale   atomic.Pointer[error]   // why, from a refusal or a long failure until Answered; nil: not (yet) stale
 	failing atomic.Pointer[failure] // since when requests fail, and the last error; nil while they are answered
 }
 
 type failure struct {
-	since time.Time
+	since time.Time // the start of the first failed request
 	err   error
 }
 
-// TrackStaleness wraps lw, of what (a phrase: "this node's pods"), in a ListerWatcher whose answers s notes. fresh,
-// if not nil, is called when a request is answered after the requests had failed for StaleAfter: what the consumer
-// skipped meanwhile can be done again. (A refusal ends in the consumer's own Replace, which knows.)
-func TrackStaleness(what string, lw cache.ListerWatcher, fresh func()) (cache.ListerWatcher, *Staleness) {
-	s := &Staleness{what: what, fresh: fresh}
+// TrackStaleness wraps lw, of what (a phrase: "this node's pods"), in a ListerWatcher whose answers s notes.
+func TrackStaleness(what string, lw cache.ListerWatcher) (cache.ListerWatcher, *Staleness) {
+	s := &Staleness{what: what}
 	u, ok := lw.(interface{ IsWatchListSemanticsUnSupported() bool })
 	return &noter{lw: cache.ToListerWatcherWithContext(lw), s: s, noWatchList: ok && u.IsWatchListSemanticsUnSupported()}, s
 }
@@ -63,35 +62,42 @@ func TrackStaleness(what string, lw cache.ListerWatcher, fresh func()) (cache.Li
 // Err is ErrRefused or ErrUnanswered, with what and the apiserver's words, while what the consumer holds may be
 // stale; nil otherwise.
 func (s *Staleness) Err() error {
-	if e := s.refused.Load(); e != nil {
+	if e := s.stale.Load(); e != nil {
 		return *e
 	}
-	if f := s.failing.Load(); f != nil {
-		if d := time.Since(f.since); d >= StaleAfter {
-			return fmt.Errorf("%w of %s for %s, so what the agent holds of them may be stale: %w", ErrUnanswered, s.what, d.Round(time.Second), f.err)
-		}
+	if f := s.failing.Load(); f != nil && time.Since(f.since) >= StaleAfter {
+		return s.unanswered(f)
 	}
 	return nil
 }
 
-// Answered ends a refusal: the consumer has replaced what it holds from a list answered since. It reports whether
-// there was one to end.
-func (s *Staleness) Answered() bool {
-	s.failing.Store(nil)
-	return s.refused.Swap(nil) != nil
+func (s *Staleness) unanswered(f *failure) error {
+	return fmt.Errorf("%w of %s for %s, so what the agent holds of them may be stale: %w", ErrUnanswered, s.what,
+		time.Since(f.since).Round(time.Second), f.err)
 }
 
-func (s *Staleness) note(err error) {
+// Answered ends the staleness: the consumer has replaced what it holds from a list answered since. It reports
+// whether what it held was stale.
+func (s *Staleness) Answered() bool {
+	f := s.failing.Swap(nil)
+	latched := s.stale.Swap(nil) != nil
+	return latched || f != nil && time.Since(f.since) >= StaleAfter
+}
+
+// note records the answer to a request that started at start.
+func (s *Staleness) note(err error, start time.Time) {
 	switch {
 	case err == nil:
-		if f := s.failing.Swap(nil); f != nil && time.Since(f.since) >= StaleAfter && s.fresh != nil {
-			s.fresh()
+		// Answered, but after failing for StaleAfter: stale until a list replaces what the consumer holds.
+		if f := s.failing.Swap(nil); f != nil && start.Sub(f.since) >= StaleAfter {
+			e := s.unanswered(f)
+			s.stale.CompareAndSwap(nil, &e)
 		}
 	case apierrors.IsForbidden(err) || apierrors.IsUnauthorized(err):
 		e := fmt.Errorf("%w of %s, so what the agent holds of them may be stale: %w", ErrRefused, s.what, err)
-		s.refused.Store(&e)
+		s.stale.Store(&e)
 	default:
-		f := &failure{since: time.Now(), err: err}
+		f := &failure{since: start, err: err}
 		if old := s.failing.Load(); old != nil {
 			f.since = old.since
 		}
@@ -106,14 +112,21 @@ type noter struct {
 }
 
 func (n *noter) ListWithContext(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+	start := time.Now()
 	obj, err := n.lw.ListWithContext(ctx, o)
-	n.s.note(err)
+	n.s.note(err, start)
 	return obj, err
 }
 
 func (n *noter) WatchWithContext(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+	streamsList := o.SendInitialEvents != nil && *o.SendInitialEvents
+	if err := n.s.Err(); err != nil && !streamsList {
+		// Resuming would leave the store stale for good: only a list ends the staleness.
+		return nil, apierrors.NewResourceExpired(fmt.Sprintf("iamlet relists %s: %v", n.s.what, err))
+	}
+	start := time.Now()
 	w, err := n.lw.WatchWithContext(ctx, o)
-	n.s.note(err)
+	n.s.note(err, start)
 	return w, err
 }
 

@@ -17,6 +17,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 
@@ -59,7 +60,7 @@ func TestRefusalLastsUntilAnswered(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lw, r := kube.TrackStaleness("ServiceAccounts", c.ServiceAccounts(), nil)
+	lw, r := kube.TrackStaleness("ServiceAccounts", c.ServiceAccounts())
 	list := func() { _, _ = lw.List(metav1.ListOptions{}) }
 	watch := func() {
 		if w, err := lw.Watch(metav1.ListOptions{}); err == nil {
@@ -106,47 +107,75 @@ func TestRefusalLastsUntilAnswered(t *testing.T) {
 }
 
 // TestUnansweredGoesStaleAfterStaleAfter: failed requests (the apiserver failing or out of reach) make what the
-// consumer holds stale once they have gone on for kube.StaleAfter without an answer; an answer ends that at once and
-// tells the consumer, so what it skipped meanwhile is done again.
+// consumer holds stale once they have gone on for kube.StaleAfter, counted from the start of the first, without an
+// answer in between. From then on only the consumer's Answered (it replaced what it holds from a list) ends that:
+// an answer does not, and a watch resuming where the store left off is turned back with 410 Gone, so the reflector
+// lists afresh. A shorter failure ends with the next answer.
 func TestUnansweredGoesStaleAfterStaleAfter(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var answer error
-		fresh := 0
+		var slow time.Duration
+		watches := 0
 		lw, s := kube.TrackStaleness("ServiceAccounts", &cache.ListWatch{
 			ListWithContextFunc: func(context.Context, metav1.ListOptions) (runtime.Object, error) {
+				time.Sleep(slow)
 				if answer != nil {
 					return nil, answer
 				}
 				return &corev1.ServiceAccountList{}, nil
 			},
-		}, func() { fresh++ })
+			WatchFuncWithContext: func(context.Context, metav1.ListOptions) (watch.Interface, error) {
+				watches++
+				return watch.NewFake(), answer
+			},
+		})
 		list := func() { _, _ = lw.List(metav1.ListOptions{}) }
+		resume := func() error { _, err := lw.Watch(metav1.ListOptions{ResourceVersion: "5"}); return err }
+		stream := func() error {
+			yes := true
+			_, err := lw.Watch(metav1.ListOptions{SendInitialEvents: &yes})
+			return err
+		}
 
+		// A short failure ends with the next answer.
 		answer = apierrors.NewServiceUnavailable("etcd leader changed")
 		list()
-		time.Sleep(kube.StaleAfter - time.Second)
-		list() // failing on: the silence counts from the first failure
+		time.Sleep(kube.StaleAfter / 2)
+		answer = nil
+		if err := resume(); err != nil || s.Err() != nil || s.Answered() {
+			t.Errorf("a short failure answered: watch %v, Err() = %v; want nil, nil, and nothing to answer", err, s.Err())
+		}
+
+		// Counted from the start of the first failed request: here one that took 20 s.
+		answer, slow = apierrors.NewServiceUnavailable("etcd leader changed"), 20*time.Second
+		list()
+		slow = 0
+		time.Sleep(kube.StaleAfter - 20*time.Second - time.Second)
+		list()
 		if err := s.Err(); err != nil {
 			t.Errorf("unanswered for less than StaleAfter: Err() = %v, want nil", err)
 		}
 		time.Sleep(time.Second)
-		if err := s.Err(); !errors.Is(err, kube.ErrUnanswered) || !strings.Contains(err.Error(), "ServiceAccounts") ||
-			!strings.Contains(err.Error(), "etcd leader changed") {
+		err := s.Err()
+		if !errors.Is(err, kube.ErrUnanswered) || !strings.Contains(err.Error(), "ServiceAccounts") || !strings.Contains(err.Error(), "etcd leader changed") {
 			t.Errorf("unanswered for StaleAfter: Err() = %v, want kube.ErrUnanswered naming ServiceAccounts and the last error", err)
 		}
 
+		// Stale: a resumed watch is turned back without asking the apiserver; a streamed list goes through.
 		answer = nil
-		list()
-		if err := s.Err(); err != nil || fresh != 1 {
-			t.Errorf("answered: Err() = %v, %d calls to fresh; want nil, 1", err, fresh)
+		before := watches
+		if err := resume(); !apierrors.IsResourceExpired(err) || watches != before {
+			t.Errorf("resuming a watch while stale = %v (%d calls made), want 410 Gone and none made", err, watches-before)
 		}
-		answer = apierrors.NewServiceUnavailable("again")
+		if err := stream(); err != nil || watches != before+1 {
+			t.Errorf("a streamed list while stale = %v (%d calls made), want it made", err, watches-before)
+		}
 		list()
-		time.Sleep(time.Second)
-		answer = nil
-		list()
-		if fresh != 1 {
-			t.Errorf("a short failure answered: %d calls to fresh in all, want still 1 (nothing was skipped)", fresh)
+		if !errors.Is(s.Err(), kube.ErrUnanswered) {
+			t.Errorf("answered, the store not yet replaced: Err() = %v, want still kube.ErrUnanswered", s.Err())
+		}
+		if !s.Answered() || s.Err() != nil {
+			t.Errorf("replaced: Answered() false or Err() = %v; want true, nil", s.Err())
 		}
 	})
 }

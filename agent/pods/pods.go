@@ -71,7 +71,7 @@ type API interface {
 func New(api API, nodeName string, booted time.Time, wait time.Duration) *Index {
 	ix := &Index{wait: wait, booted: booted, changed: make(chan struct{}), synced: make(chan struct{})}
 	var lw cache.ListerWatcher
-	lw, ix.stale = kube.TrackStaleness("this node's pods", api.Pods(fields.OneTermEqualSelector("spec.nodeName", nodeName).String()), ix.notify)
+	lw, ix.stale = kube.TrackStaleness("this node's pods", api.Pods(fields.OneTermEqualSelector("spec.nodeName", nodeName).String()))
 	ipKeys := func(obj any) ([]string, error) {
 		p, ok := obj.(*corev1.Pod)
 		if !ok || !live(p) || !addressVouched(p, booted) {
@@ -119,7 +119,7 @@ func (ix *Index) notify() {
 	}
 }
 
-// store is what the reflector fills: the index, each pod slimmed first. Replace ends a refusal, once the index holds
+// store is what the reflector fills: the index, each pod slimmed first. Replace ends staleness, once the index holds
 // a list the apiserver answered since: a streamed list's request succeeds long before its last pod arrives.
 type store struct{ ix *Index }
 

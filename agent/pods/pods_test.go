@@ -401,6 +401,9 @@ func TestStaleIndexIdentifiesNobody(t *testing.T) {
 				}
 				identified("before", "web")
 
+				// A watch that lasted and then ended is resumed where it left off, not relisted: the path on which
+				// answers come back after an outage without the store being replaced.
+				time.Sleep(2 * time.Second)
 				mode.set(api.Gate, true)
 				if mode.want == kube.ErrUnanswered {
 					time.Sleep(kube.StaleAfter / 2)

@@ -190,10 +190,10 @@ func (s *store) Replace(list []any, _ string) error {
 	changed := !maps.Equal(s.items, items)
 	s.items = items
 	s.mu.Unlock()
-	// Only now is what the store holds the apiserver's answer again: a refusal ends here, not when the list began.
+	// Only now is what the store holds the apiserver's answer again: staleness ends here, not when the list began.
 	answered := s.staleness != nil && s.staleness.Answered()
 	s.syncOnce.Do(func() { close(s.synced) })
-	if changed || answered { // after a refusal too: the agent left its cache alone meanwhile (reconcileCache)
+	if changed || answered { // after staleness too: the agent left its cache alone meanwhile (reconcileCache)
 		s.notify()
 	}
 	return nil
@@ -243,8 +243,8 @@ func (s *store) notify() {
 // whether what it holds may be stale.
 func reflectors(api API, sas, namespaces *store) []*cache.Reflector {
 	var saLW, nsLW cache.ListerWatcher
-	saLW, sas.staleness = kube.TrackStaleness("ServiceAccounts", api.ServiceAccounts(), sas.notify)
-	nsLW, namespaces.staleness = kube.TrackStaleness("Namespaces", api.Namespaces(), namespaces.notify)
+	saLW, sas.staleness = kube.TrackStaleness("ServiceAccounts", api.ServiceAccounts())
+	nsLW, namespaces.staleness = kube.TrackStaleness("Namespaces", api.Namespaces())
 	return []*cache.Reflector{
 		cache.NewReflectorWithOptions(saLW, &corev1.ServiceAccount{}, sas, cache.ReflectorOptions{Name: "iamlet serviceaccounts"}),
 		cache.NewReflectorWithOptions(nsLW, &corev1.Namespace{}, namespaces, cache.ReflectorOptions{Name: "iamlet namespaces"}),
