@@ -73,7 +73,10 @@ func askWhoAmI(ctx context.Context, api whoAmI) (authv1.UserInfo, error) {
 	ctx, cancel := context.WithTimeout(ctx, whoAmIWait)
 	defer cancel()
 	for backoff := 250 * time.Millisecond; ; backoff = min(2*backoff, 5*time.Second) {
-		u, err := api.WhoAmI(ctx)
+		// Each try bounded: one hung request would use the whole wait and say only that the deadline passed.
+		tryCtx, cancelTry := context.WithTimeout(ctx, whoAmIWait/3)
+		u, err := api.WhoAmI(tryCtx)
+		cancelTry()
 		if err == nil || !isUnreachable(err) {
 			return u, err
 		}

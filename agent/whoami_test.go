@@ -15,15 +15,22 @@ import (
 	"github.com/iamlet/iamlet/agent/satoken"
 )
 
-// answers is a whoAmI that gives its errors in turn, then the agent's ServiceAccount.
+// answers is a whoAmI that gives its errors in turn (errHang: no answer until the request's context ends), then the
+// agent's ServiceAccount.
 type answers struct {
 	errs  []error
 	calls int
 }
 
-func (a *answers) WhoAmI(context.Context) (authv1.UserInfo, error) {
+var errHang = errors.New("hang")
+
+func (a *answers) WhoAmI(ctx context.Context) (authv1.UserInfo, error) {
 	a.calls++
 	if a.calls <= len(a.errs) {
+		if a.errs[a.calls-1] == errHang {
+			<-ctx.Done()
+			return authv1.UserInfo{}, ctx.Err()
+		}
 		return authv1.UserInfo{}, a.errs[a.calls-1]
 	}
 	return authv1.UserInfo{Username: "system:serviceaccount:iamlet-system:iamlet",
@@ -46,6 +53,7 @@ func TestOwnServiceAccountOutlastsABlip(t *testing.T) {
 		{"answered", nil, 1, 0, false},
 		{"a blip", []error{unavailable, apierrors.NewTooManyRequests("slow down", 1), unavailable}, 4, 0, false},
 		{"refused", []error{apierrors.NewForbidden(gr, "", errors.New("no"))}, 1, 0, true},
+		{"a request hung", []error{errHang}, 2, whoAmIWait / 3, false},
 		{"unanswered throughout", slices.Repeat([]error{unavailable}, 100), 0, whoAmIWait, true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
