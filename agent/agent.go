@@ -141,12 +141,20 @@ func removeOtherBackend(ctx context.Context, ic iptables.Config, current string,
 	}
 }
 
+// heldStale is why what the pod index or the role mapper holds may be stale, if it may (kube.Staleness).
+func heldStale(index *pods.Index, mapper *roles.Mapper) error {
+	if err := index.Stale(); err != nil {
+		return err
+	}
+	return mapper.Stale()
+}
+
 // reconcileCache makes the cache hold exactly the live pods' current roles: new pods are prefetched,
 // deleted pods and changed roles dropped. While what the index or the mapper holds may be stale, it changes nothing:
 // no role would be named, and the whole cache would go (nothing is served meanwhile, and the relist that ends the
 // staleness runs it again).
 func reconcileCache(index *pods.Index, mapper *roles.Mapper, cache *creds.Cache, hostPods bool, trusted trustList, own types.UID) {
-	if index.Stale() != nil || mapper.Stale() != nil {
+	if heldStale(index, mapper) != nil {
 		return
 	}
 	var want []creds.Request

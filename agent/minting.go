@@ -48,7 +48,11 @@ type serviceAccountRef struct{ namespace, name string }
 // apiserver shows as the node-name extra. An apiserver that could not answer is asked again for up to whoAmIWait:
 // exiting would have every agent that restarts list the cluster's ServiceAccounts again, into a struggling apiserver.
 func ownServiceAccount(ctx context.Context, api whoAmI, mode satoken.Mode, nodeName string) (serviceAccountRef, error) {
-	u, err := askWhoAmI(ctx, api)
+	var u authv1.UserInfo
+	err := askAgain(ctx, whoAmIWait, isUnreachable, func(ctx context.Context) (err error) {
+		u, err = api.WhoAmI(ctx)
+		return err
+	})
 	if err != nil {
 		return serviceAccountRef{}, fmt.Errorf("asking the apiserver who the agent is (selfsubjectreviews): %w", err)
 	}
@@ -67,25 +71,6 @@ func ownServiceAccount(ctx context.Context, api whoAmI, mode satoken.Mode, nodeN
 		}
 	}
 	return serviceAccountRef{namespace: ns, name: name}, nil
-}
-
-func askWhoAmI(ctx context.Context, api whoAmI) (authv1.UserInfo, error) {
-	ctx, cancel := context.WithTimeout(ctx, whoAmIWait)
-	defer cancel()
-	for backoff := 250 * time.Millisecond; ; backoff = min(2*backoff, 5*time.Second) {
-		// Each try bounded: one hung request would use the whole wait and say only that the deadline passed.
-		tryCtx, cancelTry := context.WithTimeout(ctx, whoAmIWait/3)
-		u, err := api.WhoAmI(tryCtx)
-		cancelTry()
-		if err == nil || !isUnreachable(err) {
-			return u, err
-		}
-		select {
-		case <-ctx.Done():
-			return u, fmt.Errorf("for %s: %w", whoAmIWait, err)
-		case <-time.After(backoff):
-		}
-	}
 }
 
 const whoAmIWait = 30 * time.Second

@@ -20,25 +20,23 @@ func nodeRegion(ctx context.Context, endpoint, fallback string, log *slog.Logger
 	if endpoint == "" {
 		return "", errors.New("no region: set --region, or --node-imds so the agent can ask the node")
 	}
-	ctx, cancel := context.WithTimeout(ctx, regionWait)
-	defer cancel()
 	node, err := metadata.NewNodeClient(endpoint)
 	if err != nil {
 		return "", err
 	}
-	for backoff := 250 * time.Millisecond; ; backoff = min(2*backoff, 5*time.Second) {
-		region, err := node.Region(ctx)
-		if err == nil {
-			log.Info("region from the node's IMDS", "region", region)
-			return region, nil
-		}
+	var region string
+	err = askAgain(ctx, regionWait, func(err error) bool {
 		log.Warn("asking the node's IMDS for the region; asking again", "error", err.Error())
-		select {
-		case <-ctx.Done():
-			return "", fmt.Errorf("asking the node's IMDS for the region for %s (set --region to skip): %w", regionWait, err)
-		case <-time.After(backoff):
-		}
+		return true
+	}, func(ctx context.Context) (err error) {
+		region, err = node.Region(ctx)
+		return err
+	})
+	if err != nil {
+		return "", fmt.Errorf("asking the node's IMDS for the region (set --region to skip): %w", err)
 	}
+	log.Info("region from the node's IMDS", "region", region)
+	return region, nil
 }
 
 const regionWait = 30 * time.Second

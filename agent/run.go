@@ -259,13 +259,7 @@ func (a *agent) build() error {
 	a.index = pods.New(a.minter, a.cfg.NodeName, booted, a.cfg.UnknownPodWait)
 	a.mapper = roles.New(a.kube, roles.Config{DefaultAudience: a.cfg.DefaultAudience, DefaultDuration: a.cfg.SessionDuration,
 		RequireNamespaceAllowlist: a.cfg.RequireNamespaceAllowlist})
-	stale := func() error {
-		if err := a.index.Stale(); err != nil {
-			return err
-		}
-		return a.mapper.Stale()
-	}
-	a.st = &state{minting: a.cfg.TokenMinting, hostNetwork: a.hostState, stale: stale}
+	a.st = &state{minting: a.cfg.TokenMinting, hostNetwork: a.hostState, stale: func() error { return heldStale(a.index, a.mapper) }}
 	if a.host != nil {
 		a.host.reconcile(nil, false, time.Now()) // host-rules' state only: which pods are trusted waits for the informers
 	}

@@ -530,7 +530,7 @@ func containsAll(have, want []string) bool {
 // with the arguments the chart's DaemonSet gives, not friendlier ones. Each DaemonSet argument, with the downward
 // API's values for this node substituted, is either one the harness passes with the same value or, where the harness
 // passes none, the flag's default; the only differences allowed are where the IMDSv2 key file and the node's cgroup
-// hierarchy are found. (The harness adds what only a test needs: the local STS endpoint and region, the node IMDS
+// hierarchy are found. (The harness adds what only a test needs: the local STS endpoint, the node IMDS
 // mock, the loopback debug address, debug logging, this run's own pods cgroup and scratch directory.) The variables
 // substituted must come from where the substitution assumes.
 func TestAgentRunsWithTheShippedArguments(t *testing.T) {

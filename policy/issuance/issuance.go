@@ -126,30 +126,27 @@ const maxLine = 1 << 20
 func eachLine(r io.Reader, max int, f func(n int, line []byte) error) error {
 	br := bufio.NewReaderSize(r, 64<<10)
 	var line []byte
-	var long bool
-	for n := 1; ; n++ {
-		line, long = line[:0], false
-		for {
-			chunk, err := br.ReadSlice('\n')
-			if long = long || len(line)+len(chunk) > max; !long {
-				line = append(line, chunk...)
-			}
-			if errors.Is(err, bufio.ErrBufferFull) {
-				continue
-			}
-			if err != nil && !errors.Is(err, io.EOF) {
-				return err
-			}
-			if !long && len(line) > 0 {
-				if ferr := f(n, bytes.TrimRight(line, "\r\n")); ferr != nil {
-					return ferr
-				}
-			}
-			if err != nil {
-				return nil
-			}
-			break
+	long := false
+	for n := 1; ; {
+		chunk, err := br.ReadSlice('\n')
+		if long = long || len(line)+len(chunk) > max; !long {
+			line = append(line, chunk...)
 		}
+		if errors.Is(err, bufio.ErrBufferFull) {
+			continue // the same line goes on
+		}
+		if err != nil && !errors.Is(err, io.EOF) {
+			return err
+		}
+		if !long && len(line) > 0 {
+			if ferr := f(n, bytes.TrimRight(line, "\r\n")); ferr != nil {
+				return ferr
+			}
+		}
+		if err != nil { // io.EOF
+			return nil
+		}
+		n, line, long = n+1, line[:0], false
 	}
 }
 
