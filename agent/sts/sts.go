@@ -329,11 +329,14 @@ func (e *Error) Error() string   { return "sts " + e.Code + ": " + e.msg }
 func (e *Error) Unwrap() error   { return e.err }
 func (e *Error) Retryable() bool { return e.retry }
 
-// retryable error codes; everything else (AccessDenied, InvalidIdentityToken, ExpiredTokenException,
-// IDPRejectedClaim, RegionDisabledException, ValidationError, PackedPolicyTooLarge,
-// MalformedPolicyDocument, ExpiredToken, ...) is terminal for the request that was sent.
+// retryable error codes; everything else (AccessDenied, ExpiredTokenException, IDPRejectedClaim,
+// RegionDisabledException, ValidationError, PackedPolicyTooLarge, MalformedPolicyDocument, ExpiredToken, ...) is
+// terminal for the request that was sent. InvalidIdentityToken is retryable, as the SDKs' web identity providers
+// retry it: STS says so when it could not fetch the issuer's keys, or has not yet seen a rotated one, and each
+// retry mints a new token.
 var retryableCodes = map[string]bool{
 	"IDPCommunicationError":         true,
+	"InvalidIdentityToken":          true,
 	"Throttling":                    true,
 	"ThrottlingException":           true,
 	"RequestLimitExceeded":          true,

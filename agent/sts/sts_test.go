@@ -214,7 +214,7 @@ func TestAssumeRoleErrors(t *testing.T) {
 		wantCode      string
 		wantRetryable bool
 	}{
-		{"InvalidIdentityToken", 400, errorXML("InvalidIdentityToken", "Couldn't retrieve verification key from your identity provider"), "InvalidIdentityToken", false},
+		{"InvalidIdentityToken", 400, errorXML("InvalidIdentityToken", "Couldn't retrieve verification key from your identity provider"), "InvalidIdentityToken", true},
 		{"ExpiredTokenException", 400, errorXML("ExpiredTokenException", "Token expired: current date/time 1 must be before the expiration date/time 0"), "ExpiredTokenException", false},
 		{"IDPRejectedClaim", 403, errorXML("IDPRejectedClaim", "Audience not allowed"), "IDPRejectedClaim", false},
 		{"RegionDisabledException", 403, errorXML("RegionDisabledException", "STS is not activated in this region"), "RegionDisabledException", false},
