@@ -90,6 +90,8 @@ type credentialRig struct {
 	tokens   *atomic.Int32 // TokenRequests the apiserver answered
 	record   *issuanceFile // the issuance file, open
 	metrics  *metrics
+	// unconfined, when it holds an error, is the confinement check's failure: the fetcher mints nothing.
+	unconfined atomic.Pointer[error]
 }
 
 func newCredentialRig(t *testing.T, annotations map[string]string) *credentialRig {
@@ -144,13 +146,18 @@ func newCredentialRig(t *testing.T, annotations map[string]string) *credentialRi
 	log, logs := logBuffer()
 	m := newMetrics(prometheus.NewRegistry(), true)
 	stored := make(chan string, 16)
-	cache := creds.New(&fetcher{tokens: satoken.New(kubetest.Client{Interface: kube}, satoken.MinTTL), confined: func() error { return nil }, sts: stsClient, metrics: m, issued: f, log: log, now: clk.Now},
-		creds.Config{Clock: clk, Observer: notifying{observer: observer{metrics: m, log: log}, stored: stored}})
-	return &credentialRig{
-		sts: stand, issued: issued, clock: clk, mapper: mapper, cache: cache, logs: logs, file: file, stored: stored, tokens: &tokens,
-		record: f, metrics: m,
-		provider: &provider{pods: stubPods{pod: testPod}, roles: mapper, cache: cache, metrics: m, log: log},
+	rig := &credentialRig{sts: stand, issued: issued, clock: clk, mapper: mapper, logs: logs, file: file, stored: stored, tokens: &tokens,
+		record: f, metrics: m}
+	confined := func() error {
+		if err := rig.unconfined.Load(); err != nil {
+			return *err
+		}
+		return nil
 	}
+	rig.cache = creds.New(&fetcher{tokens: satoken.New(kubetest.Client{Interface: kube}, satoken.MinTTL), confined: confined, sts: stsClient, metrics: m, issued: f, log: log, now: clk.Now},
+		creds.Config{Clock: clk, Observer: notifying{observer: observer{metrics: m, log: log}, stored: stored}})
+	rig.provider = &provider{pods: stubPods{pod: testPod}, roles: mapper, cache: rig.cache, metrics: m, log: log}
+	return rig
 }
 
 // notifying is the agent's observer that also says when the cache stored credentials: a background refresh has

@@ -129,6 +129,8 @@ func (p *provider) Credentials(ctx context.Context, caller netip.Addr) (metadata
 		p.metrics.request(req, "error")
 		sentinel, reason := metadata.ErrUnavailable, "unavailable"
 		switch {
+		case errors.Is(err, errNotMinting):
+			reason = "not_minting"
 		case creds.Retryable(err):
 		case satoken.Refused(err):
 			sentinel, reason = metadata.ErrForbidden, "token_refused"
@@ -191,6 +193,16 @@ func requestFor(p pods.Pod, r roles.Role) creds.Request {
 	}
 }
 
+// errNotMinting is the fetch error while the confinement check fails. That is the agent's state, not a verdict on
+// the pod's token: 503, and retried on the short back-off, so pods are served soon after the check passes again.
+var errNotMinting = errors.New("not minting new tokens")
+
+type notMinting struct{ cause error }
+
+func (e notMinting) Error() string        { return errNotMinting.Error() + ": " + e.cause.Error() }
+func (e notMinting) Is(target error) bool { return target == errNotMinting }
+func (notMinting) Retryable() bool        { return true }
+
 // fetcher gets fresh credentials: a pod-bound token from the apiserver, traded with STS.
 type fetcher struct {
 	tokens *satoken.Source
@@ -206,7 +218,7 @@ type fetcher struct {
 
 func (f *fetcher) Fetch(ctx context.Context, r creds.Request) (creds.Credentials, error) {
 	if err := f.confined(); err != nil {
-		return creds.Credentials{}, &satoken.Error{Err: fmt.Errorf("not minting: %w", err)}
+		return creds.Credentials{}, notMinting{err}
 	}
 	start := time.Now()
 	tok, err := f.tokens.Token(ctx, satoken.Pod{Namespace: r.Namespace, Name: r.Pod, UID: types.UID(r.PodUID), ServiceAccount: r.ServiceAccount}, r.Audience)

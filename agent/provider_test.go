@@ -324,6 +324,31 @@ func TestCredentialPathLogsNoSecrets(t *testing.T) {
 	}
 }
 
+// TestNotMintingIsAskedAgainSoon: while the confinement check fails the agent mints nothing. That is its own state,
+// not a refusal of the pod's token, even when the check failed on a Forbidden: the pod gets 503 not_minting, and is
+// served on the short back-off once the check passes again, not after the minutes a refused token waits.
+func TestNotMintingIsAskedAgainSoon(t *testing.T) {
+	rig := newCredentialRig(t, map[string]string{roles.AnnotationRoleARN: testRoleARN})
+	failed := fmt.Errorf("confinement check: %w", apierrors.NewForbidden(schema.GroupResource{Resource: "nodes"}, "node-1",
+		errors.New("cannot impersonate:associated-node")))
+	rig.unconfined.Store(&failed)
+	if _, err := rig.serve(t); !errors.Is(err, metadata.ErrUnavailable) {
+		t.Fatalf("Credentials() while not minting: error %v, want %v", err, metadata.ErrUnavailable)
+	}
+	if out := rig.logs.String(); !strings.Contains(out, `"reason":"not_minting"`) {
+		t.Errorf("refusal not logged as not_minting:\n%s", out)
+	}
+	if n := rig.tokens.Load(); n != 0 {
+		t.Errorf("%d tokens minted while the confinement check failed, want none", n)
+	}
+
+	rig.unconfined.Store(nil)
+	rig.clock.Step(2 * time.Second) // past the first retryable back-off (under 1 s); a refused token waits 30 s or more
+	if got, err := rig.serve(t); err != nil || got.SecretAccessKey == "" {
+		t.Errorf("Credentials() 2 s after the check passed = %+v, %v, want the pod's credentials", got, err)
+	}
+}
+
 // TestProviderIdentifiesHostCallersByCgroupOnly: a caller in the node's own network namespace is the hostNetwork pod
 // its socket's cgroup names, never the pod its address (the node's) would find; one that names no live hostNetwork
 // pod, or whose tracing failed, is refused; a node-trusted pod caught before its exemption is asked to retry.
@@ -453,6 +478,8 @@ func TestProviderNamesWhoRefused(t *testing.T) {
 		{"pods watch unanswered", fmt.Errorf("%w of this node's pods for 31s", kube.ErrUnanswered), nil, nil, metadata.ErrUnavailable, `"reason":"pods_unanswered"`},
 		{"Namespaces watch unanswered", nil, fmt.Errorf("%w of Namespaces for 31s", kube.ErrUnanswered), nil, metadata.ErrUnavailable, `"reason":"roles_unanswered"`},
 		{"allow-list", nil, roles.ErrNotAllowed, nil, metadata.ErrForbidden, `"reason":"not_allowed"`},
+		// The confinement check failing is the agent's state: a Forbidden inside it is no refusal of the pod's token.
+		{"not minting", nil, nil, fmt.Errorf("%w: %w", creds.ErrUnavailable, notMinting{forbidden}), metadata.ErrUnavailable, `"reason":"not_minting"`},
 	} {
 		log, buf := logBuffer()
 		p := &provider{pods: stubPods{pod: testPod, err: c.podsErr}, roles: stubRoles{role: testRole, err: c.rolesErr},

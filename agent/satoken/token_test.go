@@ -212,16 +212,16 @@ func TestTokenWaitsForTheGraph(t *testing.T) {
 	})
 }
 
-// TestRefusedWrapped: the classification holds through wrapping, for an Error made by a caller that declined to ask
-// (the agent while minting is not confined), and only for an Error: STS's refusals are not the apiserver's.
+// TestRefusedWrapped: the classification holds through wrapping, and only for an Error: STS's refusals are not the
+// apiserver's.
 func TestRefusedWrapped(t *testing.T) {
 	forbidden := apierrors.NewForbidden(schema.GroupResource{Resource: "nodes"}, "*", errors.New("cannot impersonate"))
 	for _, tt := range []struct {
 		err  error
 		want bool
 	}{
-		{fmt.Errorf("fetch: %w", &satoken.Error{Err: fmt.Errorf("not minting: %w", forbidden)}), true},
-		{&satoken.Error{Err: fmt.Errorf("not minting: %w", satoken.ErrNotConfined)}, false},
+		{fmt.Errorf("fetch: %w", &satoken.Error{Err: forbidden}), true},
+		{&satoken.Error{Err: fmt.Errorf("check: %w", satoken.ErrNotConfined)}, false},
 		{fmt.Errorf("sts: %w", forbidden), false},
 		{nil, false},
 	} {
