@@ -92,6 +92,7 @@ type credentialRig struct {
 	metrics  *metrics
 	// unconfined, when it holds an error, is the confinement check's failure: the fetcher mints nothing.
 	unconfined atomic.Pointer[error]
+	fetcher    *fetcher
 }
 
 func newCredentialRig(t *testing.T, annotations map[string]string) *credentialRig {
@@ -137,25 +138,25 @@ func newCredentialRig(t *testing.T, annotations map[string]string) *credentialRi
 		t.Fatal("the role mapper's informers did not sync")
 	}
 
+	log, logs := logBuffer()
+	m := newMetrics(prometheus.NewRegistry(), true)
 	file := filepath.Join(t.TempDir(), "issuance.jsonl")
-	f, err := openIssuanceFile(file)
+	f, err := openIssuanceFile(file, issuanceNotWritten(m, log))
 	if err != nil {
 		t.Fatalf("openIssuanceFile(%q) error = %v", file, err)
 	}
-	t.Cleanup(func() { _ = f.Close() })
-	log, logs := logBuffer()
-	m := newMetrics(prometheus.NewRegistry(), true)
 	stored := make(chan string, 16)
 	rig := &credentialRig{sts: stand, issued: issued, clock: clk, mapper: mapper, logs: logs, file: file, stored: stored, tokens: &tokens,
 		record: f, metrics: m}
+	t.Cleanup(func() { _ = rig.record.Close() })
 	confined := func() error {
 		if err := rig.unconfined.Load(); err != nil {
 			return *err
 		}
 		return nil
 	}
-	rig.cache = creds.New(&fetcher{tokens: satoken.New(kubetest.Client{Interface: kube}, satoken.MinTTL), confined: confined, sts: stsClient, metrics: m, issued: f, log: log, now: clk.Now},
-		creds.Config{Clock: clk, Observer: notifying{observer: observer{metrics: m, log: log}, stored: stored}})
+	rig.fetcher = &fetcher{tokens: satoken.New(kubetest.Client{Interface: kube}, satoken.MinTTL), confined: confined, sts: stsClient, metrics: m, issued: f, log: log, now: clk.Now}
+	rig.cache = creds.New(rig.fetcher, creds.Config{Clock: clk, Observer: notifying{observer: observer{metrics: m, log: log}, stored: stored}})
 	rig.provider = &provider{pods: stubPods{pod: testPod}, roles: mapper, cache: rig.cache, metrics: m, log: log}
 	return rig
 }
@@ -350,7 +351,7 @@ func TestChainedRoleEndToEnd(t *testing.T) {
 			t.Errorf("round %d: %d TokenRequests, want one a round", round, n)
 		}
 
-		recs := readIssuance(t, rig.file)
+		recs := readIssuance(t, rig)
 		if len(recs) != round+1 {
 			t.Fatalf("round %d: %d issuance records, want %d", round, len(recs), round+1)
 		}
@@ -411,7 +412,7 @@ func TestChainedRoleRefused(t *testing.T) {
 			if snap := rig.cache.Snapshot(); len(snap) != 1 || snap[0].Has || snap[0].AccessKeyID != "" {
 				t.Errorf("cache holds %+v, want no credentials", snap)
 			}
-			if recs := readIssuance(t, rig.file); len(recs) != 0 {
+			if recs := readIssuance(t, rig); len(recs) != 0 {
 				t.Errorf("issuance records = %+v, want none", recs)
 			}
 			logs := rig.logs.String()
@@ -441,7 +442,7 @@ func TestSessionPolicyWithoutChain(t *testing.T) {
 	if got.RoleName != "reader" || got.AccessKeyID != sessions[0].accessKeyID {
 		t.Errorf("Credentials() = role %q, access key %s, want reader's session %s", got.RoleName, got.AccessKeyID, sessions[0].accessKeyID)
 	}
-	if recs := readIssuance(t, rig.file); len(recs) != 1 || recs[0].ChainedRoleARN != "" || recs[0].AccessKeyID != sessions[0].accessKeyID {
+	if recs := readIssuance(t, rig); len(recs) != 1 || recs[0].ChainedRoleARN != "" || recs[0].AccessKeyID != sessions[0].accessKeyID {
 		t.Errorf("issuance records = %+v, want one for %s without a chained role", recs, sessions[0].accessKeyID)
 	}
 }

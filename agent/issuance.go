@@ -1,9 +1,12 @@
 package agent
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sync"
@@ -13,6 +16,15 @@ import (
 	"github.com/iamlet/iamlet/policy/issuance"
 )
 
+// issuanceNotWritten counts and logs a record the issuance file did not take; the log line carries the record.
+func issuanceNotWritten(m *metrics, log *slog.Logger) func(issuance.Record, error) {
+	return func(rec issuance.Record, err error) {
+		m.unrecorded.Inc()
+		log.LogAttrs(context.Background(), slog.LevelError, "issuance record not written",
+			append(rec.LogAttrs(), slog.Bool("audit", true), slog.String("error", err.Error()))...)
+	}
+}
+
 // issuanceOf is the record of credentials c fetched for r: what `iamlet policy` joins with CloudTrail. It identifies
 // the credentials (the access key ID, which CloudTrail logs) and never holds a secret.
 func issuanceOf(r creds.Request, c creds.Credentials, issued time.Time) issuance.Record {
@@ -21,15 +33,41 @@ func issuanceOf(r creds.Request, c creds.Credentials, issued time.Time) issuance
 		SessionPolicySHA256: r.SessionPolicySHA256, SessionPolicyARNs: r.SessionPolicyARNs, Expiration: c.Expiration.UTC()}
 }
 
-// issuanceFile appends issuance records to a file as JSON lines, for an operator's log shipper. Writes are
-// synchronous, by the fetch that obtained the credentials: a record the file lost would be a call `iamlet policy`
-// cannot attribute.
+// issuanceFile appends issuance records to a file as JSON lines, for an operator's log shipper. One goroutine writes
+// them, in order; a fetch only queues its record, so a disk that stalls (a stuck volume) delays no pod's credentials.
+// A record the queue cannot take, because the disk has stalled that long, or the file does not take, is reported to
+// notWritten: counted and logged, as the issuance also is in the log.
 type issuanceFile struct {
-	mu sync.Mutex
-	w  io.WriteCloser
+	w          io.WriteCloser
+	notWritten func(issuance.Record, error)
+	closeWait  time.Duration // how long Close waits for the queue to be written
+	queue      chan issuanceItem
+	done       chan struct{} // closed when the writer has written what was queued and closed w
+	closed     error         // w's Close, once done is closed
+
+	mu      sync.Mutex // orders write against Close, which closes queue
+	closing bool
 }
 
-func openIssuanceFile(path string) (*issuanceFile, error) {
+// issuanceItem is a record to write, or, with flushed set, a mark: the writer closes flushed when it reaches it.
+type issuanceItem struct {
+	rec     issuance.Record
+	flushed chan struct{}
+}
+
+// issuanceQueue is how many records may wait for the disk: minutes of a busy node's fetches.
+const issuanceQueue = 1024
+
+// issuanceCloseWait bounds how long Close waits for the queued records to be written: a stalled disk must not hold
+// the agent past its termination grace period.
+const issuanceCloseWait = 5 * time.Second
+
+var (
+	errIssuanceQueueFull = errors.New("the queue of records waiting for the disk is full")
+	errIssuanceClosed    = errors.New("the issuance file is closed")
+)
+
+func openIssuanceFile(path string, notWritten func(issuance.Record, error)) (*issuanceFile, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("issuance record: %w", err)
 	}
@@ -37,22 +75,85 @@ func openIssuanceFile(path string) (*issuanceFile, error) {
 	if err != nil {
 		return nil, fmt.Errorf("issuance record: %w", err)
 	}
-	return &issuanceFile{w: f}, nil
+	return newIssuanceFile(f, issuanceQueue, issuanceCloseWait, notWritten), nil
 }
 
-func (f *issuanceFile) write(rec issuance.Record) error {
-	b, err := json.Marshal(rec)
-	if err != nil {
-		return err
+func newIssuanceFile(w io.WriteCloser, queue int, closeWait time.Duration, notWritten func(issuance.Record, error)) *issuanceFile {
+	f := &issuanceFile{w: w, notWritten: notWritten, closeWait: closeWait, queue: make(chan issuanceItem, queue), done: make(chan struct{})}
+	go f.run()
+	return f
+}
+
+func (f *issuanceFile) run() {
+	defer close(f.done)
+	for it := range f.queue {
+		if it.flushed != nil {
+			close(it.flushed)
+			continue
+		}
+		b, err := json.Marshal(it.rec)
+		if err == nil {
+			_, err = f.w.Write(append(b, '\n'))
+		}
+		if err != nil {
+			f.notWritten(it.rec, err)
+		}
 	}
+	f.closed = f.w.Close()
+}
+
+// write queues rec without waiting for the disk.
+func (f *issuanceFile) write(rec issuance.Record) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	_, err = f.w.Write(append(b, '\n'))
-	return err
+	if f.closing {
+		f.notWritten(rec, errIssuanceClosed)
+		return
+	}
+	select {
+	case f.queue <- issuanceItem{rec: rec}:
+	default:
+		f.notWritten(rec, errIssuanceQueueFull)
+	}
 }
 
+// flush waits until the records queued before it are written, or ctx ends.
+func (f *issuanceFile) flush(ctx context.Context) error {
+	mark := make(chan struct{})
+	f.mu.Lock()
+	if f.closing {
+		f.mu.Unlock()
+		return errIssuanceClosed
+	}
+	select {
+	case f.queue <- issuanceItem{flushed: mark}:
+		f.mu.Unlock()
+	default:
+		f.mu.Unlock()
+		return errIssuanceQueueFull
+	}
+	select {
+	case <-mark:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Close writes what is queued and closes the file, waiting at most closeWait; a write after it is not written.
 func (f *issuanceFile) Close() error {
 	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.w.Close()
+	if !f.closing {
+		f.closing = true
+		close(f.queue)
+	}
+	f.mu.Unlock()
+	t := time.NewTimer(f.closeWait)
+	defer t.Stop()
+	select {
+	case <-f.done:
+		return f.closed
+	case <-t.C:
+		return fmt.Errorf("issuance file: %d records not written after %v: the disk does not answer", len(f.queue), f.closeWait)
+	}
 }

@@ -3,15 +3,21 @@ package agent
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"io"
 	"io/fs"
 	"os"
 	"reflect"
+	"slices"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -20,10 +26,22 @@ import (
 	"github.com/iamlet/iamlet/policy/issuance"
 )
 
-// readIssuance reads the issuance file's records with the reader `iamlet policy` uses; a file not yet created holds
-// none.
-func readIssuance(t *testing.T, path string) []issuance.Record {
+// flushIssuance waits until the rig's issuance file has written what was queued.
+func flushIssuance(t *testing.T, rig *credentialRig) {
 	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	if err := rig.record.flush(ctx); err != nil {
+		t.Fatalf("flushing the issuance file: %v", err)
+	}
+}
+
+// readIssuance reads the issuance file's records, once written, with the reader `iamlet policy` uses; a file not yet
+// created holds none.
+func readIssuance(t *testing.T, rig *credentialRig) []issuance.Record {
+	t.Helper()
+	flushIssuance(t, rig)
+	path := rig.file
 	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
@@ -34,9 +52,10 @@ func readIssuance(t *testing.T, path string) []issuance.Record {
 	return recs
 }
 
-func issuanceLines(t *testing.T, path string) []string {
+func issuanceLines(t *testing.T, rig *credentialRig) []string {
 	t.Helper()
-	b, err := os.ReadFile(path)
+	flushIssuance(t, rig)
+	b, err := os.ReadFile(rig.file)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
@@ -101,7 +120,7 @@ func TestIssuanceFile(t *testing.T) {
 				want = append(want, rec)
 			}
 
-			lines := issuanceLines(t, rig.file)
+			lines := issuanceLines(t, rig)
 			if len(lines) != len(want) {
 				t.Fatalf("issuance file has %d lines, want %d:\n%s", len(lines), len(want), strings.Join(lines, "\n"))
 			}
@@ -147,20 +166,102 @@ func jsonObject(t *testing.T, s string) map[string]any {
 	return m
 }
 
+// writeTo makes the rig's issuance records go to w, through a queue of the given length.
+func (r *credentialRig) writeTo(w io.WriteCloser, queue int, closeWait time.Duration) {
+	_ = r.record.Close()
+	r.record = newIssuanceFile(w, queue, closeWait, issuanceNotWritten(r.metrics, r.fetcher.log))
+	r.fetcher.issued = r.record
+}
+
+// disk is an issuance file's disk: Write fails with err, or, while stalled is open, waits for it to close.
+type disk struct {
+	mu      sync.Mutex
+	lines   []string
+	err     error
+	stalled chan struct{}
+	writing chan struct{} // gets a value when a Write starts
+}
+
+func (d *disk) Write(b []byte) (int, error) {
+	if d.writing != nil {
+		d.writing <- struct{}{}
+	}
+	if d.stalled != nil {
+		<-d.stalled
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.err != nil {
+		return 0, d.err
+	}
+	d.lines = append(d.lines, string(b))
+	return len(b), nil
+}
+
+func (d *disk) Close() error { return nil }
+
+func (d *disk) written() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return slices.Clone(d.lines)
+}
+
 // TestIssuanceFileFailingIsCounted: a record the issuance file does not take (the disk full, the file gone) costs the
 // pod nothing, and is counted where an alert can see it, beside the log line that still holds the issuance.
 func TestIssuanceFileFailingIsCounted(t *testing.T) {
 	rig := newCredentialRig(t, map[string]string{roles.AnnotationRoleARN: testRoleARN})
-	if err := rig.record.Close(); err != nil { // every write now fails
-		t.Fatal(err)
-	}
+	rig.writeTo(&disk{err: syscall.ENOSPC}, issuanceQueue, issuanceCloseWait)
 	if _, err := rig.serve(t); err != nil {
 		t.Fatalf("Credentials() with the issuance file failing = %v, want credentials", err)
 	}
+	flushIssuance(t, rig)
 	if got := testutil.ToFloat64(rig.metrics.unrecorded); got != 1 {
 		t.Errorf("iamlet_issuance_write_errors_total = %v, want 1", got)
 	}
-	if !strings.Contains(rig.logs.String(), "issuance record not written") {
-		t.Errorf("the log does not say the record was not written:\n%s", rig.logs.String())
+	if out := rig.logs.String(); !strings.Contains(out, "issuance record not written") || !strings.Contains(out, "no space left") {
+		t.Errorf("the log does not say the record was not written, and why:\n%s", out)
+	}
+}
+
+// TestStalledIssuanceDiskDelaysNoPod: a disk that stops answering (a stuck volume) holds up no fetch. Records queue
+// for it; one the full queue cannot take is counted as not written at once; Close gives up on the disk within its
+// bound, and what was queued is written when the disk answers again.
+func TestStalledIssuanceDiskDelaysNoPod(t *testing.T) {
+	rig := newCredentialRig(t, map[string]string{roles.AnnotationRoleARN: testRoleARN})
+	d := &disk{stalled: make(chan struct{}), writing: make(chan struct{}, 8)}
+	rig.writeTo(d, 1, 10*time.Millisecond)
+	answer := sync.OnceFunc(func() { close(d.stalled) })
+	t.Cleanup(answer) // should the test fail with a fetch stuck on the disk
+
+	served := make(chan error, 1)
+	go func() {
+		_, err := rig.serve(t)
+		served <- err
+	}()
+	select {
+	case err := <-served:
+		if err != nil {
+			t.Fatalf("Credentials() with the disk stalled = %v, want credentials", err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("Credentials() waited on a stalled disk")
+	}
+	<-d.writing // the first record is in the disk's hands; the next fills the queue, the one after finds it full
+	rig.refresh(t)
+	rig.refresh(t)
+	if got := testutil.ToFloat64(rig.metrics.unrecorded); got != 1 {
+		t.Errorf("iamlet_issuance_write_errors_total with the queue full = %v, want 1", got)
+	}
+	if err := rig.record.Close(); err == nil || !strings.Contains(err.Error(), "not written") {
+		t.Errorf("Close() with the disk stalled = %v, want an error saying records are not written", err)
+	}
+	answer()
+	select {
+	case <-rig.record.done:
+	case <-time.After(time.Minute):
+		t.Fatal("the issuance writer did not finish once the disk answered")
+	}
+	if lines := d.written(); len(lines) != 2 {
+		t.Errorf("the disk got %d records once it answered, want the 2 queued:\n%s", len(lines), lines)
 	}
 }

