@@ -62,6 +62,9 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 	defer a.wg.Wait()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// Installed by the guard; from here on restored whenever they drift, and never removed. Not only once ready: an
+	// agent that waits on the apiserver, or fails to start, must not leave a flushed table open meanwhile.
+	a.keepRules(ctx)
 	// Observability first, so /healthz answers and /readyz says why it is not ready yet.
 	if err := a.serveOps(ctx, gatherer); err != nil {
 		return err
@@ -92,8 +95,6 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 	if err := a.listen(ctx); err != nil {
 		return err
 	}
-	// Installed by the guard; from here on restored whenever they drift, and never removed.
-	a.keepRules(ctx)
 	// The taint comes off once ready, and never before: it is what keeps pods off the node meanwhile.
 	a.removeStartupTaint(ctx)
 	// Last: the status it serves is of everything above.

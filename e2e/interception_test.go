@@ -706,6 +706,18 @@ func interceptionInPlace(backend, port string) error {
 }
 
 // waitRestored polls until the rules are back and returns how long that took.
+// installedBackend is the backend (nft or legacy) holding the agent's rules.
+func installedBackend(t *testing.T) string {
+	t.Helper()
+	for _, b := range []string{"nft", "legacy"} {
+		if interceptionInPlace(b, stack.AgentPort) == nil {
+			return b
+		}
+	}
+	t.Fatal("the agent's rules are in neither backend")
+	return ""
+}
+
 func waitRestored(t *testing.T, backend string) time.Duration {
 	t.Helper()
 	start := time.Now()

@@ -150,6 +150,10 @@ func TestRefusedWatchIsNotReady(t *testing.T) {
 	if code != http.StatusServiceUnavailable || !strings.Contains(body, `resource "serviceaccounts"`) {
 		t.Errorf("/readyz = %d %q, want 503 naming %q and the apiserver's words", code, body, why)
 	}
+	// Not ready, yet the rules are kept: a table another program flushes meanwhile is put back, as once ready.
+	backend := installedBackend(t)
+	nodeRun(t, "iptables-"+backend, "-w", "5", "-t", "nat", "-F")
+	waitRestored(t, backend)
 
 	restoreStackInstall(t)
 	waitReadyz(t, func(code int, _ string) bool { return code == http.StatusOK })
