@@ -286,6 +286,8 @@ func serveOn(ctx context.Context, ln net.Listener, h http.Handler, connContext f
 		IdleTimeout:       60 * time.Second,
 		MaxHeaderBytes:    8 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+		// "OPTIONS *" goes to the face like any request, to be refused, counted and logged, not answered by net/http.
+		DisableGeneralOptionsHandler: true,
 	}
 	wg.Add(2)
 	go func() {

@@ -237,10 +237,12 @@ func (h *rateLimiter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		case <-t.C:
 			h.metrics.delayed.Inc()
 		case <-r.Context().Done():
-			// The client gave up: its turn goes back to the pod's next request.
+			// The client gave up, or half-closed its side: its turn goes back to the pod's next request, and the
+			// response is aborted. Returning would let net/http send an empty 200, which a client still reading
+			// would take for an answer.
 			t.Stop()
 			res.Cancel()
-			return
+			panic(http.ErrAbortHandler)
 		}
 	}
 	h.next.ServeHTTP(w, r)

@@ -1,12 +1,16 @@
 package agent
 
 import (
+	"bufio"
 	"context"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -75,10 +79,18 @@ func TestConnLimiterCapsOneSource(t *testing.T) {
 func pacedHandler(lim Limits) (*limitMetrics, func(ctx context.Context, src string) int) {
 	m := newLimitMetrics(prometheus.NewRegistry())
 	h := limitRate(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") }), lim, m)
-	return m, func(ctx context.Context, src string) int {
+	return m, func(ctx context.Context, src string) (code int) {
 		r := httptest.NewRequestWithContext(ctx, http.MethodGet, "/latest/meta-data/", nil)
 		r.RemoteAddr = src
 		w := httptest.NewRecorder()
+		defer func() {
+			if v := recover(); v != nil {
+				if v != http.ErrAbortHandler {
+					panic(v)
+				}
+				code = aborted
+			}
+		}()
 		h.ServeHTTP(w, r)
 		if w.Body.Len() == 0 {
 			return 0
@@ -86,6 +98,9 @@ func pacedHandler(lim Limits) (*limitMetrics, func(ctx context.Context, src stri
 		return w.Code
 	}
 }
+
+// aborted is pacedHandler's code for a response the handler aborted: net/http closes the connection, answering nothing.
+const aborted = -1
 
 // TestRateLimiterPacesABurst: past the burst a request waits for its turn at the pod's rate and is answered, so a
 // burst of SDK processes is slowed, not failed; another pod is not held up.
@@ -168,8 +183,8 @@ func TestRateLimiterClientGoneReturnsItsTurn(t *testing.T) {
 		go func() { done <- do(ctx, "10.0.0.1:1001") }()
 		synctest.Wait()
 		cancel()
-		if code := <-done; code != 0 {
-			t.Errorf("a request whose client left was answered %d", code)
+		if code := <-done; code != aborted {
+			t.Errorf("a request whose client left (or half-closed) got %d, want the response aborted", code)
 		}
 		start := time.Now()
 		if code := do(t.Context(), "10.0.0.1:1002"); code != http.StatusOK {
@@ -249,5 +264,40 @@ func TestConnTableBoundsTheTotalFairly(t *testing.T) {
 	}
 	if table.admit(from("10.0.0.3")) == nil {
 		t.Error("a free slot was not given")
+	}
+}
+
+// TestServerLeavesNoRequestToNetHTTP: every request on a face's server reaches the face, "OPTIONS *" too, which
+// net/http would otherwise answer 200 itself, past the face's refusals, metrics and log.
+func TestServerLeavesNoRequestToNetHTTP(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seen atomic.Int32
+	h := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		seen.Add(1)
+		http.Error(w, "refused", http.StatusNotFound)
+	})
+	ctx, cancel := context.WithCancel(t.Context())
+	var wg sync.WaitGroup
+	serveOn(ctx, ln, h, nil, slog.New(slog.DiscardHandler), &wg)
+	defer func() { cancel(); wg.Wait() }()
+
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := io.WriteString(c, "OPTIONS * HTTP/1.1\r\nHost: 169.254.169.254\r\nConnection: close\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound || seen.Load() != 1 {
+		t.Errorf("OPTIONS * = %d, face saw %d requests; want the face's 404", resp.StatusCode, seen.Load())
 	}
 }
