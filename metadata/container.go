@@ -134,7 +134,7 @@ func (h *ContainerHandler) serve(c *call) outcome {
 
 // refuse answers and logs a refusal the face decided, as Handler.refuse does.
 func (h *ContainerHandler) refuse(c *call, rf refusal, err error) outcome {
-	logRefusal(h.log, c, rf.info(), err)
+	logRefusal(h.log, c, rf, err)
 	return h.answer(c, rf)
 }
 

@@ -24,7 +24,8 @@ const (
 	refuseForbidden
 	refuseUnavailable
 	refuseNodePath      // a path outside the allow-list: user-data, the node role, signatures, other versions, ...
-	refuseNotFound      // an allowed shape with nothing behind it (another role's name, a fact the node lacks)
+	refuseNotFound      // an allowed shape with nothing behind it (a fact the node lacks)
+	refuseOtherRole     // credentials of a role not the caller's: the node's, most likely, or one it had before a change
 	refuseBadToken      // an IMDSv2 token that is malformed, expired, or minted for another caller
 	refuseTokenRequired // RequireV2 and no token
 	refuseBadTTL        // token PUT without a valid TTL header
@@ -36,6 +37,9 @@ const (
 	refuseNoAuthorization // container endpoint without an Authorization header
 	refuseBadAuthorization
 )
+
+// probe reports whether r may be someone probing for the node's secrets: logged as a warning.
+func (r refusal) probe() bool { return r == refuseNodePath || r == refuseOtherRole }
 
 type refusalInfo struct {
 	status  int
@@ -56,7 +60,7 @@ func (r refusal) info() refusalInfo {
 		return refusalInfo{http.StatusServiceUnavailable, outcomeUnavailable, ErrUnavailable.Error(), "ServiceUnavailable"}
 	case refuseNodePath:
 		return refusalInfo{http.StatusNotFound, outcomeNodePath, "not found", "NotFound"}
-	case refuseNotFound:
+	case refuseNotFound, refuseOtherRole:
 		return refusalInfo{http.StatusNotFound, outcomeNotFound, "not found", "NotFound"}
 	case refuseBadToken:
 		return refusalInfo{http.StatusUnauthorized, outcomeBadToken, "invalid or expired token", "InvalidToken"}

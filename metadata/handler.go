@@ -197,7 +197,7 @@ func (h *Handler) serveCredentials(c *call, rt route) outcome {
 	}
 	if !equalFoldASCII(rt.name, creds.RoleName) {
 		// Another role's name, most likely the node's: never passed on.
-		return h.refuse(c, refuseNotFound, nil)
+		return h.refuse(c, refuseOtherRole, nil)
 	}
 	kind := docStandard
 	if rt.kind == routeCredsExtDoc {
@@ -209,7 +209,7 @@ func (h *Handler) serveCredentials(c *call, rt route) outcome {
 
 // refuse answers and logs a refusal the face decided. err is logged (it never carries a secret) but never sent.
 func (h *Handler) refuse(c *call, rf refusal, err error) outcome {
-	logRefusal(h.log, c, rf.info(), err)
+	logRefusal(h.log, c, rf, err)
 	return h.answer(c, rf)
 }
 
@@ -234,10 +234,10 @@ func RefusalStatus(err error) int {
 }
 
 // logRefusal logs a refusal the face decided, in the provider's vocabulary: "refused", with the outcome and reason.
-func logRefusal(log *slog.Logger, c *call, info refusalInfo, err error) {
-	level := slog.LevelInfo
-	if info.outcome == outcomeNodePath {
-		level = slog.LevelWarn // someone is probing for the node's secrets
+func logRefusal(log *slog.Logger, c *call, rf refusal, err error) {
+	info, level := rf.info(), slog.LevelInfo
+	if rf.probe() {
+		level = slog.LevelWarn
 	}
 	ctx := c.r.Context()
 	if !log.Enabled(ctx, level) {
@@ -249,9 +249,9 @@ func logRefusal(log *slog.Logger, c *call, info refusalInfo, err error) {
 		slog.String("reason", info.outcome.String()),
 		slog.String("method", c.r.Method))
 	if c.rp.p != "" {
-		attrs = append(attrs, slog.String("path", c.rp.String()))
+		attrs = append(attrs, slog.String("path", loggable(c.rp.String(), 256)))
 	} else {
-		attrs = append(attrs, slog.String("raw_path", truncate(c.r.URL.EscapedPath(), 256)))
+		attrs = append(attrs, slog.String("raw_path", loggable(c.r.URL.EscapedPath(), 256)))
 	}
 	if c.caller.IsValid() {
 		attrs = append(attrs, slog.String("caller", c.caller.String()))
@@ -285,6 +285,13 @@ func writeResponse(w http.ResponseWriter, status int, contentType string, body [
 	h["Server"] = vals[2:3:3]
 	w.WriteHeader(status)
 	w.Write(body)
+}
+
+// loggable is what a client chose, as a log line carries it: at most n bytes, and anything but printable ASCII
+// escaped, so that no control or bidirectional character reorders the line an operator reads.
+func loggable(s string, n int) string {
+	q := strconv.QuoteToASCII(truncate(s, n))
+	return q[1 : len(q)-1]
 }
 
 func truncate(s string, n int) string {

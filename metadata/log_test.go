@@ -70,6 +70,14 @@ func TestRefusalLogging(t *testing.T) {
 		{ch, "GET", DefaultContainerPath, podAddr, nil,
 			map[string]any{"reason": "bad_token", "path": DefaultContainerPath, "caller": podAddr, "status": float64(401)}},
 		{ch, "GET", DefaultContainerPath, podAddr, http.Header{"Authorization": {"pod-token"}}, nil},
+		// Another role's credentials, the node's most likely: a warning, as a path outside the allow-list is.
+		{e.h, "GET", "/latest/meta-data/iam/security-credentials/node-role", podAddr, http.Header{headerToken: {tok}},
+			map[string]any{"level": "WARN", "reason": "not_found", "path": "/latest/meta-data/iam/security-credentials/node-role", "status": float64(404)}},
+		// What the client chose is cut to 256 bytes, and a right-to-left override is escaped, not written raw.
+		{e.h, "GET", "/latest/user-data/" + strings.Repeat("a", 4000), podAddr, http.Header{headerToken: {tok}},
+			map[string]any{"reason": "node_path", "path": ("/latest/user-data/" + strings.Repeat("a", 4000))[:256]}},
+		{e.h, "GET", "/latest/user-data/%E2%80%AEtxt.exe", podAddr, http.Header{headerToken: {tok}},
+			map[string]any{"reason": "node_path", "path": `/latest/user-data/\u202etxt.exe`}},
 	}
 	for _, tt := range tests {
 		before := len(buf.lines(t))
