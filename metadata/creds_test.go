@@ -96,6 +96,8 @@ func TestCredentialRefusals(t *testing.T) {
 	badName.RoleName = "role/with/slash"
 	noName := podCredentials()
 	noName.RoleName = ""
+	noToken := podCredentials()
+	noToken.SessionToken = ""
 	tests := []struct {
 		name  string
 		err   error
@@ -110,6 +112,8 @@ func TestCredentialRefusals(t *testing.T) {
 		{"expired credentials", nil, &expired, 503},
 		{"role name with slash", nil, &badName, 503},
 		{"empty role name", nil, &noName, 503},
+		// Keys without a session token would be taken for long-term keys, and refused by AWS on every call.
+		{"no session token", nil, &noToken, 503},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

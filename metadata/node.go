@@ -343,15 +343,17 @@ func (c *NodeClient) do(ctx context.Context, method, canonicalPath, header, valu
 
 // identityDocument is the subset of the instance identity document SDKs read (region chains, G2's
 // GetInstanceIdentityDocument). Re-encoding it drops everything else the node's IMDS might add.
+// identityDocument leaves out what it does not know, rather than name an instance "": the fallback document, with the
+// node's IMDS out of reach, knows the region the agent runs with and little else.
 type identityDocument struct {
-	AccountID        string `json:"accountId"`
+	AccountID        string `json:"accountId,omitempty"`
 	Architecture     string `json:"architecture"`
-	AvailabilityZone string `json:"availabilityZone"`
-	ImageID          string `json:"imageId"`
-	InstanceID       string `json:"instanceId"`
-	InstanceType     string `json:"instanceType"`
+	AvailabilityZone string `json:"availabilityZone,omitempty"`
+	ImageID          string `json:"imageId,omitempty"`
+	InstanceID       string `json:"instanceId,omitempty"`
+	InstanceType     string `json:"instanceType,omitempty"`
 	PendingTime      string `json:"pendingTime,omitempty"` // RFC 3339 or absent: G2 fails on ""
-	PrivateIP        string `json:"privateIp"`
+	PrivateIP        string `json:"privateIp,omitempty"`
 	Region           string `json:"region"`
 	Version          string `json:"version"`
 }

@@ -158,6 +158,27 @@ func TestUpstreamCacheAndFallback(t *testing.T) {
 	assertUpstreamCanonical(t, node)
 }
 
+// TestIdentityDocumentFallbackNamesOnlyWhatIsKnown: with the node's IMDS failing before it ever answered, the
+// document carries the agent's region, and no instance, account or address it does not know, not even as "".
+func TestIdentityDocumentFallbackNamesOnlyWhatIsKnown(t *testing.T) {
+	node := newFakeNodeIMDS(t)
+	node.set(func(f *fakeNodeIMDS) { f.status = http.StatusInternalServerError })
+	e := newTestEnv(t, func(c *Config) { c.Upstream, c.Node = node.srv.URL, NodeFacts{Region: "eu-west-1"} })
+	w := e.do(t, http.MethodGet, pathIdentityDoc, podAddr, nil)
+	var doc map[string]any
+	if err := json.Unmarshal(w.Body.Bytes(), &doc); w.Code != http.StatusOK || err != nil {
+		t.Fatalf("GET %q with the node IMDS failing = %d %q (%v), want 200 and a document", pathIdentityDoc, w.Code, w.Body, err)
+	}
+	if doc["region"] != "eu-west-1" {
+		t.Errorf("document region = %v, want eu-west-1", doc["region"])
+	}
+	for _, k := range []string{"accountId", "availabilityZone", "imageId", "instanceId", "instanceType", "privateIp"} {
+		if v, ok := doc[k]; ok {
+			t.Errorf("document names %s = %q, which the agent does not know", k, v)
+		}
+	}
+}
+
 func TestUpstreamTokenHandling(t *testing.T) {
 	t.Run("v1 only node IMDS", func(t *testing.T) {
 		node := newFakeNodeIMDS(t)

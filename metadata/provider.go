@@ -61,6 +61,8 @@ func (c *Credentials) unusable(now time.Time) string {
 		return "invalid role name"
 	case c.AccessKeyID == "" || c.SecretAccessKey == "":
 		return "empty access key"
+	case c.SessionToken == "":
+		return "no session token" // served as long-term keys, which AWS refuses
 	case c.Expiration.IsZero() || !c.Expiration.After(now):
 		return "expired"
 	}
