@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/iamlet/iamlet/iptables"
@@ -133,5 +135,24 @@ func TestHostNetworkCoveredKeepsTheTaint(t *testing.T) {
 		if got := a.hostNetworkCovered(); got != c.want {
 			t.Errorf("%s: hostNetworkCovered() = %v, want %v", c.name, got, c.want)
 		}
+	}
+}
+
+// TestInterceptionOffIsReported: an agent told to manage no rules (--iptables=false) reports both families' rules
+// missing, so IamletInterceptionRulesMissing fires, and says so in its log, rather than export nothing.
+func TestInterceptionOffIsReported(t *testing.T) {
+	log, buf := logBuffer()
+	a := &agent{cfg: Config{ManageIptables: false}, m: newMetrics(prometheus.NewRegistry(), true), log: log}
+	if err := a.guard(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	a.keepRules(t.Context())
+	for _, fam := range []string{"ipv4", "ipv6"} {
+		if got := testutil.ToFloat64(a.m.rules.WithLabelValues(fam)); got != 0 {
+			t.Errorf("iamlet_iptables_rules_present{family=%q} = %v, want 0", fam, got)
+		}
+	}
+	if !strings.Contains(buf.String(), "interception off") {
+		t.Errorf("the log does not say interception is off:\n%s", buf.String())
 	}
 }

@@ -98,7 +98,7 @@ func newMetrics(reg prometheus.Registerer, perPod bool) *metrics {
 		}),
 		rules: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "iamlet_iptables_rules_present",
-			Help: "1 when every interception rule of the family is in place after the last reconcile.",
+			Help: "1 when every interception rule of the family is in place after the last reconcile; 0 also when the agent manages none (--iptables=false).",
 		}, []string{"family"}),
 		reconciles: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "iamlet_iptables_reconciles_total",

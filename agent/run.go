@@ -163,6 +163,7 @@ func (c Config) check() error {
 // milliseconds), and listen waits for that: by the time pods are answered, none is left.
 func (a *agent) guard(ctx context.Context) error {
 	if !a.cfg.ManageIptables {
+		a.log.Warn("interception off (--iptables=false): the agent installs no rules, so pods reach the node's IMDS unless other rules send them here")
 		return nil
 	}
 	ic := iptablesConfig(a.cfg)
@@ -487,6 +488,11 @@ func (a *agent) podFaces(ctx context.Context) faceServer {
 // drifted and never removes anything.
 func (a *agent) keepRules(ctx context.Context) {
 	if a.rules == nil {
+		// Off by the operator's choice (a dry run beside kube2iam): no rules of the agent's are in place, and the
+		// gauge, and its alert, say so rather than nothing.
+		for _, fam := range []string{"ipv4", "ipv6"} {
+			a.m.rules.WithLabelValues(fam).Set(0)
+		}
 		return
 	}
 	for _, fam := range []string{"ipv4", "ipv6"} {
