@@ -16,9 +16,13 @@ const (
 	inetDiagCgroupID    = 21 // INET_DIAG_CGROUP_ID, Linux 5.7
 	nlaTypeMask         = 0x3fff
 
-	tcpTimeWait   = 6
-	tcpListen     = 10
-	tcpNewSynRecv = 12
+	tcpEstablished = 1
+	tcpFinWait1    = 4
+	tcpFinWait2    = 5
+	tcpTimeWait    = 6
+	tcpCloseWait   = 8
+	tcpListen      = 10
+	tcpNewSynRecv  = 12
 )
 
 // SocketCgroup returns the cgroup v2 id of the TCP socket in the caller's network namespace whose local address is
@@ -60,7 +64,13 @@ func (sk diagSocket) cgroupOf(local, remote netip.AddrPort) (uint64, error) {
 		}
 		return 0, errors.New("the kernel reports no cgroup id for the socket (needs Linux 5.7 or later)")
 	}
-	return sk.cgroup, nil
+	// The caller's socket is connected to the agent, which has not closed its side. One whose peer has closed
+	// (CLOSE_WAIT and after) is a leftover that NAT may have lent its port to another connection: not the caller.
+	switch sk.state {
+	case tcpEstablished, tcpFinWait1, tcpFinWait2:
+		return sk.cgroup, nil
+	}
+	return 0, fmt.Errorf("the socket %s -> %s is in state %d, which no live caller's is in: %w", sk.local, sk.remote, sk.state, ErrNoSocket)
 }
 
 // askSockDiag sends one request on a new NETLINK_SOCK_DIAG socket and returns the answer. The kernel answers

@@ -102,6 +102,33 @@ func TestSocketCgroupOutside(t *testing.T) {
 	}
 }
 
+// TestSocketCgroupPeerClosed: a client socket whose peer has closed (CLOSE_WAIT) is no live caller, though it holds
+// its addresses and its cgroup: NAT may since have given its port to another connection, whose caller it is not.
+func TestSocketCgroupPeerClosed(t *testing.T) {
+	ln := listen(t, "tcp4", "127.0.0.1:0")
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	client, server := addrPort(c.LocalAddr()), addrPort(c.RemoteAddr())
+	if _, err := SocketCgroup(client, server); err != nil {
+		t.Fatalf("SocketCgroup(%s, %s) of a live connection: %v", client, server, err)
+	}
+	accept(t, ln).Close()
+	deadline := time.Now().Add(time.Minute) // the kernel takes the FIN at once; the deadline only bounds a failure
+	for {
+		_, err := SocketCgroup(client, server)
+		if errors.Is(err, ErrNoSocket) && strings.Contains(err.Error(), "no live caller") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("SocketCgroup(%s, %s) after the server closed = %v, want ErrNoSocket: no live caller", client, server, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 func TestSocketCgroupNoMatch(t *testing.T) {
 	ln := listen(t, "tcp4", "127.0.0.1:0")
 	server := addrPort(ln.Addr())
@@ -174,6 +201,8 @@ func TestParseDiagReply(t *testing.T) {
 		{"other port", nlmsg(unix.SOCK_DIAG_BY_FAMILY,
 			msg(unix.AF_INET, 1, local, netip.AddrPortFrom(remote.Addr(), 81), attr(inetDiagCgroupID, cgroup))), 0, "another socket"},
 		{"time wait", nlmsg(unix.SOCK_DIAG_BY_FAMILY, msg(unix.AF_INET, tcpTimeWait, local, remote)), 0, "closed"},
+		{"half-closed by the client", nlmsg(unix.SOCK_DIAG_BY_FAMILY, msg(unix.AF_INET, tcpFinWait2, local, remote, attr(inetDiagCgroupID, cgroup))), 4242, ""},
+		{"closed by the agent", nlmsg(unix.SOCK_DIAG_BY_FAMILY, msg(unix.AF_INET, tcpCloseWait, local, remote, attr(inetDiagCgroupID, cgroup))), 0, "no live caller"},
 		{"old kernel", nlmsg(unix.SOCK_DIAG_BY_FAMILY, msg(unix.AF_INET, 1, local, remote, attr(8, []byte{0}))), 0, "5.7"},
 		{"no socket", nlmsg(unix.NLMSG_ERROR, errno(unix.ENOENT)), 0, "no such TCP socket"},
 		{"other error", nlmsg(unix.NLMSG_ERROR, errno(unix.EPERM)), 0, "not permitted"},
@@ -197,8 +226,8 @@ func TestParseDiagReply(t *testing.T) {
 			if tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)) {
 				t.Errorf("cgroup of %s -> %s = %d, %v, want an error that says %q", local, remote, id, err, tc.err)
 			}
-			// The kernel offers a listener when no socket matches: that too is no such socket.
-			noSocket := tc.err == "another socket" || strings.HasPrefix(tc.name, "no socket")
+			// The kernel offers a listener when no socket matches: that too is no such socket, as is a leftover.
+			noSocket := tc.err == "another socket" || tc.err == "no live caller" || strings.HasPrefix(tc.name, "no socket")
 			if errors.Is(err, ErrNoSocket) != noSocket {
 				t.Errorf("cgroup of %s -> %s: errors.Is(%v, ErrNoSocket) = %v, want %v", local, remote, err, !noSocket, noSocket)
 			}
