@@ -85,6 +85,7 @@ func testStopped(t *testing.T, backend string) {
 // nothing it gets may come from the node.
 func testDrift(t *testing.T, backend string) {
 	agent := interceptionAgent(t, backend, "--reconcile-interval=1s")
+	suite.EnsureHostRules(t, suite.agentBin) // its table holds the second guard, which no iptables flush reaches
 	p := suite.NewPod(t, "drift-"+backend, stack.PodOptions{ServiceAccount: saA})
 	expectServed(t, p)
 	ipt := "iptables-" + backend
@@ -98,6 +99,9 @@ func testDrift(t *testing.T, backend string) {
 		{"PREROUTING jump deleted", []string{ipt, "-w", "5", "-t", "nat", "-D", "PREROUTING",
 			"-m", "comment", "--comment", "iamlet: jump to IAMLET-IMDS", "-j", "IAMLET-IMDS"}, true},
 		{"guard chain flushed", []string{ipt, "-w", "5", "-t", "filter", "-F", "IAMLET-GUARD"}, false},
+		// An iptables-restore without --noflush, as a firewall service's reload runs: the redirect and iptables' guard
+		// go together, and the host-rules table's guard still refuses.
+		{"nat and filter tables replaced wholesale", []string{"sh", "-c", "printf '*nat\nCOMMIT\n*filter\nCOMMIT\n' | " + ipt + "-restore -w 5"}, true},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -174,6 +178,10 @@ func testDrift(t *testing.T, backend string) {
 		conntrackOn(t, backend)
 		before := driftRepairs(t)
 		thaw := freezeAgent(t, agent)
+		// Every guard gone: iptables' and, with host-rules stopped so that nothing restores it, the table's.
+		suite.StopHostRules()
+		t.Cleanup(func() { suite.EnsureHostRules(t, suite.agentBin) })
+		nodeRun(t, "nft", "delete", "table", "inet", "iamlet_host")
 		nodeRun(t, ipt, "-w", "5", "-t", "nat", "-F")
 		nodeRun(t, ipt, "-w", "5", "-t", "filter", "-F", "IAMLET-GUARD")
 		h := holdConn(t, p, instanceIDPath, nodeRolePath)
@@ -214,11 +222,10 @@ func testHeldFlow(t *testing.T, backend string) {
 			name = "tracked, as on a node with kube-proxy"
 		}
 		t.Run(name, func(t *testing.T) {
-			if !tracked {
-				// host-rules restores its table within its interval, and the table's DNAT rule turns tracking back on;
-				// the agent started below starts it again, as the pod's two containers start on a node.
-				suite.StopHostRules()
-			}
+			// host-rules restores its table within its interval: its guard for pods would refuse the held flow, and its
+			// DNAT rule turns tracking back on. The agent started below starts it again, as the pod's two containers
+			// start on a node.
+			suite.StopHostRules()
 			cleanNode(t)
 			t.Cleanup(func() { cleanNode(t) })
 			if tracked {
@@ -310,7 +317,9 @@ func testUninstall(t *testing.T, backend string) {
 	agent := interceptionAgent(t, backend)
 	p := suite.NewPod(t, "uninstall-"+backend, stack.PodOptions{ServiceAccount: saA})
 	expectServed(t, p)
+	// The chart's clean-up runs once the DaemonSet is gone: both the agent and the host-rules container.
 	agent.Stop()
+	suite.StopHostRules()
 	uninstallRules(t, backend)
 	for _, v6 := range []bool{false, true} {
 		if out := iptablesSave(t, backend, v6); strings.Contains(strings.ToLower(out), "iamlet") {

@@ -24,11 +24,15 @@ const (
 	hostTableName  = "iamlet_host"
 	hostNATChain   = "nat_output"
 	hostGuardChain = "guard_output"
+	// The pods' guard again (iptables' IAMLET-GUARD), where a flush of iptables' tables does not reach it.
+	podGuardInputChain   = "pods_guard_input"
+	podGuardForwardChain = "pods_guard_forward"
 	// hostProbeTable exists only inside NewHostRules's probe, whose batch adds and deletes it.
 	hostProbeTable = "iamlet_host_probe"
 )
 
-// HostRules are the nftables rules for hostNetwork pods. Methods are safe for concurrent use.
+// HostRules are the nftables rules for hostNetwork pods, and a second guard for the other pods. Methods are safe for
+// concurrent use.
 //
 // A hostNetwork pod shares the node's network namespace, so its traffic never crosses PREROUTING and its address is
 // the node's. What tells it apart from the node is the cgroup of its socket: the kubelet puts every pod below one
@@ -195,7 +199,7 @@ func hostTable() *nft.Table { return &nft.Table{Name: hostTableName, Family: nft
 //
 // The nat chain runs at dstnat priority, before the guard at filter priority: a redirected packet no longer carries
 // the metadata address when the guard sees it, so the guard only ever meets what the redirect did not take, such as
-// other ports, other protocols and a family without a listener. Every chain starts by accepting what is not
+// other ports, other protocols and a family without a listener. Both output chains start by accepting what is not
 // addressed to a metadata address, so the rest, the exemptions included, cost nothing for the node's other traffic.
 // Exemptions come before any redirect or reject. Only sockets below the pods cgroup are matched: the node's own
 // processes keep the node's IMDS.
@@ -237,7 +241,33 @@ func (h *HostRules) build(exempt []CgroupRef) []hostChain {
 			hostRule{"iamlet: imds reject " + f.name, slices.Concat(f.daddr(expr.CmpOpEq), pods, counter(),
 				[]expr.Any{&expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_PORT_UNREACH}})})
 	}
-	return []hostChain{nat, guard}
+	// Pods' packets to a metadata address that no redirect took (one that came in on another interface, not
+	// loopback) are refused here too. iptables' guard does the same in its filter table, but goes with any wholesale
+	// flush of it (an iptables-restore without --noflush), which would leave the node's IMDS open to pods until the
+	// agent's next pass. A reject is final whichever base chain meets the packet, so nothing accepted in iptables'
+	// chains gets past this one; priority -1 runs it first.
+	podGuard := func(name string, hook *nft.ChainHook) hostChain {
+		c := hostChain{chain: &nft.Chain{Name: name, Table: t, Type: nft.ChainTypeFilter, Policy: &accept,
+			Hooknum: hook, Priority: nft.ChainPriorityRef(-1)}}
+		for _, f := range families {
+			c.rules = append(c.rules,
+				hostRule{"iamlet: pods imds reject-tcp " + f.name, slices.Concat(f.daddr(expr.CmpOpEq), notLoopback(), isTCP(), counter(),
+					[]expr.Any{&expr.Reject{Type: unix.NFT_REJECT_TCP_RST}})},
+				hostRule{"iamlet: pods imds reject " + f.name, slices.Concat(f.daddr(expr.CmpOpEq), notLoopback(), counter(),
+					[]expr.Any{&expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_PORT_UNREACH}})})
+		}
+		return c
+	}
+	return []hostChain{nat, guard, podGuard(podGuardInputChain, nft.ChainHookInput), podGuard(podGuardForwardChain, nft.ChainHookForward)}
+}
+
+// notLoopback matches packets that came in on another interface than loopback (ifindex 1 in every namespace): the
+// node's own traffic to a local address is none of the guard's business.
+func notLoopback() []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyIIF, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: binary.NativeEndian.AppendUint32(nil, 1)},
+	}
 }
 
 func exemptRule(e CgroupRef) hostRule {

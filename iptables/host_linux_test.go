@@ -244,9 +244,10 @@ func testHostInNetns(t *testing.T, ns string) {
 	}
 	burstable := env.ref(t, burstablePod)
 	t.Run("intercepts pod cgroups only", func(t *testing.T) {
-		// The table, its 2 chains, nat's 2 skips and 2 DNATs, the guard's 2 skips and 4 rejects.
-		if got := mustEnsureHost(t, h, nil); got != 13 {
-			t.Errorf("first Ensure() changed %d, want 13", got)
+		// The table, its 4 chains, nat's 2 skips and 2 DNATs, the guard's 2 skips and 4 rejects, and the pods' guard's
+		// 4 rejects in each of its 2 chains.
+		if got := mustEnsureHost(t, h, nil); got != 23 {
+			t.Errorf("first Ensure() changed %d, want 23", got)
 		}
 		if got := mustEnsureHost(t, h, nil); got != 0 {
 			t.Errorf("second Ensure() changed %d, want 0", got)
@@ -313,6 +314,7 @@ func testHostInNetns(t *testing.T, ns string) {
 			fmt.Sprintf("socket cgroupv2 level %d %d", burstable.Level, burstable.ID),
 			"dnat ip to " + hostListenV4.String(), "dnat ip6 to " + hostListenV6.String(),
 			"reject with tcp reset", `comment "iamlet: exempt"`,
+			"chain " + podGuardForwardChain, "hook forward priority filter - 1", "hook input priority filter - 1",
 		} {
 			if !strings.Contains(out, want) {
 				t.Errorf("nft list table inet %s: no %q", hostTableName, want)
@@ -322,7 +324,7 @@ func testHostInNetns(t *testing.T, ns string) {
 
 	t.Run("drift", func(t *testing.T) {
 		exempt := []CgroupRef{burstable}
-		nat, guard := 5, 7 // rules per chain with one exemption
+		nat, guard, podGuard := 5, 7, 4 // rules per chain with one exemption
 		cases := []struct {
 			name    string
 			drift   func(t *testing.T)
@@ -331,7 +333,7 @@ func testHostInNetns(t *testing.T, ns string) {
 		}{
 			{"table deleted", func(t *testing.T) {
 				nftDo(t, func(c *nft.Conn) { c.DelTable(hostTable()) })
-			}, allNode, 1 + 2 + nat + guard},
+			}, allNode, 1 + 4 + nat + guard + 2*podGuard},
 			// The guard refuses what the missing redirect lets through: never the node's IMDS.
 			{"nat chain flushed", func(t *testing.T) {
 				nftDo(t, func(c *nft.Conn) { c.FlushChain(&nft.Chain{Name: hostNATChain, Table: hostTable()}) })
