@@ -311,3 +311,35 @@ func TestCountingAfterAnotherEntrysDeletion(t *testing.T) {
 		t.Errorf("the narrowed entry's hits after a's series were deleted = %v, want 1 on the exported series", got)
 	}
 }
+
+// TestStaleSaidOncePerFailure: while fetches fail, an SDK in its refresh window asks on every call and is answered
+// from older credentials. Every answer is counted, but the log says so once per entry until it is stored again (or
+// forgotten), not once per answer.
+func TestStaleSaidOncePerFailure(t *testing.T) {
+	log, buf := logBuffer()
+	m := newMetrics(prometheus.NewRegistry(), true)
+	o := observer{metrics: m, log: log, stale: &staleLines{}}
+	web, api := requestFor(testPod, testRole), requestFor(testPod, testRole)
+	api.PodUID, api.Pod = "uid-api", "api"
+	older := creds.Credentials{Expiration: time.Now().Add(10 * time.Minute)}
+	lines := func() int { return strings.Count(buf.String(), "serving older credentials") }
+
+	for range 3 {
+		o.Stale(web, older)
+	}
+	o.Stale(api, older)
+	if n := lines(); n != 2 {
+		t.Errorf("3 stale answers for one pod and 1 for another logged %d lines, want 2 (one each)", n)
+	}
+	if got := testutil.ToFloat64(m.stale); got != 4 {
+		t.Errorf("iamlet_credentials_stale_serves_total = %v, want 4 (every answer)", got)
+	}
+
+	o.Stored(web, creds.Credentials{Expiration: time.Now().Add(time.Hour)}, "refresh")
+	o.Stale(web, older) // failing again after a success: said again
+	o.Forgot(api)
+	o.Stale(api, older) // a new entry for the same pod: said again
+	if n := lines(); n != 4 {
+		t.Errorf("after a store and a forget, %d lines, want 4", n)
+	}
+}

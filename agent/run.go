@@ -274,7 +274,7 @@ func (a *agent) build() error {
 		}
 	}
 	a.cache = creds.New(a.fetch, creds.Config{PrefetchQPS: a.cfg.PrefetchQPS, PrefetchBurst: a.cfg.PrefetchBurst,
-		RefreshQPS: a.cfg.RefreshQPS, Observer: observer{metrics: a.m, log: a.log},
+		RefreshQPS: a.cfg.RefreshQPS, Observer: observer{metrics: a.m, log: a.log, stale: &staleLines{}},
 		Idle: releaseAfterFetches(releaseEvery, heapAllocated, debug.FreeOSMemory)})
 	a.prov = &provider{pods: a.index, roles: a.mapper, cache: a.cache, metrics: a.m, log: a.log, dryRun: a.cfg.DryRun,
 		trusted: trustList(a.cfg.NodeTrusted).trusts}
