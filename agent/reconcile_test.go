@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -88,4 +89,37 @@ func TestReconcileLeavesTheCacheAloneWhileRefused(t *testing.T) {
 			})
 		})
 	}
+}
+
+// TestReconciledWithoutANudge: the cache is reconciled on every nudge and, with none, once per interval, so an entry
+// no pod wants (a request added it just as the pod's role changed) does not outlive the next pass by long.
+func TestReconciledWithoutANudge(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx, cancel := context.WithCancel(t.Context())
+		dirty := make(chan struct{}, 1)
+		var passes atomic.Int32
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			keepReconciled(ctx, dirty, time.Minute, func() { passes.Add(1) })
+		}()
+		synctest.Wait()
+		if n := passes.Load(); n != 1 {
+			t.Fatalf("passes at start = %d, want 1", n)
+		}
+		dirty <- struct{}{}
+		synctest.Wait()
+		time.Sleep(59 * time.Second)
+		synctest.Wait()
+		if n := passes.Load(); n != 2 {
+			t.Errorf("passes after a nudge = %d, want 2", n)
+		}
+		time.Sleep(2 * time.Second)
+		synctest.Wait()
+		if n := passes.Load(); n != 3 {
+			t.Errorf("passes a minute in, with no further nudge = %d, want 3", n)
+		}
+		cancel()
+		<-done
+	})
 }

@@ -411,15 +411,29 @@ func (a *agent) confineMinting(ctx context.Context) error {
 func (a *agent) startCache(ctx context.Context) {
 	a.wg.Go(func() { a.cache.Run(ctx) })
 	a.wg.Go(func() {
-		for {
+		keepReconciled(ctx, a.dirty, reconcileEvery, func() {
 			reconcileCache(a.index, a.mapper, a.cache, a.host != nil, trustList(a.cfg.NodeTrusted), types.UID(a.cfg.PodUID))
-			select {
-			case <-ctx.Done():
-				return
-			case <-a.dirty:
-			}
-		}
+		})
 	})
+}
+
+// reconcileEvery bounds how long the cache may hold an entry no live pod wants: one a request added just as its pod's
+// role changed, which no informer event follows, would otherwise stay, unrefreshed, until the next one.
+const reconcileEvery = time.Minute
+
+// keepReconciled runs reconcile now, on every nudge on dirty, and at least every interval, until ctx is done.
+func keepReconciled(ctx context.Context, dirty <-chan struct{}, every time.Duration, reconcile func()) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		reconcile()
+		select {
+		case <-ctx.Done():
+			return
+		case <-dirty:
+		case <-t.C:
+		}
+	}
 }
 
 // listen opens the pod-facing faces (IMDS, its hostNetwork listeners, container credentials) and serves them until
