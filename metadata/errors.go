@@ -23,16 +23,17 @@ const (
 	refuseNoRole
 	refuseForbidden
 	refuseUnavailable
-	refuseNodePath      // a path outside the allow-list: user-data, the node role, signatures, other versions, ...
-	refuseNotFound      // an allowed shape with nothing behind it (a fact the node lacks)
-	refuseOtherRole     // credentials of a role not the caller's: the node's, most likely, or one it had before a change
-	refuseBadToken      // an IMDSv2 token that is malformed, expired, or minted for another caller
-	refuseTokenRequired // RequireV2 and no token
-	refuseBadTTL        // token PUT without a valid TTL header
-	refuseForwarded     // relayed by a proxy: the source address is the proxy's, not the requester's
-	refuseBadPath       // undecodable, double-encoded or control characters
-	refuseBody          // a request with a body: no metadata request has one
-	refuseBadCaller     // RemoteAddr is not an IP:port (never on a real listener)
+	refuseNodeUnavailable // a node fact the node's IMDS did not give, with nothing cached
+	refuseNodePath        // a path outside the allow-list: user-data, the node role, signatures, other versions, ...
+	refuseNotFound        // an allowed shape with nothing behind it (a fact the node lacks)
+	refuseOtherRole       // credentials of a role not the caller's: the node's, most likely, or one it had before a change
+	refuseBadToken        // an IMDSv2 token that is malformed, expired, or minted for another caller
+	refuseTokenRequired   // RequireV2 and no token
+	refuseBadTTL          // token PUT without a valid TTL header
+	refuseForwarded       // relayed by a proxy: the source address is the proxy's, not the requester's
+	refuseBadPath         // undecodable, double-encoded or control characters
+	refuseBody            // a request with a body: no metadata request has one
+	refuseBadCaller       // RemoteAddr is not an IP:port (never on a real listener)
 	refuseMethod
 	refuseNoAuthorization // container endpoint without an Authorization header
 	refuseBadAuthorization
@@ -58,6 +59,8 @@ func (r refusal) info() refusalInfo {
 		return refusalInfo{http.StatusForbidden, outcomeNotAllowed, ErrForbidden.Error(), "AccessDenied"}
 	case refuseUnavailable:
 		return refusalInfo{http.StatusServiceUnavailable, outcomeUnavailable, ErrUnavailable.Error(), "ServiceUnavailable"}
+	case refuseNodeUnavailable:
+		return refusalInfo{http.StatusServiceUnavailable, outcomeUnavailable, "node metadata temporarily unavailable", "ServiceUnavailable"}
 	case refuseNodePath:
 		return refusalInfo{http.StatusNotFound, outcomeNodePath, "not found", "NotFound"}
 	case refuseNotFound, refuseOtherRole:

@@ -68,7 +68,7 @@ func newNodeSource(base string, static NodeFacts, clock func() time.Time, log *s
 	return s
 }
 
-// lookup returns f's value. refuseNotFound means the node has no such fact; refuseUnavailable that it could not be
+// lookup returns f's value. refuseNotFound means the node has no such fact; refuseNodeUnavailable that it could not be
 // fetched and nothing usable is cached.
 func (s *nodeSource) lookup(ctx context.Context, f fact) ([]byte, refusal) {
 	if s.node == nil {
@@ -91,7 +91,7 @@ func (s *nodeSource) lookup(ctx context.Context, f fact) ([]byte, refusal) {
 			}
 			e = res.Val.(cachedFact)
 		case <-ctx.Done():
-			return nil, refuseUnavailable
+			return nil, refuseNodeUnavailable
 		}
 	}
 	if !e.found {
@@ -116,7 +116,7 @@ func (s *nodeSource) fallback(f fact, stale cachedFact, err error) ([]byte, refu
 		return s.staticDoc, refuseNone
 	}
 	s.log.Warn("node IMDS unavailable", "path", f.canonicalPath(), "error", err)
-	return nil, refuseUnavailable
+	return nil, refuseNodeUnavailable
 }
 
 func (s *nodeSource) staticValue(f fact) []byte {

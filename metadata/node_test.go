@@ -143,8 +143,8 @@ func TestUpstreamCacheAndFallback(t *testing.T) {
 		t.Errorf("node IMDS GETs right after a failure = %d, want 0 (stale value kept for %v)", n, staleRetry)
 	}
 	// Never fetched: 503, except the region, which has a static fallback.
-	if code, _ := get(pathInstanceType); code != 503 {
-		t.Errorf("GET %q with the node IMDS failing = %d, want 503", pathInstanceType, code)
+	if code, body := get(pathInstanceType); code != 503 || !strings.Contains(body, "node metadata temporarily unavailable") {
+		t.Errorf("GET %q with the node IMDS failing = %d %q, want 503 saying node metadata, not credentials, is unavailable", pathInstanceType, code, body)
 	}
 	if code, body := get(pathRegion); code != 200 || body != "eu-west-1" {
 		t.Errorf("GET %q with the node IMDS failing = %d %q, want 200 eu-west-1", pathRegion, code, body)
