@@ -80,6 +80,37 @@ func TestCrashLoopingAgentKeepsPodsRefused(t *testing.T) {
 	}
 }
 
+// TestBadArgumentsLeavePodsRefused: an agent that stops on a bad argument, before it writes any rule of its own (a
+// helm upgrade with a wrong extraArgs, reaching a new node), leaves pods refused all the same: the host-rules
+// container beside it wrote its table at its start, and that table's guard refuses pods' packets to the metadata
+// addresses, in both families.
+func TestBadArgumentsLeavePodsRefused(t *testing.T) {
+	cleanNode(t)
+	t.Cleanup(func() { cleanNode(t) })
+	suite.StopHostRules() // its next start writes its table afresh, as on a new node
+	suite.EnsureHostRules(t, suite.agentBin)
+	p := suite.NewPod(t, "badargs", stack.PodOptions{ServiceAccount: saA})
+	// A variable the chart does not define, which the kubelet leaves as written.
+	a, err := stack.StartProc(suite.Dir, "iamlet-badargs", nil, suite.agentBin, append(suite.AgentArgs(), "--metadata-addr=$(HOST_IP)")...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, machineDeadline, "the agent to exit", a.Exited)
+	if log := logText(t, a.Log); !strings.Contains(log, "metadata-addr") {
+		t.Errorf("want the agent to name the bad argument, got:\n%s", log)
+	}
+	for _, b := range iptablesBackends {
+		if err := interceptionInPlace(b, stack.AgentPort); err == nil {
+			t.Fatalf("the agent wrote its %s rules before checking its arguments: this test no longer shows the second guard", b)
+		}
+	}
+	for _, addr := range []string{stack.IMDSv4 + ":80", imdsV6Endpoint} {
+		if got, first := probeNodeRole(t, p, addr); got["refused"] != 2 || len(got) != 1 {
+			t.Errorf("%s with only host-rules' table: want refused, got %v %q", addr, got, first)
+		}
+	}
+}
+
 // TestPodInterfaceNamesDoNotMatter: the rules name no interface, so a pod whose host-side link has a name no CNI
 // pattern would list (a bridge port, a vlan for security groups for pods, a custom prefix) is intercepted like
 // any other: served its own role, never the node's.
