@@ -513,6 +513,14 @@ func (a *agent) keepRules(ctx context.Context) {
 		a.m.rules.WithLabelValues(fam).Set(1)
 	}
 	a.wg.Go(func() {
+		// The guard has just written them: the first pass is an interval on, not in the middle of start-up.
+		t := time.NewTimer(a.cfg.ReconcileInterval)
+		defer t.Stop()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
 		a.rules.Reconcile(ctx, a.cfg.ReconcileInterval, func(s iptables.Status) { a.rulesReconciled(ctx, s) })
 	})
 }
