@@ -1,12 +1,14 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -45,7 +47,13 @@ type HostRulesConfig struct {
 	PodUID          string // the pod's own UID: its cgroup (the agent's and this container's) keeps the node's IMDS
 	Dir             string // shared with the agent
 	Interval        time.Duration
+	Alive           string // the abstract socket held while it runs; "" = HostRulesAlive
 }
+
+// HostRulesAlive is the abstract unix socket host-rules holds in the node's network namespace while it runs.
+// Uninstall waits until it is free, so that a host-rules container still terminating cannot write back the table
+// uninstall removes: that table's guard would leave every pod on the node refused.
+const HostRulesAlive = "@iamlet-host-rules"
 
 // RunHostRules writes and keeps the hostNetwork rules until ctx is done; the rules stay when it returns. It fails at
 // once when it cannot write rules that match (no cgroup v2 hierarchy, a private cgroup namespace, no nf_tables).
@@ -80,6 +88,12 @@ func RunHostRules(ctx context.Context, cfg HostRulesConfig, log *slog.Logger) er
 		return fmt.Errorf("this pod's own cgroup (--pod-uid from metadata.uid): %w", err)
 	}
 	own := iptables.CgroupRef{Level: level, ID: id}
+	// Held from before the first write until the last: uninstall removes nothing while it is.
+	alive, err := net.Listen("unix", cmp.Or(cfg.Alive, HostRulesAlive))
+	if err != nil {
+		return fmt.Errorf("holding %s, which tells uninstall this container runs (is another host-rules running?): %w", cmp.Or(cfg.Alive, HostRulesAlive), err)
+	}
+	defer alive.Close()
 	// Until the agent has said which pods are trusted, those a previous run exempted stay exempted.
 	previous, err := rules.Exempted()
 	if err != nil {

@@ -315,10 +315,16 @@ func testTakeover(t *testing.T, backend string) {
 // IMDS again (including the node role: that is what removing iamlet means).
 func testUninstall(t *testing.T, backend string) {
 	agent := interceptionAgent(t, backend)
+	suite.EnsureHostRules(t, suite.agentBin)
 	p := suite.NewPod(t, "uninstall-"+backend, stack.PodOptions{ServiceAccount: saA})
 	expectServed(t, p)
-	// The chart's clean-up runs once the DaemonSet is gone: both the agent and the host-rules container.
+	// The chart's clean-up waits until the agent's pod is gone, its host-rules container too: one still running would
+	// write its table, and its guard for pods, back.
 	agent.Stop()
+	out, err := exec.Command(suite.agentBin, "uninstall", "--iptables-backend="+backend, "--wait-for-agent=1s").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "host-rules") {
+		t.Errorf("uninstall while host-rules runs: %v, want it to remove nothing and say why:\n%s", err, out)
+	}
 	suite.StopHostRules()
 	uninstallRules(t, backend)
 	for _, v6 := range []bool{false, true} {

@@ -24,20 +24,25 @@ import (
 // which waits until that DaemonSet has run everywhere and deletes it. Helm waits for the Job.
 
 // waitAgentGone waits until nothing listens on the agent's ports on this node (binding them on every address fails
-// while the terminating agent still holds one), so the agent cannot restore what uninstall removes.
-func waitAgentGone(ctx context.Context, ports []uint, timeout time.Duration) error {
+// while the terminating agent still holds one), and its host-rules container no longer holds alive (an abstract
+// unix socket), so neither can restore what uninstall removes.
+func waitAgentGone(ctx context.Context, ports []uint, alive string, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	addrs := []struct{ network, addr string }{{"unix", alive}}
+	for _, p := range ports {
+		addrs = append(addrs, struct{ network, addr string }{"tcp", ":" + strconv.Itoa(int(p))})
+	}
 	for {
 		busy := 0
-		for _, p := range ports {
-			ln, err := net.Listen("tcp", ":"+strconv.Itoa(int(p)))
+		for _, a := range addrs {
+			ln, err := net.Listen(a.network, a.addr)
 			if err == nil {
 				ln.Close()
 			} else if errors.Is(err, syscall.EADDRINUSE) {
 				busy++
 			} else {
-				return fmt.Errorf("checking port %d: %w", p, err)
+				return fmt.Errorf("checking %s: %w", a.addr, err)
 			}
 		}
 		if busy == 0 {
@@ -45,7 +50,7 @@ func waitAgentGone(ctx context.Context, ports []uint, timeout time.Duration) err
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("the agent still listens on this node after %s; is its DaemonSet deleted?", timeout)
+			return fmt.Errorf("the agent or its host-rules container still runs on this node after %s; is its DaemonSet deleted?", timeout)
 		case <-time.After(200 * time.Millisecond):
 		}
 	}

@@ -292,7 +292,7 @@ func uninstall(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 	}
 	if *wait > 0 {
-		if err := waitAgentGone(ctx, []uint{*metadataPort, *hostPort}, *wait); err != nil {
+		if err := waitAgentGone(ctx, []uint{*metadataPort, *hostPort}, agent.HostRulesAlive, *wait); err != nil {
 			return err
 		}
 	}

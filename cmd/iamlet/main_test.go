@@ -3,7 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"flag"
+	"net"
 	"slices"
 	"strings"
 	"testing"
@@ -117,5 +119,22 @@ func TestPrintStatusWide(t *testing.T) {
 		if !strings.Contains(wide.String(), want) {
 			t.Errorf("-o wide lacks %q:\n%s", want, wide.String())
 		}
+	}
+}
+
+// TestUninstallWaitsForHostRules: uninstall removes nothing while a host-rules container still holds its socket (it
+// is terminating with the agent's pod): it would write its table, and that table's guard for pods, back.
+func TestUninstallWaitsForHostRules(t *testing.T) {
+	alive := "@iamlet-test-" + rand.Text()
+	ln, err := net.Listen("unix", alive)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := waitAgentGone(t.Context(), nil, alive, 100*time.Millisecond); err == nil || !strings.Contains(err.Error(), "host-rules") {
+		t.Errorf("waitAgentGone() with host-rules running = %v, want it to wait, then say host-rules still runs", err)
+	}
+	ln.Close()
+	if err := waitAgentGone(t.Context(), nil, alive, time.Minute); err != nil {
+		t.Errorf("waitAgentGone() once host-rules is gone = %v, want nil", err)
 	}
 }
