@@ -147,6 +147,10 @@ func TestInterceptionOffIsReported(t *testing.T) {
 		t.Fatal(err)
 	}
 	a.keepRules(t.Context())
+	// Both series exported (reading one through WithLabelValues would make it), each 0.
+	if n := testutil.CollectAndCount(a.m.rules); n != 2 {
+		t.Fatalf("iamlet_iptables_rules_present has %d series, want one per family", n)
+	}
 	for _, fam := range []string{"ipv4", "ipv6"} {
 		if got := testutil.ToFloat64(a.m.rules.WithLabelValues(fam)); got != 0 {
 			t.Errorf("iamlet_iptables_rules_present{family=%q} = %v, want 0", fam, got)
