@@ -140,7 +140,8 @@ func (f *issuanceFile) flush(ctx context.Context) error {
 	}
 }
 
-// Close writes what is queued and closes the file, waiting at most closeWait; a write after it is not written.
+// Close writes what is queued and closes the file, waiting at most closeWait: what the disk has not taken by then is
+// reported to notWritten, as is a write after Close.
 func (f *issuanceFile) Close() error {
 	f.mu.Lock()
 	if !f.closing {
@@ -154,6 +155,14 @@ func (f *issuanceFile) Close() error {
 	case <-f.done:
 		return f.closed
 	case <-t.C:
-		return fmt.Errorf("issuance file: %d records not written after %v: the disk does not answer", len(f.queue), f.closeWait)
 	}
+	// The disk does not answer: what still waits is reported record by record, as a failed write is, not lost.
+	n := 0
+	for it := range f.queue {
+		if it.flushed == nil {
+			f.notWritten(it.rec, errIssuanceClosed)
+			n++
+		}
+	}
+	return fmt.Errorf("issuance file: %d records not written after %v: the disk does not answer", n, f.closeWait)
 }
