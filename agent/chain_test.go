@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -90,6 +91,7 @@ type credentialRig struct {
 	tokens   *atomic.Int32 // TokenRequests the apiserver answered
 	record   *issuanceFile // the issuance file, open
 	metrics  *metrics
+	log      *slog.Logger
 	// unconfined, when it holds an error, is the confinement check's failure: the fetcher mints nothing.
 	unconfined atomic.Pointer[error]
 	fetcher    *fetcher
@@ -147,7 +149,7 @@ func newCredentialRig(t *testing.T, annotations map[string]string) *credentialRi
 	}
 	stored := make(chan string, 16)
 	rig := &credentialRig{sts: stand, issued: issued, clock: clk, mapper: mapper, logs: logs, file: file, stored: stored, tokens: &tokens,
-		record: f, metrics: m}
+		record: f, metrics: m, log: log}
 	t.Cleanup(func() { _ = rig.record.Close() })
 	confined := func() error {
 		if err := rig.unconfined.Load(); err != nil {
@@ -155,7 +157,7 @@ func newCredentialRig(t *testing.T, annotations map[string]string) *credentialRi
 		}
 		return nil
 	}
-	rig.fetcher = &fetcher{tokens: satoken.New(kubetest.Client{Interface: kube}, satoken.MinTTL), confined: confined, sts: stsClient, metrics: m, issued: f, log: log, now: clk.Now}
+	rig.fetcher = &fetcher{tokens: satoken.New(kubetest.Client{Interface: kube}, satoken.MinTTL), confined: confined, sts: stsClient, metrics: m, issued: f, now: clk.Now}
 	rig.cache = creds.New(rig.fetcher, creds.Config{Clock: clk, Observer: notifying{observer: observer{metrics: m, log: log}, stored: stored}})
 	rig.provider = &provider{pods: stubPods{pod: testPod}, roles: mapper, cache: rig.cache, metrics: m, log: log}
 	return rig

@@ -169,7 +169,7 @@ func jsonObject(t *testing.T, s string) map[string]any {
 // writeTo makes the rig's issuance records go to w, through a queue of the given length.
 func (r *credentialRig) writeTo(w io.WriteCloser, queue int, closeWait time.Duration) {
 	_ = r.record.Close()
-	r.record = newIssuanceFile(w, queue, closeWait, issuanceNotWritten(r.metrics, r.fetcher.log))
+	r.record = newIssuanceFile(w, queue, closeWait, issuanceNotWritten(r.metrics, r.log))
 	r.fetcher.issued = r.record
 }
 

@@ -212,7 +212,6 @@ type fetcher struct {
 	metrics  *metrics
 	// issued, when set, gets every issuance record (--issuance-file).
 	issued *issuanceFile
-	log    *slog.Logger
 	now    func() time.Time // the records' clock; nil: time.Now
 }
 

@@ -63,7 +63,7 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	// Installed by the guard; from here on restored whenever they drift, and never removed. Not only once ready: an
-	// agent that waits on the apiserver, or fails to start, must not leave a flushed table open meanwhile.
+	// agent that waits on the apiserver must not leave a flushed table open meanwhile.
 	a.keepRules(ctx)
 	// Observability first, so /healthz answers and /readyz says why it is not ready yet.
 	if err := a.serveOps(ctx, gatherer); err != nil {
@@ -267,7 +267,7 @@ func (a *agent) build() error {
 	}
 	a.st.rulesOK.Store(true) // installed by guard, or not ours to manage
 	a.tokens = satoken.New(a.minter, satoken.MinTTL)
-	a.fetch = &fetcher{tokens: a.tokens, confined: a.st.confinedErr, metrics: a.m, log: a.log} // sts: connectSTS
+	a.fetch = &fetcher{tokens: a.tokens, confined: a.st.confinedErr, metrics: a.m} // sts: connectSTS
 	if a.cfg.IssuanceFile != "" {
 		if a.fetch.issued, err = openIssuanceFile(a.cfg.IssuanceFile, issuanceNotWritten(a.m, a.log)); err != nil {
 			return err
