@@ -93,13 +93,43 @@ func (f *issuanceFile) run() {
 		}
 		b, err := json.Marshal(it.rec)
 		if err == nil {
-			_, err = f.w.Write(append(b, '\n'))
+			err = f.writeLine(append(b, '\n'))
 		}
 		if err != nil {
 			f.notWritten(it.rec, err)
 		}
 	}
 	f.closed = f.w.Close()
+}
+
+// sizedFile is a file whose writes can be taken back: the issuance file itself, not a test's writer.
+type sizedFile interface {
+	Stat() (os.FileInfo, error)
+	Truncate(size int64) error
+}
+
+// writeLine appends line whole or not at all: a line the disk took only part of (it filled up) would leave the next
+// record on the same line, and `iamlet policy` refuses a file with a line it cannot read.
+func (f *issuanceFile) writeLine(line []byte) error {
+	sf, sized := f.w.(sizedFile)
+	var before int64
+	if sized {
+		fi, err := sf.Stat()
+		if err != nil {
+			return err
+		}
+		before = fi.Size()
+	}
+	n, err := f.w.Write(line)
+	if err != nil && n > 0 && sized {
+		// Not below what was there: a rotation may have emptied the file meanwhile, and truncating up would pad it.
+		if fi, serr := sf.Stat(); serr == nil && fi.Size() >= before {
+			if terr := sf.Truncate(before); terr != nil {
+				return fmt.Errorf("%w; taking back the part written: %w", err, terr)
+			}
+		}
+	}
+	return err
 }
 
 // write queues rec without waiting for the disk.

@@ -269,3 +269,84 @@ func TestStalledIssuanceDiskDelaysNoPod(t *testing.T) {
 		t.Errorf("the disk got %d records once it answered, want the 1 it was writing:\n%s", len(lines), lines)
 	}
 }
+
+// fillingFile is an issuance file on a disk that fills up: while full, a write takes half the line and fails.
+type fillingFile struct {
+	mu   sync.Mutex
+	b    []byte
+	full bool
+}
+
+func (f *fillingFile) Write(p []byte) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.full {
+		f.b = append(f.b, p[:len(p)/2]...)
+		return len(p) / 2, syscall.ENOSPC
+	}
+	f.b = append(f.b, p...)
+	return len(p), nil
+}
+
+func (f *fillingFile) Stat() (os.FileInfo, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return sizeInfo(len(f.b)), nil
+}
+
+func (f *fillingFile) Truncate(n int64) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.b = f.b[:n]
+	return nil
+}
+
+func (f *fillingFile) Close() error { return nil }
+
+func (f *fillingFile) setFull(full bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.full = full
+}
+
+func (f *fillingFile) content() []byte {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return bytes.Clone(f.b)
+}
+
+// sizeInfo is an os.FileInfo that knows only its size.
+type sizeInfo int64
+
+func (s sizeInfo) Size() int64      { return int64(s) }
+func (sizeInfo) Name() string       { return "issuance.jsonl" }
+func (sizeInfo) Mode() fs.FileMode  { return 0o640 }
+func (sizeInfo) ModTime() time.Time { return time.Time{} }
+func (sizeInfo) IsDir() bool        { return false }
+func (sizeInfo) Sys() any           { return nil }
+
+// TestFullDiskLeavesNoTornRecord: a record the disk takes only part of is taken back, so the file stays one whole
+// record a line and `iamlet policy` still reads it once the disk has room again; the lost record is counted.
+func TestFullDiskLeavesNoTornRecord(t *testing.T) {
+	rig := newCredentialRig(t, map[string]string{roles.AnnotationRoleARN: testRoleARN})
+	file := &fillingFile{}
+	rig.writeTo(file, issuanceQueue, issuanceCloseWait)
+	if _, err := rig.serve(t); err != nil {
+		t.Fatal(err)
+	}
+	flushIssuance(t, rig)
+	file.setFull(true)
+	rig.refresh(t)
+	flushIssuance(t, rig)
+	file.setFull(false)
+	rig.refresh(t)
+	flushIssuance(t, rig)
+
+	if got := testutil.ToFloat64(rig.metrics.unrecorded); got != 1 {
+		t.Errorf("iamlet_issuance_write_errors_total = %v, want 1 (the record the full disk cut)", got)
+	}
+	recs, err := issuance.Decode(bytes.NewReader(file.content()))
+	if err != nil || len(recs) != 2 {
+		t.Errorf("the file after a full disk: %d records, %v; want the 2 written whole, readable:\n%s", len(recs), err, file.content())
+	}
+}
