@@ -89,9 +89,10 @@ func RunHostRules(ctx context.Context, cfg HostRulesConfig, log *slog.Logger) er
 	}
 	own := iptables.CgroupRef{Level: level, ID: id}
 	// Held from before the first write until the last: uninstall removes nothing while it is.
-	alive, err := net.Listen("unix", cmp.Or(cfg.Alive, HostRulesAlive))
+	aliveAt := cmp.Or(cfg.Alive, HostRulesAlive)
+	alive, err := net.Listen("unix", aliveAt)
 	if err != nil {
-		return fmt.Errorf("holding %s, which tells uninstall this container runs (is another host-rules running?): %w", cmp.Or(cfg.Alive, HostRulesAlive), err)
+		return fmt.Errorf("holding %s, which tells uninstall this container runs (is another host-rules running?): %w", aliveAt, err)
 	}
 	defer alive.Close()
 	// Until the agent has said which pods are trusted, those a previous run exempted stay exempted.

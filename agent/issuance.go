@@ -49,7 +49,8 @@ type issuanceFile struct {
 	closing bool
 }
 
-// issuanceItem is a record to write, or, with flushed set, a mark: the writer closes flushed when it reaches it.
+// issuanceItem is a record to write, or, with flushed set, a mark: the writer closes flushed when it reaches it (the
+// tests wait on one to read what was written).
 type issuanceItem struct {
 	rec     issuance.Record
 	flushed chan struct{}
@@ -144,29 +145,6 @@ func (f *issuanceFile) write(rec issuance.Record) {
 	case f.queue <- issuanceItem{rec: rec}:
 	default:
 		f.notWritten(rec, errIssuanceQueueFull)
-	}
-}
-
-// flush waits until the records queued before it are written, or ctx ends.
-func (f *issuanceFile) flush(ctx context.Context) error {
-	mark := make(chan struct{})
-	f.mu.Lock()
-	if f.closing {
-		f.mu.Unlock()
-		return errIssuanceClosed
-	}
-	select {
-	case f.queue <- issuanceItem{flushed: mark}:
-		f.mu.Unlock()
-	default:
-		f.mu.Unlock()
-		return errIssuanceQueueFull
-	}
-	select {
-	case <-mark:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
 	}
 }
 

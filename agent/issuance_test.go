@@ -350,3 +350,26 @@ func TestFullDiskLeavesNoTornRecord(t *testing.T) {
 		t.Errorf("the file after a full disk: %d records, %v; want the 2 written whole, readable:\n%s", len(recs), err, file.content())
 	}
 }
+
+// flush waits until the records queued before it are written, or ctx ends.
+func (f *issuanceFile) flush(ctx context.Context) error {
+	mark := make(chan struct{})
+	f.mu.Lock()
+	if f.closing {
+		f.mu.Unlock()
+		return errIssuanceClosed
+	}
+	select {
+	case f.queue <- issuanceItem{flushed: mark}:
+		f.mu.Unlock()
+	default:
+		f.mu.Unlock()
+		return errIssuanceQueueFull
+	}
+	select {
+	case <-mark:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

@@ -106,12 +106,7 @@ func TestSocketCgroupOutside(t *testing.T) {
 // its addresses and its cgroup: NAT may since have given its port to another connection, whose caller it is not.
 func TestSocketCgroupPeerClosed(t *testing.T) {
 	ln := listen(t, "tcp4", "127.0.0.1:0")
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	client, server := addrPort(c.LocalAddr()), addrPort(c.RemoteAddr())
+	client, server := dialLoopback(t, ln)
 	if _, err := SocketCgroup(client, server); err != nil {
 		t.Fatalf("SocketCgroup(%s, %s) of a live connection: %v", client, server, err)
 	}
@@ -286,13 +281,7 @@ func BenchmarkIdentify(b *testing.B) {
 
 // BenchmarkSocketCgroup is the sock_diag lookup alone.
 func BenchmarkSocketCgroup(b *testing.B) {
-	ln := listen(b, "tcp4", "127.0.0.1:0")
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer c.Close()
-	client, server := addrPort(c.LocalAddr()), addrPort(c.RemoteAddr())
+	client, server := dialLoopback(b, listen(b, "tcp4", "127.0.0.1:0"))
 	for b.Loop() {
 		if _, err := SocketCgroup(client, server); err != nil {
 			b.Fatal(err)
@@ -419,6 +408,18 @@ func listen(tb testing.TB, network, addr string) *net.TCPListener {
 }
 
 // accept bounds the wait, so that a client that failed to connect fails the test instead of hanging it.
+// dialLoopback connects to ln, closing the connection when the test ends, and returns the client's and server's
+// addresses as the client's socket has them.
+func dialLoopback(tb testing.TB, ln *net.TCPListener) (client, server netip.AddrPort) {
+	tb.Helper()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { c.Close() })
+	return addrPort(c.LocalAddr()), addrPort(c.RemoteAddr())
+}
+
 func accept(tb testing.TB, ln *net.TCPListener) net.Conn {
 	tb.Helper()
 	if err := ln.SetDeadline(time.Now().Add(30 * time.Second)); err != nil {

@@ -29,9 +29,10 @@ import (
 func waitAgentGone(ctx context.Context, ports []uint, alive string, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	addrs := []struct{ network, addr string }{{"unix", alive}}
+	type held struct{ network, addr string }
+	addrs := []held{{"unix", alive}}
 	for _, p := range ports {
-		addrs = append(addrs, struct{ network, addr string }{"tcp", ":" + strconv.Itoa(int(p))})
+		addrs = append(addrs, held{"tcp", ":" + strconv.Itoa(int(p))})
 	}
 	for {
 		busy := 0
