@@ -2,6 +2,7 @@ package agent
 
 import (
 	"runtime"
+	"runtime/debug"
 	"testing"
 )
 
@@ -35,5 +36,20 @@ func TestHeapAllocatedCounts(t *testing.T) {
 	runtime.KeepAlive(sink)
 	if after := heapAllocated(); after-before < 1<<20 {
 		t.Errorf("heapAllocated() grew by %d bytes over a 1 MiB allocation, want at least 1 MiB", after-before)
+	}
+}
+
+func TestStartupMemoryEndsOnce(t *testing.T) {
+	pace := debug.SetGCPercent(100)
+	defer debug.SetGCPercent(pace)
+	released := 0
+	end := startupMemory(func() { released++ })
+	if got := debug.SetGCPercent(startupGCPercent); got != startupGCPercent {
+		t.Errorf("GOGC during start-up = %d, want %d", got, startupGCPercent)
+	}
+	end()
+	end()
+	if got := debug.SetGCPercent(100); got != 100 || released != 1 {
+		t.Errorf("after start-up: GOGC %d, released %d times; want 100, once", got, released)
 	}
 }

@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"runtime/debug"
 	"sync"
 	"time"
 
@@ -36,9 +35,9 @@ func Run(ctx context.Context, cfg Config, reg prometheus.Registerer, gatherer pr
 	if err := cfg.check(); err != nil {
 		return err
 	}
-	a := &agent{cfg: cfg, reg: reg, log: log, hostState: func() string { return "off" }}
+	a := &agent{cfg: cfg, reg: reg, log: log, hostState: func() string { return "off" }, mem: &releaser{log: log}}
 	// Start-up allocates in a burst: the collector runs less often until ready.
-	endStartup := startupMemory()
+	endStartup := startupMemory(a.mem.release)
 	defer endStartup()
 	// Before anything that can fail or wait: until the agent serves, pods are refused; one that crash-loops keeps them refused.
 	if err := a.guard(ctx); err != nil {
@@ -134,6 +133,8 @@ type agent struct {
 
 	// dirty is nudged by any change to pods, ServiceAccounts or Namespaces, hostChanged by any change to pods.
 	dirty, hostChanged chan struct{}
+
+	mem *releaser // what start-up and runs of fetches leave behind, handed back
 
 	// wg holds every goroutine the steps start, all on Run's ctx: Run cancels it, then waits. (The mapper's
 	// reflectors run on its own, stopped by mapper.Shutdown.)
@@ -275,7 +276,7 @@ func (a *agent) build() error {
 	}
 	a.cache = creds.New(a.fetch, creds.Config{PrefetchQPS: a.cfg.PrefetchQPS, PrefetchBurst: a.cfg.PrefetchBurst,
 		RefreshQPS: a.cfg.RefreshQPS, Observer: observer{metrics: a.m, log: a.log, stale: &staleLines{}},
-		Idle: releaseAfterFetches(releaseEvery, heapAllocated, debug.FreeOSMemory)})
+		Idle: releaseAfterFetches(releaseEvery, heapAllocated, a.mem.release)})
 	a.prov = &provider{pods: a.index, roles: a.mapper, cache: a.cache, metrics: a.m, log: a.log, dryRun: a.cfg.DryRun,
 		trusted: trustList(a.cfg.NodeTrusted).trusts}
 	a.report()

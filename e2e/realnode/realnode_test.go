@@ -222,6 +222,7 @@ func TestRealNode(t *testing.T) {
 			t.Errorf("iamlet version in the image: %v %q, want iamlet %s ...", err, out, stack.AgentImageVersion)
 		}
 	})
+	t.Run("the agent released the pages start-up touched", func(t *testing.T) { binaryReleased(t, agent) })
 	t.Run("real pods get their own roles", func(t *testing.T) { ownRoles(t) })
 	t.Run("attack spellings from a container", func(t *testing.T) { attackSpellings(t) })
 	t.Run("first request at container start", func(t *testing.T) { firstRequests(t, 30) })
