@@ -201,14 +201,14 @@ func Prerequisites(k kind) error {
 		return fmt.Errorf("the end-to-end tests need root (network namespaces, iptables); run them as root via make test")
 	}
 	var missing []string
-	for _, tool := range []string{"ip", "iptables", "iptables-nft", "iptables-legacy", "ip6tables", "conntrack", "etcd", "nft", "unshare", "mount"} {
+	for _, tool := range []string{"ip", "iptables", "iptables-nft", "iptables-legacy", "ip6tables", "conntrack", "etcd", "nft", "unshare", "mount", "nsenter"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			missing = append(missing, tool)
 		}
 	}
 	bins := []string{"kube-apiserver", "minio", "ec2-metadata-mock"}
 	if k == realNode {
-		for _, tool := range []string{"nsenter", "containerd", "runc", "ctr", "buildah", "/usr/lib/cni/bridge", "/usr/lib/cni/host-local"} {
+		for _, tool := range []string{"containerd", "runc", "ctr", "buildah", "/usr/lib/cni/bridge", "/usr/lib/cni/host-local"} {
 			if _, err := exec.LookPath(tool); err != nil {
 				missing = append(missing, tool)
 			}
@@ -338,12 +338,37 @@ func (s *Stack) Stop() {
 	}
 }
 
+// The node's IMDS is off the node, as on EC2: in a namespace of its own (imdsNetNS), reached by a route through a
+// link, so a pod's packet that no rule redirected is forwarded to it (FORWARD), not delivered to the node (INPUT).
+// Nitro instances answer IMDS on fd00:ec2::254 too: the node's IMDS is reachable over IPv6 here as well.
+const (
+	imdsLinkNode, imdsLinkIMDS     = "10.254.169.1", "10.254.169.2"
+	imdsLinkNodeV6, imdsLinkIMDSV6 = "fd00:254:169::1", "fd00:254:169::2"
+)
+
+// imdsNetNS is the namespace the node's IMDS answers in; imdsLink the node's end of the link to it.
+func imdsNetNS(run string) string { return "iamlet-" + run + "-imds" }
+func imdsLink(run string) string  { return "ia" + run + "imds" }
+
 func (s *Stack) nodeNetwork() error {
+	ns, link := imdsNetNS(s.Run), imdsLink(s.Run)
 	cmds := [][]string{
 		{"ip", "link", "set", "lo", "up"},
-		{"ip", "addr", "add", IMDSv4 + "/32", "dev", "lo"},
-		// Nitro instances answer IMDS on fd00:ec2::254 too: the node's IMDS is reachable over IPv6 here as well.
-		{"ip", "-6", "addr", "add", IMDSv6 + "/128", "dev", "lo"},
+		{"ip", "netns", "add", ns},
+		{"ip", "link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", ns},
+		{"ip", "addr", "add", imdsLinkNode + "/30", "dev", link},
+		{"ip", "-6", "addr", "add", imdsLinkNodeV6 + "/64", "dev", link, "nodad"},
+		{"ip", "link", "set", link, "up"},
+		{"ip", "-n", ns, "link", "set", "lo", "up"},
+		{"ip", "-n", ns, "addr", "add", IMDSv4 + "/32", "dev", "lo"},
+		{"ip", "-n", ns, "-6", "addr", "add", IMDSv6 + "/128", "dev", "lo"},
+		{"ip", "-n", ns, "addr", "add", imdsLinkIMDS + "/30", "dev", "eth0"},
+		{"ip", "-n", ns, "-6", "addr", "add", imdsLinkIMDSV6 + "/64", "dev", "eth0", "nodad"},
+		{"ip", "-n", ns, "link", "set", "eth0", "up"},
+		{"ip", "-n", ns, "route", "add", "default", "via", imdsLinkNode},
+		{"ip", "-n", ns, "-6", "route", "add", "default", "via", imdsLinkNodeV6},
+		{"ip", "route", "add", IMDSv4 + "/32", "via", imdsLinkIMDS},
+		{"ip", "-6", "route", "add", IMDSv6 + "/128", "via", imdsLinkIMDSV6},
 		{"ip", "addr", "add", NodeIP + "/32", "dev", "lo"},
 		{"ip", "-6", "addr", "add", NodeIPv6 + "/128", "dev", "lo"},
 		{"sysctl", "-qw", "net.ipv4.ip_forward=1"},
@@ -542,7 +567,9 @@ func (s *Stack) startMock() error {
 	if err := os.WriteFile(cfg, []byte(mockConfig()), 0o600); err != nil {
 		return err
 	}
-	p, err := s.Start("ec2-metadata-mock", nil, filepath.Join(BinDir(), "ec2-metadata-mock"), "-c", cfg, "-n", IMDSv4, "-p", "80")
+	// In the IMDS's own namespace (nodeNetwork); only the network is entered, and the process is the mock itself.
+	inIMDS := []string{"--net=/run/netns/" + imdsNetNS(s.Run), "--", filepath.Join(BinDir(), "ec2-metadata-mock"), "-c", cfg}
+	p, err := s.Start("ec2-metadata-mock", nil, "nsenter", append(inIMDS, "-n", IMDSv4, "-p", "80")...)
 	if err != nil {
 		return err
 	}
@@ -550,7 +577,7 @@ func (s *Stack) startMock() error {
 		return err
 	}
 	// The same node, answering on its IPv6 metadata address (the mock serves one address per process).
-	p6, err := s.Start("ec2-metadata-mock-v6", nil, filepath.Join(BinDir(), "ec2-metadata-mock"), "-c", cfg, "-n", "["+IMDSv6+"]", "-p", "80")
+	p6, err := s.Start("ec2-metadata-mock-v6", nil, "nsenter", append(inIMDS, "-n", "["+IMDSv6+"]", "-p", "80")...)
 	if err != nil {
 		return err
 	}
