@@ -136,7 +136,7 @@ func removeOtherBackend(ctx context.Context, ic iptables.Config, current string,
 		log.Debug("the other iptables backend cannot be checked for old rules", "backend", ic.Backend, "error", err.Error())
 		return
 	}
-	if err := old.Remove(ctx); err != nil {
+	if err := old.RemoveChains(ctx); err != nil {
 		log.Warn("could not remove old interception rules from the other iptables backend", "backend", ic.Backend, "error", err.Error())
 	}
 }

@@ -102,6 +102,8 @@ func testDrift(t *testing.T, backend string) {
 		// An iptables-restore without --noflush, as a firewall service's reload runs: the redirect and iptables' guard
 		// go together, and the host-rules table's guard still refuses.
 		{"nat and filter tables replaced wholesale", []string{"sh", "-c", "printf '*nat\nCOMMIT\n*filter\nCOMMIT\n' | " + ipt + "-restore -w 5"}, true},
+		// The routing guard's refusal deleted: the redirect and both netfilter guards still hold.
+		{"routing guard's refusal deleted", []string{"sh", "-c", "ip rule del pref 17 && ip -6 rule del pref 17"}, false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -149,6 +151,34 @@ func testDrift(t *testing.T, backend string) {
 		})
 	}
 
+	// `nft flush ruleset` removes every nft table at once: iptables-nft's and the host-rules table (stopped here, so
+	// that it stays gone). Only the routing guard is left, outside netfilter, and pods are still refused in both
+	// families. (iptables-legacy's tables are not nft's, and keep their guard.)
+	if backend == "nft" {
+		t.Run("every nft table flushed at once", func(t *testing.T) {
+			before := driftRepairs(t)
+			suite.StopHostRules()
+			t.Cleanup(func() { suite.EnsureHostRules(t, suite.agentBin) })
+			thaw := freezeAgent(t, agent)
+			nodeRun(t, "nft", "flush", "ruleset")
+			if out, err := exec.Command("nft", "list", "ruleset").CombinedOutput(); err != nil || len(strings.TrimSpace(string(out))) > 0 {
+				t.Fatalf("after nft flush ruleset: %v\n%s", err, out)
+			}
+			for _, addr := range []string{stack.IMDSv4 + ":80", imdsV6Endpoint} {
+				r := p.Exec(context.Background(), nil, clientBin(t, "probe"), "-addr", addr, nodeRolePath)
+				stack.AssertNoNodeSecrets(t, "probe "+addr, r.Output())
+				if got, _ := classifyProbe(r.Stdout); got["refused"] != 1 || len(got) != 1 {
+					t.Errorf("probe of %s with only the routing guard left: want a refusal, got:\n%s", addr, r.Output())
+				}
+			}
+			thaw()
+			waitRestored(t, backend)
+			waitDriftRepairs(t, before)
+			suite.EnsureHostRules(t, suite.agentBin)
+			expectServed(t, p)
+		})
+	}
+
 	// After a repair the agent deletes the conntrack entries of flows to the metadata address that were not
 	// redirected (opened while both rules were missing, so answered by the node's IMDS). It must leave a pod's
 	// redirected flows alone: an entry deleted mid-request would send iamlet's answer out un-NATed, and the pod would
@@ -184,6 +214,7 @@ func testDrift(t *testing.T, backend string) {
 		nodeRun(t, "nft", "delete", "table", "inet", "iamlet_host")
 		nodeRun(t, ipt, "-w", "5", "-t", "nat", "-F")
 		nodeRun(t, ipt, "-w", "5", "-t", "filter", "-F", "IAMLET-GUARD")
+		nodeRun(t, "ip", "rule", "del", "pref", "17")
 		h := holdConn(t, p, instanceIDPath, nodeRolePath)
 		if entries := conntrackFlow(t, h.ip, h.port); len(entries) != 1 || !strings.Contains(entries[0], "src="+stack.IMDSv4+" dst="+h.ip) {
 			t.Fatalf("with both rules gone, want the held flow answered by the node's IMDS (un-NATed), got:\n%s", strings.Join(entries, "\n"))
@@ -331,6 +362,9 @@ func testUninstall(t *testing.T, backend string) {
 		if out := iptablesSave(t, backend, v6); strings.Contains(strings.ToLower(out), "iamlet") {
 			t.Errorf("after uninstall, %s still holds iamlet's rules:\n%s", saveBin(backend, v6), out)
 		}
+		if left, err := routingGuard(v6); err != nil || len(left) > 0 {
+			t.Errorf("after uninstall, routing rules to the metadata address remain: %q (%v)", left, err)
+		}
 	}
 	r := p.Exec(context.Background(), nil, clientBin(t, "probe"), "-addr", stack.IMDSv4+":80", nodeRolePath)
 	if !strings.Contains(r.Stdout, "\n200\n") || !strings.Contains(r.Stdout, stack.NodeAccessKey) {
@@ -472,6 +506,14 @@ func expectProbeRefused(t *testing.T, p *stack.Pod) {
 	}
 }
 
+// refusal tells whether a dial error is one of the guards' refusals: a reset from iptables' or the host-rules
+// table's (connection refused), or the routing guard's prohibit, an ICMP error (no route to host over IPv4,
+// permission denied over IPv6).
+func refusal(err string) bool {
+	return strings.Contains(err, "connection refused") || strings.Contains(err, "no route to host") ||
+		strings.Contains(err, "permission denied")
+}
+
 // classifyProbe counts the probe's answers to nodeRolePath by who gave them: "iamlet" (any answer of its own),
 // "node" (the mock's markers), "refused" (connection refused), "stalled" (connected, then a timeout or a reset) or
 // "other"; it keeps the first answer of each kind.
@@ -483,7 +525,7 @@ func classifyProbe(out string) (counts map[string]int, first map[string]string) 
 		switch {
 		case containsAnyOf(answer, stack.Markers):
 			kind = "node"
-		case strings.HasPrefix(answer, "error ") && strings.Contains(answer, "connection refused"):
+		case strings.HasPrefix(answer, "error ") && refusal(answer):
 			kind = "refused"
 		case strings.HasPrefix(answer, "error read ") && (strings.Contains(answer, "i/o timeout") || strings.Contains(answer, "connection reset")):
 			kind = "stalled" // connected, then no answer: not the node's (it answers at once), nor iamlet's
@@ -716,8 +758,31 @@ func interceptionInPlace(backend, port string) error {
 		if guard := chainRules(string(filter), "IAMLET-GUARD"); len(guard) != 2 {
 			return fmt.Errorf("%s: want the guard's 2 rules in IAMLET-GUARD:\n%s", saveBin(backend, fam.v6), filter)
 		}
+		if got, err := routingGuard(fam.v6); err != nil || len(got) != 3 {
+			return fmt.Errorf("want the routing guard's 3 rules (ip rule prefs 16-18), got %q (%v)", got, err)
+		}
 	}
 	return nil
+}
+
+// routingGuard lists the node's policy routing rules to the instance metadata address of a family, as `ip rule`
+// prints them: the routing guard's, when it is in place.
+func routingGuard(v6 bool) ([]string, error) {
+	args, imds := []string{"rule", "show"}, stack.IMDSv4
+	if v6 {
+		args, imds = []string{"-6", "rule", "show"}, stack.IMDSv6
+	}
+	out, err := exec.Command("ip", args...).CombinedOutput()
+	if err != nil {
+		return nil, fmt.Errorf("ip %s: %w: %s", strings.Join(args, " "), err, out)
+	}
+	var rules []string
+	for _, l := range strings.Split(string(out), "\n") {
+		if strings.Contains(l, " to "+imds+" ") {
+			rules = append(rules, strings.Join(strings.Fields(l), " "))
+		}
+	}
+	return rules, nil
 }
 
 // waitRestored polls until the rules are back and returns how long that took.

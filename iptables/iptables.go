@@ -64,6 +64,8 @@ type family struct {
 	chains []chain
 	// byChain reads with one listing per chain instead of one save (iptables-nft; see read).
 	byChain bool
+	// routes is the family's routing guard (route.go); nil where there is none to manage (tests' fakes).
+	routes *routeGuard
 }
 
 // Status reports one Reconcile pass.
@@ -97,12 +99,28 @@ func New(cfg Config, log *slog.Logger) (*Rules, error) {
 	if wait <= 0 {
 		wait = defaultLockWait
 	}
-	return newRules(cfg, backend, log, func(v6 bool) (runner, error) {
+	r, err := newRules(cfg, backend, log, func(v6 bool) (runner, error) {
 		if v6 && !kernelHasIPv6() {
 			return nil, errNoIPv6
 		}
 		return openIptables(backend, v6, wait)
 	})
+	if r != nil {
+		for _, f := range r.families {
+			if t := newRouteTable(f.v6); t != nil {
+				f.routes = &routeGuard{table: t, want: routeGuardRules(imdsOf(f.v6))}
+			}
+		}
+	}
+	return r, err
+}
+
+// imdsOf is the IMDS address of a family.
+func imdsOf(v6 bool) netip.Addr {
+	if v6 {
+		return IMDSv6
+	}
+	return IMDSv4
 }
 
 // errNoIPv6 is what open answers for IPv6 on a kernel without it: there is no IPv6 path to guard.
@@ -288,15 +306,21 @@ func (r *Rules) Check(ctx context.Context) (missing []string, err error) {
 	return missing, errors.Join(errs...)
 }
 
-// Remove uninstalls everything: jumps, then both chains, in every enabled family. Rules already gone count as
-// removed, so Remove is idempotent. Only an explicit uninstall should call it: shutdown leaves the rules in place so
-// that pods get "connection refused" rather than the node's IMDS while iamlet is down.
-func (r *Rules) Remove(ctx context.Context) error {
+// Remove uninstalls everything: jumps, then both chains, then the routing guard, in every enabled family. Rules
+// already gone count as removed, so Remove is idempotent. Only an explicit uninstall should call it: shutdown leaves
+// the rules in place so that pods get "connection refused" rather than the node's IMDS while iamlet is down.
+func (r *Rules) Remove(ctx context.Context) error { return r.remove(ctx, true) }
+
+// RemoveChains removes the iptables chains and jumps only, and leaves the routing guard, which belongs to no backend:
+// for the backend an agent no longer uses, beside the Rules of the one it does.
+func (r *Rules) RemoveChains(ctx context.Context) error { return r.remove(ctx, false) }
+
+func (r *Rules) remove(ctx context.Context, routes bool) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var errs []error
 	for _, f := range r.families {
-		errs = append(errs, f.remove(ctx))
+		errs = append(errs, f.remove(ctx, routes))
 	}
 	return errors.Join(errs...)
 }

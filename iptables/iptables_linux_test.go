@@ -177,8 +177,8 @@ func testInHostNetns(t *testing.T, host, pod string) {
 			if r.Backend() != backend {
 				t.Errorf("Backend() = %q, want %q", r.Backend(), backend)
 			}
-			if got := mustEnsure(t, r); len(got) != 10 {
-				t.Errorf("first Ensure() repaired = %q, want 10 repairs (5 per family)", got)
+			if got := mustEnsure(t, r); len(got) != 16 {
+				t.Errorf("first Ensure() repaired = %q, want 16 repairs (per family 5 iptables, 3 routing rules)", got)
 			}
 			if got := mustEnsure(t, r); got != nil {
 				t.Errorf("second Ensure() repaired = %q, want nothing", got)
@@ -222,6 +222,15 @@ func testInHostNetns(t *testing.T, host, pod string) {
 			diffLines(t, "iptables-save", savedRules(t, backend, false), wantSaved(false, listen["v4"], listen["c4"]))
 			diffLines(t, "ip6tables-save", savedRules(t, backend, true), wantSaved(true, listen["v6"], listen["c6"]))
 			expectDial(t, pod, "after Ensure", "iamlet")
+			diffLines(t, "ip rule", guardRules(t, false), wantGuardRules("169.254.169.254"))
+			diffLines(t, "ip -6 rule", guardRules(t, true), wantGuardRules("fd00:ec2::254"))
+
+			// Another program deletes the routing guard's refusal: put back, alone.
+			runCmd(t, "ip", "rule", "del", "pref", "17")
+			gone := []string{"ipv4 routing rule pref 17 to 169.254.169.254/32 prohibit: missing"}
+			diffLines(t, "Check() after ip rule del", mustCheck(t, r), gone)
+			diffLines(t, "Ensure() repaired after ip rule del", mustEnsure(t, r), gone)
+			diffLines(t, "ip rule after repair", guardRules(t, false), wantGuardRules("169.254.169.254"))
 
 			// Another program flushes the nat table: pods are refused, never served by the node, until Ensure.
 			runCmd(t, "iptables-"+backend, "-t", "nat", "-F")
@@ -278,6 +287,9 @@ func testInHostNetns(t *testing.T, host, pod string) {
 				for _, v6 := range []bool{false, true} {
 					if out := save(t, backend, v6); strings.Contains(strings.ToLower(out), "iamlet") {
 						t.Errorf("after Remove, %s-save still mentions iamlet:\n%s", backend, out)
+					}
+					if left := guardRules(t, v6); len(left) > 0 {
+						t.Errorf("after Remove, the routing guard's rules remain: %q", left)
 					}
 				}
 			}
@@ -566,4 +578,33 @@ func runCmd(t *testing.T, name string, args ...string) string {
 		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
 	}
 	return string(out)
+}
+
+// guardRules are the lines of `ip rule show` at the routing guard's prefs (16 to 18).
+func guardRules(t *testing.T, v6 bool) []string {
+	t.Helper()
+	args := []string{"rule", "show"}
+	if v6 {
+		args = []string{"-6", "rule", "show"}
+	}
+	out, err := exec.Command("ip", args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+	var lines []string
+	for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if pref, _, _ := strings.Cut(l, ":"); pref == "16" || pref == "17" || pref == "18" {
+			lines = append(lines, strings.Join(strings.Fields(l), " "))
+		}
+	}
+	return lines
+}
+
+// wantGuardRules is the routing guard as `ip rule show` prints it.
+func wantGuardRules(imds string) []string {
+	return []string{
+		"16: from all to " + imds + " iif lo goto 18",
+		"17: from all to " + imds + " prohibit",
+		"18: from all to " + imds + " nop",
+	}
 }

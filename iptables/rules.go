@@ -131,6 +131,19 @@ func (f *family) inspect(ctx context.Context) ([]fix, error) {
 			}
 		}
 	}
+	if f.routes == nil {
+		return fixes, nil
+	}
+	missing, err := f.routes.missing()
+	if err != nil {
+		return nil, fmt.Errorf("inspect %s routing guard: %w", f.name, err)
+	}
+	for _, r := range missing {
+		fixes = append(fixes, fix{
+			desc:  fmt.Sprintf("%s routing rule %s: missing", f.name, r),
+			apply: func() error { return f.routes.table.Add(r) },
+		})
+	}
 	return fixes, nil
 }
 
@@ -336,7 +349,7 @@ func (f *family) deleteRules(table, chain string, rules [][]string) error {
 // remove takes the family's rules away in the reverse order of installation, redirect before guard. Any rule that
 // jumps to our chains goes, not only the one we would write, since the kernel refuses to delete a chain that
 // something still references.
-func (f *family) remove(ctx context.Context) error {
+func (f *family) remove(ctx context.Context, routes bool) error {
 	// One read serves the whole removal: each step changes only what later steps no longer ask about.
 	snap, err := f.read(ctx)
 	if err != nil {
@@ -367,6 +380,12 @@ func (f *family) remove(ctx context.Context) error {
 		}
 		if err := f.ipt.DeleteChain(c.table, c.name); err != nil && !isNotExist(err) {
 			return fmt.Errorf("delete %s chain %s/%s: %w", f.name, c.table, c.name, err)
+		}
+	}
+	// The routing guard last: pods stay refused until everything else is gone.
+	if routes && f.routes != nil {
+		if err := f.routes.remove(); err != nil {
+			return fmt.Errorf("remove %s routing guard: %w", f.name, err)
 		}
 	}
 	return nil

@@ -243,13 +243,20 @@ func hookLogs() string {
 	return b.String()
 }
 
-// assertNoRules fails if anything of iamlet's is in the node's iptables (both families) or nftables.
+// assertNoRules fails if anything of iamlet's is in the node's iptables (both families), nftables or policy
+// routing rules (the routing guard's, to the metadata addresses).
 func assertNoRules(t *testing.T, when string) {
 	t.Helper()
 	for _, c := range [][]string{{"iptables-nft-save"}, {"ip6tables-nft-save"}, {"nft", "list", "tables"}} {
 		out, err := exec.Command(c[0], c[1:]...).CombinedOutput()
 		if err != nil || strings.Contains(strings.ToLower(string(out)), "iamlet") {
 			t.Errorf("%s %s: %v\n%s", c[0], when, err, out)
+		}
+	}
+	for _, c := range [][]string{{"ip", "rule", "show"}, {"ip", "-6", "rule", "show"}} {
+		out, err := exec.Command(c[0], c[1:]...).CombinedOutput()
+		if err != nil || strings.Contains(string(out), " to "+stack.IMDSv4+" ") || strings.Contains(string(out), " to "+stack.IMDSv6+" ") {
+			t.Errorf("%s %s: %v\n%s", strings.Join(c, " "), when, err, out)
 		}
 	}
 }

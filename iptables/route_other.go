@@ -1,0 +1,6 @@
+//go:build !linux
+
+package iptables
+
+// newRouteTable is nil where there is no rtnetlink: no routing guard.
+func newRouteTable(bool) routeTable { return nil }
