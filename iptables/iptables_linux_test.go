@@ -224,6 +224,11 @@ func testInHostNetns(t *testing.T, host, pod string) {
 			expectDial(t, pod, "after Ensure", "iamlet")
 			diffLines(t, "ip rule", guardRules(t, false), wantGuardRules("169.254.169.254"))
 			diffLines(t, "ip -6 rule", guardRules(t, true), wantGuardRules("fd00:ec2::254"))
+			// Adding a rule the kernel already holds is no error, and adds nothing.
+			if err := newRouteTable(false).Add(routeGuardRules(IMDSv4)[2]); err != nil {
+				t.Errorf("adding the routing guard's refusal again: %v", err)
+			}
+			diffLines(t, "ip rule after adding again", guardRules(t, false), wantGuardRules("169.254.169.254"))
 
 			// Another program deletes the routing guard's refusal: put back, alone.
 			runCmd(t, "ip", "rule", "del", "pref", "17")

@@ -54,6 +54,11 @@ func (n netlinkRoutes) Add(r routeRule) error {
 	if err == nil {
 		_, err = n.do(unix.RTM_NEWRULE, netlink.Acknowledge|netlink.Create|netlink.Excl, data)
 	}
+	if errors.Is(err, unix.EEXIST) {
+		// The kernel holds this very rule (it compares every selector), though List did not read it as the guard's:
+		// a kernel dumping an attribute parseRouteRule does not know. The rule is there; the pass goes on.
+		return nil
+	}
 	return err
 }
 
