@@ -40,8 +40,10 @@ func unmapExecutablePages() (uint64, error) {
 type span struct{ start, end uint64 }
 
 // executableSpans reads smaps (the format of /proc/PID/smaps) for the mappings of the file that holds pc, read-only
-// and holding no page of the process's own. A page the process wrote (a relocation under RELRO, a debugger's
-// breakpoint) is anonymous, and dropping it would bring back the file's bytes instead; such mappings are skipped.
+// and holding no page of the process's own. A page the process wrote (a relocation under RELRO, a debugger's or a
+// uprobe's breakpoint) is anonymous, or swapped out, and dropping it would bring back the file's bytes instead; such
+// mappings are skipped. (A uprobe placed between the read and the madvise would be dropped: the shipped binary is
+// static and not PIE, so only such a probe can write to these mappings at all.)
 func executableSpans(smaps []byte, pc uint64) ([]span, error) {
 	type mapping struct {
 		span
@@ -62,8 +64,10 @@ func executableSpans(smaps []byte, pc uint64) ([]span, error) {
 			ms = append(ms, mapping{span: span{start, end}, perms: f[1], file: strings.Join(f[3:], " ")})
 			continue
 		}
-		if v, ok := strings.CutPrefix(line, "Anonymous:"); ok && len(ms) > 0 {
-			ms[len(ms)-1].anonymous = strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")) != "0"
+		for _, key := range []string{"Anonymous:", "Swap:"} {
+			if v, ok := strings.CutPrefix(line, key); ok && len(ms) > 0 {
+				ms[len(ms)-1].anonymous = ms[len(ms)-1].anonymous || strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")) != "0"
+			}
 		}
 	}
 	if err := sc.Err(); err != nil {

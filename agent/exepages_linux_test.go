@@ -26,7 +26,11 @@ VmFlags: rd mr mw me
 Size:                 32 kB
 Anonymous:             8 kB
 VmFlags: rd mr mw me ac
-016e0000-01793000 rw-p 012e0000 fe:00 9978146                            /opt/iamlet
+016e0000-016e8000 r--p 012d8000 fe:00 9978146                            /opt/iamlet
+Size:                 32 kB
+Anonymous:             0 kB
+Swap:                  4 kB
+016e8000-01793000 rw-p 012e0000 fe:00 9978146                            /opt/iamlet
 Size:                724 kB
 Anonymous:           120 kB
 01793000-037db000 rw-p 00000000 00:00 0 
@@ -45,8 +49,8 @@ func TestExecutableSpans(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The text and the read-only data; not the pages the process wrote (relocations under RELRO), not the
-	// writable data, not another file's text.
+	// The text and the read-only data; not the pages the process wrote (relocations under RELRO), in memory or
+	// swapped out, not the writable data, not another file's text.
 	want := []span{{0x400000, 0xd57000}, {0xd57000, 0x16d8000}}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("executableSpans = %#x, want %#x", got, want)

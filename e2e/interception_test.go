@@ -103,7 +103,7 @@ func testDrift(t *testing.T, backend string) {
 		// go together, and the host-rules table's guard still refuses.
 		{"nat and filter tables replaced wholesale", []string{"sh", "-c", "printf '*nat\nCOMMIT\n*filter\nCOMMIT\n' | " + ipt + "-restore -w 5"}, true},
 		// The routing guard's refusal deleted: the redirect and both netfilter guards still hold.
-		{"routing guard's refusal deleted", []string{"sh", "-c", "ip rule del pref 17 && ip -6 rule del pref 17"}, false},
+		{"routing guard's refusal deleted", []string{"sh", "-c", "ip rule del pref 6 && ip -6 rule del pref 6"}, false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -214,7 +214,7 @@ func testDrift(t *testing.T, backend string) {
 		nodeRun(t, "nft", "delete", "table", "inet", "iamlet_host")
 		nodeRun(t, ipt, "-w", "5", "-t", "nat", "-F")
 		nodeRun(t, ipt, "-w", "5", "-t", "filter", "-F", "IAMLET-GUARD")
-		nodeRun(t, "ip", "rule", "del", "pref", "17")
+		nodeRun(t, "ip", "rule", "del", "pref", "6")
 		h := holdConn(t, p, instanceIDPath, nodeRolePath)
 		if entries := conntrackFlow(t, h.ip, h.port); len(entries) != 1 || !strings.Contains(entries[0], "src="+stack.IMDSv4+" dst="+h.ip) {
 			t.Fatalf("with both rules gone, want the held flow answered by the node's IMDS (un-NATed), got:\n%s", strings.Join(entries, "\n"))
@@ -404,10 +404,13 @@ func TestInterceptionHostNetwork(t *testing.T) {
 		suite.NewPod(t, "hostnet", stack.PodOptions{ServiceAccount: saA, HostNetwork: true})
 		refused(t)
 	})
+	// In both families, past the routing guard too: its first rule sends the node's own traffic on.
 	t.Run("node traffic is not intercepted", func(t *testing.T) {
-		out, err := nodeExec(nil, clientBin(t, "probe"), "-addr", stack.IMDSv4+":80", instanceIDPath)
-		if err != nil || !strings.Contains(out, "\n200\n") {
-			t.Errorf("from the node namespace 169.254.169.254 is the node's IMDS itself; got (err=%v):\n%s", err, out)
+		for _, addr := range []string{stack.IMDSv4 + ":80", imdsV6Endpoint} {
+			out, err := nodeExec(nil, clientBin(t, "probe"), "-addr", addr, instanceIDPath)
+			if err != nil || !strings.Contains(out, "\n200\n") {
+				t.Errorf("from the node namespace %s is the node's IMDS itself; got (err=%v):\n%s", addr, err, out)
+			}
 		}
 	})
 }
@@ -759,7 +762,7 @@ func interceptionInPlace(backend, port string) error {
 			return fmt.Errorf("%s: want the guard's 2 rules in IAMLET-GUARD:\n%s", saveBin(backend, fam.v6), filter)
 		}
 		if got, err := routingGuard(fam.v6); err != nil || len(got) != 3 {
-			return fmt.Errorf("want the routing guard's 3 rules (ip rule prefs 16-18), got %q (%v)", got, err)
+			return fmt.Errorf("want the routing guard's 3 rules (ip rule prefs 5-7), got %q (%v)", got, err)
 		}
 	}
 	return nil

@@ -231,11 +231,21 @@ func testInHostNetns(t *testing.T, host, pod string) {
 			diffLines(t, "ip rule after adding again", guardRules(t, false), wantGuardRules("169.254.169.254"))
 
 			// Another program deletes the routing guard's refusal: put back, alone.
-			runCmd(t, "ip", "rule", "del", "pref", "17")
-			gone := []string{"ipv4 routing rule pref 17 to 169.254.169.254/32 prohibit: missing"}
+			runCmd(t, "ip", "rule", "del", "pref", "6")
+			gone := []string{"ipv4 routing rule pref 6 to 169.254.169.254/32 prohibit: missing"}
 			diffLines(t, "Check() after ip rule del", mustCheck(t, r), gone)
 			diffLines(t, "Ensure() repaired after ip rule del", mustEnsure(t, r), gone)
 			diffLines(t, "ip rule after repair", guardRules(t, false), wantGuardRules("169.254.169.254"))
+			// The goto's target deleted: the kernel keeps the goto but skips it, so the node's own traffic would meet
+			// the refusal. Both are put back in force: the target, then the goto again.
+			runCmd(t, "ip", "rule", "del", "pref", "7")
+			unresolved := []string{
+				"ipv4 routing rule pref 7 to 169.254.169.254/32 nop: missing",
+				"ipv4 routing rule pref 5 to 169.254.169.254/32 iif lo goto 7: missing",
+			}
+			diffLines(t, "Check() after the goto's target went", mustCheck(t, r), unresolved)
+			diffLines(t, "Ensure() repaired after the goto's target went", mustEnsure(t, r), unresolved)
+			diffLines(t, "ip rule after that repair", guardRules(t, false), wantGuardRules("169.254.169.254"))
 
 			// Another program flushes the nat table: pods are refused, never served by the node, until Ensure.
 			runCmd(t, "iptables-"+backend, "-t", "nat", "-F")
@@ -585,7 +595,7 @@ func runCmd(t *testing.T, name string, args ...string) string {
 	return string(out)
 }
 
-// guardRules are the lines of `ip rule show` at the routing guard's prefs (16 to 18).
+// guardRules are the lines of `ip rule show` at the routing guard's prefs (5 to 7).
 func guardRules(t *testing.T, v6 bool) []string {
 	t.Helper()
 	args := []string{"rule", "show"}
@@ -598,7 +608,7 @@ func guardRules(t *testing.T, v6 bool) []string {
 	}
 	var lines []string
 	for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-		if pref, _, _ := strings.Cut(l, ":"); pref == "16" || pref == "17" || pref == "18" {
+		if pref, _, _ := strings.Cut(l, ":"); pref == "5" || pref == "6" || pref == "7" {
 			lines = append(lines, strings.Join(strings.Fields(l), " "))
 		}
 	}
@@ -608,8 +618,8 @@ func guardRules(t *testing.T, v6 bool) []string {
 // wantGuardRules is the routing guard as `ip rule show` prints it.
 func wantGuardRules(imds string) []string {
 	return []string{
-		"16: from all to " + imds + " iif lo goto 18",
-		"17: from all to " + imds + " prohibit",
-		"18: from all to " + imds + " nop",
+		"5: from all to " + imds + " iif lo goto 7 proto 105",
+		"6: from all to " + imds + " prohibit proto 105",
+		"7: from all to " + imds + " nop proto 105",
 	}
 }

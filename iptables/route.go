@@ -1,6 +1,7 @@
 package iptables
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -11,14 +12,22 @@ import (
 // packet the redirect took, so only what nothing redirected meets them. No iptables or nft command reaches them: a
 // wholesale flush of both (`nft flush ruleset`) leaves pods refused, not answered by the node's IMDS.
 //
-// Three rules per family, before any CNI's (the AWS VPC CNI's start at 512, Cilium's per-endpoint ones at 20):
+// Three rules per family, tagged with protocol routeProtocol (`ip rule` prints "proto 105") so that only they are
+// ever read or deleted as the guard's, and placed before the CNIs' rules that route pod traffic (the AWS VPC CNI's
+// from 10 for security groups for pods and 512 otherwise, Cilium's from 20):
 //
-//	16: from the node itself (iif lo) to the IMDS: goto 18, so its traffic is routed as if the guard were not there
-//	17: to the IMDS: prohibit
-//	18: to the IMDS: nop, the target of 16
+//	5: from the node itself (iif lo) to the IMDS: goto 7, so its traffic is routed as if the guard were not there
+//	6: to the IMDS: prohibit
+//	7: to the IMDS: nop, the target of 5
 //
-// Installed in the order 18, 16, 17, so the node's own traffic is never refused on the way; removed the other way.
-const routeGuardPref = 16
+// Installed in the order 7, 5, 6, so the node's own traffic is never refused on the way; removed the other way.
+// Deleting 5 or 7 alone (7 leaves 5 unresolved, which the kernel skips) sends the node's own traffic to 6 until the
+// next pass. Rules at prefs before 5 come first: the AWS VPC CNI's pref 1 rules for pods with interfaces on
+// several network cards route those pods' packets before the guard sees them.
+const routeGuardPref = 5
+
+// routeProtocol marks the guard's rules as iamlet's (FRA_PROTOCOL; no routing daemon registers 105).
+const routeProtocol = 105
 
 // The rule actions the guard uses, as linux/fib_rules.h numbers them.
 const (
@@ -91,19 +100,39 @@ func (g *routeGuard) missing() ([]routeRule, error) {
 	return out, nil
 }
 
-// remove deletes the guard's rules that are there, the refusal first.
-func (g *routeGuard) remove() error {
-	have, err := g.table.List()
-	if err != nil {
-		return fmt.Errorf("list routing rules: %w", err)
+// repair puts r in place: deleted first, in case a rule of the guard's that List does not count as such is there
+// (a goto whose target went missing, which the kernel keeps but skips), then added.
+func (g *routeGuard) repair(r routeRule) error {
+	if err := g.table.Del(r); err != nil {
+		return fmt.Errorf("delete routing rule %s: %w", r, err)
 	}
+	return g.table.Add(r)
+}
+
+// remove deletes every rule of the guard's, the refusal first; one already gone is no error.
+func (g *routeGuard) remove() error {
 	for _, r := range slices.Backward(g.want) {
-		if !slices.Contains(have, r) {
-			continue
-		}
 		if err := g.table.Del(r); err != nil {
 			return fmt.Errorf("delete routing rule %s: %w", r, err)
 		}
 	}
 	return nil
+}
+
+// RemoveRoutingGuard removes the routing guard's rules of both families without iptables: uninstall calls it where
+// iptables cannot be opened, since the rules would otherwise stay and refuse pods the node's IMDS for good.
+func RemoveRoutingGuard() error {
+	var errs []error
+	for _, v6 := range []bool{false, true} {
+		t := newRouteTable(v6)
+		if t == nil || (v6 && !kernelHasIPv6()) {
+			continue
+		}
+		if _, err := t.List(); routingUnsupported(err) {
+			continue
+		}
+		g := &routeGuard{table: t, want: routeGuardRules(imdsOf(v6))}
+		errs = append(errs, g.remove())
+	}
+	return errors.Join(errs...)
 }

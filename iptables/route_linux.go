@@ -55,8 +55,8 @@ func (n netlinkRoutes) Add(r routeRule) error {
 		_, err = n.do(unix.RTM_NEWRULE, netlink.Acknowledge|netlink.Create|netlink.Excl, data)
 	}
 	if errors.Is(err, unix.EEXIST) {
-		// The kernel holds this very rule (it compares every selector), though List did not read it as the guard's:
-		// a kernel dumping an attribute parseRouteRule does not know. The rule is there; the pass goes on.
+		// The kernel holds this rule, with the guard's protocol tag, though List did not read it as the guard's (a
+		// kernel dumping an attribute parseRouteRule does not know): it is in place, and each pass says so again.
 		return nil
 	}
 	return err
@@ -80,6 +80,7 @@ func (n netlinkRoutes) encode(r routeRule) ([]byte, error) {
 	hdr := make([]byte, fibRuleHdrLen)
 	hdr[0], hdr[1], hdr[7] = n.family, byte(r.dst.Bits()), r.action
 	ae := netlink.NewAttributeEncoder()
+	ae.Uint8(unix.FRA_PROTOCOL, routeProtocol)
 	ae.Uint32(unix.FRA_PRIORITY, r.pref)
 	ae.Bytes(unix.FRA_DST, r.dst.Addr().AsSlice())
 	if r.iif != "" {
@@ -95,20 +96,22 @@ func (n netlinkRoutes) encode(r routeRule) ([]byte, error) {
 	return append(hdr, attrs...), nil
 }
 
-// parseRouteRule reads one rule of a dump. It reports false for a rule of a shape the guard never writes: a source,
-// a mark, an output interface, a table, an inverted match, or another action.
+// parseRouteRule reads one rule of a dump. It reports false for a rule that is not the guard's (no guard protocol
+// tag) or not of a shape the guard writes (a source, a mark, an output interface, a table, an inverted match,
+// another action), and for a goto whose target is missing, which the kernel skips: repair puts it back in force.
 func parseRouteRule(b []byte) (routeRule, bool) {
 	if len(b) < fibRuleHdrLen {
 		return routeRule{}, false
 	}
 	family, dstLen, srcLen, tos, table, action := b[0], b[1], b[2], b[3], b[4], b[7]
 	flags := binary.NativeEndian.Uint32(b[8:12])
-	if srcLen != 0 || tos != 0 || table != 0 || flags&unix.FIB_RULE_INVERT != 0 ||
+	if srcLen != 0 || tos != 0 || table != 0 || flags&(unix.FIB_RULE_INVERT|unix.FIB_RULE_UNRESOLVED) != 0 ||
 		(action != actGoto && action != actNop && action != actProhibit) {
 		return routeRule{}, false
 	}
 	r := routeRule{action: action}
 	var dst []byte
+	proto := uint8(0)
 	ad, err := netlink.NewAttributeDecoder(b[fibRuleHdrLen:])
 	if err != nil {
 		return routeRule{}, false
@@ -123,8 +126,10 @@ func parseRouteRule(b []byte) (routeRule, bool) {
 			r.iif = ad.String()
 		case unix.FRA_GOTO:
 			r.target = ad.Uint32()
-		case unix.FRA_TABLE, unix.FRA_PROTOCOL, unix.FRA_SUPPRESS_PREFIXLEN, unix.FRA_SUPPRESS_IFGROUP:
-			// Said of every rule (the table, who added it, defaults): not selectors.
+		case unix.FRA_PROTOCOL:
+			proto = ad.Uint8()
+		case unix.FRA_TABLE, unix.FRA_SUPPRESS_PREFIXLEN, unix.FRA_SUPPRESS_IFGROUP:
+			// Said of every rule (its table, defaults): not selectors.
 			if ad.Type() == unix.FRA_TABLE && ad.Uint32() != 0 {
 				return routeRule{}, false
 			}
@@ -133,9 +138,15 @@ func parseRouteRule(b []byte) (routeRule, bool) {
 		}
 	}
 	addr, ok := netip.AddrFromSlice(dst)
-	if ad.Err() != nil || !ok || (family == unix.AF_INET) != addr.Is4() {
+	if ad.Err() != nil || !ok || (family == unix.AF_INET) != addr.Is4() || proto != routeProtocol {
 		return routeRule{}, false
 	}
 	r.dst = netip.PrefixFrom(addr, int(dstLen))
 	return r, true
+}
+
+// routingUnsupported tells whether err says the kernel has no policy routing for a family (an IPv6 built without
+// CONFIG_IPV6_MULTIPLE_TABLES).
+func routingUnsupported(err error) bool {
+	return errors.Is(err, unix.EAFNOSUPPORT) || errors.Is(err, unix.EOPNOTSUPP)
 }

@@ -141,7 +141,7 @@ func (f *family) inspect(ctx context.Context) ([]fix, error) {
 	for _, r := range missing {
 		fixes = append(fixes, fix{
 			desc:  fmt.Sprintf("%s routing rule %s: missing", f.name, r),
-			apply: func() error { return f.routes.table.Add(r) },
+			apply: func() error { return f.routes.repair(r) },
 		})
 	}
 	return fixes, nil

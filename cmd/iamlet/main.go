@@ -305,9 +305,10 @@ func uninstall(ctx context.Context, args []string, stderr io.Writer) error {
 		LockWait:   5 * time.Second,
 	}, log)
 	if rules == nil {
-		return err
+		// The routing guard is no iptables': removed all the same, or it would refuse pods the node's IMDS for good.
+		return errors.Join(err, iptables.RemoveRoutingGuard())
 	}
-	err = errors.Join(err, rules.Remove(ctx))
+	err = errors.Join(err, rules.Remove(ctx), iptables.RemoveRoutingGuard()) // the latter: a family iptables could not open
 	// The hostNetwork table is found by its name; the config only has to be valid.
 	if host, herr := iptables.NewHostRules(iptables.HostConfig{Pods: iptables.CgroupRef{Level: 1, ID: 1}}, log); herr == nil {
 		err = errors.Join(err, host.Remove())

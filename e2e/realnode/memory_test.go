@@ -62,7 +62,8 @@ func readOnlyExecutable(smaps []byte) (size, rss uint64) {
 		f := strings.Fields(sc.Text())
 		switch {
 		case len(f) >= 6 && strings.Contains(f[0], "-") && !strings.HasSuffix(f[0], ":"):
-			in = filepath.Base(f[len(f)-1]) == "iamlet" && f[1][1] != 'w'
+			path := strings.TrimSuffix(strings.Join(f[5:], " "), " (deleted)")
+			in = filepath.Base(path) == "iamlet" && f[1][1] != 'w'
 		case in && len(f) == 3 && (f[0] == "Size:" || f[0] == "Rss:"):
 			kb, _ := strconv.ParseUint(f[1], 10, 64)
 			if f[0] == "Size:" {
