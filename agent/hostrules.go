@@ -103,6 +103,12 @@ func RunHostRules(ctx context.Context, cfg HostRulesConfig, log *slog.Logger) er
 	log.Info("writing the hostNetwork rules", "pods_cgroup", hc.Pods.String(), "targets", fmt.Sprint(hc.MetadataV4, " ", hc.MetadataV6))
 	t := time.NewTicker(cfg.Interval)
 	defer t.Stop()
+	// A deletion in the table (a flush, `nft flush ruleset`) brings the next pass forward: hostNetwork pods have no
+	// routing guard behind this table.
+	deleted, err := rules.Watch(ctx)
+	if err != nil {
+		log.Warn("no nftables notifications: the rules are checked every interval only", "interval", cfg.Interval, "error", err.Error())
+	}
 	for {
 		exempt, err := readExemptions(cfg.Dir)
 		switch {
@@ -139,6 +145,11 @@ func RunHostRules(ctx context.Context, cfg HostRulesConfig, log *slog.Logger) er
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
+		case _, ok := <-deleted:
+			if !ok {
+				deleted = nil
+				log.Warn("nftables notifications stopped: the rules are checked every interval only", "interval", cfg.Interval)
+			}
 		}
 	}
 }

@@ -376,6 +376,37 @@ func testUninstall(t *testing.T, backend string) {
 // rules, so it is closed before any work, whether or not a hostNetwork pod with a role claims the address: no role is
 // ever served to it. The node's own processes (outside the pods cgroup) keep the node's IMDS. hostNetwork pods
 // themselves are intercepted by cgroup (hostnetwork_test.go).
+// TestHostRulesRepairOnDeletion: host-rules puts its table back on the kernel's notification of a deletion, not at
+// its next tick. hostNetwork pods have no routing guard behind that table, so its repair time is their whole gap.
+// Started with a 10-minute interval, it must have the table back within the deadline.
+func TestHostRulesRepairOnDeletion(t *testing.T) {
+	suite.StopHostRules()
+	t.Cleanup(func() {
+		suite.StopHostRules()
+		suite.EnsureHostRules(t, suite.agentBin)
+	})
+	suite.StartHostRules(t, suite.agentBin, "--interval=10m")
+	for _, tamper := range [][]string{
+		{"nft", "delete", "table", "inet", "iamlet_host"},
+		{"nft", "delete", "chain", "inet", "iamlet_host", "pods_guard_forward"},
+	} {
+		nodeRun(t, tamper...)
+		start := time.Now()
+		var out []byte
+		var err error
+		for deadline := start.Add(machineDeadline); ; time.Sleep(20 * time.Millisecond) {
+			out, err = exec.Command("nft", "list", "table", "inet", "iamlet_host").CombinedOutput()
+			if err == nil && strings.Contains(string(out), "chain pods_guard_input") && strings.Contains(string(out), "chain pods_guard_forward") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("host-rules did not restore its table within %s of %q: %v\n%s", machineDeadline, strings.Join(tamper, " "), err, out)
+			}
+		}
+		t.Logf("restored %s after %q (interval 10m)", time.Since(start).Round(time.Millisecond), strings.Join(tamper, " "))
+	}
+}
+
 func TestInterceptionHostNetwork(t *testing.T) {
 	sharedAgent(t)
 	direct := stack.NodeIP + ":" + stack.AgentPort

@@ -638,3 +638,58 @@ func sameChain(a, b *nft.Chain) bool {
 func eqPtr[T comparable](a, b *T) bool {
 	return a == b || a != nil && b != nil && *a == *b
 }
+
+// Watch signals, at most one signal pending, whenever the kernel reports a deletion in the host table: another
+// program's flush, `nft flush ruleset` among them, so that the caller's next pass runs at once rather than at its
+// next tick (for hostNetwork pods, the routing guard does not cover, that is the whole gap). The channel closes when
+// the kernel's notifications stop (a full socket buffer): the caller is left with its ticks.
+func (h *HostRules) Watch(ctx context.Context) (<-chan struct{}, error) {
+	conn, err := nft.New()
+	if err != nil {
+		return nil, fmt.Errorf("nftables notifications: %w", err)
+	}
+	// Every kind of message: the library hands events over only at the end of each batch (NEWGEN), which a monitor of
+	// deletions alone would filter out. Deletions are picked out below.
+	mon := nft.NewMonitor(nft.WithMonitorAction(nft.MonitorActionAny), nft.WithMonitorObject(nft.MonitorObjectAny),
+		nft.WithMonitorEventBuffer(64))
+	events, err := conn.AddMonitor(mon)
+	if err != nil {
+		return nil, fmt.Errorf("nftables notifications: %w", err)
+	}
+	out := make(chan struct{}, 1)
+	go func() {
+		<-ctx.Done()
+		_ = mon.Close()
+	}()
+	go func() {
+		defer close(out)
+		for ev := range events {
+			if ev.Type == nft.MonitorEventTypeOOB {
+				return
+			}
+			deletion := ev.Type == nft.MonitorEventTypeDelTable || ev.Type == nft.MonitorEventTypeDelChain ||
+				ev.Type == nft.MonitorEventTypeDelRule
+			if deletion && inHostTable(ev.Data) {
+				select {
+				case out <- struct{}{}:
+				default:
+				}
+			}
+		}
+	}()
+	return out, nil
+}
+
+// inHostTable tells whether a deleted object (a table, chain or rule) was in the host table.
+func inHostTable(obj any) bool {
+	var t *nft.Table
+	switch o := obj.(type) {
+	case *nft.Table:
+		t = o
+	case *nft.Chain:
+		t = o.Table
+	case *nft.Rule:
+		t = o.Table
+	}
+	return t != nil && t.Name == hostTableName
+}

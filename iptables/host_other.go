@@ -25,3 +25,6 @@ func (*HostRules) Exempted() ([]CgroupRef, error) { return nil, errHostRulesLinu
 
 // Remove fails off Linux.
 func (*HostRules) Remove() error { return errHostRulesLinux }
+
+// Watch fails off Linux.
+func (*HostRules) Watch(context.Context) (<-chan struct{}, error) { return nil, errHostRulesLinux }

@@ -84,11 +84,18 @@ func (s *Stack) EnsureHostRules(t TB, bin string) {
 	if s.hostRules != nil && !s.hostRules.Exited() {
 		return
 	}
+	s.StartHostRules(t, bin)
+}
+
+// StartHostRules starts the host-rules container with the chart's arguments and extra, once StopHostRules has
+// stopped the running one, and waits for its first good pass.
+func (s *Stack) StartHostRules(t TB, bin string, extra ...string) {
+	t.Helper()
 	if err := os.MkdirAll(s.hostRulesDir(), 0o700); err != nil {
 		t.Fatal(err)
 	}
 	argv0, pre := s.AgentCommand(bin)
-	p, err := StartProc(s.Dir, "host-rules", nil, argv0, append(pre, s.HostRulesArgs()...)...)
+	p, err := StartProc(s.Dir, "host-rules", nil, argv0, append(append(pre, s.HostRulesArgs()...), extra...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
