@@ -208,6 +208,13 @@ func TestRealNode(t *testing.T) {
 		if strings.Contains(out, `"level":"ERROR"`) {
 			t.Errorf("the agent logged an error on a healthy start:\n%s", out)
 		}
+		// host-rules, in its container as the chart runs it, gets the kernel's nftables notifications (it puts its
+		// table back on them) and writes its table.
+		hr, err := node.Kubectl(nil, "-n", stack.AgentNamespace, "logs", agent.Name, "-c", "host-rules")
+		if err != nil || !strings.Contains(hr, "hostNetwork interception rules written") || strings.Contains(hr, "nftables notifications") ||
+			strings.Contains(hr, `"level":"ERROR"`) {
+			t.Errorf("host-rules' log: %v\n%s", err, hr)
+		}
 		out, err = node.ExecRead(stack.AgentNamespace, agent.Name, "iamlet", deadline, func(out string) bool {
 			return strings.Contains(out, "ready: true") && strings.Contains(out, "hostNetwork pods: covered")
 		}, "iamlet", "status")
