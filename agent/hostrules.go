@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"golang.org/x/time/rate"
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/iamlet/iamlet/agent/hostnet"
@@ -109,6 +110,7 @@ func RunHostRules(ctx context.Context, cfg HostRulesConfig, log *slog.Logger) er
 	if err != nil {
 		log.Warn("no nftables notifications: the rules are checked every interval only", "interval", cfg.Interval, "error", err.Error())
 	}
+	soon := rate.NewLimiter(rate.Every(notifiedPassEvery), 3)
 	for {
 		exempt, err := readExemptions(cfg.Dir)
 		switch {
@@ -141,18 +143,48 @@ func RunHostRules(ctx context.Context, cfg HostRulesConfig, log *slog.Logger) er
 		if err := writeJSON(filepath.Join(cfg.Dir, hostStatusFile), st); err != nil {
 			log.Error("reporting to the agent", "error", err.Error())
 		}
-		select {
-		case <-ctx.Done():
+		if !awaitPass(ctx, t.C, &deleted, soon, func() {
+			log.Warn("nftables notifications stopped: the rules are checked every interval only", "interval", cfg.Interval)
+		}) {
 			return nil
-		case <-t.C:
-		case _, ok := <-deleted:
-			if !ok {
-				deleted = nil
-				log.Warn("nftables notifications stopped: the rules are checked every interval only", "interval", cfg.Interval)
-			}
 		}
 	}
 }
+
+// awaitPass waits for host-rules' next pass: the ticker, or a deletion in the table, and reports false once ctx is
+// done. A deletion brings the pass forward, but no sooner than soon allows: a pass's own writes are deletions too,
+// so a rule the kernel renders otherwise than it was written, rewritten on every pass, must not spin. Deletions
+// meanwhile wait for that pass (the channel holds one). When the notifications stop, deleted is set to nil and
+// stopped is called.
+func awaitPass(ctx context.Context, tick <-chan time.Time, deleted *<-chan struct{}, soon *rate.Limiter, stopped func()) bool {
+	select {
+	case <-ctx.Done():
+		return false
+	case <-tick:
+		return true
+	case _, ok := <-*deleted:
+		if !ok {
+			*deleted = nil
+			stopped()
+			return true
+		}
+	}
+	delay := soon.Reserve().Delay()
+	if delay <= 0 {
+		return true
+	}
+	t := time.NewTimer(delay)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// notifiedPassEvery is how often, at most, deletions in the table bring a pass forward (after a burst of three).
+const notifiedPassEvery = 100 * time.Millisecond
 
 // podCgroupsOnly keeps the exemptions that name a pod-level cgroup of an API pod at its level.
 func podCgroupsOnly(cg *hostnet.Cgroups, refs []iptables.CgroupRef, log *slog.Logger) ([]iptables.CgroupRef, error) {

@@ -1,16 +1,19 @@
 package agent
 
 import (
+	"context"
 	"encoding/json"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"golang.org/x/time/rate"
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/iamlet/iamlet/iptables"
@@ -159,4 +162,60 @@ func TestInterceptionOffIsReported(t *testing.T) {
 	if !strings.Contains(buf.String(), "interception off") {
 		t.Errorf("the log does not say interception is off:\n%s", buf.String())
 	}
+}
+
+// Deletions bring host-rules' passes forward, but no faster than the limiter allows: a pass's own writes are
+// deletions too, and a rule rewritten on every pass must not spin. A deletion meanwhile is not lost: its pass comes
+// when the limiter allows.
+func TestAwaitPassOnDeletions(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		signals := make(chan struct{}, 1)
+		deleted := (<-chan struct{})(signals)
+		soon := rate.NewLimiter(rate.Every(notifiedPassEvery), 1)
+		passes := make(chan time.Time, 10)
+		ctx1, cancel1 := context.WithCancel(t.Context())
+		exited := make(chan struct{})
+		go func() {
+			defer close(exited)
+			for awaitPass(ctx1, nil, &deleted, soon, func() {}) {
+				passes <- time.Now()
+			}
+		}()
+		start := time.Now()
+		signals <- struct{}{}
+		synctest.Wait()
+		if len(passes) != 1 {
+			t.Fatalf("a deletion brought %d passes, want 1", len(passes))
+		}
+		// Right after: its pass waits until the limiter allows another.
+		signals <- struct{}{}
+		synctest.Wait()
+		if len(passes) != 1 {
+			t.Fatalf("a second deletion at once brought a pass at once")
+		}
+		time.Sleep(notifiedPassEvery)
+		synctest.Wait()
+		<-passes
+		select {
+		case got := <-passes:
+			if got.Sub(start) != notifiedPassEvery {
+				t.Errorf("second pass %s after the first deletion, want %s", got.Sub(start), notifiedPassEvery)
+			}
+		default:
+			t.Fatal("the second deletion's pass never came")
+		}
+		cancel1()
+		<-exited
+		// Notifications that stop are said once and bring one pass; the ticker goes on.
+		stoppedAt := 0
+		close(signals)
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan bool, 1)
+		go func() { done <- awaitPass(ctx, nil, &deleted, soon, func() { stoppedAt++ }) }()
+		synctest.Wait()
+		if ok := <-done; !ok || stoppedAt != 1 || deleted != nil {
+			t.Errorf("closed notifications: pass %v, said %d times, channel %v; want a pass, said once, nil", ok, stoppedAt, deleted)
+		}
+		cancel()
+	})
 }
