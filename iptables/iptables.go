@@ -107,15 +107,10 @@ func New(cfg Config, log *slog.Logger) (*Rules, error) {
 	})
 	if r != nil {
 		for _, f := range r.families {
-			t := newRouteTable(f.v6)
-			if t == nil {
-				continue
-			}
-			if _, lerr := t.List(); routingUnsupported(lerr) {
+			var lerr error
+			if f.routes, lerr = newRouteGuard(f.v6); lerr != nil {
 				r.log.Warn("no policy routing for this family in the kernel: no routing guard there, the netfilter guards only", "family", f.name, "err", lerr.Error())
-				continue
 			}
-			f.routes = &routeGuard{table: t, want: routeGuardRules(imdsOf(f.v6))}
 		}
 	}
 	return r, err

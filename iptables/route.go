@@ -119,20 +119,30 @@ func (g *routeGuard) remove() error {
 	return nil
 }
 
+// newRouteGuard is a family's routing guard; nil where there is none: no rtnetlink, or (with an error saying so) a
+// kernel without policy routing for the family.
+func newRouteGuard(v6 bool) (*routeGuard, error) {
+	t := newRouteTable(v6)
+	if t == nil {
+		return nil, nil
+	}
+	if _, err := t.List(); routingUnsupported(err) {
+		return nil, err
+	}
+	return &routeGuard{table: t, want: routeGuardRules(imdsOf(v6))}, nil
+}
+
 // RemoveRoutingGuard removes the routing guard's rules of both families without iptables: uninstall calls it where
 // iptables cannot be opened, since the rules would otherwise stay and refuse pods the node's IMDS for good.
 func RemoveRoutingGuard() error {
 	var errs []error
 	for _, v6 := range []bool{false, true} {
-		t := newRouteTable(v6)
-		if t == nil || (v6 && !kernelHasIPv6()) {
+		if v6 && !kernelHasIPv6() {
 			continue
 		}
-		if _, err := t.List(); routingUnsupported(err) {
-			continue
+		if g, _ := newRouteGuard(v6); g != nil {
+			errs = append(errs, g.remove())
 		}
-		g := &routeGuard{table: t, want: routeGuardRules(imdsOf(v6))}
-		errs = append(errs, g.remove())
 	}
 	return errors.Join(errs...)
 }

@@ -50,9 +50,9 @@ func buildChains(v6 bool, metadata, container netip.AddrPort) []chain {
 		dst    string
 		target netip.AddrPort // zero: guarded, not redirected
 	}
-	imds, cont := IMDSv4, ContainerV4
+	imds, cont := imdsOf(v6), ContainerV4
 	if v6 {
-		imds, cont = IMDSv6, ContainerV6
+		cont = ContainerV6
 	}
 	faces := []face{{"imds", netip.PrefixFrom(imds, imds.BitLen()).String(), metadata}}
 	if container.IsValid() {
